@@ -1,0 +1,412 @@
+// Package config reads the system's settings from environment variables. It
+// is the only place that reads the environment: everything below it takes
+// values. Every setting has a default that works on a developer's machine
+// with RabbitMQ and Redis on their standard ports.
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is every setting of every role. Each field names its variable.
+type Config struct {
+	// MongoDB. An empty MongoURI means: run the embedded server (local mode).
+	MongoURI            string // MONGODB_URI
+	MongoDatabase       string // MONGODB_DATABASE
+	DataDir             string // DATA_DIR
+	EmbeddedMongoDBAddr string // EMBEDDED_MONGODB_ADDR
+
+	// RabbitMQ.
+	RabbitURI            string // RABBITMQ_URI
+	Exchange             string // RABBITMQ_EXCHANGE
+	Queue                string // RABBITMQ_QUEUE
+	DeadLetterQueue      string // RABBITMQ_DLQ
+	Prefetch             int    // RABBITMQ_PREFETCH
+	ProcessorConcurrency int    // PROCESSOR_CONCURRENCY
+
+	// Redis.
+	RedisURI      string // REDIS_URI: host:port or redis:// / rediss:// URL
+	RedisPassword string // REDIS_PASSWORD
+	RedisDB       int    // REDIS_DB
+
+	// Webhook.
+	WebhookURL       string        // WEBHOOK_URL
+	WebhookTimeout   time.Duration // WEBHOOK_TIMEOUT
+	WebhookSecret    string        // WEBHOOK_SECRET: whsec_ + base64
+	WebhookRateLimit float64       // WEBHOOK_RATE_LIMIT: requests per second, 0 = unlimited
+	WebhookRateBurst int           // WEBHOOK_RATE_BURST
+
+	// Circuit breaker around the webhook.
+	BreakerFailureRatio float64       // BREAKER_FAILURE_RATIO
+	BreakerMinRequests  int           // BREAKER_MIN_REQUESTS
+	BreakerWindow       time.Duration // BREAKER_WINDOW
+	BreakerCooldown     time.Duration // BREAKER_COOLDOWN
+
+	// Retries and recovery.
+	MaxRetries     int           // MAX_RETRIES
+	RetryBaseDelay time.Duration // RETRY_BASE_DELAY
+	RetryMaxDelay  time.Duration // RETRY_MAX_DELAY
+	StaleDuration  time.Duration // STALE_DURATION
+	InboxTTL       time.Duration // INBOX_TTL
+
+	// Outbox publisher.
+	PublishInterval       time.Duration // PUBLISH_INTERVAL
+	BatchSize             int           // BATCH_SIZE
+	SchedulerInitialState string        // SCHEDULER_INITIAL_STATE: started or stopped
+
+	// HTTP.
+	APIAddr          string // API_ADDR
+	ProcessorAddr    string // PROCESSOR_ADDR
+	ReceiverAddr     string // RECEIVER_ADDR
+	APIKey           string // API_KEY
+	MaxContentLength int    // MAX_CONTENT_LENGTH
+
+	// Logging.
+	LogLevel  string // LOG_LEVEL: debug, info, warn, error
+	LogFormat string // LOG_FORMAT: json or text
+}
+
+// Default returns the configuration used when no variable is set.
+func Default() Config {
+	return Config{
+		MongoDatabase:         "messages",
+		DataDir:               "./.data",
+		EmbeddedMongoDBAddr:   "127.0.0.1:27018",
+		RabbitURI:             "amqp://guest:guest@127.0.0.1:5672/",
+		Exchange:              "messages",
+		Queue:                 "messages",
+		DeadLetterQueue:       "messages.dlq",
+		Prefetch:              64,
+		ProcessorConcurrency:  32,
+		RedisURI:              "127.0.0.1:6379",
+		WebhookTimeout:        5 * time.Second,
+		WebhookRateBurst:      100,
+		BreakerFailureRatio:   0.5,
+		BreakerMinRequests:    20,
+		BreakerWindow:         30 * time.Second,
+		BreakerCooldown:       15 * time.Second,
+		MaxRetries:            3,
+		RetryBaseDelay:        2 * time.Second,
+		RetryMaxDelay:         5 * time.Minute,
+		StaleDuration:         4 * time.Minute,
+		InboxTTL:              24 * time.Hour,
+		PublishInterval:       time.Second,
+		BatchSize:             100,
+		SchedulerInitialState: "started",
+		APIAddr:               "127.0.0.1:8080",
+		ProcessorAddr:         "127.0.0.1:8081",
+		ReceiverAddr:          "127.0.0.1:8090",
+		MaxContentLength:      250,
+		LogLevel:              "info",
+		LogFormat:             "json",
+	}
+}
+
+// Load reads the configuration from getenv (os.Getenv in production, a map
+// in tests) over the defaults and validates it. An error names the variable.
+func Load(getenv func(string) string) (Config, error) {
+	c := Default()
+	r := reader{getenv: getenv}
+	r.str("MONGODB_URI", &c.MongoURI)
+	r.str("MONGODB_DATABASE", &c.MongoDatabase)
+	r.str("DATA_DIR", &c.DataDir)
+	r.str("EMBEDDED_MONGODB_ADDR", &c.EmbeddedMongoDBAddr)
+	r.str("RABBITMQ_URI", &c.RabbitURI)
+	r.str("RABBITMQ_EXCHANGE", &c.Exchange)
+	r.str("RABBITMQ_QUEUE", &c.Queue)
+	r.str("RABBITMQ_DLQ", &c.DeadLetterQueue)
+	r.int("RABBITMQ_PREFETCH", &c.Prefetch)
+	r.int("PROCESSOR_CONCURRENCY", &c.ProcessorConcurrency)
+	r.str("REDIS_URI", &c.RedisURI)
+	r.str("REDIS_PASSWORD", &c.RedisPassword)
+	r.int("REDIS_DB", &c.RedisDB)
+	r.str("WEBHOOK_URL", &c.WebhookURL)
+	r.duration("WEBHOOK_TIMEOUT", &c.WebhookTimeout)
+	r.str("WEBHOOK_SECRET", &c.WebhookSecret)
+	r.float("WEBHOOK_RATE_LIMIT", &c.WebhookRateLimit)
+	r.int("WEBHOOK_RATE_BURST", &c.WebhookRateBurst)
+	r.float("BREAKER_FAILURE_RATIO", &c.BreakerFailureRatio)
+	r.int("BREAKER_MIN_REQUESTS", &c.BreakerMinRequests)
+	r.duration("BREAKER_WINDOW", &c.BreakerWindow)
+	r.duration("BREAKER_COOLDOWN", &c.BreakerCooldown)
+	r.int("MAX_RETRIES", &c.MaxRetries)
+	r.duration("RETRY_BASE_DELAY", &c.RetryBaseDelay)
+	r.duration("RETRY_MAX_DELAY", &c.RetryMaxDelay)
+	r.duration("STALE_DURATION", &c.StaleDuration)
+	r.duration("INBOX_TTL", &c.InboxTTL)
+	r.duration("PUBLISH_INTERVAL", &c.PublishInterval)
+	r.int("BATCH_SIZE", &c.BatchSize)
+	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
+	r.str("API_ADDR", &c.APIAddr)
+	r.str("PROCESSOR_ADDR", &c.ProcessorAddr)
+	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
+	r.str("API_KEY", &c.APIKey)
+	r.int("MAX_CONTENT_LENGTH", &c.MaxContentLength)
+	r.str("LOG_LEVEL", &c.LogLevel)
+	r.str("LOG_FORMAT", &c.LogFormat)
+	if r.err != nil {
+		return Config{}, r.err
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Validate checks the values, naming the variable of the first bad one.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
+		bad("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
+	}
+	if c.MongoDatabase == "" {
+		bad("MONGODB_DATABASE", "must not be empty")
+	}
+	if u, err := url.Parse(c.RabbitURI); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		bad("RABBITMQ_URI", "must be an amqp:// or amqps:// URL")
+	}
+	for name, v := range map[string]string{"RABBITMQ_EXCHANGE": c.Exchange, "RABBITMQ_QUEUE": c.Queue, "RABBITMQ_DLQ": c.DeadLetterQueue} {
+		if v == "" {
+			bad(name, "must not be empty")
+		}
+	}
+	if c.Prefetch < 1 {
+		bad("RABBITMQ_PREFETCH", "must be at least 1")
+	}
+	if c.ProcessorConcurrency < 1 {
+		bad("PROCESSOR_CONCURRENCY", "must be at least 1")
+	}
+	if _, err := RedisAddr(c.RedisURI); err != nil {
+		bad("REDIS_URI", "%v", err)
+	}
+	if c.RedisDB < 0 {
+		bad("REDIS_DB", "must not be negative")
+	}
+	if c.WebhookURL != "" {
+		if u, err := url.Parse(c.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("WEBHOOK_URL", "must be an http:// or https:// URL")
+		}
+	}
+	if c.WebhookSecret != "" {
+		if _, err := DecodeWebhookSecret(c.WebhookSecret); err != nil {
+			bad("WEBHOOK_SECRET", "%v", err)
+		}
+	}
+	if c.WebhookRateLimit < 0 {
+		bad("WEBHOOK_RATE_LIMIT", "must not be negative")
+	}
+	if c.WebhookRateBurst < 1 {
+		bad("WEBHOOK_RATE_BURST", "must be at least 1")
+	}
+	if c.BreakerFailureRatio <= 0 || c.BreakerFailureRatio > 1 {
+		bad("BREAKER_FAILURE_RATIO", "must be in (0, 1]")
+	}
+	if c.BreakerMinRequests < 1 {
+		bad("BREAKER_MIN_REQUESTS", "must be at least 1")
+	}
+	for name, d := range map[string]time.Duration{
+		"WEBHOOK_TIMEOUT": c.WebhookTimeout, "BREAKER_WINDOW": c.BreakerWindow, "BREAKER_COOLDOWN": c.BreakerCooldown,
+		"RETRY_BASE_DELAY": c.RetryBaseDelay, "RETRY_MAX_DELAY": c.RetryMaxDelay, "STALE_DURATION": c.StaleDuration,
+		"INBOX_TTL": c.InboxTTL, "PUBLISH_INTERVAL": c.PublishInterval,
+	} {
+		if d <= 0 {
+			bad(name, "must be a positive duration")
+		}
+	}
+	if c.RetryMaxDelay < c.RetryBaseDelay {
+		bad("RETRY_MAX_DELAY", "must not be less than RETRY_BASE_DELAY")
+	}
+	// A claim must outlive one delivery, and a message must stay PROCESSING
+	// longer than a claim before it counts as stale.
+	if c.StaleDuration <= c.ClaimTTL() {
+		bad("STALE_DURATION", "must be longer than %s (twice WEBHOOK_TIMEOUT plus 10s)", c.ClaimTTL())
+	}
+	if c.MaxRetries < 0 {
+		bad("MAX_RETRIES", "must not be negative")
+	}
+	if c.BatchSize < 1 || c.BatchSize > 1000 {
+		bad("BATCH_SIZE", "must be between 1 and 1000")
+	}
+	if c.SchedulerInitialState != "started" && c.SchedulerInitialState != "stopped" {
+		bad("SCHEDULER_INITIAL_STATE", "must be started or stopped")
+	}
+	if c.MaxContentLength < 1 {
+		bad("MAX_CONTENT_LENGTH", "must be at least 1")
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("LOG_LEVEL", "must be debug, info, warn or error")
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		bad("LOG_FORMAT", "must be json or text")
+	}
+	return errors.Join(errs...)
+}
+
+// ClaimTTL is how long an inbox claim lives: long enough for one delivery
+// (the webhook call and recording its outcome), short enough that a copy
+// republished after a crash is not blocked for long.
+func (c Config) ClaimTTL() time.Duration { return 2*c.WebhookTimeout + 10*time.Second }
+
+// RedisOptions are the parts of REDIS_URI, REDIS_PASSWORD and REDIS_DB that a
+// client needs.
+type RedisOptions struct {
+	Addr     string
+	Username string
+	Password string
+	DB       int
+	TLS      bool
+}
+
+// Redis returns the Redis connection settings. A password or database in a
+// redis:// URL wins over REDIS_PASSWORD and REDIS_DB.
+func (c Config) Redis() RedisOptions {
+	o := RedisOptions{Password: c.RedisPassword, DB: c.RedisDB}
+	o.Addr, _ = RedisAddr(c.RedisURI)
+	if u, err := url.Parse(c.RedisURI); err == nil && (u.Scheme == "redis" || u.Scheme == "rediss") {
+		o.TLS = u.Scheme == "rediss"
+		if u.User != nil {
+			o.Username = u.User.Username()
+			if p, ok := u.User.Password(); ok {
+				o.Password = p
+			} else if o.Username != "" && o.Password == "" {
+				// redis://:secret@host has the password as the user part in
+				// some clients' URLs; treat a lone name as a password.
+				o.Password, o.Username = o.Username, ""
+			}
+		}
+		if db := strings.Trim(u.Path, "/"); db != "" {
+			o.DB, _ = strconv.Atoi(db)
+		}
+	}
+	return o
+}
+
+// RedisAddr returns host:port from a host:port or a redis:// URL.
+func RedisAddr(uri string) (string, error) {
+	if uri == "" {
+		return "", errors.New("must not be empty")
+	}
+	if strings.Contains(uri, "://") {
+		u, err := url.Parse(uri)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			return "", errors.New("must be host:port or a redis:// or rediss:// URL")
+		}
+		if db := strings.Trim(u.Path, "/"); db != "" {
+			if _, err := strconv.Atoi(db); err != nil {
+				return "", errors.New("database in the URL path must be a number")
+			}
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host += ":6379"
+		}
+		return host, nil
+	}
+	if !strings.Contains(uri, ":") {
+		return uri + ":6379", nil
+	}
+	return uri, nil
+}
+
+// DecodeWebhookSecret returns the key bytes of a Standard Webhooks secret
+// (whsec_ followed by base64).
+func DecodeWebhookSecret(s string) ([]byte, error) {
+	b64, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return nil, errors.New("must start with whsec_")
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(key) < 16 {
+		return nil, errors.New("must be whsec_ followed by base64 of at least 16 bytes")
+	}
+	return key, nil
+}
+
+// Redacted returns c with every secret replaced, safe to log.
+func (c Config) Redacted() Config {
+	mask := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "REDACTED"
+	}
+	c.WebhookSecret = mask(c.WebhookSecret)
+	c.APIKey = mask(c.APIKey)
+	c.RedisPassword = mask(c.RedisPassword)
+	c.MongoURI = redactURL(c.MongoURI)
+	c.RabbitURI = redactURL(c.RabbitURI)
+	c.RedisURI = redactURL(c.RedisURI)
+	return c
+}
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "REDACTED")
+	}
+	return u.String()
+}
+
+type reader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (r *reader) fail(name, v, want string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%s: %q is not %s", name, v, want)
+	}
+}
+
+func (r *reader) str(name string, dst *string) {
+	if v := r.getenv(name); v != "" {
+		*dst = v
+	}
+}
+
+func (r *reader) int(name string, dst *int) {
+	if v := r.getenv(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			r.fail(name, v, "an integer")
+			return
+		}
+		*dst = n
+	}
+}
+
+func (r *reader) float(name string, dst *float64) {
+	if v := r.getenv(name); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			r.fail(name, v, "a number")
+			return
+		}
+		*dst = f
+	}
+}
+
+func (r *reader) duration(name string, dst *time.Duration) {
+	if v := r.getenv(name); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			r.fail(name, v, "a duration such as 5s or 4m")
+			return
+		}
+		*dst = d
+	}
+}

@@ -1,0 +1,98 @@
+package message
+
+import (
+	"fmt"
+	"time"
+)
+
+// OutboxEntry is one dispatch of a message: waiting to be published
+// (PublishedAt nil) or published and waiting for its outcome. Its key is
+// "<message id>:<seq>", so every dispatch is a new document: a late write
+// about an old dispatch (a publisher marking it published after the processor
+// already moved the message on) finds nothing to change.
+//
+// The outbox holds only pending and in-flight work, never history, so a scan
+// of it stays small: on the embedded MongoDB (FerretDB) every filter other
+// than _id equality is a full scan, so this collection must not grow with
+// the number of messages ever sent.
+type OutboxEntry struct {
+	Key         string     `bson:"_id"`
+	MessageID   string     `bson:"messageId"`
+	Seq         int        `bson:"seq"`
+	DueAt       time.Time  `bson:"dueAt"`
+	PublishedAt *time.Time `bson:"publishedAt,omitempty"`
+	CreatedAt   time.Time  `bson:"createdAt"`
+}
+
+// OutboxKey returns the key of dispatch seq of message id.
+func OutboxKey(id string, seq int) string { return fmt.Sprintf("%s:%d", id, seq) }
+
+// NewOutboxEntry returns the pending entry for dispatch seq of message id.
+func NewOutboxEntry(id string, seq int, dueAt, now time.Time) OutboxEntry {
+	return OutboxEntry{Key: OutboxKey(id, seq), MessageID: id, Seq: seq, DueAt: dueAt, CreatedAt: now}
+}
+
+// Outcome is the recorded result of one dispatch of a message. A store
+// applies it only if the message is still at Seq, so an outcome about an old
+// dispatch never overwrites a newer one.
+type Outcome struct {
+	MessageID string
+	Seq       int
+	// Status is SENT, FAILED, or UNSENT to put the message back in the outbox
+	// (a retry, or a wait for the circuit breaker or rate limiter).
+	Status   Status
+	Attempts int
+	At       time.Time
+	// NextAttemptAt is when the new outbox entry falls due (UNSENT only).
+	NextAttemptAt    *time.Time
+	LastError        string
+	FailureReason    string
+	WebhookMessageID string
+	// Delivery, if set, is appended to the message's delivery log.
+	Delivery *Delivery
+}
+
+// ErrStaleOutcome is returned when an outcome's Seq is no longer the
+// message's current dispatch: somebody else already moved it on.
+var ErrStaleOutcome = &Error{Code: ECONFLICT, Message: "message moved on to a newer dispatch"}
+
+// IdempotencyRecord ties a client's Idempotency-Key to the message its first
+// request created. It is inserted before the message, under a unique _id:
+// the only write the embedded MongoDB makes atomic.
+type IdempotencyRecord struct {
+	Key         string    `bson:"_id"`
+	RequestHash string    `bson:"requestHash"`
+	MessageID   string    `bson:"messageId"`
+	CreatedAt   time.Time `bson:"createdAt"`
+}
+
+// SchedulerState is whether the outbox publisher runs.
+type SchedulerState string
+
+// The two scheduler states.
+const (
+	SchedulerStarted SchedulerState = "started"
+	SchedulerStopped SchedulerState = "stopped"
+)
+
+// DeadLetter is the notification sent to the dead-letter queue. For a queue
+// message that could not be decoded, MessageID may be empty and Body holds
+// the raw payload.
+type DeadLetter struct {
+	MessageID string    `json:"messageId,omitempty"`
+	Reason    string    `json:"reason"`
+	LastError string    `json:"lastError,omitempty"`
+	Attempts  int       `json:"attempts"`
+	FailedAt  time.Time `json:"failedAt"`
+	Body      string    `json:"body,omitempty"`
+}
+
+// WebhookResponse is the webhook's answer to one delivery.
+type WebhookResponse struct {
+	StatusCode int
+	// MessageID is the "messageId" of a JSON answer, if any.
+	MessageID string
+	// RetryAfter is the parsed Retry-After header (0 if none).
+	RetryAfter time.Duration
+	Duration   time.Duration
+}

@@ -1,0 +1,74 @@
+package message
+
+import (
+	"time"
+	"unicode/utf8"
+)
+
+// DefaultMaxContentLength is the seed's limit on content, in Unicode code points.
+const DefaultMaxContentLength = 250
+
+// CreateRequest is what a client sends to create a message.
+type CreateRequest struct {
+	To      string     `json:"to"`
+	Content string     `json:"content"`
+	SendAt  *time.Time `json:"sendAt,omitempty"`
+}
+
+// Validate checks r against the rules of the API: to in E.164 syntax,
+// content of 1..maxContent code points, sendAt (if given) in the future.
+func (r CreateRequest) Validate(now time.Time, maxContent int) error {
+	if r.To == "" {
+		return FieldError("to", "is required")
+	}
+	if !ValidE164(r.To) {
+		return FieldError("to", "must be an E.164 number: '+' and 8 to 15 digits")
+	}
+	n := utf8.RuneCountInString(r.Content)
+	if r.Content == "" {
+		return FieldError("content", "is required")
+	}
+	if !utf8.ValidString(r.Content) {
+		return FieldError("content", "must be valid UTF-8")
+	}
+	if n > maxContent {
+		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
+	}
+	if r.SendAt != nil && !r.SendAt.After(now) {
+		return FieldError("sendAt", "must be in the future")
+	}
+	return nil
+}
+
+// ValidE164 reports whether s is '+' followed by 8 to 15 digits, the first
+// not zero (a country code never starts with 0).
+func ValidE164(s string) bool {
+	if len(s) < 9 || len(s) > 16 || s[0] != '+' || s[1] == '0' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// New returns the message a valid request creates, with the given ID. The
+// message starts UNSENT; a sendAt in the future becomes its NextAttemptAt.
+func New(id string, r CreateRequest, now time.Time) Message {
+	m := Message{
+		ID:        id,
+		To:        r.To,
+		Content:   r.Content,
+		Status:    StatusUnsent,
+		CreatedAt: now,
+		UpdatedAt: now,
+	}
+	if r.SendAt != nil {
+		at := r.SendAt.UTC()
+		m.SendAt = &at
+		m.NextAttemptAt = &at
+	}
+	return m
+}

@@ -1,0 +1,92 @@
+package outbox
+
+import (
+	"context"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// Store is the durable side of the outbox. Implementations must be safe for
+// concurrent use.
+//
+// On the embedded MongoDB (FerretDB) only inserts under a unique _id are
+// atomic; a conditional update is a read then a write and two of them can
+// interleave. Nothing here relies on the atomicity of a conditional update:
+// each dispatch of a message has its own outbox document (see
+// message.OutboxEntry), the one relay at a time holds a lease, and the
+// processor's inbox claim keeps two copies of a message from both reaching
+// the webhook.
+type Store interface {
+	// CreateMessage stores a new message and its first outbox entry: the
+	// entry first, then the message, so that a crash between the two leaves
+	// an entry whose message is unknown (which the processor dead-letters as
+	// "unknown message id") rather than an accepted message that nothing
+	// will ever publish. It returns an *message.Error with code ECONFLICT if
+	// the message ID exists.
+	CreateMessage(ctx context.Context, m message.Message, e message.OutboxEntry) error
+	GetMessage(ctx context.Context, id string) (message.Message, error)
+	ListMessages(ctx context.Context, f message.Filter) (message.Page, error)
+
+	// PutIdempotencyRecord inserts r. If a record with r.Key exists it
+	// returns that record and inserted false.
+	PutIdempotencyRecord(ctx context.Context, r message.IdempotencyRecord) (existing message.IdempotencyRecord, inserted bool, err error)
+	// DeleteIdempotencyRecord removes an expired record.
+	DeleteIdempotencyRecord(ctx context.Context, key string) error
+
+	// DueOutbox returns up to limit unpublished entries due at or before
+	// now, earliest first.
+	DueOutbox(ctx context.Context, now time.Time, limit int) ([]message.OutboxEntry, error)
+	// MarkProcessing moves the message of each entry from UNSENT to
+	// PROCESSING, if it is still at the entry's Seq. Entries whose message
+	// moved on or does not exist are left alone.
+	MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) error
+	// MarkPublished records that the entries with these keys were published
+	// and confirmed by the broker. A key that no longer exists is ignored.
+	MarkPublished(ctx context.Context, keys []string, at time.Time) error
+	// StaleOutbox returns up to limit entries published before before.
+	StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error)
+	// EnsureOutbox inserts e unless an entry with its key exists.
+	EnsureOutbox(ctx context.Context, e message.OutboxEntry) error
+	// DeleteOutbox removes the entry with this key, if any.
+	DeleteOutbox(ctx context.Context, key string) error
+	// RecordOutcome applies o: see processor.Store.
+	RecordOutcome(ctx context.Context, o message.Outcome) error
+
+	// SchedulerState returns the stored publisher state, or def if none is
+	// stored yet.
+	SchedulerState(ctx context.Context, def message.SchedulerState) (message.SchedulerState, time.Time, error)
+	// SetSchedulerState stores the publisher state.
+	SetSchedulerState(ctx context.Context, s message.SchedulerState, at time.Time) error
+}
+
+// Publisher sends envelopes to the broker. PublishConfirmed returns once the
+// broker has confirmed each envelope (persistent delivery, publisher
+// confirms); confirmed holds the IDs that were confirmed, in any order, and
+// err says why the others were not. It must be safe for concurrent use.
+type Publisher interface {
+	PublishConfirmed(ctx context.Context, envs []message.Envelope) (confirmed []message.Envelope, err error)
+}
+
+// Lease makes sure only one relay pass runs at a time across processes.
+type Lease interface {
+	// Acquire takes the lease for ttl. ok is false if somebody else holds
+	// it. release gives it back early; it is safe to call after expiry.
+	Acquire(ctx context.Context, name string, ttl time.Duration) (release func(context.Context), ok bool, err error)
+}
+
+// Inbox is the part of the processor's inbox the stale sweep needs: whether
+// a delivery of the message is in progress or done. See processor.Inbox.
+type Inbox interface {
+	Peek(ctx context.Context, id string) (state InboxState, webhookMessageID string, err error)
+}
+
+// InboxState is what the inbox knows about a message.
+type InboxState int
+
+// The inbox states.
+const (
+	InboxNone InboxState = iota
+	InboxInProgress
+	InboxDone
+)

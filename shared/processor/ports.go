@@ -1,0 +1,60 @@
+package processor
+
+import (
+	"context"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// Store is the durable record the processor reads and writes. Safe for
+// concurrent use.
+type Store interface {
+	// GetMessage returns message.ErrNotFound for an unknown ID.
+	GetMessage(ctx context.Context, id string) (message.Message, error)
+	// RecordOutcome applies o to the message if it is still at o.Seq
+	// (message.ErrStaleOutcome otherwise), then closes the dispatch: for
+	// UNSENT it inserts the next outbox entry (Seq+1, due at
+	// o.NextAttemptAt) and the message's Seq becomes o.Seq+1; in every case
+	// it deletes the entry of dispatch o.Seq. The message is written first,
+	// so that a crash in between leaves work the stale sweep can finish.
+	RecordOutcome(ctx context.Context, o message.Outcome) error
+}
+
+// Inbox is the fast, atomic guard in front of deliveries (Redis SET NX).
+// Redis here keeps nothing on disk, so the inbox is never the only guard:
+// the message's status in MongoDB is the durable one.
+type Inbox interface {
+	// Claim takes the in-progress claim on id for ttl. It returns the state
+	// found instead if the message is already claimed (InboxInProgress) or
+	// done (InboxDone, with the webhook's message ID).
+	Claim(ctx context.Context, id string, ttl time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
+	// Complete marks id done for ttl, keeping the webhook's message ID.
+	// Written right after the webhook answers 2xx and before MongoDB, it
+	// shrinks the window in which a crash causes a second delivery.
+	Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error
+	// Release drops an in-progress claim (a retry is scheduled).
+	Release(ctx context.Context, id string) error
+}
+
+// DeadLetters receives a persistent notification for each dead-lettered
+// message (the durable queue messages.dlq).
+type DeadLetters interface {
+	NotifyDeadLetter(ctx context.Context, n message.DeadLetter) error
+}
+
+// Sender makes one webhook call for a message: a POST of {id, to, content}
+// with Standard Webhooks headers (webhook-id is the message ID). It follows
+// no redirects. err is a transport failure (connection refused, timeout);
+// any HTTP answer, 2xx or not, comes back as a response with a nil error.
+// Safe for concurrent use.
+type Sender interface {
+	Send(ctx context.Context, m message.Message) (message.WebhookResponse, error)
+}
+
+// Limiter paces calls to the webhook. Reserve takes one token and returns
+// how long the caller must wait before using it (0: go now).
+type Limiter interface {
+	Reserve(ctx context.Context) (wait time.Duration, err error)
+}
