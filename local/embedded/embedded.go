@@ -1,0 +1,179 @@
+// Package embedded runs an in-process MongoDB wire-protocol server for local
+// mode: FerretDB v1 with its SQLite backend, so the project runs with no
+// MongoDB installed. It speaks enough of MongoDB for shared/mongostore, whose
+// comments list what FerretDB does not do (atomic conditional updates, TTL
+// indexes, index use for anything but _id equality).
+//
+// Building with -tags ferretdb_no_postgresql leaves FerretDB's PostgreSQL
+// backend out of the binary; this package compiles with and without it.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/FerretDB/FerretDB/ferretdb"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// startTimeout bounds the wait for the first successful ping when the
+// caller's context has no earlier deadline. Start plus ping takes a few
+// milliseconds on this machine; the margin is for a cold disk.
+const startTimeout = 15 * time.Second
+
+// Config configures the embedded server.
+type Config struct {
+	// Addr is the TCP listen address, e.g. 127.0.0.1:27018, or 127.0.0.1:0
+	// for any free port (URI then reports the real one).
+	Addr string
+	// Dir is the data directory; it is created if missing.
+	Dir string
+	// Logger receives this package's messages. FerretDB gets a copy filtered
+	// to Error level: at Warn it logs every error response it sends,
+	// duplicate-key errors included, which the stores expect routinely.
+	Logger *slog.Logger
+}
+
+// Server is a running embedded server.
+type Server struct {
+	uri    string
+	cancel context.CancelFunc
+	done   chan struct{}
+	ids    *idIndexer
+	wg     sync.WaitGroup
+}
+
+// Start starts the server and returns once it answers a ping. The server
+// runs until ctx is done or Close is called.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("embedded mongodb: listen address is empty")
+	}
+	if cfg.Dir == "" {
+		return nil, errors.New("embedded mongodb: data directory is empty")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("embedded mongodb: data directory %q: %w", cfg.Dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded mongodb: create data directory: %w", err)
+	}
+
+	// FerretDB wants a SQLite URI naming a directory: the trailing slash is
+	// required. url.URL escapes characters such as spaces in the path.
+	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/"}).String()
+	fdb, err := ferretdb.New(&ferretdb.Config{
+		Listener:  ferretdb.ListenerConfig{TCP: cfg.Addr},
+		Logger:    slog.New(levelFilter{h: logger.With("component", "ferretdb").Handler(), min: slog.LevelError}),
+		Handler:   "sqlite",
+		SQLiteURL: sqliteURL,
+		// Telemetry: ferretdb.New disables it itself (and locks it off) for
+		// embedded use; there is no option to set.
+	})
+	if err != nil {
+		// ferretdb.New formats the listen error with %s, so errors.Is
+		// cannot see the errno through it; the text is all there is.
+		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
+			return nil, fmt.Errorf("embedded mongodb: address %s is already in use (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port): %w", cfg.Addr, err)
+		}
+		return nil, fmt.Errorf("embedded mongodb: start on %s with data in %s: %w", cfg.Addr, dir, err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	s := &Server{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		// Run always returns nil; it closes the listener, the connections
+		// and the SQLite databases before it returns.
+		_ = fdb.Run(runCtx)
+	}()
+	// The listener is bound inside ferretdb.New, so the address is known now.
+	s.uri = fdb.MongoDBURI()
+
+	if err := ping(ctx, s.uri); err != nil {
+		cancel()
+		<-s.done
+		return nil, fmt.Errorf("embedded mongodb: started on %s but did not answer: %w", s.uri, err)
+	}
+	s.ids = &idIndexer{dir: dir, logger: logger}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.ids.run(runCtx, time.Second)
+	}()
+	logger.Info("embedded mongodb started", "uri", s.uri, "dir", dir)
+	return s, nil
+}
+
+// ping connects with the driver and pings until the server answers or the
+// deadline passes.
+func ping(ctx context.Context, uri string) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetAppName("embedded-ping"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = client.Disconnect(context.WithoutCancel(ctx)) }()
+	return client.Ping(ctx, nil)
+}
+
+// IndexIDs gives every collection created so far the _id index that
+// FerretDB's own lookups can use (see idIndexer). The server does this by
+// itself every second; call it to have it done now, after creating
+// collections and before a burst of work.
+func (s *Server) IndexIDs(ctx context.Context) error { return s.ids.sweep(ctx) }
+
+// URI returns the mongodb:// URI of the server, with the port it really
+// listens on.
+func (s *Server) URI() string { return s.uri }
+
+// Close stops the server and waits until it has closed its connections and
+// data files, or until ctx is done. FerretDB gives clients still connected
+// 3 seconds to leave before it cuts them off, so disconnect every client
+// (close the stores) first for a stop in milliseconds.
+func (s *Server) Close(ctx context.Context) error {
+	s.cancel()
+	s.wg.Wait()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("embedded mongodb: wait for shutdown: %w", ctx.Err())
+	}
+}
+
+// levelFilter passes on records at min or above to h.
+type levelFilter struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.h.Enabled(ctx, l)
+}
+
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error { return f.h.Handle(ctx, r) }
+
+func (f levelFilter) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelFilter{h: f.h.WithAttrs(as), min: f.min}
+}
+
+func (f levelFilter) WithGroup(name string) slog.Handler {
+	return levelFilter{h: f.h.WithGroup(name), min: f.min}
+}
