@@ -1,0 +1,485 @@
+// Package mongostore keeps messages, the outbox, idempotency records and the
+// publisher's scheduler state in MongoDB. It implements outbox.Store and
+// processor.Store, and works on MongoDB, Atlas, Amazon DocumentDB and the
+// embedded FerretDB of local mode (local/embedded).
+//
+// FerretDB v1 with its SQLite backend shapes the design; measured facts that
+// every change here must respect:
+//
+//   - Only an insert under a unique _id is atomic. A conditional update is a
+//     read followed by a write, and two of them can interleave. Correctness
+//     rests on _id inserts (one outbox document per dispatch, the
+//     idempotency record) and on the callers' designs (see outbox.Store);
+//     the conditional filters used here still shrink races to microseconds
+//     and are exact on a real MongoDB.
+//   - Only _id equality reaches SQLite. Every other filter and every sort is
+//     a full scan decoded in Go. So hot paths address documents by _id; many
+//     documents are changed with one bulkWrite of per-_id models, never with
+//     {_id: {$in: [...]}} (a full scan). Only the outbox, which holds pending
+//     and in-flight entries and never history, is scanned by other fields.
+//   - TTL indexes are not implemented (EnsureIndexes ignores that error), so
+//     the caller enforces idempotency expiry in code.
+//   - $push ignores $slice: the array grows anyway (see RecordOutcome).
+//   - Updates with an aggregation pipeline and findAndModify with a
+//     projection are not implemented.
+package mongostore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+var (
+	_ outbox.Store    = (*Store)(nil)
+	_ processor.Store = (*Store)(nil)
+)
+
+// Collection names.
+const (
+	messagesColl    = "messages"
+	outboxColl      = "outbox"
+	idempotencyColl = "idempotency"
+	schedulerColl   = "scheduler"
+
+	// schedulerID is the _id of the one scheduler document.
+	schedulerID = "publisher"
+)
+
+// Defaults for what the URI does not set. They are short because a Lambda
+// function has seconds, not minutes, and a store that cannot be reached
+// should fail fast with a clear error.
+const (
+	defaultAppName                = "reliable-messaging-system"
+	defaultConnectTimeout         = 10 * time.Second
+	defaultServerSelectionTimeout = 10 * time.Second
+	openTimeout                   = 15 * time.Second
+
+	// DefaultListLimit is the page size of ListMessages when Filter.Limit is 0.
+	DefaultListLimit = 50
+	// idempotencyTTL is how long a real MongoDB keeps idempotency records.
+	idempotencyTTL = 24 * time.Hour
+)
+
+// Store is a MongoDB store. It is safe for concurrent use.
+type Store struct {
+	client      *mongo.Client
+	messages    *mongo.Collection
+	outbox      *mongo.Collection
+	idempotency *mongo.Collection
+	scheduler   *mongo.Collection
+}
+
+// Open connects to the MongoDB at uri, pings it and returns a store using
+// database. Retryable writes follow the URI (retryWrites=false for Amazon
+// DocumentDB). Errors name the server without the URI's password.
+func Open(ctx context.Context, uri, database string) (*Store, error) {
+	if database == "" {
+		return nil, errors.New("open mongodb: database name is empty")
+	}
+	shown := redactURI(uri)
+	opts := options.Client().ApplyURI(uri)
+	if opts.AppName == nil {
+		opts.SetAppName(defaultAppName)
+	}
+	if opts.ConnectTimeout == nil {
+		opts.SetConnectTimeout(defaultConnectTimeout)
+	}
+	if opts.ServerSelectionTimeout == nil {
+		opts.SetServerSelectionTimeout(defaultServerSelectionTimeout)
+	}
+	client, err := mongo.Connect(opts)
+	if err != nil {
+		return nil, scrub(fmt.Errorf("open mongodb %s: %w", shown, err), uri)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	if err := client.Ping(pingCtx, nil); err != nil {
+		_ = client.Disconnect(context.WithoutCancel(ctx))
+		return nil, scrub(fmt.Errorf("ping mongodb %s: %w", shown, err), uri)
+	}
+	db := client.Database(database)
+	return &Store{
+		client:      client,
+		messages:    db.Collection(messagesColl),
+		outbox:      db.Collection(outboxColl),
+		idempotency: db.Collection(idempotencyColl),
+		scheduler:   db.Collection(schedulerColl),
+	}, nil
+}
+
+// Close disconnects from the server.
+func (s *Store) Close(ctx context.Context) error {
+	if err := s.client.Disconnect(ctx); err != nil {
+		return fmt.Errorf("close mongodb: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.client.Ping(ctx, nil); err != nil {
+		return fmt.Errorf("ping mongodb: %w", err)
+	}
+	return nil
+}
+
+// codeNotImplemented is the server error FerretDB returns for features it
+// lacks, TTL indexes among them.
+const codeNotImplemented = 238
+
+// EnsureIndexes creates the indexes a real MongoDB needs. Creating an index
+// that exists with the same keys and options is a no-op, so it is safe to
+// call at every start. FerretDB creates the ordinary indexes but uses none of
+// them (only _id equality reaches SQLite), and it answers NotImplemented for
+// the TTL index: that error is ignored, because the caller checks an
+// idempotency record's age in code and deletes expired ones itself.
+func (s *Store) EnsureIndexes(ctx context.Context) error {
+	indexes := []struct {
+		coll  *mongo.Collection
+		model mongo.IndexModel
+		ttl   bool
+	}{
+		// ListMessages with a status filter, newest first.
+		{coll: s.messages, model: mongo.IndexModel{
+			Keys:    bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: -1}},
+			Options: options.Index().SetName("status_1__id_-1"),
+		}},
+		// DueOutbox (publishedAt null, dueAt <= now) and StaleOutbox.
+		{coll: s.outbox, model: mongo.IndexModel{
+			Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}},
+			Options: options.Index().SetName("publishedAt_1_dueAt_1"),
+		}},
+		{coll: s.idempotency, ttl: true, model: mongo.IndexModel{
+			Keys: bson.D{{Key: "createdAt", Value: 1}},
+			Options: options.Index().SetName("createdAt_ttl").
+				SetExpireAfterSeconds(int32(idempotencyTTL / time.Second)),
+		}},
+	}
+	// One createIndexes per index: FerretDB fails a whole command that
+	// contains a TTL index.
+	for _, ix := range indexes {
+		_, err := ix.coll.Indexes().CreateOne(ctx, ix.model)
+		var ce mongo.CommandError
+		if ix.ttl && errors.As(err, &ce) && ce.Code == codeNotImplemented {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("ensure index %s on %s: %w", *indexName(ix.model), ix.coll.Name(), err)
+		}
+	}
+	return nil
+}
+
+func indexName(m mongo.IndexModel) *string {
+	var o options.IndexOptions
+	for _, set := range m.Options.List() {
+		_ = set(&o)
+	}
+	return o.Name
+}
+
+// CreateMessage inserts e, then m. A duplicate e is the same dispatch and is
+// fine; a duplicate m is an ECONFLICT error. The order is deliberate: see
+// outbox.Store. There are no transactions on FerretDB to make it one write.
+func (s *Store) CreateMessage(ctx context.Context, m message.Message, e message.OutboxEntry) error {
+	if err := s.EnsureOutbox(ctx, e); err != nil {
+		return fmt.Errorf("create message: %w", err)
+	}
+	if _, err := s.messages.InsertOne(ctx, m); err != nil {
+		if mongo.IsDuplicateKeyError(err) {
+			return message.Errorf(message.ECONFLICT, "message %s already exists", m.ID)
+		}
+		return fmt.Errorf("create message: %w", err)
+	}
+	return nil
+}
+
+// GetMessage returns the message with this ID, or message.ErrNotFound.
+func (s *Store) GetMessage(ctx context.Context, id string) (message.Message, error) {
+	var m message.Message
+	err := s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return message.Message{}, message.ErrNotFound
+	}
+	if err != nil {
+		return message.Message{}, fmt.Errorf("get message: %w", err)
+	}
+	return m, nil
+}
+
+// ListMessages returns a page of messages, newest first. IDs are UUIDv7
+// strings, so descending _id order is creation order, newest first, and the
+// cursor is the last ID of the previous page. Deliveries are left out.
+//
+// On a real MongoDB the {status, _id} index serves this; on FerretDB every
+// page is a full scan of messages sorted in Go, acceptable for local mode
+// only.
+func (s *Store) ListMessages(ctx context.Context, f message.Filter) (message.Page, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	filter := bson.D{}
+	if f.Status != "" {
+		filter = append(filter, bson.E{Key: "status", Value: f.Status})
+	}
+	if f.Cursor != "" {
+		filter = append(filter, bson.E{Key: "_id", Value: bson.D{{Key: "$lt", Value: f.Cursor}}})
+	}
+	// One more than the page tells whether there is a next page.
+	opts := options.Find().
+		SetSort(bson.D{{Key: "_id", Value: -1}}).
+		SetLimit(int64(limit) + 1).
+		SetProjection(bson.D{{Key: "deliveries", Value: 0}})
+	cur, err := s.messages.Find(ctx, filter, opts)
+	if err != nil {
+		return message.Page{}, fmt.Errorf("list messages: %w", err)
+	}
+	items := make([]message.Message, 0, limit+1)
+	if err := cur.All(ctx, &items); err != nil {
+		return message.Page{}, fmt.Errorf("list messages: %w", err)
+	}
+	page := message.Page{Items: items}
+	if len(items) > limit {
+		page.Items = items[:limit]
+		page.NextCursor = page.Items[limit-1].ID
+	}
+	return page, nil
+}
+
+// PutIdempotencyRecord inserts r under its key, the one atomic write
+// FerretDB offers. If the key exists it returns the stored record.
+func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyRecord) (message.IdempotencyRecord, bool, error) {
+	// The existing record can be deleted (expired) between the failed
+	// insert and the read; then the insert is tried again.
+	for range 3 {
+		_, err := s.idempotency.InsertOne(ctx, r)
+		if err == nil {
+			return r, true, nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return message.IdempotencyRecord{}, false, fmt.Errorf("put idempotency record: %w", err)
+		}
+		var existing message.IdempotencyRecord
+		err = s.idempotency.FindOne(ctx, bson.D{{Key: "_id", Value: r.Key}}).Decode(&existing)
+		if err == nil {
+			return existing, false, nil
+		}
+		if !errors.Is(err, mongo.ErrNoDocuments) {
+			return message.IdempotencyRecord{}, false, fmt.Errorf("read idempotency record: %w", err)
+		}
+	}
+	return message.IdempotencyRecord{}, false, errors.New("put idempotency record: key keeps appearing and vanishing")
+}
+
+// DeleteIdempotencyRecord removes the record with this key, if any.
+func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key string) error {
+	if _, err := s.idempotency.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}}); err != nil {
+		return fmt.Errorf("delete idempotency record: %w", err)
+	}
+	return nil
+}
+
+// DueOutbox returns up to limit unpublished entries due at or before now,
+// earliest first. On FerretDB this is a full scan of the outbox, which is
+// fine only because the outbox holds pending and in-flight work alone.
+func (s *Store) DueOutbox(ctx context.Context, now time.Time, limit int) ([]message.OutboxEntry, error) {
+	if limit <= 0 {
+		return nil, nil // a limit of 0 would mean "all" to the server
+	}
+	// publishedAt: null matches a missing field too.
+	filter := bson.D{
+		{Key: "publishedAt", Value: nil},
+		{Key: "dueAt", Value: bson.D{{Key: "$lte", Value: now}}},
+	}
+	opts := options.Find().SetSort(bson.D{{Key: "dueAt", Value: 1}, {Key: "_id", Value: 1}}).SetLimit(int64(limit))
+	entries, err := s.findOutbox(ctx, filter, opts)
+	if err != nil {
+		return nil, fmt.Errorf("due outbox: %w", err)
+	}
+	return entries, nil
+}
+
+// StaleOutbox returns up to limit entries published before before, oldest
+// first. A date comparison never matches a missing or null publishedAt.
+func (s *Store) StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	filter := bson.D{{Key: "publishedAt", Value: bson.D{{Key: "$lte", Value: before}}}}
+	opts := options.Find().SetSort(bson.D{{Key: "publishedAt", Value: 1}, {Key: "_id", Value: 1}}).SetLimit(int64(limit))
+	entries, err := s.findOutbox(ctx, filter, opts)
+	if err != nil {
+		return nil, fmt.Errorf("stale outbox: %w", err)
+	}
+	return entries, nil
+}
+
+func (s *Store) findOutbox(ctx context.Context, filter bson.D, opts *options.FindOptionsBuilder) ([]message.OutboxEntry, error) {
+	cur, err := s.outbox.Find(ctx, filter, opts)
+	if err != nil {
+		return nil, err
+	}
+	var entries []message.OutboxEntry
+	if err := cur.All(ctx, &entries); err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// MarkProcessing moves the message of each entry from UNSENT to PROCESSING
+// if it is still at the entry's Seq. One unordered bulkWrite of per-_id
+// updates: each reaches SQLite by _id on FerretDB, where the condition on
+// seq and status is then checked in Go, not atomically.
+func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	models := make([]mongo.WriteModel, 0, len(entries))
+	for _, e := range entries {
+		models = append(models, mongo.NewUpdateOneModel().
+			SetFilter(bson.D{
+				{Key: "_id", Value: e.MessageID},
+				{Key: "seq", Value: e.Seq},
+				{Key: "status", Value: message.StatusUnsent},
+			}).
+			SetUpdate(bson.D{
+				{Key: "$set", Value: bson.D{{Key: "status", Value: message.StatusProcessing}, {Key: "updatedAt", Value: at}}},
+				{Key: "$unset", Value: bson.D{{Key: "nextAttemptAt", Value: ""}}},
+			}))
+	}
+	if _, err := s.messages.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false)); err != nil {
+		return fmt.Errorf("mark messages processing: %w", err)
+	}
+	return nil
+}
+
+// MarkPublished sets publishedAt on the entries with these keys that have
+// none. Missing keys match nothing and are no error. Per-_id updates in one
+// unordered bulkWrite, not an $in filter, for the reason in the package doc.
+func (s *Store) MarkPublished(ctx context.Context, keys []string, at time.Time) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	models := make([]mongo.WriteModel, 0, len(keys))
+	for _, k := range keys {
+		models = append(models, mongo.NewUpdateOneModel().
+			SetFilter(bson.D{{Key: "_id", Value: k}, {Key: "publishedAt", Value: nil}}).
+			SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "publishedAt", Value: at}}}}))
+	}
+	if _, err := s.outbox.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false)); err != nil {
+		return fmt.Errorf("mark outbox published: %w", err)
+	}
+	return nil
+}
+
+// EnsureOutbox inserts e unless an entry with its key exists. The unique
+// _id makes this atomic even on FerretDB.
+func (s *Store) EnsureOutbox(ctx context.Context, e message.OutboxEntry) error {
+	if _, err := s.outbox.InsertOne(ctx, e); err != nil && !mongo.IsDuplicateKeyError(err) {
+		return fmt.Errorf("insert outbox entry %s: %w", e.Key, err)
+	}
+	return nil
+}
+
+// DeleteOutbox removes the entry with this key, if any.
+func (s *Store) DeleteOutbox(ctx context.Context, key string) error {
+	if _, err := s.outbox.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}}); err != nil {
+		return fmt.Errorf("delete outbox entry %s: %w", key, err)
+	}
+	return nil
+}
+
+// SchedulerState returns the stored publisher state and when it was set, or
+// def and the zero time if none is stored.
+func (s *Store) SchedulerState(ctx context.Context, def message.SchedulerState) (message.SchedulerState, time.Time, error) {
+	var doc schedulerDoc
+	err := s.scheduler.FindOne(ctx, bson.D{{Key: "_id", Value: schedulerID}}).Decode(&doc)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return def, time.Time{}, nil
+	}
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("read scheduler state: %w", err)
+	}
+	return doc.State, doc.UpdatedAt, nil
+}
+
+// SetSchedulerState stores the publisher state.
+func (s *Store) SetSchedulerState(ctx context.Context, st message.SchedulerState, at time.Time) error {
+	_, err := s.scheduler.UpdateOne(ctx,
+		bson.D{{Key: "_id", Value: schedulerID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: st}, {Key: "updatedAt", Value: at}}}},
+		options.UpdateOne().SetUpsert(true))
+	if err != nil {
+		return fmt.Errorf("set scheduler state: %w", err)
+	}
+	return nil
+}
+
+type schedulerDoc struct {
+	State     message.SchedulerState `bson:"state"`
+	UpdatedAt time.Time              `bson:"updatedAt"`
+}
+
+// redactURI returns uri for error messages: the password replaced and the
+// query (which may hold key-file passwords or session tokens) left out.
+func redactURI(uri string) string {
+	scheme, rest, ok := strings.Cut(uri, "://")
+	if !ok {
+		return "(malformed URI)"
+	}
+	if i := strings.IndexByte(rest, '?'); i >= 0 {
+		rest = rest[:i]
+	}
+	hostEnd := strings.IndexByte(rest, '/')
+	if hostEnd < 0 {
+		hostEnd = len(rest)
+	}
+	if at := strings.LastIndexByte(rest[:hostEnd], '@'); at >= 0 {
+		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
+			rest = user + ":xxxxx@" + rest[at+1:]
+		}
+	}
+	return scheme + "://" + rest
+}
+
+// scrub returns err with any appearance of the URI's password replaced, in
+// case a driver error quotes it. errors.Is and errors.As still see err.
+func scrub(err error, uri string) error {
+	_, rest, _ := strings.Cut(uri, "://")
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		rest = rest[:i]
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return err
+	}
+	_, pw, ok := strings.Cut(rest[:at], ":")
+	if !ok || len(pw) < 3 {
+		return err
+	}
+	msg := strings.ReplaceAll(err.Error(), pw, "xxxxx")
+	if msg == err.Error() {
+		return err
+	}
+	return &scrubbedError{msg: msg, err: err}
+}
+
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }

@@ -1,0 +1,680 @@
+package mongostore_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
+)
+
+// farFuture is later than every time the tests store.
+var farFuture = t0.Add(100 * 365 * 24 * time.Hour)
+
+// allOutbox returns every outbox entry, pending and published, by key.
+func allOutbox(t *testing.T, s *mongostore.Store) map[string]message.OutboxEntry {
+	t.Helper()
+	ctx := t.Context()
+	due, err := s.DueOutbox(ctx, farFuture, 10_000)
+	if err != nil {
+		t.Fatalf("due outbox: %v", err)
+	}
+	stale, err := s.StaleOutbox(ctx, farFuture, 10_000)
+	if err != nil {
+		t.Fatalf("stale outbox: %v", err)
+	}
+	all := map[string]message.OutboxEntry{}
+	for _, e := range append(due, stale...) {
+		all[e.Key] = normEntry(e)
+	}
+	return all
+}
+
+func mustGet(t *testing.T, s *mongostore.Store, id string) message.Message {
+	t.Helper()
+	m, err := s.GetMessage(t.Context(), id)
+	if err != nil {
+		t.Fatalf("get message %s: %v", id, err)
+	}
+	return norm(m)
+}
+
+func TestOpenAndPing(t *testing.T) {
+	s := newStore(t)
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	// EnsureIndexes ran once in newStore; a second run must be a no-op even
+	// though FerretDB refuses the TTL index.
+	if err := s.EnsureIndexes(t.Context()); err != nil {
+		t.Fatalf("ensure indexes again: %v", err)
+	}
+}
+
+func TestOpenErrorsHidePassword(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	// Port 1 refuses connections; the short selection timeout keeps it quick.
+	_, err := mongostore.Open(ctx, "mongodb://alice:s3cretPw@127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300", "db")
+	if err == nil {
+		t.Fatal("Open on a closed port succeeded")
+	}
+	if strings.Contains(err.Error(), "s3cretPw") {
+		t.Errorf("error shows the password: %v", err)
+	}
+	if !strings.Contains(err.Error(), "127.0.0.1:1") || !strings.Contains(err.Error(), "ping") {
+		t.Errorf("error does not say what failed: %v", err)
+	}
+
+	if _, err := mongostore.Open(ctx, uri, ""); err == nil {
+		t.Error("Open with an empty database name succeeded")
+	}
+	_, err = mongostore.Open(ctx, "mongodb://bob:pa55word@127.0.0.1:1/?connectTimeoutMS=notanumber", "db")
+	if err == nil || strings.Contains(err.Error(), "pa55word") {
+		t.Errorf("Open with a bad URI: err = %v, want an error without the password", err)
+	}
+}
+
+func TestCreateAndGetMessage(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+
+	m := message.New(newID(t), message.CreateRequest{To: "+905551111111", Content: "héllo", SendAt: ptr(t0.Add(time.Hour))}, t0)
+	e := message.NewOutboxEntry(m.ID, 0, *m.NextAttemptAt, t0)
+	if err := s.CreateMessage(ctx, m, e); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if got := mustGet(t, s, m.ID); !reflect.DeepEqual(got, norm(m)) {
+		t.Errorf("get:\n got %+v\nwant %+v", got, norm(m))
+	}
+	if got := allOutbox(t, s)[e.Key]; got != normEntry(e) {
+		t.Errorf("outbox entry = %+v, want %+v", got, normEntry(e))
+	}
+
+	// The same ID again is a conflict, and the stored message is unchanged.
+	dup := m
+	dup.Content = "other"
+	err := s.CreateMessage(ctx, dup, e)
+	if message.ErrorCode(err) != message.ECONFLICT {
+		t.Errorf("duplicate create: err = %v, want code %s", err, message.ECONFLICT)
+	}
+	if got := mustGet(t, s, m.ID); got.Content != m.Content {
+		t.Errorf("duplicate create changed content to %q", got.Content)
+	}
+
+	// A message whose outbox entry exists already (a crash after the entry
+	// was written) is created without complaint.
+	m2 := newMessage(t, t0)
+	e2 := message.NewOutboxEntry(m2.ID, 0, t0, t0)
+	if err := s.EnsureOutbox(ctx, e2); err != nil {
+		t.Fatalf("ensure outbox: %v", err)
+	}
+	if err := s.CreateMessage(ctx, m2, e2); err != nil {
+		t.Fatalf("create with existing entry: %v", err)
+	}
+	mustGet(t, s, m2.ID)
+
+	_, err = s.GetMessage(ctx, newID(t))
+	if message.ErrorCode(err) != message.ENOTFOUND || !errors.Is(err, message.ErrNotFound) {
+		t.Errorf("get unknown: err = %v, want message.ErrNotFound", err)
+	}
+}
+
+func TestCreateMessageConcurrently(t *testing.T) {
+	s := newStore(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	ids := make(chan string, 40)
+	for range 8 {
+		wg.Go(func() {
+			for range 5 {
+				m := newMessage(t, t0)
+				e := message.NewOutboxEntry(m.ID, 0, t0, t0)
+				if err := s.CreateMessage(t.Context(), m, e); err != nil {
+					errs <- err
+					return
+				}
+				ids <- m.ID
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(ids)
+	for err := range errs {
+		t.Errorf("create: %v", err)
+	}
+	n := 0
+	for id := range ids {
+		mustGet(t, s, id)
+		n++
+	}
+	if n != 40 {
+		t.Errorf("created %d messages, want 40", n)
+	}
+}
+
+func TestListMessages(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+
+	// 120 messages, every third SENT, each with a delivery log that lists
+	// must leave out.
+	var all, sent []string
+	for i := range 120 {
+		m := newMessage(t, t0.Add(time.Duration(i)*time.Millisecond))
+		if i%3 == 0 {
+			m.Status = message.StatusSent
+			sent = append(sent, m.ID)
+		}
+		m.Deliveries = []message.Delivery{{At: t0, Attempt: 1, Outcome: message.OutcomeDelivered}}
+		create(t, s, m)
+		all = append(all, m.ID)
+	}
+	// Newest first is descending ID order.
+	slices.Sort(all)
+	slices.Reverse(all)
+	slices.Sort(sent)
+	slices.Reverse(sent)
+
+	tests := []struct {
+		name      string
+		status    message.Status
+		limit     int
+		want      []string
+		firstPage int
+	}{
+		{name: "all by 50", limit: 50, want: all, firstPage: 50},
+		{name: "all by 7", limit: 7, want: all, firstPage: 7},
+		{name: "all default limit", limit: 0, want: all, firstPage: mongostore.DefaultListLimit},
+		{name: "all in one page", limit: 500, want: all, firstPage: 120},
+		{name: "exactly one page", limit: 120, want: all, firstPage: 120},
+		{name: "sent by 7", status: message.StatusSent, limit: 7, want: sent, firstPage: 7},
+		{name: "sent by 40", status: message.StatusSent, limit: 40, want: sent, firstPage: 40},
+		{name: "failed: none", status: message.StatusFailed, limit: 10, want: nil, firstPage: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			cursor := ""
+			for page := 0; ; page++ {
+				if page > 200 {
+					t.Fatal("pagination does not end")
+				}
+				p, err := s.ListMessages(ctx, message.Filter{Status: tc.status, Limit: tc.limit, Cursor: cursor})
+				if err != nil {
+					t.Fatalf("list: %v", err)
+				}
+				if page == 0 && len(p.Items) != tc.firstPage {
+					t.Errorf("first page has %d items, want %d", len(p.Items), tc.firstPage)
+				}
+				for _, m := range p.Items {
+					if m.Deliveries != nil {
+						t.Fatalf("list item %s has deliveries", m.ID)
+					}
+					if tc.status != "" && m.Status != tc.status {
+						t.Fatalf("list item %s has status %s", m.ID, m.Status)
+					}
+					got = append(got, m.ID)
+				}
+				if p.NextCursor == "" {
+					break
+				}
+				if p.NextCursor != p.Items[len(p.Items)-1].ID {
+					t.Fatalf("next cursor %s is not the last item's ID", p.NextCursor)
+				}
+				cursor = p.NextCursor
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("pages joined give %d IDs, want %d in newest-first order without gaps or duplicates", len(got), len(tc.want))
+			}
+		})
+	}
+}
+
+func TestIdempotencyRecords(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+
+	first := message.IdempotencyRecord{Key: "key-1", RequestHash: "h1", MessageID: newID(t), CreatedAt: t0}
+	tests := []struct {
+		name         string
+		put          message.IdempotencyRecord
+		wantInserted bool
+		want         message.IdempotencyRecord
+	}{
+		{"new key", first, true, first},
+		{"same key, other request", message.IdempotencyRecord{Key: "key-1", RequestHash: "h2", MessageID: "x", CreatedAt: t0.Add(time.Second)}, false, first},
+		{"same request again", first, false, first},
+		{"other key", message.IdempotencyRecord{Key: "key-2", RequestHash: "h1", MessageID: "y", CreatedAt: t0}, true, message.IdempotencyRecord{Key: "key-2", RequestHash: "h1", MessageID: "y", CreatedAt: t0}},
+	}
+	for _, tc := range tests {
+		got, inserted, err := s.PutIdempotencyRecord(ctx, tc.put)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got.CreatedAt = ms(got.CreatedAt)
+		tc.want.CreatedAt = ms(tc.want.CreatedAt)
+		if inserted != tc.wantInserted || got != tc.want {
+			t.Errorf("%s: got %+v inserted=%v, want %+v inserted=%v", tc.name, got, inserted, tc.want, tc.wantInserted)
+		}
+	}
+
+	// After a delete the key is free again; deleting a missing key is fine.
+	if err := s.DeleteIdempotencyRecord(ctx, "key-1"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := s.DeleteIdempotencyRecord(ctx, "key-1"); err != nil {
+		t.Fatalf("delete missing: %v", err)
+	}
+	again := message.IdempotencyRecord{Key: "key-1", RequestHash: "h3", MessageID: "z", CreatedAt: t0}
+	if _, inserted, err := s.PutIdempotencyRecord(ctx, again); err != nil || !inserted {
+		t.Fatalf("put after delete: inserted=%v err=%v", inserted, err)
+	}
+
+	// Concurrent puts of one key: exactly one wins, all see its record.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	winners, hashes := 0, map[string]bool{}
+	for i := range 8 {
+		wg.Go(func() {
+			r := message.IdempotencyRecord{Key: "race", RequestHash: string(rune('a' + i)), MessageID: "m", CreatedAt: t0}
+			got, inserted, err := s.PutIdempotencyRecord(ctx, r)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("concurrent put: %v", err)
+				return
+			}
+			if inserted {
+				winners++
+			}
+			hashes[got.RequestHash] = true
+		})
+	}
+	wg.Wait()
+	if winners != 1 || len(hashes) != 1 {
+		t.Errorf("concurrent puts: %d winners, %d distinct records seen; want 1 and 1", winners, len(hashes))
+	}
+}
+
+func TestOutbox(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+
+	entries := []message.OutboxEntry{
+		message.NewOutboxEntry("a", 0, t0.Add(3*time.Second), t0),
+		message.NewOutboxEntry("b", 0, t0.Add(1*time.Second), t0),
+		message.NewOutboxEntry("c", 2, t0.Add(2*time.Second), t0),
+		message.NewOutboxEntry("d", 0, t0.Add(time.Hour), t0), // not due
+	}
+	for _, e := range entries {
+		if err := s.EnsureOutbox(ctx, e); err != nil {
+			t.Fatalf("ensure outbox: %v", err)
+		}
+	}
+	// EnsureOutbox of an existing key keeps the stored entry.
+	moved := entries[0]
+	moved.DueAt = t0
+	if err := s.EnsureOutbox(ctx, moved); err != nil {
+		t.Fatalf("ensure existing: %v", err)
+	}
+
+	keys := func(es []message.OutboxEntry) []string {
+		var ks []string
+		for _, e := range es {
+			ks = append(ks, e.Key)
+		}
+		return ks
+	}
+	now := t0.Add(10 * time.Second)
+	dueTests := []struct {
+		now   time.Time
+		limit int
+		want  []string
+	}{
+		{now, 10, []string{"b:0", "c:2", "a:0"}},
+		{now, 2, []string{"b:0", "c:2"}},
+		{now, 0, nil},
+		{t0.Add(2 * time.Second), 10, []string{"b:0", "c:2"}}, // due exactly now counts
+		{t0, 10, nil},
+	}
+	for _, tc := range dueTests {
+		got, err := s.DueOutbox(ctx, tc.now, tc.limit)
+		if err != nil {
+			t.Fatalf("due outbox: %v", err)
+		}
+		if !slices.Equal(keys(got), tc.want) {
+			t.Errorf("DueOutbox(%v, %d) = %v, want %v", tc.now.Sub(t0), tc.limit, keys(got), tc.want)
+		}
+	}
+	due, _ := s.DueOutbox(ctx, now, 1)
+	if len(due) != 1 || normEntry(due[0]) != normEntry(entries[1]) {
+		t.Errorf("due entry = %+v, want %+v", due, normEntry(entries[1]))
+	}
+
+	// Publish b then c later; a missing key is no error.
+	if err := s.MarkPublished(ctx, []string{"b:0", "missing:0"}, t0.Add(20*time.Second)); err != nil {
+		t.Fatalf("mark published: %v", err)
+	}
+	if err := s.MarkPublished(ctx, []string{"c:2"}, t0.Add(30*time.Second)); err != nil {
+		t.Fatalf("mark published: %v", err)
+	}
+	// Marking again keeps the first publishedAt.
+	if err := s.MarkPublished(ctx, []string{"b:0"}, t0.Add(40*time.Second)); err != nil {
+		t.Fatalf("mark published again: %v", err)
+	}
+	if err := s.MarkPublished(ctx, nil, t0); err != nil {
+		t.Fatalf("mark published of nothing: %v", err)
+	}
+	if got, _ := s.DueOutbox(ctx, now, 10); !slices.Equal(keys(got), []string{"a:0"}) {
+		t.Errorf("due after publish = %v, want [a:0]", keys(got))
+	}
+
+	staleTests := []struct {
+		before time.Time
+		limit  int
+		want   []string
+	}{
+		{t0.Add(time.Minute), 10, []string{"b:0", "c:2"}},
+		{t0.Add(time.Minute), 1, []string{"b:0"}},
+		{t0.Add(20 * time.Second), 10, []string{"b:0"}},
+		{t0.Add(19 * time.Second), 10, nil},
+		{t0.Add(time.Minute), 0, nil},
+	}
+	for _, tc := range staleTests {
+		got, err := s.StaleOutbox(ctx, tc.before, tc.limit)
+		if err != nil {
+			t.Fatalf("stale outbox: %v", err)
+		}
+		if !slices.Equal(keys(got), tc.want) {
+			t.Errorf("StaleOutbox(%v, %d) = %v, want %v", tc.before.Sub(t0), tc.limit, keys(got), tc.want)
+		}
+	}
+	stale, _ := s.StaleOutbox(ctx, t0.Add(time.Minute), 1)
+	if len(stale) != 1 || stale[0].PublishedAt == nil || !stale[0].PublishedAt.Equal(ms(t0.Add(20*time.Second))) {
+		t.Errorf("stale entry = %+v, want publishedAt t0+20s", stale)
+	}
+
+	if err := s.DeleteOutbox(ctx, "b:0"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := s.DeleteOutbox(ctx, "b:0"); err != nil {
+		t.Fatalf("delete missing: %v", err)
+	}
+	got := allOutbox(t, s)
+	if _, ok := got["b:0"]; ok || len(got) != 3 {
+		t.Errorf("after delete the outbox holds %v", got)
+	}
+}
+
+func TestMarkProcessing(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+
+	waiting := message.New(newID(t), message.CreateRequest{To: "+905551111111", Content: "x", SendAt: ptr(t0.Add(time.Minute))}, t0)
+	movedOn := newMessage(t, t0) // at seq 3: the entry below is for seq 2
+	movedOn.Seq = 3
+	done := newMessage(t, t0) // already SENT at the entry's seq
+	done.Status = message.StatusSent
+	for _, m := range []message.Message{waiting, movedOn, done} {
+		create(t, s, m)
+	}
+	at := t0.Add(2 * time.Minute)
+	err := s.MarkProcessing(ctx, []message.OutboxEntry{
+		message.NewOutboxEntry(waiting.ID, 0, t0, t0),
+		message.NewOutboxEntry(movedOn.ID, 2, t0, t0),
+		message.NewOutboxEntry(done.ID, 0, t0, t0),
+		message.NewOutboxEntry(newID(t), 0, t0, t0), // unknown message
+	}, at)
+	if err != nil {
+		t.Fatalf("mark processing: %v", err)
+	}
+	want := norm(waiting)
+	want.Status, want.UpdatedAt, want.NextAttemptAt = message.StatusProcessing, ms(at), nil
+	if got := mustGet(t, s, waiting.ID); !reflect.DeepEqual(got, want) {
+		t.Errorf("marked message:\n got %+v\nwant %+v", got, want)
+	}
+	for _, m := range []message.Message{movedOn, done} {
+		if got := mustGet(t, s, m.ID); !reflect.DeepEqual(got, norm(m)) {
+			t.Errorf("message that should be left alone changed:\n got %+v\nwant %+v", got, norm(m))
+		}
+	}
+	if err := s.MarkProcessing(ctx, nil, at); err != nil {
+		t.Errorf("mark processing of nothing: %v", err)
+	}
+}
+
+// processing stores a message that the publisher has handed out at seq.
+func processing(t *testing.T, s *mongostore.Store, seq int) message.Message {
+	t.Helper()
+	m := newMessage(t, t0)
+	m.Status, m.Seq, m.Attempts, m.NextAttemptAt = message.StatusProcessing, seq, seq, nil
+	e := message.NewOutboxEntry(m.ID, seq, t0, t0)
+	if err := s.CreateMessage(t.Context(), m, e); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := s.MarkPublished(t.Context(), []string{e.Key}, t0); err != nil {
+		t.Fatalf("mark published: %v", err)
+	}
+	return m
+}
+
+func TestRecordOutcome(t *testing.T) {
+	at := t0.Add(5 * time.Second)
+	next := at.Add(30 * time.Second)
+	delivery := &message.Delivery{At: at, Attempt: 2, Outcome: message.OutcomeRetry, StatusCode: 503, Error: "503", DurationMS: 12}
+	tests := []struct {
+		name  string
+		o     message.Outcome
+		apply func(m *message.Message) // the expected change
+	}{
+		{
+			name: "sent",
+			o:    message.Outcome{Status: message.StatusSent, Attempts: 2, At: at, WebhookMessageID: "wh-1", Delivery: &message.Delivery{At: at, Attempt: 2, Outcome: message.OutcomeDelivered, StatusCode: 202, DurationMS: 7}},
+			apply: func(m *message.Message) {
+				m.Status, m.Attempts, m.UpdatedAt, m.SentAt, m.WebhookMessageID = message.StatusSent, 2, at, &at, "wh-1"
+				m.Deliveries = []message.Delivery{{At: at, Attempt: 2, Outcome: message.OutcomeDelivered, StatusCode: 202, DurationMS: 7}}
+			},
+		},
+		{
+			name: "failed",
+			o:    message.Outcome{Status: message.StatusFailed, Attempts: 2, At: at, LastError: "400 Bad Request", FailureReason: "non-retryable status 400"},
+			apply: func(m *message.Message) {
+				m.Status, m.Attempts, m.UpdatedAt, m.LastError, m.FailureReason = message.StatusFailed, 2, at, "400 Bad Request", "non-retryable status 400"
+			},
+		},
+		{
+			name: "unsent for a retry",
+			o:    message.Outcome{Status: message.StatusUnsent, Attempts: 2, At: at, NextAttemptAt: &next, LastError: "503", Delivery: delivery},
+			apply: func(m *message.Message) {
+				m.Status, m.Attempts, m.UpdatedAt, m.NextAttemptAt, m.LastError = message.StatusUnsent, 2, at, &next, "503"
+				m.Seq++
+				m.Deliveries = []message.Delivery{*delivery}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			ctx := t.Context()
+			const seq = 1
+			m := processing(t, s, seq)
+			o := tc.o
+			o.MessageID, o.Seq = m.ID, seq
+			if err := s.RecordOutcome(ctx, o); err != nil {
+				t.Fatalf("record outcome: %v", err)
+			}
+			want := m
+			tc.apply(&want)
+			if got := mustGet(t, s, m.ID); !reflect.DeepEqual(got, norm(want)) {
+				t.Errorf("message:\n got %+v\nwant %+v", got, norm(want))
+			}
+			outbox := allOutbox(t, s)
+			if _, ok := outbox[message.OutboxKey(m.ID, seq)]; ok {
+				t.Errorf("entry of the finished dispatch %d is still there", seq)
+			}
+			nextKey := message.OutboxKey(m.ID, seq+1)
+			e, ok := outbox[nextKey]
+			if o.Status == message.StatusUnsent {
+				want := normEntry(message.NewOutboxEntry(m.ID, seq+1, next, at))
+				if !ok || e != want {
+					t.Errorf("next entry = %+v (present %v), want %+v", e, ok, want)
+				}
+				due, _ := s.DueOutbox(ctx, next, 10)
+				if len(due) != 1 || due[0].Key != nextKey {
+					t.Errorf("next entry is not due at %v: %+v", next, due)
+				}
+			} else if ok || len(outbox) != 0 {
+				t.Errorf("outbox after a final outcome holds %v", outbox)
+			}
+
+			// The same outcome again is stale for UNSENT (the seq moved on)
+			// and a harmless repeat for a final status.
+			err := s.RecordOutcome(ctx, o)
+			if o.Status == message.StatusUnsent && !errors.Is(err, message.ErrStaleOutcome) {
+				t.Errorf("repeat of an UNSENT outcome: err = %v, want ErrStaleOutcome", err)
+			}
+			if o.Status != message.StatusUnsent && err != nil {
+				t.Errorf("repeat of a final outcome: %v", err)
+			}
+		})
+	}
+}
+
+func TestRecordOutcomeRefused(t *testing.T) {
+	at := t0.Add(5 * time.Second)
+	next := at.Add(time.Minute)
+	tests := []struct {
+		name    string
+		status  message.Status // the stored message's status
+		seq     int            // the stored message's seq
+		o       message.Outcome
+		unknown bool
+		wantErr error
+	}{
+		{name: "older seq", status: message.StatusProcessing, seq: 2,
+			o: message.Outcome{Seq: 1, Status: message.StatusSent, Attempts: 3, At: at, Delivery: &message.Delivery{At: at, Outcome: message.OutcomeDelivered}}, wantErr: message.ErrStaleOutcome},
+		{name: "newer seq", status: message.StatusProcessing, seq: 2,
+			o: message.Outcome{Seq: 3, Status: message.StatusUnsent, At: at, NextAttemptAt: &next}, wantErr: message.ErrStaleOutcome},
+		{name: "retry after sent", status: message.StatusSent, seq: 2,
+			o: message.Outcome{Seq: 2, Status: message.StatusUnsent, At: at, NextAttemptAt: &next}, wantErr: message.ErrStaleOutcome},
+		{name: "failed after sent", status: message.StatusSent, seq: 2,
+			o: message.Outcome{Seq: 2, Status: message.StatusFailed, At: at}, wantErr: message.ErrStaleOutcome},
+		{name: "sent after failed", status: message.StatusFailed, seq: 2,
+			o: message.Outcome{Seq: 2, Status: message.StatusSent, At: at}, wantErr: message.ErrStaleOutcome},
+		{name: "unknown message", unknown: true,
+			o: message.Outcome{Seq: 0, Status: message.StatusSent, At: at}, wantErr: message.ErrNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			m := newMessage(t, t0)
+			m.Status, m.Seq = tc.status, tc.seq
+			o := tc.o
+			o.MessageID = m.ID
+			if !tc.unknown {
+				create(t, s, m)
+				// An entry for the outcome's seq, which must survive.
+				if err := s.EnsureOutbox(t.Context(), message.NewOutboxEntry(m.ID, o.Seq, t0, t0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := allOutbox(t, s)
+			err := s.RecordOutcome(t.Context(), o)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if !tc.unknown {
+				if got := mustGet(t, s, m.ID); !reflect.DeepEqual(got, norm(m)) {
+					t.Errorf("refused outcome changed the message:\n got %+v\nwant %+v", got, norm(m))
+				}
+			}
+			if after := allOutbox(t, s); !reflect.DeepEqual(after, before) {
+				t.Errorf("refused outcome changed the outbox:\n got %v\nwant %v", after, before)
+			}
+		})
+	}
+}
+
+func TestRecordOutcomeInvalid(t *testing.T) {
+	s := newStore(t)
+	m := processing(t, s, 0)
+	for _, o := range []message.Outcome{
+		{MessageID: m.ID, Status: message.StatusUnsent, At: t0}, // no NextAttemptAt
+		{MessageID: m.ID, Status: message.StatusProcessing, At: t0},
+		{MessageID: m.ID, Status: "", At: t0},
+	} {
+		if err := s.RecordOutcome(t.Context(), o); err == nil {
+			t.Errorf("RecordOutcome(%+v) succeeded", o)
+		}
+	}
+	if got := mustGet(t, s, m.ID); !reflect.DeepEqual(got, norm(m)) {
+		t.Errorf("invalid outcome changed the message: %+v", got)
+	}
+}
+
+func TestDeliveriesCapped(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	m := processing(t, s, 0)
+	const n = message.MaxDeliveries + 5
+	for i := range n {
+		at := t0.Add(time.Duration(i) * time.Second)
+		o := message.Outcome{MessageID: m.ID, Seq: i, Status: message.StatusUnsent, Attempts: i + 1, At: at, NextAttemptAt: &at,
+			Delivery: &message.Delivery{At: at, Attempt: i + 1, Outcome: message.OutcomeRetry, StatusCode: 500}}
+		if err := s.RecordOutcome(ctx, o); err != nil {
+			t.Fatalf("outcome %d: %v", i, err)
+		}
+	}
+	got := mustGet(t, s, m.ID)
+	if got.Seq != n {
+		t.Errorf("seq = %d, want %d", got.Seq, n)
+	}
+	if len(got.Deliveries) != message.MaxDeliveries {
+		t.Fatalf("delivery log has %d entries, want %d", len(got.Deliveries), message.MaxDeliveries)
+	}
+	for i, d := range got.Deliveries {
+		if want := n - message.MaxDeliveries + i + 1; d.Attempt != want {
+			t.Errorf("delivery %d is attempt %d, want %d (the latest, oldest first)", i, d.Attempt, want)
+		}
+	}
+	if outbox := allOutbox(t, s); len(outbox) != 1 {
+		t.Errorf("outbox holds %d entries, want only the latest dispatch: %v", len(outbox), outbox)
+	}
+}
+
+func TestSchedulerState(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	st, at, err := s.SchedulerState(ctx, message.SchedulerStarted)
+	if err != nil || st != message.SchedulerStarted || !at.IsZero() {
+		t.Fatalf("state before any set = %q, %v, %v; want the default and zero time", st, at, err)
+	}
+	for i, want := range []message.SchedulerState{message.SchedulerStopped, message.SchedulerStarted, message.SchedulerStopped} {
+		when := t0.Add(time.Duration(i) * time.Minute)
+		if err := s.SetSchedulerState(ctx, want, when); err != nil {
+			t.Fatalf("set: %v", err)
+		}
+		st, at, err := s.SchedulerState(ctx, message.SchedulerStarted)
+		if err != nil || st != want || !at.Equal(ms(when)) {
+			t.Errorf("state = %q at %v (%v), want %q at %v", st, at, err, want, ms(when))
+		}
+	}
+}
+
+func BenchmarkCreateMessage(b *testing.B) {
+	s := newStore(b)
+	for b.Loop() {
+		m := newMessage(b, t0)
+		if err := s.CreateMessage(b.Context(), m, message.NewOutboxEntry(m.ID, 0, t0, t0)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
