@@ -1,0 +1,437 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrClosed is returned by a Client's methods after Close.
+var ErrClosed = errors.New("rabbitmq client closed")
+
+// Reconnection timing. The first re-dial after a drop is immediate; later
+// ones back off exponentially to maxBackoff, with jitter so that many
+// processes that lost the same broker do not all come back at once.
+const (
+	baseBackoff = 250 * time.Millisecond
+	maxBackoff  = 30 * time.Second
+	// dialTimeout bounds one dial and handshake when the caller's context
+	// has no earlier deadline.
+	dialTimeout = 15 * time.Second
+	heartbeat   = 10 * time.Second
+	// closeTimeout bounds the wait for the broker's close-ok.
+	closeTimeout = 3 * time.Second
+)
+
+// backoff returns the wait before re-dial attempt n (n = 0 is the first).
+func backoff(n int) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	d := baseBackoff
+	for i := 1; i < n && d < maxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, maxBackoff)
+	// Equal jitter: half fixed, half random.
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// redactURI returns uri without its password, for logs and errors.
+func redactURI(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return "(unparsable rabbitmq uri)"
+	}
+	return u.Redacted()
+}
+
+// checkURI parses uri without letting its password reach an error message:
+// a *url.Error quotes the whole URL.
+func checkURI(uri string) error {
+	if _, err := amqp.ParseURI(uri); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("parse rabbitmq uri %s: %v", redactURI(uri), err)
+	}
+	return nil
+}
+
+// managedConn is one AMQP connection that re-dials itself. A connection is
+// declared into existence with the topology each time it is (re)made, so a
+// broker that lost its definitions gets them back.
+type managedConn struct {
+	uri  string
+	name string // "publish" or "consume": the connection name the broker shows
+	topo Topology
+	log  *slog.Logger
+
+	life     context.Context // ends when the owner closes
+	stop     context.CancelFunc
+	loopDone chan struct{}
+
+	mu        sync.Mutex
+	conn      *amqp.Connection // nil while down
+	raw       net.Conn
+	gen       uint64        // counts successful connects
+	up        chan struct{} // closed when a connection is made; replaced on a drop
+	blocked   chan struct{} // non-nil while the broker blocks publishing; closed when it stops
+	blockWhy  string
+	lastErr   error
+	downSince time.Time
+}
+
+func newManagedConn(parent context.Context, uri, name string, topo Topology, log *slog.Logger) *managedConn {
+	life, stop := context.WithCancel(parent)
+	return &managedConn{
+		uri: uri, name: name, topo: topo, log: log.With("connection", name),
+		life: life, stop: stop, loopDone: make(chan struct{}),
+		up: make(chan struct{}), downSince: time.Now(),
+	}
+}
+
+// connectNow makes the first connection within ctx and starts the watcher.
+func (m *managedConn) connectNow(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Close must be able to interrupt the first dial too.
+	stopLife := context.AfterFunc(m.life, cancel)
+	defer stopLife()
+	w, err := m.connect(ctx)
+	if err != nil {
+		m.stop()
+		close(m.loopDone)
+		return err
+	}
+	go m.run(w)
+	return nil
+}
+
+// startDown starts the watcher without a connection: it dials in the
+// background, with backoff, until it succeeds or the owner closes.
+func (m *managedConn) startDown() { go m.run(nil) }
+
+// watched is what the watcher listens to on one connection.
+type watched struct {
+	gen    uint64
+	closes chan *amqp.Error
+	blocks chan amqp.Blocking
+}
+
+func (m *managedConn) run(w *watched) {
+	defer close(m.loopDone)
+	connected := w != nil
+	for {
+		if w != nil {
+			if !m.watch(w) {
+				return
+			}
+		}
+		w = nil
+		for attempt := 0; w == nil; attempt++ {
+			if !sleep(m.life, backoff(attempt)) {
+				return
+			}
+			ctx, cancel := context.WithTimeout(m.life, dialTimeout)
+			var err error
+			w, err = m.connect(ctx)
+			cancel()
+			if err != nil {
+				if m.life.Err() != nil {
+					return
+				}
+				m.setErr(err)
+				m.log.Warn("rabbitmq connect failed; retrying", "attempt", attempt+1, "err", err)
+				continue
+			}
+			if connected {
+				m.log.Info("rabbitmq reconnected", "attempt", attempt+1)
+			} else {
+				m.log.Info("rabbitmq connected", "uri", redactURI(m.uri))
+			}
+			connected = true
+		}
+	}
+}
+
+// watch follows one connection until it closes (false: the owner closed).
+func (m *managedConn) watch(w *watched) bool {
+	for {
+		select {
+		case b, ok := <-w.blocks:
+			if !ok {
+				w.blocks = nil
+				continue
+			}
+			m.setBlocked(b)
+		case amqpErr, ok := <-w.closes:
+			if m.life.Err() != nil {
+				return false
+			}
+			var err error = amqpErr
+			if !ok || amqpErr == nil {
+				err = errors.New("connection closed by client")
+			}
+			m.markDown(w.gen, err)
+			m.log.Warn("rabbitmq connection lost; reconnecting", "err", err)
+			return true
+		case <-m.life.Done():
+			return false
+		}
+	}
+}
+
+// connect dials, declares the topology and publishes the new connection.
+func (m *managedConn) connect(ctx context.Context) (*watched, error) {
+	conn, raw, err := m.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.declare(ctx, conn); err != nil {
+		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		return nil, err
+	}
+	w := &watched{
+		closes: conn.NotifyClose(make(chan *amqp.Error, 1)),
+		blocks: conn.NotifyBlocked(make(chan amqp.Blocking, 1)),
+	}
+	m.mu.Lock()
+	if m.life.Err() != nil {
+		m.mu.Unlock()
+		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		return nil, ErrClosed
+	}
+	m.gen++
+	w.gen = m.gen
+	m.conn, m.raw, m.lastErr = conn, raw, nil
+	close(m.up)
+	m.mu.Unlock()
+	return w, nil
+}
+
+func (m *managedConn) dial(ctx context.Context) (*amqp.Connection, net.Conn, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName("reliable-messaging " + m.name)
+	var raw net.Conn
+	var stopWatch func() bool
+	cfg := amqp.Config{
+		Heartbeat:  heartbeat,
+		Properties: props,
+		// Dial is called synchronously by DialConfig, so raw and stopWatch
+		// are written before DialConfig returns.
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: dialTimeout}
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			deadline := time.Now().Add(dialTimeout)
+			if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+				deadline = dl
+			}
+			// The handshake has no context; a deadline bounds it, and
+			// ending ctx moves the deadline to now.
+			if err := c.SetDeadline(deadline); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
+			stopWatch = context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+			raw = c
+			return c, nil
+		},
+	}
+	conn, err := amqp.DialConfig(m.uri, cfg)
+	if stopWatch != nil && !stopWatch() {
+		// ctx ended during the handshake: even if it succeeded, the
+		// deadline may now be in the past.
+		if err == nil {
+			_ = conn.Close()
+		}
+		return nil, nil, fmt.Errorf("connect to rabbitmq %s: %w", redactURI(m.uri), ctx.Err())
+	}
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, nil, fmt.Errorf("connect to rabbitmq %s: %w", redactURI(m.uri), err)
+	}
+	return conn, raw, nil
+}
+
+func (m *managedConn) declare(ctx context.Context, conn *amqp.Connection) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel to declare topology: %w", err)
+	}
+	if err := Declare(ctx, ch, m.topo); err != nil {
+		// Closing the connection (which the caller does) ends ch too.
+		return err
+	}
+	_ = ch.Close()
+	return nil
+}
+
+// get returns the live connection, waiting for a reconnect within ctx.
+func (m *managedConn) get(ctx context.Context) (*amqp.Connection, uint64, error) {
+	for {
+		m.mu.Lock()
+		conn, gen, up, lastErr := m.conn, m.gen, m.up, m.lastErr
+		m.mu.Unlock()
+		if conn != nil {
+			if !conn.IsClosed() {
+				return conn, gen, nil
+			}
+			m.markDown(gen, errors.New("connection closed"))
+			continue
+		}
+		select {
+		case <-up:
+		case <-m.life.Done():
+			return nil, 0, ErrClosed
+		case <-ctx.Done():
+			if lastErr != nil {
+				return nil, 0, fmt.Errorf("rabbitmq not connected (last error: %v): %w", lastErr, ctx.Err())
+			}
+			return nil, 0, fmt.Errorf("rabbitmq not connected: %w", ctx.Err())
+		}
+	}
+}
+
+// markDown forgets connection gen, if it is still the current one.
+func (m *managedConn) markDown(gen uint64, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gen != gen || m.conn == nil {
+		return
+	}
+	m.conn, m.raw = nil, nil
+	m.up = make(chan struct{})
+	m.lastErr = err
+	m.downSince = time.Now()
+	if m.blocked != nil {
+		close(m.blocked)
+		m.blocked = nil
+	}
+}
+
+func (m *managedConn) setErr(err error) {
+	m.mu.Lock()
+	m.lastErr = err
+	m.mu.Unlock()
+}
+
+func (m *managedConn) setBlocked(b amqp.Blocking) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case b.Active && m.blocked == nil:
+		m.blocked = make(chan struct{})
+		m.blockWhy = b.Reason
+		m.log.Warn("rabbitmq blocks publishing on this connection", "reason", b.Reason)
+	case !b.Active && m.blocked != nil:
+		close(m.blocked)
+		m.blocked = nil
+		m.log.Info("rabbitmq unblocked this connection")
+	}
+}
+
+// waitUnblocked waits within ctx while the broker blocks the connection
+// (a memory or disk alarm): a publish on a blocked connection would hang in
+// a socket write that no context can interrupt.
+func (m *managedConn) waitUnblocked(ctx context.Context) error {
+	m.mu.Lock()
+	b, why := m.blocked, m.blockWhy
+	m.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	select {
+	case <-b:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rabbitmq blocks publishing (%s): %w", why, ctx.Err())
+	}
+}
+
+// status returns nil if the connection is up and not blocked.
+func (m *managedConn) status() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.life.Err() != nil:
+		return ErrClosed
+	case m.conn == nil || m.conn.IsClosed():
+		if m.lastErr != nil {
+			return fmt.Errorf("rabbitmq %s connection down since %s: %v", m.name, m.downSince.UTC().Format(time.RFC3339), m.lastErr)
+		}
+		return fmt.Errorf("rabbitmq %s connection down since %s", m.name, m.downSince.UTC().Format(time.RFC3339))
+	case m.blocked != nil:
+		return fmt.Errorf("rabbitmq blocks publishing on the %s connection: %s", m.name, m.blockWhy)
+	}
+	return nil
+}
+
+// close stops the watcher and closes the connection.
+func (m *managedConn) close() error {
+	m.stop()
+	<-m.loopDone
+	m.mu.Lock()
+	conn := m.conn
+	m.conn, m.raw = nil, nil
+	m.mu.Unlock()
+	if conn == nil || conn.IsClosed() {
+		return nil
+	}
+	if err := conn.CloseDeadline(time.Now().Add(closeTimeout)); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		return fmt.Errorf("close rabbitmq %s connection: %w", m.name, err)
+	}
+	return nil
+}
+
+// dropForTest closes the socket under the connection, as a network failure
+// would.
+func (m *managedConn) dropForTest() {
+	m.mu.Lock()
+	raw := m.raw
+	m.mu.Unlock()
+	if raw != nil {
+		_ = raw.Close()
+	}
+}
+
+// localAddr returns the client side address of the live connection, which
+// the broker uses in the connection's name.
+func (m *managedConn) localAddr() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conn == nil {
+		return ""
+	}
+	return m.conn.LocalAddr().String()
+}

@@ -1,0 +1,789 @@
+package rabbitmq_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
+)
+
+func testURI() string {
+	if v := os.Getenv("RABBITMQ_URI"); v != "" {
+		return v
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+// adminConn is the tests' own connection, for setup, inspection and
+// cleanup. A missing broker fails the test: it never skips.
+func adminConn(t *testing.T) *amqp.Connection {
+	t.Helper()
+	conn, err := amqp.Dial(testURI())
+	if err != nil {
+		t.Fatalf("RabbitMQ is not reachable at 127.0.0.1:5672 (%v); start it with `rabbitmq-server -detached` "+
+			"(or set RABBITMQ_URI)", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func adminChannel(t *testing.T, conn *amqp.Connection) *amqp.Channel {
+	t.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("open admin channel: %v", err)
+	}
+	t.Cleanup(func() { _ = ch.Close() })
+	return ch
+}
+
+// newTopology returns names unique to this test and deletes them at the end.
+func newTopology(t *testing.T, conn *amqp.Connection) rabbitmq.Topology {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
+	base := fmt.Sprintf("test.%s.%s", name, hex.EncodeToString(b))
+	topo := rabbitmq.Topology{Exchange: base, Queue: base + ".q", DeadLetterQueue: base + ".dlq"}
+	t.Cleanup(func() {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer ch.Close()
+		_, _ = ch.QueueDelete(topo.Queue, false, false, false)
+		_, _ = ch.QueueDelete(topo.DeadLetterQueue, false, false, false)
+		_ = ch.ExchangeDelete(topo.Exchange, false, false)
+	})
+	return topo
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func dial(t *testing.T, topo rabbitmq.Topology) *rabbitmq.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := rabbitmq.Dial(ctx, testURI(), topo, testLogger(t))
+	if err != nil {
+		t.Fatalf("Dial: %v (is RabbitMQ running? start it with `rabbitmq-server -detached`)", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+// depth returns the number of ready messages in queue.
+func depth(t *testing.T, conn *amqp.Connection, queue string) int {
+	t.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("open channel: %v", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("inspect queue %s: %v", queue, err)
+	}
+	return q.Messages
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func envelopes(prefix string, n int) []message.Envelope {
+	out := make([]message.Envelope, n)
+	now := time.Now().UTC()
+	for i := range out {
+		out[i] = message.Envelope{ID: fmt.Sprintf("%s-%04d", prefix, i), Seq: 1, PublishedAt: now}
+	}
+	return out
+}
+
+// publishAll publishes envs and fails the test unless all are confirmed.
+func publishAll(t *testing.T, c *rabbitmq.Client, envs []message.Envelope) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	confirmed, err := c.PublishConfirmed(ctx, envs)
+	if err != nil || len(confirmed) != len(envs) {
+		t.Fatalf("PublishConfirmed: %d of %d confirmed, err %v", len(confirmed), len(envs), err)
+	}
+}
+
+// consumer runs Consume in the background and records what it sees.
+type consumer struct {
+	mu    sync.Mutex
+	seen  map[string]int
+	total atomic.Int64
+	done  chan error
+	stop  context.CancelFunc
+}
+
+func startConsumer(t *testing.T, c *rabbitmq.Client, opts rabbitmq.ConsumeOptions, h rabbitmq.Handler) *consumer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	k := &consumer{seen: map[string]int{}, done: make(chan error, 1), stop: cancel}
+	go func() {
+		k.done <- c.Consume(ctx, opts, func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+			a := rabbitmq.Ack
+			if h != nil {
+				a = h(ctx, d)
+			}
+			if a == rabbitmq.Ack {
+				k.mu.Lock()
+				k.seen[d.MessageID]++
+				k.mu.Unlock()
+				k.total.Add(1)
+			}
+			return a
+		})
+	}()
+	t.Cleanup(func() { k.shutdown(t) })
+	return k
+}
+
+// shutdown cancels Consume and waits for it to return nil.
+func (k *consumer) shutdown(t *testing.T) {
+	t.Helper()
+	k.stop()
+	select {
+	case err, ok := <-k.done:
+		if ok && err != nil {
+			t.Errorf("Consume returned %v", err)
+		}
+		if ok {
+			close(k.done)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("Consume did not return after its context was cancelled")
+	}
+}
+
+func (k *consumer) count(id string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.seen[id]
+}
+
+func TestDeclareIsIdempotentAndExplainsConflicts(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 2 {
+		if err := rabbitmq.Declare(ctx, adminChannel(t, conn), topo); err != nil {
+			t.Fatalf("Declare #%d: %v", i+1, err)
+		}
+	}
+
+	// A classic queue under the name the topology wants for its quorum queue.
+	conflict := newTopology(t, conn)
+	ch := adminChannel(t, conn)
+	if _, err := ch.QueueDeclare(conflict.Queue, true, false, false, false, nil); err != nil {
+		t.Fatalf("declare classic queue: %v", err)
+	}
+	err := rabbitmq.Declare(ctx, adminChannel(t, conn), conflict)
+	if err == nil {
+		t.Fatal("Declare over a classic queue of the same name succeeded")
+	}
+	for _, want := range []string{"PRECONDITION_FAILED", "delete", conflict.Queue} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Declare error %q does not mention %q", err, want)
+		}
+	}
+	if _, err := rabbitmq.Dial(ctx, testURI(), conflict, nil); err == nil || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
+		t.Errorf("Dial with a conflicting topology: err %v, want PRECONDITION_FAILED", err)
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	topo := rabbitmq.Topology{Exchange: "x", Queue: "q", DeadLetterQueue: "d"}
+	for _, uri := range []string{
+		"amqp://guest:s3cr3t-pw@127.0.0.1:1/",          // nothing listens
+		"amqp://guest:s3cr3t-pw@127.0.0.1:5672/",       // wrong password
+		"amqp://guest:s3cr3t-pw@127.0.0.1:5672/%zz",    // unparsable
+		"http://guest:s3cr3t-pw@127.0.0.1:5672/",       // wrong scheme
+		"amqp://guest:s3cr3t-pw@127.0.0.1:5672/nohost", // unknown vhost
+	} {
+		c, err := rabbitmq.Dial(ctx, uri, topo, nil)
+		if err == nil {
+			_ = c.Close()
+			t.Errorf("Dial(%s) succeeded", uri)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr3t-pw") {
+			t.Errorf("Dial error reveals the password: %v", err)
+		}
+	}
+	if _, err := rabbitmq.Dial(ctx, testURI(), rabbitmq.Topology{Exchange: "x", Queue: "q"}, nil); err == nil {
+		t.Error("Dial accepted a topology without a dead-letter queue")
+	}
+}
+
+func TestPublishAndConsumeThousand(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+
+	const n, batch = 1000, 100
+	envs := envelopes("m", n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n/batch)
+	for i := 0; i < n; i += batch {
+		wg.Add(1)
+		go func(part []message.Envelope) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			confirmed, err := c.PublishConfirmed(ctx, part)
+			if err != nil || len(confirmed) != len(part) {
+				errs <- fmt.Errorf("%d of %d confirmed: %v", len(confirmed), len(part), err)
+			}
+		}(envs[i : i+batch])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("PublishConfirmed: %v", err)
+	}
+	pubTime := time.Since(start)
+	if got := depth(t, conn, topo.Queue); got != n {
+		t.Fatalf("queue holds %d messages after publishing %d", got, n)
+	}
+
+	var redelivered atomic.Int64
+	start = time.Now()
+	k := startConsumer(t, c, rabbitmq.ConsumeOptions{Prefetch: 32, Concurrency: 8},
+		func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+			var env message.Envelope
+			if err := json.Unmarshal(d.Body, &env); err != nil || env.ID != d.MessageID || d.ContentType != "application/json" {
+				t.Errorf("delivery %q: body %s, content type %q, err %v", d.MessageID, d.Body, d.ContentType, err)
+			}
+			if d.Redelivered {
+				redelivered.Add(1)
+			}
+			return rabbitmq.Ack
+		})
+	waitFor(t, 20*time.Second, "1000 deliveries", func() bool { return k.total.Load() >= n })
+	conTime := time.Since(start)
+	waitFor(t, 2*time.Second, "consumer state consuming", func() bool { return c.ConsumerState() == rabbitmq.ConsumerConsuming })
+	k.shutdown(t)
+	if s := c.ConsumerState(); s != rabbitmq.ConsumerStopped {
+		t.Errorf("ConsumerState after stop = %q, want stopped", s)
+	}
+
+	for _, e := range envs {
+		if got := k.count(e.ID); got != 1 {
+			t.Errorf("%s handled %d times, want 1", e.ID, got)
+		}
+	}
+	if got := k.total.Load(); got != n {
+		t.Errorf("handled %d deliveries, want %d", got, n)
+	}
+	if r := redelivered.Load(); r != 0 {
+		t.Errorf("%d deliveries were redeliveries", r)
+	}
+	if got := depth(t, conn, topo.Queue); got != 0 {
+		t.Errorf("queue holds %d messages after consuming all", got)
+	}
+	t.Logf("published %d in %s (%.0f/s, %d concurrent batches of %d); consumed in %s (%.0f/s, concurrency 8, prefetch 32; race detector on: %v)",
+		n, pubTime.Round(time.Millisecond), n/pubTime.Seconds(), n/batch, batch, conTime.Round(time.Millisecond), n/conTime.Seconds(), raceEnabled)
+}
+
+func TestNackRequeueRedeliversAndRawBodiesArrive(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	publishAll(t, c, envelopes("nack", 1))
+	// Someone else's message: not JSON, no message ID.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	raw := []byte("\x00not json at all")
+	if err := adminChannel(t, conn).PublishWithContext(ctx, topo.Exchange, topo.Queue, false, false,
+		amqp.Publishing{Body: raw, ContentType: "application/octet-stream"}); err != nil {
+		t.Fatalf("publish raw: %v", err)
+	}
+
+	type seen struct {
+		redelivered bool
+		count       int64
+	}
+	var mu sync.Mutex
+	got := map[string][]seen{}
+	var rawBody []byte
+	k := startConsumer(t, c, rabbitmq.ConsumeOptions{Concurrency: 2},
+		func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+			mu.Lock()
+			defer mu.Unlock()
+			if d.MessageID == "" {
+				rawBody = d.Body
+			}
+			got[d.MessageID] = append(got[d.MessageID], seen{d.Redelivered, d.DeliveryCount})
+			if len(got[d.MessageID]) == 1 {
+				return rabbitmq.NackRequeue
+			}
+			return rabbitmq.Ack
+		})
+	waitFor(t, 10*time.Second, "both messages acked", func() bool { return k.total.Load() == 2 })
+	k.shutdown(t)
+
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range []string{"nack-0000", ""} {
+		s := got[id]
+		if len(s) != 2 {
+			t.Errorf("message %q delivered %d times, want 2", id, len(s))
+			continue
+		}
+		if s[0].redelivered || !s[1].redelivered {
+			t.Errorf("message %q: Redelivered %v then %v, want false then true", id, s[0].redelivered, s[1].redelivered)
+		}
+		if s[0].count != 0 || s[1].count != 1 {
+			t.Errorf("message %q: DeliveryCount %d then %d, want 0 then 1", id, s[0].count, s[1].count)
+		}
+	}
+	if !bytes.Equal(rawBody, raw) {
+		t.Errorf("raw body arrived as %q, want %q", rawBody, raw)
+	}
+	if d := depth(t, conn, topo.Queue); d != 0 {
+		t.Errorf("queue holds %d messages", d)
+	}
+}
+
+func TestGracefulStop(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	const n, concurrency = 40, 4
+	envs := envelopes("stop", n)
+	publishAll(t, c, envs)
+
+	var started, finished atomic.Int64
+	release := make(chan struct{})
+	k := startConsumer(t, c, rabbitmq.ConsumeOptions{Prefetch: 20, Concurrency: concurrency, DrainTimeout: 10 * time.Second},
+		func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+			started.Add(1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				t.Errorf("handler context cancelled during the drain: %v", ctx.Err())
+			}
+			time.Sleep(50 * time.Millisecond) // still working when Consume's ctx is gone
+			finished.Add(1)
+			return rabbitmq.Ack
+		})
+	waitFor(t, 5*time.Second, "handlers mid-work", func() bool { return started.Load() == concurrency })
+	// Let the broker fill the prefetch window before stopping.
+	waitFor(t, 5*time.Second, "prefetched deliveries", func() bool { return depth(t, conn, topo.Queue) <= n-20 })
+
+	k.stop()
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	k.shutdown(t)
+
+	if s, f := started.Load(), finished.Load(); s != concurrency || f != concurrency {
+		t.Errorf("%d handlers started and %d finished, want %d each", s, f, concurrency)
+	}
+	if got := k.total.Load(); got != concurrency {
+		t.Errorf("%d acked, want %d", got, concurrency)
+	}
+	// Everything not acked is back in the queue, ready.
+	waitFor(t, 5*time.Second, "unstarted deliveries back in the queue", func() bool {
+		return depth(t, conn, topo.Queue) == n-concurrency
+	})
+
+	// A second consumer gets the rest: nothing was lost.
+	k2 := startConsumer(t, c, rabbitmq.ConsumeOptions{Concurrency: 4}, nil)
+	waitFor(t, 10*time.Second, "the rest", func() bool { return k2.total.Load() == n-concurrency })
+	k2.shutdown(t)
+	for _, e := range envs {
+		if a, b := k.count(e.ID), k2.count(e.ID); a+b != 1 {
+			t.Errorf("%s acked %d+%d times, want once", e.ID, a, b)
+		}
+	}
+}
+
+func TestReconnect(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		kill func(t *testing.T, c *rabbitmq.Client)
+	}{
+		{"broker closes connections", closeFromServer},
+		{"network drops", func(t *testing.T, c *rabbitmq.Client) { c.DropConnectionsForTest() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := adminConn(t)
+			topo := newTopology(t, conn)
+			c := dial(t, topo)
+			k := startConsumer(t, c, rabbitmq.ConsumeOptions{Concurrency: 4}, nil)
+			before := envelopes("before", 20)
+			publishAll(t, c, before)
+			waitFor(t, 10*time.Second, "first deliveries", func() bool { return k.total.Load() >= 20 })
+
+			tc.kill(t, c)
+			waitFor(t, 5*time.Second, "the drop to be noticed", func() bool {
+				return c.Ping(context.Background()) != nil || c.ConsumerState() != rabbitmq.ConsumerConsuming
+			})
+
+			// Publishing waits for the reconnect within its context.
+			after := envelopes("after", 20)
+			publishAll(t, c, after)
+			waitFor(t, 10*time.Second, "deliveries after the reconnect", func() bool {
+				for _, e := range after {
+					if k.count(e.ID) == 0 {
+						return false
+					}
+				}
+				return true
+			})
+			waitFor(t, 5*time.Second, "healthy again", func() bool {
+				return c.Ping(context.Background()) == nil && c.ConsumerState() == rabbitmq.ConsumerConsuming
+			})
+			for _, e := range before {
+				if k.count(e.ID) == 0 {
+					t.Errorf("%s never handled", e.ID)
+				}
+			}
+			k.shutdown(t)
+			if d := depth(t, conn, topo.Queue); d != 0 {
+				t.Errorf("queue holds %d messages", d)
+			}
+		})
+	}
+}
+
+// closeFromServer has the broker close the client's connections
+// (CONNECTION_FORCED), with rabbitmqctl. The management API is not enabled
+// on this machine; without rabbitmqctl the test drops the sockets instead.
+func closeFromServer(t *testing.T, c *rabbitmq.Client) {
+	t.Helper()
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		t.Log("rabbitmqctl not found; dropping the sockets instead")
+		c.DropConnectionsForTest()
+		return
+	}
+	addrs := c.LocalAddrsForTest()
+	if len(addrs) != 2 {
+		t.Fatalf("client has %d connections, want 2 (publish and consume)", len(addrs))
+	}
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "pid", "name").Output()
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_connections: %v", err)
+	}
+	closed := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		pid, name, ok := strings.Cut(line, "\t")
+		if !ok {
+			continue
+		}
+		for _, a := range addrs {
+			if strings.HasPrefix(name, a+" ->") {
+				if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test: forced close").CombinedOutput(); err != nil {
+					t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
+				}
+				closed++
+			}
+		}
+	}
+	if closed != len(addrs) {
+		t.Fatalf("closed %d of %d connections; rabbitmqctl listed:\n%s", closed, len(addrs), out)
+	}
+}
+
+func TestPublishToMissingQueueIsNotConfirmed(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	if _, err := adminChannel(t, conn).QueueDelete(topo.Queue, false, false, false); err != nil {
+		t.Fatalf("delete queue: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	envs := envelopes("lost", 3)
+	confirmed, err := c.PublishConfirmed(ctx, envs)
+	if len(confirmed) != 0 || err == nil {
+		t.Fatalf("PublishConfirmed with no queue: %d confirmed, err %v; want none and an error", len(confirmed), err)
+	}
+	if !strings.Contains(err.Error(), "unroutable") || !strings.Contains(err.Error(), "NO_ROUTE") {
+		t.Errorf("error %q does not say the messages were unroutable", err)
+	}
+
+	// Once the queue is back, the same client publishes fine.
+	if err := rabbitmq.Declare(ctx, adminChannel(t, conn), topo); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	publishAll(t, c, envs)
+	if d := depth(t, conn, topo.Queue); d != 3 {
+		t.Errorf("queue holds %d messages, want 3", d)
+	}
+
+	// A missing exchange closes the channel: nothing is confirmed either,
+	// and the next publish gets a fresh channel.
+	if err := adminChannel(t, conn).ExchangeDelete(topo.Exchange, false, false); err != nil {
+		t.Fatalf("delete exchange: %v", err)
+	}
+	confirmed, err = c.PublishConfirmed(ctx, envs)
+	if len(confirmed) != 0 || err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Errorf("PublishConfirmed with no exchange: %d confirmed, err %v; want none and NOT_FOUND", len(confirmed), err)
+	}
+	if err := rabbitmq.Declare(ctx, adminChannel(t, conn), topo); err != nil {
+		t.Fatalf("Declare: %v", err)
+	}
+	publishAll(t, c, envs)
+}
+
+func TestNotifyDeadLetter(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	want := message.DeadLetter{MessageID: "dl-1", Reason: "retries exhausted", LastError: "503", Attempts: 4,
+		FailedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	if err := c.NotifyDeadLetter(ctx, want); err != nil {
+		t.Fatalf("NotifyDeadLetter: %v", err)
+	}
+	d, ok, err := adminChannel(t, conn).Get(topo.DeadLetterQueue, true)
+	if err != nil || !ok {
+		t.Fatalf("get from the DLQ: ok %v, err %v", ok, err)
+	}
+	if d.DeliveryMode != amqp.Persistent || d.ContentType != "application/json" || d.MessageId != "dl-1" {
+		t.Errorf("DLQ message: delivery mode %d, content type %q, message id %q", d.DeliveryMode, d.ContentType, d.MessageId)
+	}
+	var got message.DeadLetter
+	if err := json.Unmarshal(d.Body, &got); err != nil || got != want {
+		t.Errorf("DLQ body %s decodes to %+v (err %v), want %+v", d.Body, got, err, want)
+	}
+	if n := depth(t, conn, topo.Queue); n != 0 {
+		t.Errorf("main queue holds %d messages", n)
+	}
+}
+
+func TestContextIsHonoured(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if confirmed, err := c.PublishConfirmed(ctx, envelopes("c", 3)); err == nil || len(confirmed) != 0 {
+		t.Errorf("PublishConfirmed with a cancelled context: %d confirmed, err %v", len(confirmed), err)
+	}
+	if err := c.Ping(ctx); err == nil {
+		t.Error("Ping with a cancelled context succeeded")
+	}
+	// Consume with a cancelled context returns at once.
+	start := time.Now()
+	if err := c.Consume(ctx, rabbitmq.ConsumeOptions{}, func(context.Context, rabbitmq.Delivery) rabbitmq.Action {
+		return rabbitmq.Ack
+	}); err != nil {
+		t.Errorf("Consume with a cancelled context: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Consume with a cancelled context took %s", d)
+	}
+	// While disconnected and never reconnecting (Close), calls fail fast.
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := c.PublishConfirmed(context.Background(), envelopes("c", 1)); !errors.Is(err, rabbitmq.ErrClosed) {
+		t.Errorf("PublishConfirmed after Close: %v, want ErrClosed", err)
+	}
+	if err := c.Ping(context.Background()); err == nil {
+		t.Error("Ping after Close succeeded")
+	}
+	if err := c.Consume(context.Background(), rabbitmq.ConsumeOptions{}, func(context.Context, rabbitmq.Delivery) rabbitmq.Action {
+		return rabbitmq.Ack
+	}); !errors.Is(err, rabbitmq.ErrClosed) {
+		t.Errorf("Consume after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestConsumeMissingQueueFails(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := c.Consume(ctx, rabbitmq.ConsumeOptions{Queue: topo.Queue + ".nope"}, func(context.Context, rabbitmq.Delivery) rabbitmq.Action {
+		return rabbitmq.Ack
+	})
+	if err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Errorf("Consume of a missing queue: %v, want NOT_FOUND", err)
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	runtime.GC()
+	base := runtime.NumGoroutine()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := rabbitmq.Dial(ctx, testURI(), topo, testLogger(t))
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	cctx, stop := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, rabbitmq.ConsumeOptions{Concurrency: 8}, func(context.Context, rabbitmq.Delivery) rabbitmq.Action {
+			handled.Add(1)
+			return rabbitmq.Ack
+		})
+	}()
+	// Several concurrent publishers use more channels than the pool keeps.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.PublishConfirmed(ctx, envelopes(fmt.Sprintf("g%d", i), 50)); err != nil {
+				t.Errorf("PublishConfirmed: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 10*time.Second, "deliveries", func() bool { return handled.Load() >= 400 })
+	c.DropConnectionsForTest()
+	waitFor(t, 5*time.Second, "reconnect", func() bool {
+		return c.Ping(ctx) == nil && c.ConsumerState() == rabbitmq.ConsumerConsuming
+	})
+	if _, err := c.PublishConfirmed(ctx, envelopes("late", 10)); err != nil {
+		t.Fatalf("PublishConfirmed after reconnect: %v", err)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Consume: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	var n int
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n = runtime.NumGoroutine()
+		if n <= base || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n > base {
+		buf := make([]byte, 1<<16)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("%d goroutines after Close, %d before Dial:\n%s", n, base, buf)
+	}
+}
+
+func TestCloseWhileConsumingDrains(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	publishAll(t, c, envelopes("cl", 5))
+	var started, finished atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(context.Background(), rabbitmq.ConsumeOptions{Concurrency: 1, Prefetch: 5},
+			func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+				started.Add(1)
+				time.Sleep(200 * time.Millisecond)
+				// Handlers still running at Close can publish dead letters.
+				if err := c.NotifyDeadLetter(ctx, message.DeadLetter{MessageID: d.MessageID, Reason: "test"}); err != nil {
+					t.Errorf("NotifyDeadLetter during drain: %v", err)
+				}
+				finished.Add(1)
+				return rabbitmq.Ack
+			})
+	}()
+	waitFor(t, 5*time.Second, "a handler to start", func() bool { return started.Load() == 1 })
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Consume: %v", err)
+	}
+	if s, f := started.Load(), finished.Load(); s != f {
+		t.Errorf("%d handlers started, %d finished", s, f)
+	}
+	waitFor(t, 5*time.Second, "the rest back in the queue", func() bool {
+		return depth(t, conn, topo.Queue) == 5-int(finished.Load())
+	})
+}
+
+func TestDrainTimeoutCancelsStuckHandlers(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	publishAll(t, c, envelopes("stuck", 1))
+	started := make(chan struct{})
+	var sawCancel atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(ctx, rabbitmq.ConsumeOptions{DrainTimeout: 200 * time.Millisecond},
+			func(hctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+				close(started)
+				<-hctx.Done()
+				sawCancel.Store(true)
+				return rabbitmq.NackRequeue
+			})
+	}()
+	<-started
+	begin := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Consume: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Consume did not return after its drain timeout")
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("Consume took %s to give up on a stuck handler with a 200ms drain timeout", d)
+	}
+	waitFor(t, 2*time.Second, "the handler to see its context cancelled", sawCancel.Load)
+	waitFor(t, 5*time.Second, "the message back in the queue", func() bool { return depth(t, conn, topo.Queue) == 1 })
+}
