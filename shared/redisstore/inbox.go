@@ -1,0 +1,111 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+var (
+	_ processor.Inbox = (*Store)(nil)
+	_ outbox.Inbox    = (*Store)(nil)
+)
+
+// Inbox values: an in-progress claim, or "d:" and the webhook's message ID.
+const (
+	claimValue = "p"
+	donePrefix = "d:"
+)
+
+// claimScript takes the claim, or returns what holds the key instead, in one
+// round trip: 1 if the claim was taken, else the existing value.
+var claimScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+	return 1
+end
+return redis.call('GET', KEYS[1])
+`)
+
+// releaseScript deletes the key only while it holds an in-progress claim, so
+// that a done marker written by Complete is never dropped.
+var releaseScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 1) == 'p' then
+	return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// Claim takes the in-progress claim on id for ttl. When it does, claimed is
+// true and state is InboxNone (nothing held the key). The inbox of message
+// id is the key <prefix>inbox:<id>. Otherwise state says
+// what holds it: InboxInProgress, or InboxDone with the webhook's message ID.
+func (s *Store) Claim(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id)}, claimValue, px(ttl)).Result()
+	if err != nil {
+		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
+	}
+	switch v := v.(type) {
+	case int64:
+		return true, outbox.InboxNone, "", nil
+	case string:
+		state, wid, err := parseInbox(v)
+		if err != nil {
+			return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
+		}
+		return false, state, wid, nil
+	default:
+		// The key expired between SET and GET cannot happen inside a
+		// script; anything else is a server we do not understand.
+		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: unexpected reply %T", id, v)
+	}
+}
+
+// Complete marks id done for ttl, keeping the webhook's message ID. It
+// overwrites whatever the key holds.
+func (s *Store) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
+	if err := s.client.Set(ctx, s.key("inbox", id), donePrefix+webhookMessageID, time.Duration(px(ttl))*time.Millisecond).Err(); err != nil {
+		return fmt.Errorf("complete inbox %s: %w", id, err)
+	}
+	return nil
+}
+
+// Release drops an in-progress claim on id; a done marker stays.
+func (s *Store) Release(ctx context.Context, id string) error {
+	if err := releaseScript.Run(ctx, s.client, []string{s.key("inbox", id)}).Err(); err != nil {
+		return fmt.Errorf("release inbox %s: %w", id, err)
+	}
+	return nil
+}
+
+// Peek returns what the inbox knows about id without changing it.
+func (s *Store) Peek(ctx context.Context, id string) (outbox.InboxState, string, error) {
+	v, err := s.client.Get(ctx, s.key("inbox", id)).Result()
+	if err == redis.Nil {
+		return outbox.InboxNone, "", nil
+	}
+	if err != nil {
+		return outbox.InboxNone, "", fmt.Errorf("peek inbox %s: %w", id, err)
+	}
+	state, wid, err := parseInbox(v)
+	if err != nil {
+		return outbox.InboxNone, "", fmt.Errorf("peek inbox %s: %w", id, err)
+	}
+	return state, wid, nil
+}
+
+func parseInbox(v string) (outbox.InboxState, string, error) {
+	if wid, ok := strings.CutPrefix(v, donePrefix); ok {
+		return outbox.InboxDone, wid, nil
+	}
+	if strings.HasPrefix(v, claimValue) {
+		return outbox.InboxInProgress, "", nil
+	}
+	return outbox.InboxNone, "", fmt.Errorf("unexpected inbox value %q", v)
+}

@@ -1,0 +1,124 @@
+package redisstore
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+var _ processor.Limiter = (*Limiter)(nil)
+
+// gcraScript reserves one token with the generic cell rate algorithm and
+// returns the wait in microseconds. The key holds the theoretical arrival
+// time (TAT) in microseconds of the server's clock, so processes with skewed
+// clocks still share one schedule. A reservation always advances the TAT,
+// like rate.Limiter.Reserve: the caller waits and then goes.
+//
+// ARGV[1]: emission interval in microseconds (1e6 / rate)
+// ARGV[2]: burst
+var gcraScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
+if tat < now then
+	tat = now
+end
+local new_tat = tat + interval
+local wait = new_tat - burst * interval - now
+if wait < 0 then
+	wait = 0
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return math.floor(wait)
+`)
+
+// probeInterval is how often a degraded limiter tries Redis again. In
+// between it uses the local limiter without waiting for Redis, so an outage
+// that times out (rather than refusing connections) adds no latency.
+const probeInterval = time.Second
+
+// Limiter is a rate limit shared by every process through Redis. When Redis
+// fails it paces with a local limiter instead (so the global rate becomes
+// the local rate times the number of processes) and reports Degraded.
+type Limiter struct {
+	s        *Store
+	key      string
+	interval string // microseconds per token
+	burst    int
+	local    *rate.Limiter
+	logger   *slog.Logger
+
+	unlimited bool
+	degraded  atomic.Bool
+	nextProbe atomic.Int64 // unix nanoseconds
+}
+
+// NewLimiter returns a limiter of perSecond tokens a second with burst
+// tokens of slack, kept under <prefix>ratelimit:<name>. perSecond 0 means
+// unlimited. fallback paces calls while Redis fails; nil builds one with the
+// same rate and burst. A nil logger logs to slog.Default().
+func NewLimiter(s *Store, name string, perSecond float64, burst int, fallback *rate.Limiter, logger *slog.Logger) *Limiter {
+	burst = max(burst, 1)
+	if logger == nil {
+		logger = slog.Default()
+	}
+	l := &Limiter{s: s, key: s.key("ratelimit", name), burst: burst, logger: logger, unlimited: perSecond <= 0}
+	if l.unlimited {
+		return l
+	}
+	l.interval = strconv.FormatFloat(1e6/perSecond, 'f', 3, 64)
+	if fallback == nil {
+		fallback = rate.NewLimiter(rate.Limit(perSecond), burst)
+	}
+	l.local = fallback
+	return l
+}
+
+// Reserve takes one token and returns how long to wait before using it. It
+// returns an error only when ctx is done; a Redis failure switches to the
+// local limiter.
+func (l *Limiter) Reserve(ctx context.Context) (time.Duration, error) {
+	if l.unlimited {
+		return 0, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if l.degraded.Load() {
+		// Only one caller per probeInterval tries Redis again.
+		now := time.Now().UnixNano()
+		next := l.nextProbe.Load()
+		if now < next || !l.nextProbe.CompareAndSwap(next, now+int64(probeInterval)) {
+			return l.local.Reserve().Delay(), nil
+		}
+	}
+	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst).Int64()
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// The caller gave up; that says nothing about Redis.
+			return 0, ctxErr
+		}
+		l.nextProbe.Store(time.Now().Add(probeInterval).UnixNano())
+		if l.degraded.CompareAndSwap(false, true) {
+			l.logger.Warn("rate limiter: redis unavailable, pacing with the local limiter", "limiter", l.key, "error", err)
+		}
+		return l.local.Reserve().Delay(), nil
+	}
+	if l.degraded.CompareAndSwap(true, false) {
+		l.logger.Info("rate limiter: redis available again", "limiter", l.key)
+	}
+	return time.Duration(us) * time.Microsecond, nil
+}
+
+// Degraded reports whether the limiter is pacing locally because Redis
+// failed.
+func (l *Limiter) Degraded() bool { return l.degraded.Load() }

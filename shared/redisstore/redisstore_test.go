@@ -1,0 +1,358 @@
+package redisstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
+)
+
+const redisAddr = "127.0.0.1:6379"
+
+func TestMain(m *testing.M) {
+	// The tests against a closed port would print one line per failed dial.
+	redisstore.SetClientLogger(slog.New(slog.DiscardHandler))
+	m.Run()
+}
+
+// newStore opens a store on the test Redis with a prefix of its own, so that
+// tests never see each other's keys. A Redis that does not answer fails the
+// test: the suite must not pass without exercising Redis.
+func newStore(t *testing.T) *redisstore.Store {
+	t.Helper()
+	prefix := "test:" + rand.Text()[:12] + ":"
+	s, err := redisstore.Open(t.Context(), config.RedisOptions{Addr: redisAddr}, prefix)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Redis is not reachable at %s (%v). Start it with:\n"+
+			"  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis", redisAddr, err)
+	}
+	t.Cleanup(func() { deleteKeys(prefix) })
+	return s
+}
+
+// deleteKeys removes what a test left behind.
+func deleteKeys(prefix string) {
+	c := redis.NewClient(&redis.Options{Addr: redisAddr})
+	defer c.Close()
+	ctx := context.Background()
+	iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
+}
+
+// deadStore points at a closed port: every command fails.
+func deadStore(t *testing.T) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.Open(t.Context(), config.RedisOptions{Addr: "127.0.0.1:1"}, "test:")
+	if err != nil {
+		t.Fatalf("Open must not fail when Redis is down: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestOpenWithRedisDown(t *testing.T) {
+	s := deadStore(t)
+	if err := s.Ping(t.Context()); err == nil {
+		t.Fatal("Ping against a closed port succeeded")
+	}
+}
+
+func TestOpenTLS(t *testing.T) {
+	// rediss:// against a plain-text server must fail the handshake, not
+	// fall back to plain text.
+	s, err := redisstore.Open(t.Context(), config.RedisOptions{Addr: redisAddr, TLS: true}, "test:")
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer s.Close()
+	if err := s.Ping(t.Context()); err == nil {
+		t.Fatal("TLS ping to a plain-text Redis succeeded")
+	}
+}
+
+func TestInboxClaimIsExclusive(t *testing.T) {
+	in := newStore(t)
+	var (
+		wg      sync.WaitGroup
+		claimed atomic.Int32
+		busy    atomic.Int32
+	)
+	start := make(chan struct{})
+	for range 16 {
+		wg.Go(func() {
+			<-start
+			ok, state, _, err := in.Claim(t.Context(), "m1", time.Minute)
+			if err != nil {
+				t.Errorf("claim: %v", err)
+				return
+			}
+			if ok {
+				claimed.Add(1)
+			} else if state == outbox.InboxInProgress {
+				busy.Add(1)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if claimed.Load() != 1 || busy.Load() != 15 {
+		t.Fatalf("claimed %d, in progress %d; want 1 and 15", claimed.Load(), busy.Load())
+	}
+	state, _, err := in.Peek(t.Context(), "m1")
+	if err != nil || state != outbox.InboxInProgress {
+		t.Fatalf("Peek = %v, %v; want InboxInProgress", state, err)
+	}
+}
+
+func TestInboxCompleteAndRelease(t *testing.T) {
+	ctx := t.Context()
+	in := newStore(t)
+
+	if state, _, err := in.Peek(ctx, "m1"); err != nil || state != outbox.InboxNone {
+		t.Fatalf("Peek of unknown id = %v, %v; want InboxNone", state, err)
+	}
+	if ok, _, _, err := in.Claim(ctx, "m1", time.Minute); err != nil || !ok {
+		t.Fatalf("first claim = %v, %v", ok, err)
+	}
+	if err := in.Complete(ctx, "m1", "wh-42", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ok, state, wid, err := in.Claim(ctx, "m1", time.Minute)
+	if err != nil || ok || state != outbox.InboxDone || wid != "wh-42" {
+		t.Fatalf("claim after Complete = %v, %v, %q, %v; want false, InboxDone, wh-42", ok, state, wid, err)
+	}
+	// Release must never drop a done marker.
+	if err := in.Release(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	state, wid, err = in.Peek(ctx, "m1")
+	if err != nil || state != outbox.InboxDone || wid != "wh-42" {
+		t.Fatalf("Peek after Release = %v, %q, %v; want InboxDone, wh-42", state, wid, err)
+	}
+
+	// Release drops an in-progress claim, so the next copy may claim.
+	if ok, _, _, err := in.Claim(ctx, "m2", time.Minute); err != nil || !ok {
+		t.Fatalf("claim m2 = %v, %v", ok, err)
+	}
+	if err := in.Release(ctx, "m2"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _, err := in.Claim(ctx, "m2", time.Minute); err != nil || !ok {
+		t.Fatalf("claim after Release = %v, %v; want claimed", ok, err)
+	}
+	// An empty webhook message ID is still a done marker.
+	if err := in.Complete(ctx, "m3", "", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if state, wid, err := in.Peek(ctx, "m3"); err != nil || state != outbox.InboxDone || wid != "" {
+		t.Fatalf("Peek m3 = %v, %q, %v; want InboxDone", state, wid, err)
+	}
+}
+
+func TestInboxClaimExpires(t *testing.T) {
+	ctx := t.Context()
+	in := newStore(t)
+	if ok, _, _, err := in.Claim(ctx, "m1", 100*time.Millisecond); err != nil || !ok {
+		t.Fatalf("claim = %v, %v", ok, err)
+	}
+	if ok, _, _, _ := in.Claim(ctx, "m1", time.Minute); ok {
+		t.Fatal("second claim within ttl succeeded")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if ok, _, _, err := in.Claim(ctx, "m1", time.Minute); err != nil || !ok {
+		t.Fatalf("claim after ttl = %v, %v; want claimed", ok, err)
+	}
+}
+
+func TestInboxRedisDown(t *testing.T) {
+	in := deadStore(t)
+	start := time.Now()
+	_, _, _, err := in.Claim(t.Context(), "m1", time.Minute)
+	if err == nil {
+		t.Fatal("claim against a closed port succeeded")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("claim took %s to fail; want < 2s", d)
+	}
+	if _, _, err := in.Peek(t.Context(), "m1"); err == nil {
+		t.Fatal("peek against a closed port succeeded")
+	}
+}
+
+func TestLease(t *testing.T) {
+	ctx := t.Context()
+	l := newStore(t)
+
+	release, ok, err := l.Acquire(ctx, "relay", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("first acquire = %v, %v", ok, err)
+	}
+	release2, ok, err := l.Acquire(ctx, "relay", time.Minute)
+	if err != nil || ok {
+		t.Fatalf("second acquire = %v, %v; want not acquired", ok, err)
+	}
+	release2(ctx) // a loser's release must not free the holder's lease
+	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+		t.Fatal("lease taken after a non-holder released it")
+	}
+	if _, ok, _ := l.Acquire(ctx, "other", time.Minute); !ok {
+		t.Fatal("a lease of another name was not free")
+	}
+	release(ctx)
+	release3, ok, err := l.Acquire(ctx, "relay", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("acquire after release = %v, %v", ok, err)
+	}
+	release(ctx) // the old holder's second release must not free the new lease
+	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+		t.Fatal("stale release freed the new holder's lease")
+	}
+	release3(ctx)
+}
+
+func TestLeaseExpires(t *testing.T) {
+	ctx := t.Context()
+	l := newStore(t)
+	release, ok, err := l.Acquire(ctx, "relay", 100*time.Millisecond)
+	if err != nil || !ok {
+		t.Fatalf("acquire = %v, %v", ok, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	release2, ok, err := l.Acquire(ctx, "relay", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("acquire after expiry = %v, %v", ok, err)
+	}
+	release(ctx) // after expiry: must not release the new holder
+	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+		t.Fatal("expired holder's release freed the new lease")
+	}
+	release2(ctx)
+}
+
+// pace makes n reservations, waiting as told, and returns the time taken.
+func pace(t *testing.T, l *redisstore.Limiter, n int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for range n {
+		wait, err := l.Reserve(t.Context())
+		if err != nil {
+			t.Fatalf("reserve: %v", err)
+		}
+		time.Sleep(wait)
+	}
+	return time.Since(start)
+}
+
+func TestLimiterPaces(t *testing.T) {
+	l := redisstore.NewLimiter(newStore(t), "webhook", 50, 1, nil, slog.New(slog.DiscardHandler))
+	// 50/s with a burst of 1: the first goes at once, each next one 20 ms
+	// later, so 11 reservations span 200 ms.
+	d := pace(t, l, 11)
+	if d < 180*time.Millisecond || d > 600*time.Millisecond {
+		t.Fatalf("11 reservations at 50/s took %s; want about 200ms", d)
+	}
+	if l.Degraded() {
+		t.Fatal("Degraded with Redis up")
+	}
+}
+
+func TestLimiterIsShared(t *testing.T) {
+	s := newStore(t)
+	quiet := slog.New(slog.DiscardHandler)
+	a := redisstore.NewLimiter(s, "webhook", 10, 2, nil, quiet)
+	b := redisstore.NewLimiter(s, "webhook", 10, 2, nil, quiet)
+	var waits []time.Duration
+	for _, l := range []*redisstore.Limiter{a, b, a, b} {
+		w, err := l.Reserve(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, w)
+	}
+	// Burst 2 at 10/s: two at once, then 100 ms and 200 ms, whichever
+	// limiter value asks.
+	if waits[0] != 0 || waits[1] != 0 || waits[2] < 80*time.Millisecond || waits[2] > 101*time.Millisecond ||
+		waits[3] < 180*time.Millisecond || waits[3] > 201*time.Millisecond {
+		t.Fatalf("waits %v; want [0 0 ~100ms ~200ms]", waits)
+	}
+}
+
+func TestLimiterUnlimited(t *testing.T) {
+	// Unlimited never touches Redis, so even a dead store answers at once.
+	l := redisstore.NewLimiter(deadStore(t), "webhook", 0, 1, nil, nil)
+	for range 100 {
+		if w, err := l.Reserve(t.Context()); err != nil || w != 0 {
+			t.Fatalf("Reserve = %v, %v; want 0", w, err)
+		}
+	}
+	if l.Degraded() {
+		t.Fatal("unlimited limiter reports Degraded")
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestLimiterFallsBackWhenRedisIsDown(t *testing.T) {
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	l := redisstore.NewLimiter(deadStore(t), "webhook", 50, 1, rate.NewLimiter(50, 1), logger)
+
+	d := pace(t, l, 11)
+	if d < 180*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("11 reservations at 50/s on the local limiter took %s; want about 200ms", d)
+	}
+	if !l.Degraded() {
+		t.Fatal("Degraded is false with Redis down")
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Fatalf("logged %d warnings for one outage; want 1:\n%s", n, logs.String())
+	}
+}
+
+func TestLimiterHonoursContext(t *testing.T) {
+	l := redisstore.NewLimiter(newStore(t), "webhook", 50, 1, nil, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := l.Reserve(ctx); err == nil {
+		t.Fatal("Reserve with a cancelled context succeeded")
+	}
+	if l.Degraded() {
+		t.Fatal("a cancelled caller marked the limiter degraded")
+	}
+}

@@ -1,0 +1,196 @@
+// Package webhook delivers messages to the webhook over HTTP, signed the
+// Standard Webhooks way, and verifies such signatures for receivers.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+var _ processor.Sender = (*Client)(nil)
+
+// UserAgent is sent with every delivery.
+const UserAgent = "reliable-messaging/1"
+
+// DefaultTimeout bounds one call when Options.Timeout is zero.
+const DefaultTimeout = 5 * time.Second
+
+// maxResponseBody is how much of an answer is read: enough for any
+// {"messageId": ...}, and reading it to the end lets the connection be
+// reused. A longer body is cut off and its connection closed.
+const maxResponseBody = 64 << 10
+
+// Options configure a Client.
+type Options struct {
+	// URL is the webhook's http:// or https:// address.
+	URL string
+	// Timeout bounds one call, the answer's body included.
+	Timeout time.Duration
+	// Secret, if set, is a Standard Webhooks secret (whsec_ + base64) and
+	// every delivery carries a webhook-signature.
+	Secret string
+	// Now is the clock for webhook-timestamp and Retry-After dates.
+	Now func() time.Time
+	// RootCAs, if set, replaces the system's certificate authorities (for
+	// a private CA, or a test server).
+	RootCAs *x509.CertPool
+}
+
+// Client sends messages to one webhook. It is safe for concurrent use and
+// keeps connections to the webhook alive between calls.
+type Client struct {
+	url     string
+	host    string
+	timeout time.Duration
+	key     []byte
+	now     func() time.Time
+	http    *http.Client
+}
+
+// New returns a Client for o.
+func New(o Options) (*Client, error) {
+	u, err := url.Parse(o.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("webhook: URL must be an http:// or https:// URL")
+	}
+	c := &Client{url: o.URL, host: u.Host, timeout: o.Timeout, now: o.Now}
+	if c.timeout <= 0 {
+		c.timeout = DefaultTimeout
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if o.Secret != "" {
+		if c.key, err = config.DecodeWebhookSecret(o.Secret); err != nil {
+			return nil, fmt.Errorf("webhook: secret: %w", err)
+		}
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	// Every call goes to one host, often from many goroutines at once:
+	// keep as many idle connections to it as a busy processor uses, so that
+	// bursts do not open (and TLS-handshake) new ones.
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 256
+	t.MaxConnsPerHost = 0
+	t.IdleConnTimeout = 90 * time.Second
+	t.TLSClientConfig = &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
+	c.http = &http.Client{
+		Transport: t,
+		// A redirect is the webhook's answer, not an instruction to post
+		// the message somewhere else.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c, nil
+}
+
+// CloseIdleConnections closes the kept-alive connections to the webhook.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+type payload struct {
+	ID      string `json:"id"`
+	To      string `json:"to"`
+	Content string `json:"content"`
+}
+
+// Send POSTs {id, to, content} to the webhook with the Standard Webhooks
+// headers. err is a transport failure (it names the webhook's host, never
+// the full URL, whose query may hold a secret); any HTTP answer comes back
+// as a response with a nil error.
+func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookResponse, error) {
+	body, err := encode(payload{ID: m.ID, To: m.To, Content: m.Content})
+	if err != nil {
+		return message.WebhookResponse{}, fmt.Errorf("encode webhook body: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return message.WebhookResponse{}, fmt.Errorf("build webhook request to %s: %w", c.host, err)
+	}
+	ts := c.now()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", UserAgent)
+	req.Header.Set(HeaderID, m.ID)
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+	if c.key != nil {
+		req.Header.Set(HeaderSignature, Sign(c.key, m.ID, ts, body))
+	}
+
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// *url.Error repeats the full URL; keep only its cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return message.WebhookResponse{Duration: time.Since(start)}, fmt.Errorf("post webhook %s: %w", c.host, err)
+	}
+	// Reading the body to its end (within the limit) is what lets the
+	// transport put the connection back in the pool.
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
+	resp.Body.Close()
+
+	r := message.WebhookResponse{
+		StatusCode: resp.StatusCode,
+		MessageID:  messageID(answer),
+		RetryAfter: retryAfter(resp.Header.Get("Retry-After"), c.now()),
+		Duration:   time.Since(start),
+	}
+	return r, nil
+}
+
+// encode marshals v once, without escaping <, > and & (the body is not
+// HTML) and without the encoder's trailing newline.
+func encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	e := json.NewEncoder(&b)
+	e.SetEscapeHTML(false)
+	if err := e.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// messageID returns the string "messageId" of a JSON object answer, if any.
+func messageID(body []byte) string {
+	var a struct {
+		MessageID any `json:"messageId"`
+	}
+	if len(body) == 0 || json.Unmarshal(body, &a) != nil {
+		return ""
+	}
+	s, _ := a.MessageID.(string)
+	return s
+}
+
+// retryAfter parses a Retry-After value, delay-seconds or an HTTP-date
+// (RFC 9110 section 10.2.3), into a delay from now, at most a year. Anything
+// else, or a date in the past, is 0.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		const maxSecs = int64(365 * 24 * time.Hour / time.Second)
+		return time.Duration(min(max(secs, 0), maxSecs)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return min(t.Sub(now), 365*24*time.Hour)
+	}
+	return 0
+}
