@@ -1,0 +1,253 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// Limits of the messages routes.
+const (
+	// MaxIdempotencyKeyLength bounds the Idempotency-Key header, in characters.
+	MaxIdempotencyKeyLength = 255
+	// DefaultListLimit and MaxListLimit bound the limit query parameter.
+	DefaultListLimit = 50
+	MaxListLimit     = 500
+	// maxCursorLength bounds the opaque cursor; real ones are message IDs.
+	maxCursorLength = 256
+)
+
+// createBody is the wire form of message.CreateRequest. sendAt arrives as a
+// string and is parsed here, so that a bad time is reported against the
+// field it came from; encoding/json does not name the field of an error a
+// time.Time returns.
+type createBody struct {
+	To      string  `json:"to"`
+	Content string  `json:"content"`
+	SendAt  *string `json:"sendAt"`
+}
+
+// fieldTypes says, for each field of createBody, what a client must send.
+var fieldTypes = map[string]string{
+	"to":      "must be a string",
+	"content": "must be a string",
+	"sendAt":  "must be an RFC 3339 timestamp string",
+}
+
+func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ct := r.Header.Get("Content-Type"); ct != "" {
+			mt, _, err := mime.ParseMediaType(ct)
+			if err != nil || mt != "application/json" {
+				writeStatusProblem(w, r, http.StatusUnsupportedMediaType,
+					"Content-Type must be application/json")
+				return
+			}
+		}
+		key := r.Header.Get("Idempotency-Key")
+		if utf8.RuneCountInString(key) > MaxIdempotencyKeyLength {
+			writeInvalid(w, r, "Idempotency-Key",
+				fmt.Sprintf("must be at most %d characters", MaxIdempotencyKeyLength))
+			return
+		}
+		req, err := decodeCreateRequest(w, r, maxBody)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		m, replayed, err := msgs.Create(r.Context(), req, key)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", "/messages/"+url.PathEscape(m.ID))
+		status := http.StatusAccepted
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+			status = http.StatusOK
+		}
+		writeJSON(w, r, log, status, m)
+	})
+}
+
+// decodeCreateRequest reads exactly one JSON object of known fields from
+// the body. Its errors are *message.Error: EINVALID naming the field where
+// it is known, or ETOOLARGE.
+func decodeCreateRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (message.CreateRequest, error) {
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	var b createBody
+	if err := dec.Decode(&b); err != nil {
+		return message.CreateRequest{}, decodeError(err, maxBody)
+	}
+	// Exactly one value: anything after it but white space is an error.
+	var extra json.RawMessage
+	switch err := dec.Decode(&extra); {
+	case err == io.EOF:
+	case err == nil:
+		return message.CreateRequest{}, message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+	default:
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return message.CreateRequest{}, tooLarge(maxBody)
+		}
+		return message.CreateRequest{}, message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+	}
+	req := message.CreateRequest{To: b.To, Content: b.Content}
+	if b.SendAt != nil {
+		t, err := time.Parse(time.RFC3339, *b.SendAt)
+		if err != nil {
+			return message.CreateRequest{}, message.FieldError("sendAt", "must be an RFC 3339 timestamp, such as 2030-01-02T15:04:05Z")
+		}
+		req.SendAt = &t
+	}
+	return req, nil
+}
+
+// decodeError turns an error of json.Decoder into one a client may see.
+func decodeError(err error, maxBody int64) error {
+	var (
+		mbe  *http.MaxBytesError
+		syn  *json.SyntaxError
+		typ  *json.UnmarshalTypeError
+		name string
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return tooLarge(maxBody)
+	case errors.Is(err, io.EOF):
+		return message.Errorf(message.EINVALID, "body must be a JSON object, got an empty body")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return message.Errorf(message.EINVALID, "body is not valid JSON: it ends too early")
+	case errors.As(err, &syn):
+		return message.Errorf(message.EINVALID, "body is not valid JSON (at byte %d)", syn.Offset)
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return message.Errorf(message.EINVALID, "body must be a JSON object, got a JSON %s", typ.Value)
+		}
+		detail, ok := fieldTypes[typ.Field]
+		if !ok {
+			detail = "has the wrong type"
+		}
+		return message.FieldError(typ.Field, "%s, got a JSON %s", detail, typ.Value)
+	case unknownField(err, &name):
+		return message.FieldError(name, "is not a known field")
+	}
+	return message.Errorf(message.EINVALID, "body is not a valid message request")
+}
+
+// unknownField reports whether err is DisallowUnknownFields' complaint, and
+// the field it names. encoding/json has no type for it, only the text
+// `json: unknown field "name"`.
+func unknownField(err error, name *string) bool {
+	rest, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
+	if !ok {
+		return false
+	}
+	n, uerr := strconv.Unquote(rest)
+	if uerr != nil {
+		n = strings.Trim(rest, `"`)
+	}
+	*name = n
+	return true
+}
+
+func tooLarge(maxBody int64) error {
+	return message.Errorf(message.ETOOLARGE, "body must be at most %d bytes", maxBody)
+}
+
+// listResponse is a page with its items never null.
+type listResponse struct {
+	Items      []message.Message `json:"items"`
+	NextCursor string            `json:"nextCursor,omitempty"`
+}
+
+func handleListMessages(log *slog.Logger, msgs Messages) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := message.Filter{Limit: DefaultListLimit, Cursor: q.Get("cursor")}
+		if s := q.Get("status"); s != "" {
+			f.Status = message.Status(s)
+			if !f.Status.Valid() {
+				writeInvalid(w, r, "status", "must be one of UNSENT, PROCESSING, SENT, FAILED")
+				return
+			}
+		}
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > MaxListLimit {
+				writeInvalid(w, r, "limit", fmt.Sprintf("must be an integer from 1 to %d", MaxListLimit))
+				return
+			}
+			f.Limit = n
+		}
+		if len(f.Cursor) > maxCursorLength {
+			writeInvalid(w, r, "cursor", "is not a cursor this API returned")
+			return
+		}
+		page, err := msgs.List(r.Context(), f)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		resp := listResponse{Items: page.Items, NextCursor: page.NextCursor}
+		if resp.Items == nil {
+			resp.Items = []message.Message{}
+		}
+		// Lists leave the delivery log out; GET /messages/{id} shows it.
+		for i := range resp.Items {
+			resp.Items[i].Deliveries = nil
+		}
+		writeJSON(w, r, log, http.StatusOK, resp)
+	})
+}
+
+func handleGetMessage(log *slog.Logger, msgs Messages) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if !validUUID(id) {
+			// No message has such an ID: answer without asking the store.
+			writeError(w, r, log, message.ErrNotFound)
+			return
+		}
+		m, err := msgs.Get(r.Context(), id)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, r, log, http.StatusOK, m)
+	})
+}
+
+// validUUID reports whether s is a UUID in its 36-character text form.
+func validUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,296 @@
+package httpapi_test
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+const phone = "+905551111111"
+
+func body(to, content string) string {
+	return fmt.Sprintf(`{"to":%q,"content":%q}`, to, content)
+}
+
+func TestCreateMessage(t *testing.T) {
+	valid := body(phone, "hello")
+	cases := []struct {
+		name    string
+		body    string
+		headers []string
+		status  int
+		field   string // for a problem: the field it must name
+		code    string // for a problem: its code, if any
+	}{
+		{name: "valid", body: valid, status: http.StatusAccepted},
+		{name: "content type with charset", body: valid, headers: []string{"Content-Type", "application/json; charset=utf-8"}, status: http.StatusAccepted},
+		{name: "no content type", body: valid, headers: []string{"Content-Type", ""}, status: http.StatusAccepted},
+		{name: "trailing white space", body: valid + " \n\t", status: http.StatusAccepted},
+		{name: "future sendAt", body: `{"to":"+905551111111","content":"hi","sendAt":"2031-01-01T00:00:00+03:00"}`, status: http.StatusAccepted},
+		{name: "null sendAt", body: `{"to":"+905551111111","content":"hi","sendAt":null}`, status: http.StatusAccepted},
+		{name: "250 two-byte characters", body: body(phone, strings.Repeat("ş", 250)), status: http.StatusAccepted},
+		{name: "250 four-byte characters", body: body(phone, strings.Repeat("😀", 250)), status: http.StatusAccepted},
+		{name: "255-character idempotency key", body: valid, headers: []string{"Idempotency-Key", strings.Repeat("k", 255)}, status: http.StatusAccepted},
+
+		{name: "malformed JSON", body: `{"to":`, status: 400, code: message.EINVALID},
+		{name: "syntax error", body: `{"to" "x"}`, status: 400, code: message.EINVALID},
+		{name: "empty body", body: "", status: 400, code: message.EINVALID},
+		{name: "array body", body: `[]`, status: 400, code: message.EINVALID},
+		{name: "unknown field", body: `{"to":"+905551111111","content":"hi","priority":1}`, status: 400, field: "priority"},
+		{name: "to of wrong type", body: `{"to":905551111111,"content":"hi"}`, status: 400, field: "to"},
+		{name: "content of wrong type", body: `{"to":"+905551111111","content":["hi"]}`, status: 400, field: "content"},
+		{name: "sendAt of wrong type", body: `{"to":"+905551111111","content":"hi","sendAt":1700000000}`, status: 400, field: "sendAt"},
+		{name: "sendAt not RFC 3339", body: `{"to":"+905551111111","content":"hi","sendAt":"tomorrow"}`, status: 400, field: "sendAt"},
+		{name: "sendAt in the past", body: `{"to":"+905551111111","content":"hi","sendAt":"2020-01-01T00:00:00Z"}`, status: 400, field: "sendAt"},
+		{name: "missing to", body: `{"content":"hi"}`, status: 400, field: "to"},
+		{name: "bad to", body: body("05551111111", "hi"), status: 400, field: "to"},
+		{name: "to with letters", body: body("+90555abc1111", "hi"), status: 400, field: "to"},
+		{name: "empty content", body: body(phone, ""), status: 400, field: "content"},
+		{name: "missing content", body: `{"to":"+905551111111"}`, status: 400, field: "content"},
+		{name: "251 two-byte characters", body: body(phone, strings.Repeat("ş", 251)), status: 400, field: "content"},
+		{name: "trailing object", body: valid + `{}`, status: 400, code: message.EINVALID},
+		{name: "trailing garbage", body: valid + ` x`, status: 400, code: message.EINVALID},
+		{name: "idempotency key too long", body: valid, headers: []string{"Idempotency-Key", strings.Repeat("k", 256)}, status: 400, field: "Idempotency-Key"},
+		{name: "body too large", body: body(phone, strings.Repeat("a", 17<<10)), status: 413, code: message.ETOOLARGE},
+		{name: "trailing data too large", body: valid + strings.Repeat(" ", 17<<10) + "{}", status: 413, code: message.ETOOLARGE},
+		{name: "text content type", body: valid, headers: []string{"Content-Type", "text/plain"}, status: 415},
+		{name: "form content type", body: valid, headers: []string{"Content-Type", "application/x-www-form-urlencoded"}, status: 415},
+		{name: "malformed content type", body: valid, headers: []string{"Content-Type", "application/json;;="}, status: 415},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t)
+			w := ts.do(t, http.MethodPost, "/messages", tc.body, tc.headers...)
+			if tc.status < 400 {
+				if w.Code != tc.status {
+					t.Fatalf("status = %d, want %d; body: %s", w.Code, tc.status, w.Body)
+				}
+				m := decodeJSON[message.Message](t, w)
+				if m.ID == "" || m.Status != message.StatusUnsent || m.To != phone {
+					t.Errorf("message = %+v", m)
+				}
+				if got, want := w.Header().Get("Location"), "/messages/"+m.ID; got != want {
+					t.Errorf("Location = %q, want %q", got, want)
+				}
+				return
+			}
+			p := readProblem(t, w, tc.status, tc.field)
+			if tc.code != "" && p.Code != tc.code {
+				t.Errorf("code = %q, want %q", p.Code, tc.code)
+			}
+			if p.Instance != "/messages" {
+				t.Errorf("instance = %q", p.Instance)
+			}
+			if strings.Contains(w.Body.String(), phone) {
+				t.Errorf("problem echoes the phone number: %s", w.Body)
+			}
+		})
+	}
+}
+
+func TestCreateMessageSendAt(t *testing.T) {
+	ts := newTestServer(t)
+	w := ts.do(t, http.MethodPost, "/messages", `{"to":"+905551111111","content":"hi","sendAt":"2031-01-01T03:00:00+03:00"}`)
+	m := decodeJSON[message.Message](t, w)
+	want := time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
+	if m.SendAt == nil || !m.SendAt.Equal(want) {
+		t.Errorf("sendAt = %v, want %v", m.SendAt, want)
+	}
+	if !strings.Contains(w.Body.String(), `"sendAt":"2031-01-01T00:00:00Z"`) {
+		t.Errorf("sendAt not in RFC 3339: %s", w.Body)
+	}
+}
+
+func TestCreateMessageSmallerLimit(t *testing.T) {
+	ts := newTestServer(t, func(o *httpapi.Options) { o.MaxBodyBytes = 32 })
+	readProblem(t, ts.do(t, http.MethodPost, "/messages", body(phone, "twenty-six characters....")), 413, "")
+}
+
+func TestCreateMessageIdempotency(t *testing.T) {
+	ts := newTestServer(t)
+	key := []string{"Idempotency-Key", "order-42"}
+
+	first := ts.do(t, http.MethodPost, "/messages", body(phone, "hello"), key...)
+	if first.Code != http.StatusAccepted || first.Header().Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first: %d %v %s", first.Code, first.Header(), first.Body)
+	}
+	m1 := decodeJSON[message.Message](t, first)
+
+	again := ts.do(t, http.MethodPost, "/messages", body(phone, "hello"), key...)
+	if again.Code != http.StatusOK {
+		t.Fatalf("replay status = %d, want 200; body: %s", again.Code, again.Body)
+	}
+	if got := again.Header().Get("Idempotent-Replayed"); got != "true" {
+		t.Errorf("Idempotent-Replayed = %q, want true", got)
+	}
+	if m2 := decodeJSON[message.Message](t, again); m2.ID != m1.ID {
+		t.Errorf("replay returned %s, want %s", m2.ID, m1.ID)
+	}
+
+	p := readProblem(t, ts.do(t, http.MethodPost, "/messages", body(phone, "other"), key...), http.StatusUnprocessableEntity, "")
+	if p.Code != message.EMISMATCH {
+		t.Errorf("code = %q, want %q", p.Code, message.EMISMATCH)
+	}
+
+	ts.msgs.inProgress["running"] = true
+	p = readProblem(t, ts.do(t, http.MethodPost, "/messages", body(phone, "hello"), "Idempotency-Key", "running"), http.StatusConflict, "")
+	if p.Code != message.EINPROGRESS {
+		t.Errorf("code = %q, want %q", p.Code, message.EINPROGRESS)
+	}
+
+	// Without a key, the same request makes a second message.
+	if w := ts.do(t, http.MethodPost, "/messages", body(phone, "hello")); w.Code != http.StatusAccepted {
+		t.Errorf("keyless repeat: %d", w.Code)
+	}
+}
+
+func TestServiceErrors(t *testing.T) {
+	cases := []struct {
+		name   string
+		err    error
+		status int
+	}{
+		{"conflict", message.Errorf(message.ECONFLICT, "conflict"), http.StatusConflict},
+		{"mismatch", message.Errorf(message.EMISMATCH, "mismatch"), http.StatusUnprocessableEntity},
+		{"in progress", message.Errorf(message.EINPROGRESS, "running"), http.StatusConflict},
+		{"too large", message.Errorf(message.ETOOLARGE, "too large"), http.StatusRequestEntityTooLarge},
+		{"unavailable", fmt.Errorf("store: %w", message.Errorf(message.EUNAVAILABLE, "database unreachable")), http.StatusServiceUnavailable},
+		{"internal code", message.Errorf(message.EINTERNAL, "secret internals"), http.StatusInternalServerError},
+		{"unknown code", message.Errorf("weird", "secret internals"), http.StatusInternalServerError},
+		{"plain error", errors.New("mongodb://admin:secret@db: connection refused"), http.StatusInternalServerError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t)
+			ts.msgs.err = tc.err
+			for _, req := range []struct{ method, path, body string }{
+				{http.MethodPost, "/messages", body(phone, "hi")},
+				{http.MethodGet, "/messages", ""},
+				{http.MethodGet, "/messages/0190a0b0-0000-7000-8000-000000000001", ""},
+			} {
+				w := ts.do(t, req.method, req.path, req.body)
+				readProblem(t, w, tc.status, "")
+				if tc.status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") != "5" {
+					t.Errorf("%s %s: Retry-After = %q, want 5", req.method, req.path, w.Header().Get("Retry-After"))
+				}
+				if tc.status == http.StatusInternalServerError {
+					if strings.Contains(w.Body.String(), "secret") {
+						t.Errorf("500 leaks the error: %s", w.Body)
+					}
+					if !strings.Contains(ts.logs.String(), "secret") {
+						t.Errorf("500 did not log the error: %s", ts.logs)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestListMessages(t *testing.T) {
+	ts := newTestServer(t)
+
+	w := ts.do(t, http.MethodGet, "/messages", "")
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"items":[]`) {
+		t.Fatalf("empty list: %d %s", w.Code, w.Body)
+	}
+
+	var ids []string
+	for i := range 5 {
+		m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, fmt.Sprint("m", i))))
+		ids = append(ids, m.ID)
+	}
+	ts.msgs.setStatus(ids[1], message.StatusSent)
+	ts.msgs.setDeliveries(ids[4], []message.Delivery{{Attempt: 1, Outcome: message.OutcomeDelivered}})
+
+	type page struct {
+		Items      []message.Message `json:"items"`
+		NextCursor string            `json:"nextCursor"`
+	}
+	p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2", ""))
+	if len(p.Items) != 2 || p.Items[0].ID != ids[4] || p.NextCursor != ids[3] {
+		t.Fatalf("first page = %+v", p)
+	}
+	if p.Items[0].Deliveries != nil {
+		t.Errorf("list shows deliveries: %+v", p.Items[0])
+	}
+	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+p.NextCursor, ""))
+	if len(p.Items) != 2 || p.Items[0].ID != ids[2] {
+		t.Fatalf("second page = %+v", p)
+	}
+	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?status=SENT", ""))
+	if len(p.Items) != 1 || p.Items[0].ID != ids[1] || p.NextCursor != "" {
+		t.Fatalf("SENT page = %+v", p)
+	}
+
+	for _, tc := range []struct{ query, field string }{
+		{"status=sent", "status"},
+		{"status=DONE", "status"},
+		{"limit=0", "limit"},
+		{"limit=501", "limit"},
+		{"limit=-1", "limit"},
+		{"limit=ten", "limit"},
+		{"cursor=" + strings.Repeat("c", 300), "cursor"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			readProblem(t, ts.do(t, http.MethodGet, "/messages?"+tc.query, ""), http.StatusBadRequest, tc.field)
+		})
+	}
+	if w := ts.do(t, http.MethodGet, "/messages?limit=500&status=FAILED", ""); w.Code != http.StatusOK {
+		t.Errorf("limit=500: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestGetMessage(t *testing.T) {
+	ts := newTestServer(t)
+	m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "hi")))
+	ts.msgs.setDeliveries(m.ID, []message.Delivery{{Attempt: 1, Outcome: message.OutcomeDelivered, StatusCode: 202}})
+
+	got := decodeJSON[message.Message](t, ts.do(t, http.MethodGet, "/messages/"+m.ID, ""))
+	if got.ID != m.ID || len(got.Deliveries) != 1 || got.Deliveries[0].StatusCode != 202 {
+		t.Errorf("got %+v", got)
+	}
+
+	p := readProblem(t, ts.do(t, http.MethodGet, "/messages/0190a0b0-0000-7000-8000-0000000000ff", ""), http.StatusNotFound, "")
+	if p.Code != message.ENOTFOUND || p.Instance != "/messages/0190a0b0-0000-7000-8000-0000000000ff" {
+		t.Errorf("problem = %+v", p)
+	}
+
+	calls := ts.msgs.getCalls
+	for _, id := range []string{"42", "not-a-uuid", "0190a0b0-0000-7000-8000-00000000000g", "0190a0b0x0000-7000-8000-000000000001"} {
+		readProblem(t, ts.do(t, http.MethodGet, "/messages/"+id, ""), http.StatusNotFound, "")
+	}
+	if ts.msgs.getCalls != calls {
+		t.Errorf("invalid IDs reached the service: %d calls", ts.msgs.getCalls-calls)
+	}
+}
+
+func TestScheduler(t *testing.T) {
+	ts := newTestServer(t)
+	for _, tc := range []struct {
+		method, path string
+		want         message.SchedulerState
+	}{
+		{http.MethodGet, "/scheduler", message.SchedulerStopped},
+		{http.MethodPost, "/scheduler/start", message.SchedulerStarted},
+		{http.MethodPost, "/scheduler/start", message.SchedulerStarted},
+		{http.MethodGet, "/scheduler", message.SchedulerStarted},
+		{http.MethodPost, "/scheduler/stop", message.SchedulerStopped},
+	} {
+		w := ts.do(t, tc.method, tc.path, "")
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", tc.method, tc.path, w.Code, w.Body)
+		}
+		st := decodeJSON[map[string]any](t, w)
+		if st["state"] != string(tc.want) || st["backend"] != "mongodb" {
+			t.Errorf("%s %s: %v, want state %s", tc.method, tc.path, st, tc.want)
+		}
+	}
+	ts.sched.err = message.Errorf(message.EUNAVAILABLE, "scheduler API unreachable")
+	readProblem(t, ts.do(t, http.MethodPost, "/scheduler/start", ""), http.StatusServiceUnavailable, "")
+}

@@ -1,0 +1,96 @@
+// Package httpapi is the HTTP face of the system: the one http.Handler that
+// local mode serves with net/http and the API Lambda serves through the API
+// Gateway proxy adapter. Every route is listed in routes.go; every error
+// leaves as an RFC 9457 application/problem+json document.
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+)
+
+// DefaultMaxBodyBytes is the largest request body accepted when
+// Options.MaxBodyBytes is not set.
+const DefaultMaxBodyBytes int64 = 16 << 10
+
+// Options are the dependencies and settings of the API server.
+type Options struct {
+	// Messages and Scheduler are required.
+	Messages  Messages
+	Scheduler Scheduler
+	Health    Health
+	// APIKey, when not empty, must be sent as "Authorization: Bearer <key>"
+	// or "X-API-Key: <key>" on every route but GET /status.
+	APIKey string
+	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes).
+	MaxBodyBytes int64
+	// Logger receives one line per request and the detail of every 5xx
+	// (default slog.Default()).
+	Logger *slog.Logger
+	// Middleware wraps the router, first element outermost. It runs after
+	// request IDs, logging and panic recovery, so what it answers is logged
+	// and its panics become 500 problems. May be nil.
+	Middleware []func(http.Handler) http.Handler
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// NewServer returns the handler that serves every route of the API. It
+// panics if o.Messages or o.Scheduler is nil: that is a wiring mistake that
+// should stop the program at start, not surface as 500s later.
+func NewServer(o Options) http.Handler {
+	if o.Messages == nil {
+		panic("httpapi: NewServer: Options.Messages is nil")
+	}
+	if o.Scheduler == nil {
+		panic("httpapi: NewServer: Options.Scheduler is nil")
+	}
+	o.setDefaults()
+	return newHandler(o, routes(o))
+}
+
+// NewStatusHandler returns a handler that serves GET /status alone, for a
+// role (the processor) that has no other HTTP routes. It logs to
+// slog.Default().
+func NewStatusHandler(h Health) http.Handler {
+	o := Options{Health: h}
+	o.setDefaults()
+	var only []route
+	for _, rt := range routes(o) {
+		if rt.Method == http.MethodGet && rt.Path == "/status" {
+			only = append(only, rt)
+		}
+	}
+	return newHandler(o, only)
+}
+
+// newHandler registers rs on a ServeMux and wraps it in the middleware every
+// handler of this package shares.
+func newHandler(o Options, rs []route) http.Handler {
+	mux := http.NewServeMux()
+	requireKey := requireAPIKey(o.APIKey)
+	for _, rt := range rs {
+		h := rt.handler
+		if !rt.Public {
+			h = requireKey(h)
+		}
+		mux.Handle(rt.Method+" "+rt.Path, h)
+	}
+	var h http.Handler = problemRouter(mux)
+	for i := len(o.Middleware) - 1; i >= 0; i-- {
+		if o.Middleware[i] != nil {
+			h = o.Middleware[i](h)
+		}
+	}
+	h = recoverPanics(o.Logger, h)
+	h = logRequests(o.Logger, h)
+	h = withRequestID(h)
+	return h
+}

@@ -1,0 +1,329 @@
+package httpapi_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+func TestRouting(t *testing.T) {
+	ts := newTestServer(t)
+	cases := []struct {
+		method, path string
+		status       int
+		allow        []string
+	}{
+		{http.MethodGet, "/nope", http.StatusNotFound, nil},
+		{http.MethodGet, "/messages/", http.StatusNotFound, nil},
+		{http.MethodPost, "/scheduler/pause", http.StatusNotFound, nil},
+		{http.MethodDelete, "/messages", http.StatusMethodNotAllowed, []string{"GET", "POST"}},
+		{http.MethodPut, "/messages/0190a0b0-0000-7000-8000-000000000001", http.StatusMethodNotAllowed, []string{"GET"}},
+		{http.MethodGet, "/scheduler/start", http.StatusMethodNotAllowed, []string{"POST"}},
+		{http.MethodPost, "/status", http.StatusMethodNotAllowed, []string{"GET"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			w := ts.do(t, tc.method, tc.path, "")
+			p := readProblem(t, w, tc.status, "")
+			if p.Instance != tc.path {
+				t.Errorf("instance = %q, want %q", p.Instance, tc.path)
+			}
+			allow := w.Header().Get("Allow")
+			for _, m := range tc.allow {
+				if !strings.Contains(allow, m) {
+					t.Errorf("Allow = %q, want it to contain %s", allow, m)
+				}
+			}
+		})
+	}
+}
+
+// TestRoutesAreServed checks that every route Routes lists is one the
+// server answers, and that the list is what the SAM template must hold.
+func TestRoutesAreServed(t *testing.T) {
+	want := []httpapi.Route{
+		{Method: "POST", Path: "/messages"},
+		{Method: "GET", Path: "/messages"},
+		{Method: "GET", Path: "/messages/{id}"},
+		{Method: "POST", Path: "/scheduler/start"},
+		{Method: "POST", Path: "/scheduler/stop"},
+		{Method: "GET", Path: "/scheduler"},
+		{Method: "GET", Path: "/status", Public: true},
+	}
+	got := httpapi.Routes()
+	if len(got) != len(want) {
+		t.Fatalf("Routes() = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("Routes()[%d] = %v, want %v", i, got[i], want[i])
+		}
+	}
+
+	ts := newTestServer(t)
+	m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "hi")))
+	for _, rt := range got {
+		path := strings.ReplaceAll(rt.Path, "{id}", m.ID)
+		b := ""
+		if rt.Method == http.MethodPost && rt.Path == "/messages" {
+			b = body(phone, "again")
+		}
+		if w := ts.do(t, rt.Method, path, b); w.Code >= 300 {
+			t.Errorf("%s %s: %d %s", rt.Method, path, w.Code, w.Body)
+		}
+	}
+}
+
+func TestAuth(t *testing.T) {
+	const key = "s3cr3t-key-value"
+	ts := newTestServer(t, func(o *httpapi.Options) { o.APIKey = key })
+	cases := []struct {
+		name    string
+		headers []string
+		ok      bool
+	}{
+		{"no key", nil, false},
+		{"wrong bearer", []string{"Authorization", "Bearer nope"}, false},
+		{"key with another scheme", []string{"Authorization", "Basic " + key}, false},
+		{"bare key", []string{"Authorization", key}, false},
+		{"wrong X-API-Key", []string{"X-API-Key", key + "x"}, false},
+		{"prefix of the key", []string{"X-API-Key", key[:5]}, false},
+		{"bearer", []string{"Authorization", "Bearer " + key}, true},
+		{"lower-case scheme", []string{"Authorization", "bearer " + key}, true},
+		{"X-API-Key", []string{"X-API-Key", key}, true},
+		{"wrong bearer, right X-API-Key", []string{"Authorization", "Bearer nope", "X-API-Key", key}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, req := range []struct{ method, path, body string }{
+				{http.MethodPost, "/messages", body(phone, "hi")},
+				{http.MethodGet, "/messages", ""},
+				{http.MethodGet, "/messages/0190a0b0-0000-7000-8000-000000000001", ""},
+				{http.MethodGet, "/scheduler", ""},
+				{http.MethodPost, "/scheduler/start", ""},
+				{http.MethodPost, "/scheduler/stop", ""},
+			} {
+				w := ts.do(t, req.method, req.path, req.body, tc.headers...)
+				if tc.ok {
+					if w.Code == http.StatusUnauthorized {
+						t.Errorf("%s %s: 401 with a valid key", req.method, req.path)
+					}
+					continue
+				}
+				readProblem(t, w, http.StatusUnauthorized, "")
+				if got := w.Header().Get("WWW-Authenticate"); got != "Bearer" {
+					t.Errorf("WWW-Authenticate = %q", got)
+				}
+			}
+		})
+	}
+	if w := ts.do(t, http.MethodGet, "/status", ""); w.Code != http.StatusOK {
+		t.Errorf("GET /status without key: %d %s", w.Code, w.Body)
+	}
+	if strings.Contains(ts.logs.String(), key) {
+		t.Errorf("the API key was logged")
+	}
+}
+
+func TestPanicRecovery(t *testing.T) {
+	ts := newTestServer(t)
+	ts.msgs.panicID = "0190a0b0-0000-7000-8000-00000000dead"
+	w := ts.do(t, http.MethodGet, "/messages/"+ts.msgs.panicID, "")
+	p := readProblem(t, w, http.StatusInternalServerError, "")
+	if strings.Contains(w.Body.String(), "exploded") {
+		t.Errorf("panic value sent to the client: %s", w.Body)
+	}
+	logs := ts.logs.String()
+	if !strings.Contains(logs, "exploded") || !strings.Contains(logs, "goroutine") || !strings.Contains(logs, p.RequestID) {
+		t.Errorf("panic not logged with stack and request id: %s", logs)
+	}
+	// The server goes on serving.
+	if w := ts.do(t, http.MethodGet, "/scheduler", ""); w.Code != http.StatusOK {
+		t.Errorf("after panic: %d", w.Code)
+	}
+
+	// Extra middleware runs inside the recovery.
+	ts = newTestServer(t, func(o *httpapi.Options) {
+		o.Middleware = []func(http.Handler) http.Handler{
+			nil,
+			func(http.Handler) http.Handler {
+				return http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("middleware exploded") })
+			},
+		}
+	})
+	readProblem(t, ts.do(t, http.MethodGet, "/messages", ""), http.StatusInternalServerError, "")
+}
+
+func TestMiddlewareOrder(t *testing.T) {
+	var order []string
+	mw := func(name string) func(http.Handler) http.Handler {
+		return func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				order = append(order, name)
+				next.ServeHTTP(w, r)
+			})
+		}
+	}
+	ts := newTestServer(t, func(o *httpapi.Options) {
+		o.Middleware = []func(http.Handler) http.Handler{mw("first"), mw("second")}
+	})
+	ts.do(t, http.MethodGet, "/messages", "")
+	if strings.Join(order, ",") != "first,second" {
+		t.Errorf("order = %v", order)
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	ts := newTestServer(t)
+	w := ts.do(t, http.MethodGet, "/messages", "", "X-Request-Id", "abc-123")
+	if got := w.Header().Get("X-Request-Id"); got != "abc-123" {
+		t.Errorf("echoed id = %q", got)
+	}
+	w = ts.do(t, http.MethodGet, "/messages", "")
+	id := w.Header().Get("X-Request-Id")
+	if len(id) < 16 {
+		t.Errorf("generated id = %q", id)
+	}
+	if w2 := ts.do(t, http.MethodGet, "/messages", ""); w2.Header().Get("X-Request-Id") == id {
+		t.Errorf("request ids repeat")
+	}
+	w = ts.do(t, http.MethodGet, "/messages", "", "X-Request-Id", "evil\" injected=1")
+	if got := w.Header().Get("X-Request-Id"); got == "" || strings.ContainsAny(got, "\" =") {
+		t.Errorf("unsafe id kept: %q", got)
+	}
+	p := readProblem(t, ts.do(t, http.MethodGet, "/nope", "", "X-Request-Id", "r-1"), http.StatusNotFound, "")
+	if p.RequestID != "r-1" {
+		t.Errorf("problem requestId = %q", p.RequestID)
+	}
+}
+
+func TestLogging(t *testing.T) {
+	ts := newTestServer(t)
+	secret := "my very private content"
+	m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, secret)))
+	ts.do(t, http.MethodGet, "/messages/"+m.ID, "")
+	ts.do(t, http.MethodPost, "/messages", body("+4912", secret))
+	ts.do(t, http.MethodGet, "/messages?cursor="+phone, "")
+	logs := ts.logs.String()
+	for _, s := range []string{phone, strings.TrimPrefix(phone, "+"), secret, "+4912"} {
+		if strings.Contains(logs, s) {
+			t.Errorf("logs contain %q:\n%s", s, logs)
+		}
+	}
+	for _, s := range []string{`pattern="POST /messages"`, `pattern="GET /messages/{id}"`, "status=202", "status=400", "duration="} {
+		if !strings.Contains(logs, s) {
+			t.Errorf("logs lack %q:\n%s", s, logs)
+		}
+	}
+}
+
+func TestStatus(t *testing.T) {
+	ok := func(context.Context) error { return nil }
+	fail := func(context.Context) error { return errors.New("dial tcp 127.0.0.1:6379: connection refused") }
+	cases := []struct {
+		name   string
+		checks []httpapi.Check
+		status int
+		want   string
+	}{
+		{"no checks", nil, http.StatusOK, "ok"},
+		{"all ok", []httpapi.Check{{Name: "mongodb", Critical: true, Check: ok}, {Name: "redis", Check: ok}}, http.StatusOK, "ok"},
+		{"non-critical down", []httpapi.Check{{Name: "mongodb", Critical: true, Check: ok}, {Name: "redis", Check: fail}}, http.StatusOK, "degraded"},
+		{"critical down", []httpapi.Check{{Name: "mongodb", Critical: true, Check: fail}, {Name: "redis", Check: ok}}, http.StatusServiceUnavailable, "down"},
+		{"both down", []httpapi.Check{{Name: "rabbitmq", Critical: true, Check: fail}, {Name: "redis", Check: fail}}, http.StatusServiceUnavailable, "down"},
+		{"panicking check", []httpapi.Check{{Name: "mongodb", Critical: true, Check: func(context.Context) error { panic("boom") }}}, http.StatusServiceUnavailable, "down"},
+		{"nil check", []httpapi.Check{{Name: "redis"}}, http.StatusOK, "degraded"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor", Checks: tc.checks})
+			w := serve(t, h, http.MethodGet, "/status", "")
+			if w.Code != tc.status {
+				t.Fatalf("status = %d, want %d; body: %s", w.Code, tc.status, w.Body)
+			}
+			r := decodeJSON[struct {
+				Service string                         `json:"service"`
+				Status  string                         `json:"status"`
+				Checks  map[string]httpapi.CheckResult `json:"checks"`
+			}](t, w)
+			if r.Service != "processor" || r.Status != tc.want || len(r.Checks) != len(tc.checks) {
+				t.Errorf("report = %+v", r)
+			}
+			for _, c := range tc.checks {
+				cr := r.Checks[c.Name]
+				if cr.Status != "ok" && (cr.Status != "down" || cr.Error == "") {
+					t.Errorf("check %s = %+v", c.Name, cr)
+				}
+			}
+		})
+	}
+}
+
+func TestStatusReport(t *testing.T) {
+	long := strings.Repeat("é", 300)
+	block := make(chan struct{})
+	defer close(block)
+	h := httpapi.Health{
+		Service: "api",
+		Checks: []httpapi.Check{
+			{Name: "redis", Check: func(context.Context) error { return errors.New(long) }},
+			// A check that ignores its context must not hold the answer.
+			{Name: "stuck", Check: func(context.Context) error { <-block; return nil }},
+			{Name: "mongodb", Critical: true, Check: func(ctx context.Context) error { return nil }},
+		},
+		Info: func(context.Context) map[string]any {
+			return map[string]any{"breaker": "closed", "status": "overridden?", "consumers": 2}
+		},
+	}
+	ts := newTestServer(t, func(o *httpapi.Options) { o.Health = h; o.APIKey = "k" })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	r := httptest.NewRequest(http.MethodGet, "/status", nil).WithContext(ctx)
+	w := httptest.NewRecorder()
+	start := time.Now()
+	ts.h.ServeHTTP(w, r)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("status took %s with a stuck check", d)
+	}
+	rep := decodeJSON[map[string]any](t, w)
+	if rep["status"] != "degraded" || rep["breaker"] != "closed" || rep["consumers"] != float64(2) || rep["service"] != "api" {
+		t.Errorf("report = %v", rep)
+	}
+	checks := rep["checks"].(map[string]any)
+	redis := checks["redis"].(map[string]any)
+	if e := redis["error"].(string); len([]rune(e)) != 200 {
+		t.Errorf("error has %d characters, want 200", len([]rune(e)))
+	}
+	if stuck := checks["stuck"].(map[string]any); stuck["status"] != "down" {
+		t.Errorf("stuck check = %v", stuck)
+	}
+	if mongo := checks["mongodb"].(map[string]any); mongo["status"] != "ok" {
+		t.Errorf("mongodb check = %v", mongo)
+	}
+}
+
+func TestStatusHandlerServesOnlyStatus(t *testing.T) {
+	h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor"})
+	readProblem(t, serve(t, h, http.MethodGet, "/messages", ""), http.StatusNotFound, "")
+	readProblem(t, serve(t, h, http.MethodDelete, "/status", ""), http.StatusMethodNotAllowed, "")
+}
+
+func TestNewServerNeedsServices(t *testing.T) {
+	for _, o := range []httpapi.Options{{Scheduler: &fakeScheduler{}}, {Messages: newFakeMessages()}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("NewServer(%+v) did not panic", o)
+				}
+			}()
+			httpapi.NewServer(o)
+		}()
+	}
+}

@@ -1,0 +1,121 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// CheckTimeout bounds each dependency check of GET /status.
+const CheckTimeout = 2 * time.Second
+
+// maxCheckErrorLength bounds the error text of a failed check, in characters.
+const maxCheckErrorLength = 200
+
+// The statuses of a health report and of each of its checks.
+const (
+	HealthOK       = "ok"
+	HealthDegraded = "degraded"
+	HealthDown     = "down"
+)
+
+// CheckResult is the outcome of one check in a health report.
+type CheckResult struct {
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+}
+
+// handleStatus runs every check at once, each bounded by CheckTimeout and
+// the request's context, and answers the report: 200 when ok or degraded,
+// 503 when a critical check failed. h.Info's fields are merged at the top
+// level, but cannot replace service, status or checks.
+func handleStatus(h Health) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		results := make([]CheckResult, len(h.Checks))
+		done := make(chan struct{}, len(h.Checks))
+		for i, c := range h.Checks {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				results[i] = runCheck(ctx, c)
+			}()
+		}
+		for range h.Checks {
+			<-done
+		}
+
+		overall := HealthOK
+		checks := make(map[string]CheckResult, len(h.Checks))
+		for i, c := range h.Checks {
+			checks[c.Name] = results[i]
+			if results[i].Status == HealthOK {
+				continue
+			}
+			if c.Critical {
+				overall = HealthDown
+			} else if overall == HealthOK {
+				overall = HealthDegraded
+			}
+		}
+
+		report := map[string]any{}
+		if h.Info != nil {
+			for k, v := range h.Info(ctx) {
+				report[k] = v
+			}
+		}
+		report["service"] = h.Service
+		report["status"] = overall
+		report["checks"] = checks
+
+		code := http.StatusOK
+		if overall == HealthDown {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, r, nil, code, report)
+	})
+}
+
+// runCheck runs c with a deadline and returns even if c ignores it: the
+// check goes on in the background and its late answer is dropped. A
+// panicking check is a failed check, not a crashed process.
+func runCheck(ctx context.Context, c Check) CheckResult {
+	if c.Check == nil {
+		return CheckResult{Status: HealthDown, Error: "no check function"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, CheckTimeout)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				errc <- fmt.Errorf("check panicked: %v", v)
+			}
+		}()
+		errc <- c.Check(ctx)
+	}()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		// CheckTimeout passed, or the request's own deadline did.
+		err = fmt.Errorf("no answer in time: %w", ctx.Err())
+	}
+	if err == nil {
+		return CheckResult{Status: HealthOK}
+	}
+	return CheckResult{Status: HealthDown, Error: truncate(err.Error(), maxCheckErrorLength)}
+}
+
+// truncate cuts s to at most n characters, on a character boundary.
+func truncate(s string, n int) string {
+	i := 0
+	for j := range s {
+		if i == n {
+			return s[:j]
+		}
+		i++
+	}
+	return s
+}
