@@ -34,6 +34,9 @@ type Config struct {
 	RedisURI      string // REDIS_URI: host:port or redis:// / rediss:// URL
 	RedisPassword string // REDIS_PASSWORD
 	RedisDB       int    // REDIS_DB
+	// RedisKeyPrefix namespaces every key, so that several deployments (or
+	// test runs) can share one Redis.
+	RedisKeyPrefix string // REDIS_KEY_PREFIX
 
 	// Webhook.
 	WebhookURL       string        // WEBHOOK_URL
@@ -85,6 +88,7 @@ func Default() Config {
 		Prefetch:              64,
 		ProcessorConcurrency:  32,
 		RedisURI:              "127.0.0.1:6379",
+		RedisKeyPrefix:        "rms:",
 		WebhookTimeout:        5 * time.Second,
 		WebhookRateBurst:      100,
 		BreakerFailureRatio:   0.5,
@@ -126,6 +130,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("REDIS_URI", &c.RedisURI)
 	r.str("REDIS_PASSWORD", &c.RedisPassword)
 	r.int("REDIS_DB", &c.RedisDB)
+	r.str("REDIS_KEY_PREFIX", &c.RedisKeyPrefix)
 	r.str("WEBHOOK_URL", &c.WebhookURL)
 	r.duration("WEBHOOK_TIMEOUT", &c.WebhookTimeout)
 	r.str("WEBHOOK_SECRET", &c.WebhookSecret)

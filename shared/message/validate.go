@@ -72,3 +72,25 @@ func New(id string, r CreateRequest, now time.Time) Message {
 	}
 	return m
 }
+
+// ValidID reports whether id looks like a message ID: a UUID in its
+// canonical 36-character form.
+func ValidID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,86 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := config.Load(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.APIAddr != "127.0.0.1:8080" || c.ProcessorAddr != "127.0.0.1:8081" || c.Queue != "messages" ||
+		c.DeadLetterQueue != "messages.dlq" || c.MaxRetries != 3 || c.StaleDuration != 4*time.Minute ||
+		c.EmbeddedMongoDBAddr != "127.0.0.1:27018" || c.MongoURI != "" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestLoadNamesTheBadVariable(t *testing.T) {
+	tests := map[string]string{
+		"WEBHOOK_TIMEOUT": "5",
+		"MAX_RETRIES":     "three",
+		"STALE_DURATION":  "1s",
+		"WEBHOOK_SECRET":  "not-a-secret",
+		"WEBHOOK_URL":     "ftp://x",
+		"RABBITMQ_URI":    "http://x",
+		"MONGODB_URI":     "localhost:27017",
+		"REDIS_URI":       "http://x",
+		"BATCH_SIZE":      "0",
+		"LOG_LEVEL":       "loud",
+	}
+	for name, value := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := config.Load(env(map[string]string{name: value}))
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Fatalf("want an error naming %s, got %v", name, err)
+			}
+		})
+	}
+}
+
+func TestRedisURIForms(t *testing.T) {
+	tests := []struct {
+		uri  string
+		want config.RedisOptions
+	}{
+		{"127.0.0.1:6379", config.RedisOptions{Addr: "127.0.0.1:6379", Password: "pw", DB: 2}},
+		{"redis://cache:6380/3", config.RedisOptions{Addr: "cache:6380", Password: "pw", DB: 3}},
+		{"rediss://user:secret@cache", config.RedisOptions{Addr: "cache:6379", Username: "user", Password: "secret", DB: 2, TLS: true}},
+		{"redis://:secret@cache:6379", config.RedisOptions{Addr: "cache:6379", Password: "secret", DB: 2}},
+	}
+	for _, tt := range tests {
+		c, err := config.Load(env(map[string]string{"REDIS_URI": tt.uri, "REDIS_PASSWORD": "pw", "REDIS_DB": "2"}))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.uri, err)
+		}
+		if got := c.Redis(); got != tt.want {
+			t.Errorf("%s: got %+v, want %+v", tt.uri, got, tt.want)
+		}
+	}
+}
+
+func TestRedactedHidesSecrets(t *testing.T) {
+	c, err := config.Load(env(map[string]string{
+		"API_KEY":        "k3y",
+		"WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+		"RABBITMQ_URI":   "amqps://user:hunter2@broker:5671/",
+		"MONGODB_URI":    "mongodb://user:hunter3@db:27017/",
+		"REDIS_PASSWORD": "hunter4",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Join([]string{c.Redacted().APIKey, c.Redacted().WebhookSecret, c.Redacted().RabbitURI, c.Redacted().MongoURI, c.Redacted().RedisPassword}, " ")
+	for _, secret := range []string{"k3y", "MfKQ9r8", "hunter2", "hunter3", "hunter4"} {
+		if strings.Contains(s, secret) {
+			t.Errorf("redacted config still holds %q: %s", secret, s)
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package message_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+func TestCreateRequestValidate(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	future := now.Add(time.Hour)
+	past := now.Add(-time.Second)
+	tests := []struct {
+		name  string
+		req   message.CreateRequest
+		field string // "" means valid
+	}{
+		{"seed example", message.CreateRequest{To: "+90111111111", Content: "hi"}, ""},
+		{"15 digits", message.CreateRequest{To: "+123456789012345", Content: "hi"}, ""},
+		{"8 digits", message.CreateRequest{To: "+12345678", Content: "hi"}, ""},
+		{"7 digits", message.CreateRequest{To: "+1234567", Content: "hi"}, "to"},
+		{"16 digits", message.CreateRequest{To: "+1234567890123456", Content: "hi"}, "to"},
+		{"no plus", message.CreateRequest{To: "905551111111", Content: "hi"}, "to"},
+		{"letters", message.CreateRequest{To: "+90555ABC1111", Content: "hi"}, "to"},
+		{"leading zero", message.CreateRequest{To: "+0555111111", Content: "hi"}, "to"},
+		{"spaces", message.CreateRequest{To: "+90 555 111 11", Content: "hi"}, "to"},
+		{"missing to", message.CreateRequest{Content: "hi"}, "to"},
+		{"missing content", message.CreateRequest{To: "+905551111111"}, "content"},
+		{"250 multibyte", message.CreateRequest{To: "+905551111111", Content: strings.Repeat("ğ", 250)}, ""},
+		{"251 multibyte", message.CreateRequest{To: "+905551111111", Content: strings.Repeat("ğ", 251)}, "content"},
+		{"250 emoji", message.CreateRequest{To: "+905551111111", Content: strings.Repeat("😀", 250)}, ""},
+		{"invalid utf8", message.CreateRequest{To: "+905551111111", Content: "a\xffb"}, "content"},
+		{"sendAt future", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &future}, ""},
+		{"sendAt past", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &past}, "sendAt"},
+		{"sendAt now", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &now}, "sendAt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.req.Validate(now, message.DefaultMaxContentLength)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("want valid, got %v", err)
+				}
+				return
+			}
+			e, ok := err.(*message.Error)
+			if !ok || e.Code != message.EINVALID || e.Field != tt.field {
+				t.Fatalf("want EINVALID on %q, got %#v", tt.field, err)
+			}
+		})
+	}
+}
+
+func TestNewSchedulesSendAt(t *testing.T) {
+	now := time.Now().UTC()
+	at := now.Add(time.Hour)
+	m := message.New("id", message.CreateRequest{To: "+905551111111", Content: "x", SendAt: &at}, now)
+	if m.Status != message.StatusUnsent || m.NextAttemptAt == nil || !m.NextAttemptAt.Equal(at) {
+		t.Fatalf("want UNSENT waiting until %v, got %+v", at, m)
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	all := []message.Status{message.StatusUnsent, message.StatusProcessing, message.StatusSent, message.StatusFailed}
+	allowed := map[[2]message.Status]bool{
+		{message.StatusUnsent, message.StatusProcessing}: true,
+		{message.StatusUnsent, message.StatusSent}:       true,
+		{message.StatusUnsent, message.StatusFailed}:     true,
+		{message.StatusProcessing, message.StatusUnsent}: true,
+		{message.StatusProcessing, message.StatusSent}:   true,
+		{message.StatusProcessing, message.StatusFailed}: true,
+		{message.StatusFailed, message.StatusUnsent}:     true,
+	}
+	for _, from := range all {
+		for _, to := range all {
+			if got := message.CanTransition(from, to); got != allowed[[2]message.Status{from, to}] {
+				t.Errorf("%s -> %s: got %v", from, to, got)
+			}
+		}
+	}
+	if message.Status("DONE").Valid() || !message.StatusSent.Final() || message.StatusUnsent.Final() {
+		t.Error("Valid/Final wrong")
+	}
+}
+
+func TestRetryPolicy(t *testing.T) {
+	p := message.RetryPolicy{MaxRetries: 3, BaseDelay: time.Second, MaxDelay: 5 * time.Second, Jitter: 0.2}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 5 * time.Second, 60: 5 * time.Second} {
+		if got := p.Nominal(n); got != want {
+			t.Errorf("Nominal(%d) = %v, want %v", n, got, want)
+		}
+		for range 100 {
+			d := p.Delay(n)
+			if d < time.Duration(0.8*float64(want)) || d > time.Duration(1.2*float64(want)) {
+				t.Fatalf("Delay(%d) = %v outside ±20%% of %v", n, d, want)
+			}
+		}
+	}
+	if p.Exhausted(3) || !p.Exhausted(4) {
+		t.Error("3 retries after the first attempt: 4 attempts allowed")
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for id, want := range map[string]bool{
+		"0195f0a2-7b1c-7cde-8f00-123456789abc": true,
+		"0195F0A2-7B1C-7CDE-8F00-123456789ABC": true,
+		"0195f0a2-7b1c-7cde-8f00-123456789ab":  false,
+		"0195f0a27b1c-7cde-8f00-123456789abcd": false,
+		"zz95f0a2-7b1c-7cde-8f00-123456789abc": false,
+		"":                                     false,
+	} {
+		if got := message.ValidID(id); got != want {
+			t.Errorf("ValidID(%q) = %v", id, got)
+		}
+	}
+}
