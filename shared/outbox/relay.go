@@ -1,0 +1,249 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// DeadLetters receives a notification for each message the sweep fails.
+type DeadLetters interface {
+	NotifyDeadLetter(ctx context.Context, n message.DeadLetter) error
+}
+
+// Relay moves due outbox entries to the broker and recovers stale ones. One
+// Pass is complete in itself: the local publisher calls it on a ticker, the
+// publisher Lambda once per scheduled invocation.
+type Relay struct {
+	Store       Store
+	Publisher   Publisher
+	Lease       Lease
+	Inbox       Inbox
+	DeadLetters DeadLetters
+	Gate        Gate // nil: always started
+	Retry       message.RetryPolicy
+	BatchSize   int
+	// LeaseTTL bounds one pass; a pass stops taking new batches after half
+	// of it, so the lease never expires under a running pass.
+	LeaseTTL      time.Duration
+	StaleDuration time.Duration
+	Now           func() time.Time
+	Logger        *slog.Logger
+	Observe       func(event string, n int)
+}
+
+// Summary is what one pass did, for logs and the publisher Lambda's answer.
+type Summary struct {
+	Skipped   string `json:"skipped,omitempty"`
+	Claimed   int    `json:"claimed"`
+	Published int    `json:"published"`
+	Failed    int    `json:"failed"`
+	Recovered int    `json:"recovered"`
+	// DeadLettered counts stale messages that had no attempts left.
+	DeadLettered int `json:"deadLettered"`
+}
+
+const leaseName = "outbox-relay"
+
+// Pass sweeps stale entries, then publishes due entries in batches until
+// none is due, the lease's budget is spent or ctx ends.
+func (r *Relay) Pass(ctx context.Context) (Summary, error) {
+	var sum Summary
+	if r.Gate != nil {
+		open, err := r.Gate(ctx)
+		if err != nil {
+			return sum, fmt.Errorf("read scheduler state: %w", err)
+		}
+		if !open {
+			sum.Skipped = "scheduler stopped"
+			return sum, nil
+		}
+	}
+	release, ok, err := r.Lease.Acquire(ctx, leaseName, r.LeaseTTL)
+	switch {
+	case err != nil:
+		// Redis is down. Carry on without the lease rather than stall the
+		// outbox: a second relay running at the same time can publish a
+		// message twice, and the processor's durable check keeps the
+		// webhook from seeing it twice.
+		r.Logger.Warn("relay lease unavailable; publishing without it", "error", err)
+	case !ok:
+		sum.Skipped = "another relay holds the lease"
+		return sum, nil
+	default:
+		defer release(context.WithoutCancel(ctx))
+	}
+
+	// Sweep first, so that what it puts back in the outbox is published in
+	// this same pass.
+	sweepErr := r.Sweep(ctx, &sum)
+	budget := r.Now().Add(r.LeaseTTL / 2)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(budget) {
+		budget = dl
+	}
+	for r.Now().Before(budget) && ctx.Err() == nil {
+		n, err := r.publishBatch(ctx, &sum)
+		if err != nil {
+			return sum, errors.Join(sweepErr, err)
+		}
+		if n < r.BatchSize {
+			break
+		}
+	}
+	return sum, sweepErr
+}
+
+// publishBatch publishes one batch of due entries and returns its size.
+func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
+	now := r.Now().UTC()
+	entries, err := r.Store.DueOutbox(ctx, now, r.BatchSize)
+	if err != nil {
+		return 0, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	sum.Claimed += len(entries)
+	// PROCESSING is written before publishing, while no copy of this
+	// dispatch is in the queue yet: after the publish the processor may
+	// write the message at any moment, and the embedded MongoDB cannot make
+	// "set PROCESSING unless already SENT" atomic.
+	if err := r.Store.MarkProcessing(ctx, entries, now); err != nil {
+		return 0, fmt.Errorf("mark processing: %w", err)
+	}
+	envs := make([]message.Envelope, len(entries))
+	for i, e := range entries {
+		envs[i] = message.Envelope{ID: e.MessageID, Seq: e.Seq, PublishedAt: now}
+	}
+	confirmed, pubErr := r.Publisher.PublishConfirmed(ctx, envs)
+	keys := make([]string, 0, len(confirmed))
+	for _, env := range confirmed {
+		keys = append(keys, message.OutboxKey(env.ID, env.Seq))
+	}
+	sum.Published += len(keys)
+	sum.Failed += len(entries) - len(keys)
+	if len(keys) > 0 {
+		// Only now is the entry recorded as published. A crash before this
+		// line leaves it due, and the next pass publishes it again.
+		if err := r.Store.MarkPublished(ctx, keys, r.Now().UTC()); err != nil {
+			return len(entries), fmt.Errorf("mark published: %w", err)
+		}
+		r.observe("published", len(keys))
+	}
+	if pubErr != nil {
+		return len(entries), fmt.Errorf("publish outbox batch: %w", pubErr)
+	}
+	return len(entries), nil
+}
+
+// Sweep recovers entries published longer than StaleDuration ago whose
+// outcome never arrived (the processor died, or the copy was lost). A
+// message with attempts left is published again (the inbox prevents a double
+// delivery); one without is dead-lettered. The outbox holds only pending and
+// in-flight work, so the sweep's scan stays small as history grows.
+func (r *Relay) Sweep(ctx context.Context, sum *Summary) error {
+	now := r.Now().UTC()
+	stale, err := r.Store.StaleOutbox(ctx, now.Add(-r.StaleDuration), r.BatchSize)
+	if err != nil {
+		return fmt.Errorf("find stale outbox entries: %w", err)
+	}
+	var errs []error
+	for _, e := range stale {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := r.recover(ctx, e, now, sum); err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", e.Key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Time, sum *Summary) error {
+	log := r.Logger.With("message_id", e.MessageID, "seq", e.Seq)
+	m, err := r.Store.GetMessage(ctx, e.MessageID)
+	if message.ErrorCode(err) == message.ENOTFOUND {
+		// An entry whose message was never stored: its create request
+		// failed between the two inserts and was never acknowledged.
+		log.Warn("dropping outbox entry of a message that was never stored")
+		return r.Store.DeleteOutbox(ctx, e.Key)
+	}
+	if err != nil {
+		return err
+	}
+	if m.Status.Final() || m.Seq != e.Seq {
+		// The outcome was recorded but the entry not removed (a crash
+		// between the two writes). If the message went back to the outbox,
+		// make sure its next entry exists before dropping this one.
+		if m.Status == message.StatusUnsent && m.Seq > e.Seq {
+			due := now
+			if m.NextAttemptAt != nil {
+				due = *m.NextAttemptAt
+			}
+			if err := r.Store.EnsureOutbox(ctx, message.NewOutboxEntry(m.ID, m.Seq, due, now)); err != nil {
+				return err
+			}
+		}
+		return r.Store.DeleteOutbox(ctx, e.Key)
+	}
+
+	state, wid, err := r.Inbox.Peek(ctx, m.ID)
+	if err != nil {
+		log.Warn("inbox unavailable; recovering without it", "error", err)
+		state = InboxNone
+	}
+	switch state {
+	case InboxInProgress:
+		return nil // a processor is on it right now
+	case InboxDone:
+		// Delivered, but the outcome was never written.
+		o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
+			WebhookMessageID: wid,
+			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"}}
+		sum.Recovered++
+		return ignoreStale(r.Store.RecordOutcome(ctx, o))
+	}
+
+	// The lost dispatch counts as an attempt: it may have reached the
+	// webhook. A message is therefore never failed without an attempt.
+	attempts := m.Attempts + 1
+	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempts, At: now, LastError: m.LastError}
+	if r.Retry.Exhausted(attempts) {
+		o.Status = message.StatusFailed
+		o.FailureReason = fmt.Sprintf("no outcome recorded within %s after %d attempts", r.StaleDuration, attempts)
+		o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeFailed, Error: o.FailureReason}
+		n := message.DeadLetter{MessageID: m.ID, Reason: o.FailureReason, LastError: m.LastError, Attempts: attempts, FailedAt: now}
+		if err := r.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+			return fmt.Errorf("notify dead-letter queue: %w", err)
+		}
+		sum.DeadLettered++
+		r.observe("dead_lettered", 1)
+		log.Warn("stale message dead-lettered", "attempts", attempts)
+		return ignoreStale(r.Store.RecordOutcome(ctx, o))
+	}
+	o.Status = message.StatusUnsent
+	o.NextAttemptAt = &now
+	o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeStaleRecover,
+		Error: fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)}
+	sum.Recovered++
+	r.observe("recovered", 1)
+	log.Warn("stale message recovered", "attempts", attempts)
+	return ignoreStale(r.Store.RecordOutcome(ctx, o))
+}
+
+func ignoreStale(err error) error {
+	if errors.Is(err, message.ErrStaleOutcome) {
+		return nil
+	}
+	return err
+}
+
+func (r *Relay) observe(event string, n int) {
+	if r.Observe != nil {
+		r.Observe(event, n)
+	}
+}

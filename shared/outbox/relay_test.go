@@ -1,0 +1,193 @@
+package outbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// accept stores n messages through the service without the fast path, so
+// that they wait in the outbox for a relay.
+func accept(t *testing.T, a *app.App, n int) []string {
+	t.Helper()
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	ids := make([]string, n)
+	for i := range ids {
+		m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: fmt.Sprint("m", i)}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Status != message.StatusUnsent {
+			t.Fatalf("with the scheduler stopped a new message is UNSENT, got %s", m.Status)
+		}
+		ids[i] = m.ID
+	}
+	return ids
+}
+
+func envelopes(t *testing.T, bodies [][]byte) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	for _, b := range bodies {
+		var env message.Envelope
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatalf("queue holds a non-envelope %q", b)
+		}
+		seen[env.ID]++
+	}
+	return seen
+}
+
+// TestTwoRelaysPublishEachMessageOnce runs two relays side by side over the
+// same outbox until it is empty: the lease lets one pass run at a time, and
+// every message is published exactly once.
+func TestTwoRelaysPublishEachMessageOnce(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"BATCH_SIZE": "50"})
+	a := testenv.App(t, env)
+	ids := accept(t, a, 200)
+
+	relays := []*outbox.Relay{a.Relay(nil), testenv.App(t, env).Relay(nil)}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	published, skipped := 0, 0
+	start := make(chan struct{})
+	for _, r := range relays {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range 100 {
+				s, err := r.Pass(context.Background())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				published += s.Published
+				if s.Skipped != "" {
+					skipped++
+				}
+				done := published == len(ids)
+				mu.Unlock()
+				if done {
+					return
+				}
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if published != len(ids) {
+		t.Fatalf("published %d in all, want %d", published, len(ids))
+	}
+	if skipped == 0 {
+		t.Errorf("the two relays never met the lease")
+	}
+	seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"]))
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("message %s published %d times", id, seen[id])
+		}
+	}
+	for _, id := range ids[:10] {
+		m, err := a.Store.GetMessage(context.Background(), id)
+		if err != nil || m.Status != message.StatusProcessing {
+			t.Fatalf("published message: %v %s", err, m.Status)
+		}
+	}
+	// A further pass finds nothing due.
+	s, err := a.Relay(nil).Pass(context.Background())
+	if err != nil || s.Published != 0 {
+		t.Fatalf("second pass: %+v %v", s, err)
+	}
+}
+
+func TestRelayWaitsWhileStopped(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	accept(t, a, 3)
+	sched := a.LocalScheduler()
+	if _, err := sched.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.Relay(sched.Gate()).Pass(context.Background())
+	if err != nil || s.Skipped == "" || s.Published != 0 {
+		t.Fatalf("stopped relay pass: %+v %v", s, err)
+	}
+	if _, err := sched.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s, err = a.Relay(sched.Gate()).Pass(context.Background())
+	if err != nil || s.Published != 3 {
+		t.Fatalf("started relay pass: %+v %v", s, err)
+	}
+}
+
+func TestSendAtWaitsForItsTime(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	at := time.Now().Add(time.Hour)
+	m, _, err := a.Service(nil).Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "later", SendAt: &at}, "")
+	if err != nil || m.Status != message.StatusUnsent || m.NextAttemptAt == nil {
+		t.Fatalf("create: %+v %v", m, err)
+	}
+	r := a.Relay(nil)
+	if s, _ := r.Pass(context.Background()); s.Published != 0 {
+		t.Fatalf("published a message before its sendAt: %+v", s)
+	}
+	r.Now = func() time.Time { return at.Add(time.Second) }
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("at sendAt: %+v %v", s, err)
+	}
+}
+
+// TestSweepRecoversStaleMessages: a message published but never answered is
+// published again while attempts remain, then dead-lettered with a reason.
+func TestSweepRecoversStaleMessages(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "1", "STALE_DURATION": "1m"})
+	a := testenv.App(t, env)
+	ids := accept(t, a, 1)
+	id := ids[0]
+	r := a.Relay(nil)
+	now := time.Now()
+	clock := now
+	r.Now = func() time.Time { return clock }
+	ctx := context.Background()
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+
+	clock = now.Add(2 * time.Minute) // no outcome arrived: stale
+	if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.Published != 1 {
+		t.Fatalf("recovery pass: %+v %v", s, err)
+	}
+	m, _ := a.Store.GetMessage(ctx, id)
+	if m.Attempts != 1 || m.Seq != 1 || m.Status != message.StatusProcessing {
+		t.Fatalf("after recovery: attempts %d seq %d status %s", m.Attempts, m.Seq, m.Status)
+	}
+
+	clock = now.Add(4 * time.Minute) // stale again, no attempts left
+	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
+		t.Fatalf("dead-letter pass: %+v %v", s, err)
+	}
+	m, _ = a.Store.GetMessage(ctx, id)
+	if m.Status != message.StatusFailed || m.FailureReason == "" || m.Attempts != 2 {
+		t.Fatalf("after dead-letter: %+v", m)
+	}
+	dlq := testenv.Drain(t, env["RABBITMQ_DLQ"])
+	if len(dlq) != 1 {
+		t.Fatalf("dead-letter queue holds %d notifications, want 1", len(dlq))
+	}
+	var n message.DeadLetter
+	if err := json.Unmarshal(dlq[0], &n); err != nil || n.MessageID != id || n.Reason == "" {
+		t.Fatalf("notification %s: %v", dlq[0], err)
+	}
+}

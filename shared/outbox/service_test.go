@@ -1,0 +1,79 @@
+package outbox_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+func TestIdempotencyKey(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(nil)
+	ctx := context.Background()
+	req := message.CreateRequest{To: "+905551111111", Content: "hello"}
+
+	m, replayed, err := svc.Create(ctx, req, "key-1")
+	if err != nil || replayed || m.Status != message.StatusProcessing {
+		t.Fatalf("first: %+v %v %v", m, replayed, err)
+	}
+	again, replayed, err := svc.Create(ctx, req, "key-1")
+	if err != nil || !replayed || again.ID != m.ID {
+		t.Fatalf("repeat: %+v %v %v", again, replayed, err)
+	}
+	other := req
+	other.Content = "other"
+	if _, _, err := svc.Create(ctx, other, "key-1"); message.ErrorCode(err) != message.EMISMATCH {
+		t.Fatalf("same key, other request: %v", err)
+	}
+
+	// A first request still running: its key is stored, its message not yet.
+	now := time.Now().UTC()
+	running := message.IdempotencyRecord{Key: "key-2", RequestHash: "", MessageID: "0195f0a2-7b1c-7cde-8f00-000000000002", CreatedAt: now}
+	// The hash must match for a repeat to count as the same request: take it
+	// from a stored record of the same request.
+	rec, _, err := a.Store.PutIdempotencyRecord(ctx, message.IdempotencyRecord{Key: "key-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running.RequestHash = rec.RequestHash
+	if _, inserted, err := a.Store.PutIdempotencyRecord(ctx, running); err != nil || !inserted {
+		t.Fatalf("store record: %v %v", inserted, err)
+	}
+	if _, _, err := svc.Create(ctx, req, "key-2"); message.ErrorCode(err) != message.EINPROGRESS {
+		t.Fatalf("while the first request runs: %v", err)
+	}
+
+	// The same, but the first request died long ago: the repeat completes it
+	// under the recorded ID.
+	dead := running
+	dead.Key = "key-3"
+	dead.MessageID = "0195f0a2-7b1c-7cde-8f00-000000000003"
+	dead.CreatedAt = now.Add(-time.Minute)
+	if _, inserted, err := a.Store.PutIdempotencyRecord(ctx, dead); err != nil || !inserted {
+		t.Fatalf("store record: %v %v", inserted, err)
+	}
+	done, replayed, err := svc.Create(ctx, req, "key-3")
+	if err != nil || replayed || done.ID != dead.MessageID {
+		t.Fatalf("completing a dead request: %+v %v %v", done, replayed, err)
+	}
+}
+
+func TestCreateFastPathPublishes(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	m, _, err := a.Service(nil).Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "now"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"]))
+	if len(seen) != 1 || seen[m.ID] != 1 {
+		t.Fatalf("fast path published %v, want %s once", seen, m.ID)
+	}
+	// The relay does not publish it again.
+	if s, err := a.Relay(nil).Pass(context.Background()); err != nil || s.Published != 0 {
+		t.Fatalf("relay after fast path: %+v %v", s, err)
+	}
+}

@@ -1,0 +1,55 @@
+package processor
+
+import (
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerSettings configure the circuit breaker around the webhook.
+type BreakerSettings struct {
+	Name string
+	// The circuit opens when, within Window, at least MinRequests calls
+	// were made and the share of failures reached FailureRatio.
+	FailureRatio float64
+	MinRequests  int
+	Window       time.Duration
+	// Cooldown is how long the circuit stays open before it lets a few
+	// trial calls through (half-open).
+	Cooldown      time.Duration
+	OnStateChange func(from, to string)
+}
+
+// LocalBreaker is a gobreaker two-step breaker whose counts live in this
+// process. Losing them (a new Lambda instance) only means starting closed.
+type LocalBreaker struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+}
+
+var _ Breaker = (*LocalBreaker)(nil)
+
+// NewLocalBreaker returns a breaker with settings s.
+func NewLocalBreaker(s BreakerSettings) *LocalBreaker {
+	st := gobreaker.Settings{
+		Name:        s.Name,
+		MaxRequests: 3,
+		// Rolling buckets make the window slide instead of resetting.
+		Interval:     s.Window,
+		BucketPeriod: max(s.Window/10, time.Second),
+		Timeout:      s.Cooldown,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return int(c.Requests) >= s.MinRequests &&
+				float64(c.TotalFailures) >= s.FailureRatio*float64(c.Requests)
+		},
+	}
+	if s.OnStateChange != nil {
+		st.OnStateChange = func(_ string, from, to gobreaker.State) { s.OnStateChange(from.String(), to.String()) }
+	}
+	return &LocalBreaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st)}
+}
+
+// Allow implements Breaker.
+func (b *LocalBreaker) Allow() (func(error), error) { return b.cb.Allow() }
+
+// State implements Breaker: "closed", "half-open" or "open".
+func (b *LocalBreaker) State() string { return b.cb.State().String() }

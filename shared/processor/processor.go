@@ -1,0 +1,377 @@
+// Package processor delivers one queued message to the webhook and records
+// its outcome. The same Handle serves the local AMQP consumer and the Lambda
+// function behind the Amazon MQ event source: a call is complete in itself
+// and correct when it is the whole life of its process. Breaker counts,
+// limiter tokens and pooled connections only make it faster.
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// Action tells the transport what to do with the queued copy.
+type Action int
+
+const (
+	// Ack: the outcome is recorded (or there was nothing to do).
+	Ack Action = iota
+	// Requeue: the outcome could not be recorded (MongoDB or the broker is
+	// unreachable); the copy must be delivered again later. The inbox and
+	// the durable status keep that from delivering twice.
+	Requeue
+)
+
+// Result is what Handle did, for the transport, logs and metrics.
+type Result struct {
+	Action    Action
+	MessageID string
+	// Outcome is one of message.Outcome* or "duplicate", "stale_copy",
+	// "dead_lettered_malformed".
+	Outcome string
+	Err     error
+}
+
+// Breaker guards the webhook. Allow returns an error while the circuit is
+// open; otherwise the caller reports the call's failure (nil for success)
+// to done.
+type Breaker interface {
+	Allow() (done func(err error), err error)
+	State() string
+}
+
+// Processor is the per-message delivery logic. All fields but Logger,
+// Limiter and Breaker are required.
+type Processor struct {
+	Store       Store
+	Inbox       Inbox
+	Sender      Sender
+	DeadLetters DeadLetters
+	Limiter     Limiter // nil: no outbound limit
+	Breaker     Breaker // nil: no circuit breaker
+	Retry       message.RetryPolicy
+	// ClaimTTL bounds one delivery; InboxTTL is how long a done marker lives.
+	ClaimTTL time.Duration
+	InboxTTL time.Duration
+	// BreakerCooldown is how long a message waits while the circuit is open.
+	BreakerCooldown time.Duration
+	// MaxInlineWait is the longest a delivery waits for the rate limiter in
+	// place; a longer wait puts the message back in the outbox instead, so
+	// a retry or a wait never blocks the consumer from other messages.
+	MaxInlineWait time.Duration
+	Now           func() time.Time
+	Logger        *slog.Logger
+}
+
+// Handle processes one queued copy: body is the envelope as published,
+// redelivered says whether the broker delivered this copy before.
+func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) Result {
+	env, err := DecodeEnvelope(body)
+	if err != nil {
+		return p.deadLetterMalformed(ctx, body, err)
+	}
+	log := p.Logger.With("message_id", env.ID, "seq", env.Seq)
+
+	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, p.ClaimTTL)
+	if err != nil {
+		// Redis is down: go on with the durable guard alone (the status and
+		// Seq in MongoDB). Two copies of one dispatch processed at the same
+		// moment during a Redis outage is the one case this lets through.
+		log.Warn("inbox claim failed; continuing with the durable check only", "error", err)
+		claimed = true
+	}
+	if !claimed {
+		return p.handleClaimed(ctx, log, env, state, wid, redelivered)
+	}
+
+	m, err := p.Store.GetMessage(ctx, env.ID)
+	switch {
+	case message.ErrorCode(err) == message.ENOTFOUND:
+		p.release(ctx, log, env.ID)
+		return p.deadLetterUnknown(ctx, body, env)
+	case err != nil:
+		p.release(ctx, log, env.ID)
+		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("load message: %w", err)}
+	case m.Status.Final():
+		// Already done: acknowledge without a second delivery.
+		if m.Status == message.StatusSent {
+			_ = p.Inbox.Complete(ctx, m.ID, m.WebhookMessageID, p.InboxTTL)
+		} else {
+			p.release(ctx, log, env.ID)
+		}
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+	case m.Seq != env.Seq:
+		// A copy of an older dispatch: the message has moved on (a retry is
+		// scheduled, or the stale sweep republished it).
+		p.release(ctx, log, env.ID)
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "stale_copy"}
+	}
+	return p.deliver(ctx, log, m)
+}
+
+// handleClaimed deals with a copy whose message somebody else has claimed
+// or finished.
+func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env message.Envelope, state outbox.InboxState, wid string, redelivered bool) Result {
+	m, err := p.Store.GetMessage(ctx, env.ID)
+	if err != nil {
+		if message.ErrorCode(err) == message.ENOTFOUND {
+			return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+		}
+		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("load message: %w", err)}
+	}
+	if m.Status.Final() {
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+	}
+	now := p.Now()
+	if state == outbox.InboxDone {
+		// The webhook answered 2xx but the outcome never reached MongoDB
+		// (a crash in the window the README names). Record it now, without
+		// a second delivery.
+		o := message.Outcome{
+			MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
+			WebhookMessageID: wid,
+			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
+		}
+		return p.record(ctx, log, o, "duplicate")
+	}
+	if !redelivered || m.Seq != env.Seq {
+		// Another live consumer holds this dispatch (two copies were
+		// published); it will record the outcome.
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+	}
+	// The broker gave us a copy its previous consumer never acknowledged:
+	// that consumer probably died holding the claim. Put the message back
+	// in the outbox for when the claim has expired, without counting an
+	// attempt. If the holder is alive after all, its done marker lets the
+	// next dispatch record SENT without delivering again.
+	next := now.Add(p.ClaimTTL)
+	o := message.Outcome{
+		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
+		LastError: m.LastError,
+		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
+	}
+	return p.record(ctx, log, o, message.OutcomeDeferred)
+}
+
+func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Message) Result {
+	// The outbound rate limit: a short wait happens in place, a long one
+	// puts the message back in the outbox. Neither counts as an attempt.
+	if p.Limiter != nil {
+		wait, err := p.Limiter.Reserve(ctx)
+		if err != nil {
+			log.Warn("rate limiter failed; delivering without it", "error", err)
+		}
+		if wait > p.MaxInlineWait {
+			p.release(ctx, log, m.ID)
+			return p.deferMessage(ctx, log, m, wait, "rate limited")
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				p.release(ctx, log, m.ID)
+				return Result{Action: Requeue, MessageID: m.ID, Err: ctx.Err()}
+			case <-t.C:
+			}
+		}
+	}
+	var done func(error)
+	if p.Breaker != nil {
+		d, err := p.Breaker.Allow()
+		if err != nil {
+			p.release(ctx, log, m.ID)
+			return p.deferMessage(ctx, log, m, p.BreakerCooldown, "circuit breaker open")
+		}
+		done = d
+	}
+
+	resp, sendErr := p.Sender.Send(ctx, m)
+	class, reason := Classify(resp, sendErr)
+	if done != nil {
+		// Only failures that say something about the webhook's health trip
+		// the breaker: a permanent 4xx is about the message.
+		if class == ClassRetryable {
+			done(errors.New(reason))
+		} else {
+			done(nil)
+		}
+	}
+
+	now := p.Now()
+	attempt := m.Attempts + 1
+	d := &message.Delivery{At: now, Attempt: attempt, StatusCode: resp.StatusCode, DurationMS: resp.Duration.Milliseconds()}
+	if sendErr != nil {
+		d.Error = reason
+	}
+	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempt, At: now, Delivery: d}
+
+	switch class {
+	case ClassDelivered:
+		// The done marker goes to Redis before MongoDB: if we crash between
+		// the two, a redelivered copy finds it and records SENT without a
+		// second webhook call.
+		if err := p.Inbox.Complete(ctx, m.ID, resp.MessageID, p.InboxTTL); err != nil {
+			log.Warn("inbox complete failed", "error", err)
+		}
+		d.Outcome = message.OutcomeDelivered
+		o.Status = message.StatusSent
+		o.WebhookMessageID = resp.MessageID
+		return p.record(ctx, log, o, message.OutcomeDelivered)
+	case ClassRetryable:
+		if !p.Retry.Exhausted(attempt) {
+			wait := p.Retry.Delay(attempt)
+			if resp.RetryAfter > wait {
+				wait = resp.RetryAfter
+			}
+			next := now.Add(wait)
+			d.Outcome = message.OutcomeRetry
+			o.Status = message.StatusUnsent
+			o.NextAttemptAt = &next
+			o.LastError = reason
+			res := p.record(ctx, log, o, message.OutcomeRetry)
+			p.release(ctx, log, m.ID)
+			return res
+		}
+		o.FailureReason = fmt.Sprintf("retries exhausted after %d attempts", attempt)
+	default:
+		o.FailureReason = "permanent failure: " + reason
+	}
+	d.Outcome = message.OutcomeFailed
+	o.Status = message.StatusFailed
+	o.LastError = reason
+	return p.deadLetter(ctx, log, o)
+}
+
+// deadLetter notifies the dead-letter queue, then records FAILED. In that
+// order: a notification whose record failed is sent again with the
+// redelivered copy (at least once), while a record without its
+// notification could never be noticed.
+func (p *Processor) deadLetter(ctx context.Context, log *slog.Logger, o message.Outcome) Result {
+	n := message.DeadLetter{MessageID: o.MessageID, Reason: o.FailureReason, LastError: o.LastError, Attempts: o.Attempts, FailedAt: o.At}
+	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+		p.release(ctx, log, o.MessageID)
+		return Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
+	}
+	res := p.record(ctx, log, o, message.OutcomeFailed)
+	p.release(ctx, log, o.MessageID)
+	return res
+}
+
+// deferMessage puts m back in the outbox for after wait without counting an
+// attempt.
+func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m message.Message, wait time.Duration, why string) Result {
+	now := p.Now()
+	next := now.Add(wait)
+	o := message.Outcome{
+		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
+		LastError: m.LastError,
+		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: why},
+	}
+	return p.record(ctx, log, o, message.OutcomeDeferred)
+}
+
+// record writes o. A stale outcome (somebody moved the message on) is not
+// an error: the newer dispatch owns the message now.
+func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outcome, outcome string) Result {
+	err := p.Store.RecordOutcome(ctx, o)
+	if errors.Is(err, message.ErrStaleOutcome) {
+		log.Info("outcome not recorded: the message moved on", "outcome", outcome)
+		return Result{Action: Ack, MessageID: o.MessageID, Outcome: "stale_copy"}
+	}
+	if err != nil {
+		log.Error("record outcome failed", "outcome", outcome, "error", err)
+		return Result{Action: Requeue, MessageID: o.MessageID, Outcome: outcome, Err: fmt.Errorf("record outcome: %w", err)}
+	}
+	log.Info("message processed", "outcome", outcome, "status", o.Status, "attempts", o.Attempts)
+	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
+}
+
+func (p *Processor) release(ctx context.Context, log *slog.Logger, id string) {
+	if err := p.Inbox.Release(ctx, id); err != nil {
+		log.Warn("inbox release failed; the claim will expire", "error", err)
+	}
+}
+
+func (p *Processor) deadLetterMalformed(ctx context.Context, body []byte, cause error) Result {
+	n := message.DeadLetter{Reason: "malformed queue message: " + cause.Error(), FailedAt: p.Now(), Body: printable(body)}
+	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+		return Result{Action: Requeue, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
+	}
+	p.Logger.Warn("malformed queue message dead-lettered", "error", cause)
+	return Result{Action: Ack, Outcome: "dead_lettered_malformed"}
+}
+
+func (p *Processor) deadLetterUnknown(ctx context.Context, body []byte, env message.Envelope) Result {
+	n := message.DeadLetter{MessageID: env.ID, Reason: "unknown message id", FailedAt: p.Now(), Body: printable(body)}
+	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
+	}
+	p.Logger.Warn("queue message for an unknown id dead-lettered", "message_id", env.ID)
+	return Result{Action: Ack, MessageID: env.ID, Outcome: "dead_lettered_malformed"}
+}
+
+// DecodeEnvelope parses and checks a queued envelope.
+func DecodeEnvelope(body []byte) (message.Envelope, error) {
+	var env message.Envelope
+	if err := json.Unmarshal(body, &env); err != nil {
+		return env, fmt.Errorf("not an envelope: %w", err)
+	}
+	if !message.ValidID(env.ID) {
+		return env, errors.New("envelope has no valid message id")
+	}
+	if env.Seq < 0 {
+		return env, errors.New("envelope has a negative seq")
+	}
+	return env, nil
+}
+
+// printable returns at most 1 KiB of body for a dead-letter record, valid
+// UTF-8 or quoted.
+func printable(body []byte) string {
+	if len(body) > 1024 {
+		body = body[:1024]
+	}
+	if utf8.Valid(body) {
+		return string(body)
+	}
+	return fmt.Sprintf("%q", body)
+}
+
+// Class is what a webhook answer means for the message.
+type Class int
+
+// The classes of an answer.
+const (
+	ClassDelivered Class = iota
+	ClassRetryable
+	ClassPermanent
+)
+
+// Classify sorts an answer: 2xx delivered; transport errors, 408, 429 and
+// 5xx retryable; every other status (3xx, 4xx) permanent. reason is a short
+// text for the log and lastError.
+func Classify(resp message.WebhookResponse, err error) (Class, string) {
+	if err != nil {
+		return ClassRetryable, err.Error()
+	}
+	code := resp.StatusCode
+	reason := fmt.Sprintf("HTTP %d %s", code, http.StatusText(code))
+	switch {
+	case code >= 200 && code < 300:
+		return ClassDelivered, reason
+	case code == http.StatusRequestTimeout, code == http.StatusTooManyRequests, code >= 500:
+		return ClassRetryable, reason
+	default:
+		return ClassPermanent, reason
+	}
+}

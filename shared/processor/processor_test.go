@@ -1,0 +1,197 @@
+package processor_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+// webhook answers with status and counts calls.
+func webhook(t *testing.T, status *atomic.Int32, delay time.Duration) (*atomic.Int32, string) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		time.Sleep(delay)
+		w.WriteHeader(int(status.Load()))
+		_, _ = w.Write([]byte(`{"message":"Accepted","messageId":"wh-1"}`))
+	}))
+	t.Cleanup(srv.Close)
+	return &calls, srv.URL
+}
+
+type fixture struct {
+	a     *app.App
+	env   map[string]string
+	calls *atomic.Int32
+	code  *atomic.Int32
+}
+
+func setup(t *testing.T, delay time.Duration, extra map[string]string) *fixture {
+	code := &atomic.Int32{}
+	code.Store(http.StatusAccepted)
+	calls, url := webhook(t, code, delay)
+	if extra == nil {
+		extra = map[string]string{}
+	}
+	extra["WEBHOOK_URL"] = url
+	env := testenv.Env(t, extra)
+	return &fixture{a: testenv.App(t, env), env: env, calls: calls, code: code}
+}
+
+func (f *fixture) processor(t *testing.T) *processor.Processor {
+	p, err := f.a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// published stores a message and publishes it, returning its envelope.
+func (f *fixture) published(t *testing.T) message.Envelope {
+	t.Helper()
+	ctx := context.Background()
+	m, _, err := f.a.Service(func(context.Context) (bool, error) { return false, nil }).
+		Create(ctx, message.CreateRequest{To: "+905551111111", Content: "hello"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := f.a.Relay(nil).Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("publish: %+v %v", s, err)
+	}
+	testenv.Drain(t, f.env["RABBITMQ_QUEUE"])
+	return message.Envelope{ID: m.ID, Seq: 0}
+}
+
+func body(env message.Envelope) []byte {
+	b, _ := json.Marshal(env)
+	return b
+}
+
+func (f *fixture) message(t *testing.T, id string) message.Message {
+	m, err := f.a.Store.GetMessage(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestConcurrentCopiesDeliverOnce gives the same message to two processors
+// (separate clients, as in two processes) at the same moment, and to one of
+// them again afterwards: the webhook is called once.
+func TestConcurrentCopiesDeliverOnce(t *testing.T) {
+	f := setup(t, 100*time.Millisecond, nil)
+	env := f.published(t)
+	other := &fixture{a: testenv.App(t, f.env)}
+	ps := []*processor.Processor{f.processor(t), other.processor(t)}
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
+				t.Errorf("Handle: %+v", r)
+			}
+		}()
+	}
+	wg.Wait()
+	if r := ps[0].Handle(context.Background(), body(env), true); r.Outcome != "duplicate" {
+		t.Errorf("a late copy: %+v", r)
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1", n)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusSent || m.Attempts != 1 || m.WebhookMessageID != "wh-1" || len(m.Deliveries) != 1 {
+		t.Fatalf("after delivery: %+v", m)
+	}
+}
+
+func TestRetryableFailureSchedulesARetry(t *testing.T) {
+	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	before := time.Now()
+	r := f.processor(t).Handle(context.Background(), body(env), false)
+	if r.Action != processor.Ack || r.Outcome != message.OutcomeRetry {
+		t.Fatalf("Handle: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusUnsent || m.Attempts != 1 || m.Seq != 1 || m.NextAttemptAt == nil || m.LastError == "" {
+		t.Fatalf("after a 503: %+v", m)
+	}
+	if wait := m.NextAttemptAt.Sub(before); wait < 8*time.Second || wait > 13*time.Second {
+		t.Fatalf("first retry after %s, want 10s ±20%%", wait)
+	}
+	// The old copy is stale now and does nothing.
+	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != "stale_copy" || f.calls.Load() != 1 {
+		t.Fatalf("old copy: %+v, calls %d", r, f.calls.Load())
+	}
+}
+
+func TestPermanentFailureIsDeadLettered(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusBadRequest)
+	env := f.published(t)
+	r := f.processor(t).Handle(context.Background(), body(env), false)
+	if r.Action != processor.Ack || r.Outcome != message.OutcomeFailed {
+		t.Fatalf("Handle: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusFailed || m.Attempts != 1 || m.FailureReason == "" {
+		t.Fatalf("after a 400: %+v", m)
+	}
+	dlq := testenv.Drain(t, f.env["RABBITMQ_DLQ"])
+	if len(dlq) != 1 {
+		t.Fatalf("%d dead-letter notifications, want 1", len(dlq))
+	}
+}
+
+func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
+	f := setup(t, 0, nil)
+	p := f.processor(t)
+	for _, b := range []string{`not json`, `{"id":"0195f0a2-7b1c-7cde-8f00-123456789abc","seq":0}`} {
+		if r := p.Handle(context.Background(), []byte(b), false); r.Action != processor.Ack {
+			t.Fatalf("Handle(%s): %+v", b, r)
+		}
+	}
+	dlq := testenv.Drain(t, f.env["RABBITMQ_DLQ"])
+	if len(dlq) != 2 || f.calls.Load() != 0 {
+		t.Fatalf("%d notifications and %d webhook calls, want 2 and 0", len(dlq), f.calls.Load())
+	}
+	for _, n := range dlq {
+		var d message.DeadLetter
+		if err := json.Unmarshal(n, &d); err != nil || d.Reason == "" {
+			t.Fatalf("notification %s", n)
+		}
+	}
+}
+
+// TestDoneMarkerRecordsWithoutRedelivery: the webhook answered, the process
+// died before MongoDB heard of it; the redelivered copy records SENT from the
+// inbox's done marker without calling the webhook again.
+func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	ctx := context.Background()
+	if err := f.a.Redis.Complete(ctx, env.ID, "wh-earlier", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	r := f.processor(t).Handle(ctx, body(env), true)
+	if r.Action != processor.Ack || f.calls.Load() != 0 {
+		t.Fatalf("Handle: %+v, calls %d", r, f.calls.Load())
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusSent || m.WebhookMessageID != "wh-earlier" {
+		t.Fatalf("after recovery: %+v", m)
+	}
+}
