@@ -1,0 +1,40 @@
+# The two commands that matter: `make run` and `make test`. Everything they
+# need is fetched or built here; RabbitMQ and Redis must be running locally
+# (scripts/check-services.sh says how to start them).
+
+GO        ?= go
+BIN       := bin/rms
+LOCALTAGS := ferretdb_no_postgresql
+GOTEST    := $(GO) test -race -count=1 -tags $(LOCALTAGS)
+FUZZTIME  ?= 10s
+
+.PHONY: run test unit fuzz vet fmt build-local dev-deps clean help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+run: build-local ## run the whole system in the foreground (Ctrl-C stops it)
+	@scripts/check-services.sh
+	$(BIN) all
+
+build-local: ## build the local binary (bin/rms) with the embedded MongoDB
+	$(GO) build -tags $(LOCALTAGS) -trimpath -o $(BIN) ./local
+
+test: vet ## run every test with the race detector, plus short fuzz runs
+	@scripts/check-services.sh
+	$(GOTEST) -timeout 30m ./...
+	$(MAKE) fuzz
+
+fuzz: ## run each fuzz test for FUZZTIME
+	$(GO) test -tags $(LOCALTAGS) -run '^$$' -fuzz '^FuzzCreateMessage$$' -fuzztime $(FUZZTIME) ./shared/httpapi/
+	$(GO) test -tags $(LOCALTAGS) -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) ./shared/processor/
+
+vet: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags $(LOCALTAGS) ./...
+
+dev-deps: ## download the Go modules
+	$(GO) mod download
+
+clean: ## remove build output and local data
+	rm -rf bin build .aws-sam .data

@@ -1,0 +1,32 @@
+// Command processor is the RabbitMQ consumer as an AWS Lambda function,
+// invoked by the Amazon MQ event source with batches of queued messages.
+package main
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambda"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+func main() {
+	a := app.MustOpenLambda(context.Background(), os.Getenv, os.Stdout)
+	p, err := a.Processor()
+	if err != nil {
+		a.Logger.Error("processor setup failed", "error", err)
+		os.Exit(1)
+	}
+	// A record is started only with enough time left for one webhook call
+	// and the record of its outcome.
+	reserve := a.Config.WebhookTimeout + 3*time.Second
+	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
+		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)
+		a.Logger.Info("batch processed", "summary", sum, "error", err)
+		return sum, err
+	})
+}

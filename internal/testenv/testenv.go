@@ -1,0 +1,219 @@
+// Package testenv gives tests the real services they run against: the
+// local RabbitMQ and Redis, and one embedded MongoDB per test binary. Every
+// test gets its own names (queues, key prefix, database), so tests never see
+// each other's data. A missing service fails the test with how to start it;
+// nothing is ever skipped.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+)
+
+// Addresses of the services on a developer's machine and in CI.
+const (
+	RabbitURI = "amqp://guest:guest@127.0.0.1:5672/"
+	RedisAddr = "127.0.0.1:6379"
+)
+
+const (
+	startRabbit = "rabbitmq-server -detached"
+	startRedis  = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis`
+)
+
+// RequireServices fails t unless RabbitMQ and Redis answer.
+func RequireServices(t testing.TB) {
+	t.Helper()
+	for _, s := range []struct{ name, addr, how string }{
+		{"RabbitMQ", "127.0.0.1:5672", startRabbit},
+		{"Redis", RedisAddr, startRedis},
+	} {
+		c, err := net.DialTimeout("tcp", s.addr, 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s is not answering on %s (%v). Start it with: %s", s.name, s.addr, err, s.how)
+		}
+		c.Close()
+	}
+}
+
+var (
+	mongoOnce sync.Once
+	mongoURI  string
+	mongoErr  error
+)
+
+// MongoURI returns the URI of the embedded MongoDB shared by the tests of
+// this binary, starting it on first use.
+func MongoURI(t testing.TB) string {
+	t.Helper()
+	mongoOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rms-test-mongodb-")
+		if err != nil {
+			mongoErr = err
+			return
+		}
+		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+		srv, err := embedded.Start(context.Background(), embedded.Config{Addr: "127.0.0.1:0", Dir: dir, Logger: quiet})
+		if err != nil {
+			mongoErr = err
+			return
+		}
+		mongoURI = srv.URI()
+	})
+	if mongoErr != nil {
+		t.Fatalf("start the embedded mongodb: %v", mongoErr)
+	}
+	return mongoURI
+}
+
+// Name returns a name unique to this test and run, safe for queues,
+// databases and key prefixes.
+func Name(t testing.TB) string {
+	n := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return '_'
+	}, t.Name())
+	if len(n) > 30 {
+		n = n[:30]
+	}
+	return fmt.Sprintf("t_%s_%d", n, time.Now().UnixNano()%1e9)
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Env returns the environment of a system isolated for this test: its own
+// database, queues, Redis key prefix and ports, and fast timings. Entries
+// in extra override it. The queues are deleted when the test ends.
+func Env(t testing.TB, extra map[string]string) map[string]string {
+	t.Helper()
+	RequireServices(t)
+	name := Name(t)
+	env := map[string]string{
+		"MONGODB_DATABASE":      name,
+		"DATA_DIR":              t.TempDir(),
+		"EMBEDDED_MONGODB_ADDR": FreeAddr(t),
+		"RABBITMQ_URI":          RabbitURI,
+		"RABBITMQ_EXCHANGE":     name,
+		"RABBITMQ_QUEUE":        name,
+		"RABBITMQ_DLQ":          name + ".dlq",
+		"REDIS_URI":             RedisAddr,
+		"REDIS_KEY_PREFIX":      name + ":",
+		"API_ADDR":              FreeAddr(t),
+		"PROCESSOR_ADDR":        FreeAddr(t),
+		"RECEIVER_ADDR":         FreeAddr(t),
+		"PUBLISH_INTERVAL":      "200ms",
+		"RETRY_BASE_DELAY":      "200ms",
+		"RETRY_MAX_DELAY":       "2s",
+		"WEBHOOK_TIMEOUT":       "2s",
+		"STALE_DURATION":        "30s",
+		"LOG_LEVEL":             "warn",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	t.Cleanup(func() { DeleteQueues(t, env["RABBITMQ_EXCHANGE"], env["RABBITMQ_QUEUE"], env["RABBITMQ_DLQ"]) })
+	return env
+}
+
+// Config loads the configuration of env.
+func Config(t testing.TB, env map[string]string) config.Config {
+	t.Helper()
+	c, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// DeleteQueues removes an exchange and queues a test declared.
+func DeleteQueues(t testing.TB, exchange string, queues ...string) {
+	conn, err := amqp.Dial(RabbitURI)
+	if err != nil {
+		t.Logf("delete test queues: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	for _, q := range queues {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
+	if exchange != "" {
+		_ = ch.ExchangeDelete(exchange, false, false)
+	}
+}
+
+// QueueDepth returns the number of ready messages in queue.
+func QueueDepth(t testing.TB, queue string) int {
+	t.Helper()
+	conn, err := amqp.Dial(RabbitURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	if err != nil {
+		t.Fatalf("inspect queue %s: %v", queue, err)
+	}
+	return q.Messages
+}
+
+// Drain takes every ready message off queue and returns the bodies.
+func Drain(t testing.TB, queue string) [][]byte {
+	t.Helper()
+	conn, err := amqp.Dial(RabbitURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	var out [][]byte
+	for {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil {
+			t.Fatalf("get from %s: %v", queue, err)
+		}
+		if !ok {
+			return out
+		}
+		out = append(out, d.Body)
+	}
+}

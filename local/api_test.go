@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+)
+
+type problem struct {
+	Status int    `json:"status"`
+	Title  string `json:"title"`
+	Detail string `json:"detail"`
+	Field  string `json:"field"`
+}
+
+func do(t *testing.T, method, url, body string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// TestAPIErrors runs every rejection of the API against the real system and
+// checks that nothing was stored for any of them.
+func TestAPIErrors(t *testing.T) {
+	hook, url := newSink(t)
+	_ = hook
+	env := testenv.Env(t, map[string]string{"WEBHOOK_URL": url, "API_KEY": "s3cret"})
+	api, stop := startSystem(t, env)
+	defer stop()
+	auth := map[string]string{"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+	long := strings.Repeat("x", 251)
+
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		header map[string]string
+		status int
+		field  string
+	}{
+		{"no api key", "POST", "/messages", `{"to":"+905551111111","content":"hi"}`, nil, 401, ""},
+		{"wrong api key", "GET", "/messages", ``, map[string]string{"X-API-Key": "nope"}, 401, ""},
+		{"malformed json", "POST", "/messages", `{"to":`, auth, 400, ""},
+		{"unknown field", "POST", "/messages", `{"to":"+905551111111","content":"hi","priority":1}`, auth, 400, "priority"},
+		{"wrong type", "POST", "/messages", `{"to":905551111111,"content":"hi"}`, auth, 400, "to"},
+		{"missing to", "POST", "/messages", `{"content":"hi"}`, auth, 400, "to"},
+		{"invalid to", "POST", "/messages", `{"to":"0555","content":"hi"}`, auth, 400, "to"},
+		{"missing content", "POST", "/messages", `{"to":"+905551111111"}`, auth, 400, "content"},
+		{"content too long", "POST", "/messages", `{"to":"+905551111111","content":"` + long + `"}`, auth, 400, "content"},
+		{"sendAt in the past", "POST", "/messages", `{"to":"+905551111111","content":"hi","sendAt":"2020-01-01T00:00:00Z"}`, auth, 400, "sendAt"},
+		{"bad sendAt", "POST", "/messages", `{"to":"+905551111111","content":"hi","sendAt":"tomorrow"}`, auth, 400, "sendAt"},
+		{"oversize body", "POST", "/messages", `{"to":"+905551111111","content":"` + strings.Repeat("x", 1<<20) + `"}`, auth, 413, ""},
+		{"unknown id", "GET", "/messages/0195f0a2-7b1c-7cde-8f00-123456789abc", ``, auth, 404, ""},
+		{"malformed id", "GET", "/messages/not-an-id", ``, auth, 404, ""},
+		{"bad status filter", "GET", "/messages?status=DONE", ``, auth, 400, "status"},
+		{"limit too large", "GET", "/messages?limit=501", ``, auth, 400, "limit"},
+		{"unknown route", "GET", "/nope", ``, auth, 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, b := do(t, tt.method, api+tt.path, tt.body, tt.header)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, b)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("Content-Type %q, want application/problem+json", ct)
+			}
+			var p problem
+			if err := json.Unmarshal(b, &p); err != nil || p.Status != tt.status || p.Title == "" {
+				t.Fatalf("not a problem document: %s", b)
+			}
+			if tt.field != "" && p.Field != tt.field {
+				t.Fatalf("problem names field %q, want %q: %s", p.Field, tt.field, b)
+			}
+		})
+	}
+	if got := listAll(t, api, "", auth); len(got) != 0 {
+		t.Fatalf("rejected requests stored %d messages", len(got))
+	}
+
+	// GET /status needs no key.
+	if resp, b := do(t, "GET", api+"/status", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("status without a key: %d %s", resp.StatusCode, b)
+	}
+
+	// Idempotency-Key: a repeat answers 200 with the original, a different
+	// body under the same key 422.
+	idem := map[string]string{"Authorization": "Bearer s3cret", "Idempotency-Key": "k-1"}
+	first, b1 := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"once"}`, idem)
+	again, b2 := do(t, "POST", api+"/messages", `{ "content":"once", "to":"+905551111111" }`, idem)
+	other, b3 := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"twice"}`, idem)
+	var m1, m2 struct{ ID string }
+	_ = json.Unmarshal(b1, &m1)
+	_ = json.Unmarshal(b2, &m2)
+	if first.StatusCode != 202 || again.StatusCode != 200 || m1.ID == "" || m1.ID != m2.ID {
+		t.Fatalf("idempotent repeat: %d %s / %d %s", first.StatusCode, b1, again.StatusCode, b2)
+	}
+	if other.StatusCode != 422 {
+		t.Fatalf("same key, other body: %d %s", other.StatusCode, b3)
+	}
+	if got := listAll(t, api, "", auth); len(got) != 1 {
+		t.Fatalf("%d messages stored, want 1", len(got))
+	}
+}

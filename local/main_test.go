@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// sink is a webhook that counts deliveries per webhook-id.
+type sink struct {
+	mu    sync.Mutex
+	seen  map[string]int
+	total int
+}
+
+func newSink(t *testing.T) (*sink, string) {
+	s := &sink{seen: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ ID, To, Content string }
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.ID != r.Header.Get("webhook-id") {
+			http.Error(w, "bad delivery", http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		s.seen[body.ID]++
+		s.total++
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"message":"Accepted","messageId":"wh-%s"}`, body.ID)
+	}))
+	t.Cleanup(srv.Close)
+	return s, srv.URL + "/webhook"
+}
+
+func (s *sink) distinct() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.seen)
+}
+
+// startSystem runs the program as `make run` does and waits for its API.
+func startSystem(t *testing.T, env map[string]string) (api string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	var outMu sync.Mutex
+	go func() {
+		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, lockedWriter{&outMu, &out}, io.Discard)
+	}()
+	api = "http://" + env["API_ADDR"]
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(api + "/status")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			outMu.Lock()
+			t.Fatalf("system exited early: %v\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("system did not become ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return api, func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run returned %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("system did not shut down within 60s")
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestEndToEnd posts 500 messages concurrently and checks that the webhook
+// received each exactly once and that every message ends SENT.
+func TestEndToEnd(t *testing.T) {
+	const n = 500
+	hook, url := newSink(t)
+	env := testenv.Env(t, map[string]string{"WEBHOOK_URL": url})
+	api, stop := startSystem(t, env)
+	defer stop()
+
+	ids := make(chan string, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				body := fmt.Sprintf(`{"to":"+90555%07d","content":"message %d"}`, i, i)
+				resp, err := http.Post(api+"/messages", "application/json", bytes.NewBufferString(body))
+				if err != nil {
+					errs <- err
+					continue
+				}
+				var m message.Message
+				err = json.NewDecoder(resp.Body).Decode(&m)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted || err != nil || resp.Header.Get("Location") != "/messages/"+m.ID {
+					errs <- fmt.Errorf("POST answered %d %v location %q", resp.StatusCode, err, resp.Header.Get("Location"))
+					continue
+				}
+				ids <- m.ID
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	close(ids)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	accepted := map[string]bool{}
+	for id := range ids {
+		accepted[id] = true
+	}
+	if len(accepted) != n {
+		t.Fatalf("accepted %d distinct messages, want %d", len(accepted), n)
+	}
+
+	waitFor(t, 3*time.Minute, func() bool { return hook.distinct() >= n }, func() string {
+		return fmt.Sprintf("webhook saw %d of %d messages", hook.distinct(), n)
+	})
+	// Give a duplicate, if any, the chance to arrive before counting.
+	time.Sleep(time.Second)
+	hook.mu.Lock()
+	for id, c := range hook.seen {
+		if !accepted[id] {
+			t.Errorf("webhook received unknown id %s", id)
+		}
+		if c != 1 {
+			t.Errorf("webhook received %s %d times", id, c)
+		}
+	}
+	hook.mu.Unlock()
+
+	var sent []message.Message
+	waitFor(t, time.Minute, func() bool {
+		sent = listAll(t, api, "SENT", nil)
+		return len(sent) == n
+	}, func() string { return fmt.Sprintf("%d of %d messages SENT", len(sent), n) })
+	for _, m := range sent {
+		if !accepted[m.ID] || m.Attempts != 1 || m.SentAt == nil || m.WebhookMessageID != "wh-"+m.ID {
+			t.Fatalf("unexpected SENT message %+v", m)
+		}
+	}
+}
+
+// listAll follows the cursor through every page of GET /messages?status=.
+func listAll(t *testing.T, api, status string, header map[string]string) []message.Message {
+	t.Helper()
+	var all []message.Message
+	cursor := ""
+	for {
+		resp, b := do(t, "GET", fmt.Sprintf("%s/messages?status=%s&limit=200&cursor=%s", api, status, cursor), "", header)
+		var page message.Page
+		err := json.Unmarshal(b, &page)
+		if resp.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("GET /messages answered %d: %v %s", resp.StatusCode, err, b)
+		}
+		all = append(all, page.Items...)
+		if page.NextCursor == "" {
+			return all
+		}
+		cursor = page.NextCursor
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s: %s", timeout, msg())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
+)
+
+// publish runs a relay pass every interval until ctx ends. A failed pass is
+// logged and the next tick tries again: the outbox keeps every message.
+func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		passCtx, cancel := context.WithTimeout(ctx, relay.LeaseTTL)
+		sum, err := relay.Pass(passCtx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.logger.Error("relay pass failed", "error", err, "summary", sum)
+		case sum.Claimed > 0 || sum.Recovered > 0 || sum.DeadLettered > 0:
+			s.logger.Info("relay pass", "summary", sum)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// consume feeds queued messages to the processor until ctx ends; then the
+// deliveries in flight finish and the rest go back to the queue.
+func (s *system) consume(ctx context.Context, a *app.App, p *processor.Processor) error {
+	opts := rabbitmq.ConsumeOptions{
+		Queue:        a.Config.Queue,
+		Prefetch:     a.Config.Prefetch,
+		Concurrency:  a.Config.ProcessorConcurrency,
+		DrainTimeout: a.Config.WebhookTimeout + 5*time.Second,
+	}
+	var pause backoff
+	return a.Rabbit.Consume(ctx, opts, func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+		res := p.Handle(ctx, d.Body, d.Redelivered)
+		if res.Action == processor.Requeue {
+			// MongoDB or the broker is failing: hold this worker for a
+			// while before handing the copy back, so that the consumer
+			// stops taking new work instead of spinning through the queue.
+			s.logger.Warn("processing deferred; message returned to the queue", "message_id", res.MessageID, "error", res.Err)
+			pause.sleep(ctx)
+			return rabbitmq.NackRequeue
+		}
+		pause.reset()
+		return rabbitmq.Ack
+	})
+}
+
+// backoff is a shared, growing pause between failures.
+type backoff struct {
+	mu sync.Mutex
+	d  time.Duration
+}
+
+func (b *backoff) sleep(ctx context.Context) {
+	b.mu.Lock()
+	b.d = min(max(2*b.d, 100*time.Millisecond), 5*time.Second)
+	d := b.d
+	b.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func (b *backoff) reset() {
+	b.mu.Lock()
+	b.d = 0
+	b.mu.Unlock()
+}
+
+// group runs the parts of a process; the first to fail stops the others.
+type group struct {
+	wg  sync.WaitGroup
+	mu  sync.Mutex
+	err error
+}
+
+func (g *group) go_(cancel context.CancelFunc, f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(); err != nil {
+			g.mu.Lock()
+			if g.err == nil {
+				g.err = err
+			}
+			g.mu.Unlock()
+			cancel()
+		}
+	}()
+}
+
+// serve serves h on ln until ctx ends, then shuts the server down
+// gracefully, letting requests in flight finish.
+func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	g.go_(cancel, func() error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		shutCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer stop()
+		if err := srv.Shutdown(shutCtx); err != nil {
+			return err
+		}
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+}
+
+func (g *group) wait() { g.wg.Wait() }
+
+// waitErr blocks until ctx ends and every part has stopped, and returns the
+// first part's error.
+func (g *group) waitErr(ctx context.Context) error {
+	<-ctx.Done()
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/local/receiver"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+)
+
+// system is one local process running one role or all of them.
+type system struct {
+	role   string
+	getenv func(string) string
+	stdout io.Writer
+	logger *slog.Logger
+}
+
+func newSystem(role string, getenv func(string) string, stdout io.Writer) *system {
+	return &system{role: role, getenv: getenv, stdout: stdout}
+}
+
+func (s *system) has(role string) bool { return s.role == "all" || s.role == role }
+
+func (s *system) run(ctx context.Context) error {
+	cfg, err := config.Load(s.getenv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	s.logger = app.NewLogger(cfg, s.stdout).With("role", s.role)
+	s.logger.Info("starting", "config", cfg.Redacted())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var g group
+	defer g.wait()
+
+	// The demo receiver stands in for WEBHOOK_URL when none is set.
+	if s.role == "receiver" || (cfg.WebhookURL == "" && s.has("processor")) {
+		key, _ := config.DecodeWebhookSecret(cfg.WebhookSecret) // validated by Load
+		ln, err := net.Listen("tcp", cfg.ReceiverAddr)
+		if err != nil {
+			return fmt.Errorf("demo receiver on RECEIVER_ADDR %s: %w", cfg.ReceiverAddr, err)
+		}
+		cfg.WebhookURL = "http://" + ln.Addr().String() + "/webhook"
+		s.logger.Info("demo webhook receiver listening", "url", cfg.WebhookURL)
+		g.serve(ctx, cancel, ln, receiver.NewHandler(s.logger.With("component", "receiver"), key))
+	}
+	if s.role == "receiver" {
+		return g.waitErr(ctx)
+	}
+
+	if cfg.MongoURI == "" {
+		uri, srv, err := s.embeddedMongo(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if srv != nil {
+			defer func() {
+				closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				if err := srv.Close(closeCtx); err != nil {
+					s.logger.Error("embedded mongodb shutdown", "error", err)
+				}
+			}()
+		}
+		cfg.MongoURI = uri
+	}
+	if s.role == "mongodb" {
+		<-ctx.Done()
+		return nil
+	}
+
+	a, err := app.Open(ctx, cfg, s.logger)
+	if err != nil {
+		return err
+	}
+	defer a.Close(context.WithoutCancel(ctx))
+	if s.role == "setup" {
+		s.logger.Info("setup done: exchange, queues and indexes declared")
+		return nil
+	}
+
+	sched := a.LocalScheduler()
+	if s.has("api") {
+		ln, err := net.Listen("tcp", cfg.APIAddr)
+		if err != nil {
+			return fmt.Errorf("api on API_ADDR %s: %w", cfg.APIAddr, err)
+		}
+		s.logger.Info("api listening", "addr", ln.Addr().String())
+		g.serve(ctx, cancel, ln, a.APIHandler(sched, sched.Gate()))
+	}
+	if s.has("publisher") {
+		relay := a.Relay(sched.Gate())
+		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval) })
+	}
+	if s.has("processor") {
+		p, err := a.Processor()
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", cfg.ProcessorAddr)
+		if err != nil {
+			return fmt.Errorf("processor status on PROCESSOR_ADDR %s: %w", cfg.ProcessorAddr, err)
+		}
+		health := httpapi.Health{Service: "processor", Checks: a.Checks(), Info: func(context.Context) map[string]any {
+			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
+		}}
+		s.logger.Info("processor status listening", "addr", ln.Addr().String())
+		g.serve(ctx, cancel, ln, httpapi.NewStatusHandler(health))
+		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
+	}
+	return g.waitErr(ctx)
+}
+
+// embeddedMongo returns the URI of the embedded MongoDB: one already
+// answering at EMBEDDED_MONGODB_ADDR (another local process, such as the
+// mongodb role), or a new one started in this process.
+func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, *embedded.Server, error) {
+	uri := "mongodb://" + cfg.EmbeddedMongoDBAddr + "/"
+	if s.role != "mongodb" && mongoAnswers(ctx, uri) {
+		s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
+		return uri, nil, nil
+	}
+	srv, err := embedded.Start(ctx, embedded.Config{
+		Addr:   cfg.EmbeddedMongoDBAddr,
+		Dir:    filepath.Join(cfg.DataDir, "mongodb"),
+		Logger: s.logger.With("component", "embedded-mongodb"),
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return srv.URI(), srv, nil
+}
+
+func mongoAnswers(ctx context.Context, uri string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := net.DialTimeout("tcp", uri[len("mongodb://"):len(uri)-1], 300*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetServerSelectionTimeout(time.Second))
+	if err != nil {
+		return false
+	}
+	defer func() { _ = client.Disconnect(context.WithoutCancel(ctx)) }()
+	return client.Ping(ctx, nil) == nil
+}

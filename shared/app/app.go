@@ -1,0 +1,233 @@
+// Package app wires the adapters and roles together from a Config. Both
+// faces call it: the local binary (local/) and the three Lambda functions
+// (functions/). It connects to MongoDB, RabbitMQ and Redis once, and hands
+// out the API handler, the relay and the processor built on those clients.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/time/rate"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/webhook"
+)
+
+// App holds the connected clients of one process.
+type App struct {
+	Config config.Config
+	Logger *slog.Logger
+	Store  *mongostore.Store
+	Rabbit *rabbitmq.Client
+	Redis  *redisstore.Store
+	Now    func() time.Time
+
+	breaker *processor.LocalBreaker
+}
+
+// Open connects to MongoDB (cfg.MongoURI must be set), RabbitMQ and Redis,
+// declares the broker topology and the database indexes (both idempotent),
+// and returns the App. Redis being down is not an error: the system runs
+// degraded without it.
+func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, error) {
+	if cfg.MongoURI == "" {
+		return nil, errors.New("MONGODB_URI: not set (local mode starts the embedded MongoDB first)")
+	}
+	a := &App{Config: cfg, Logger: logger, Now: time.Now}
+	var err error
+	if a.Store, err = mongostore.Open(ctx, cfg.MongoURI, cfg.MongoDatabase); err != nil {
+		return nil, fmt.Errorf("connect to mongodb: %w", err)
+	}
+	if err := a.Store.EnsureIndexes(ctx); err != nil {
+		a.Close(ctx)
+		return nil, fmt.Errorf("ensure mongodb indexes: %w", err)
+	}
+	topo := rabbitmq.Topology{Exchange: cfg.Exchange, Queue: cfg.Queue, DeadLetterQueue: cfg.DeadLetterQueue}
+	if a.Rabbit, err = rabbitmq.Dial(ctx, cfg.RabbitURI, topo, logger); err != nil {
+		a.Close(ctx)
+		return nil, fmt.Errorf("connect to rabbitmq: %w", err)
+	}
+	redisstore.SetClientLogger(logger)
+	if a.Redis, err = redisstore.Open(ctx, cfg.Redis(), cfg.RedisKeyPrefix); err != nil {
+		a.Close(ctx)
+		return nil, fmt.Errorf("set up redis client: %w", err)
+	}
+	if err := a.Redis.Ping(ctx); err != nil {
+		logger.Warn("redis is unreachable; running degraded until it answers", "error", err)
+	}
+	return a, nil
+}
+
+// Close closes every client that was opened.
+func (a *App) Close(ctx context.Context) {
+	if a.Rabbit != nil {
+		_ = a.Rabbit.Close()
+	}
+	if a.Redis != nil {
+		_ = a.Redis.Close()
+	}
+	if a.Store != nil {
+		_ = a.Store.Close(ctx)
+	}
+}
+
+// Retry returns the retry policy of the configuration.
+func (a *App) Retry() message.RetryPolicy {
+	return message.RetryPolicy{MaxRetries: a.Config.MaxRetries, BaseDelay: a.Config.RetryBaseDelay, MaxDelay: a.Config.RetryMaxDelay, Jitter: 0.2}
+}
+
+// Service returns the message service behind the API. gate says whether the
+// publisher's schedule is started (the fast path publishes only then).
+func (a *App) Service(gate outbox.Gate) *outbox.Service {
+	return &outbox.Service{
+		Store:            a.Store,
+		Publisher:        a.Rabbit,
+		Gate:             gate,
+		NewID:            newID,
+		Now:              a.Now,
+		Logger:           a.Logger,
+		MaxContentLength: a.Config.MaxContentLength,
+		FastPathGrace:    fastPathGrace,
+		IdempotencyTTL:   24 * time.Hour,
+		InProgressWindow: 30 * time.Second,
+	}
+}
+
+// fastPathGrace is how long the relay leaves a new message to the API's
+// fast path. It is far longer than a publish takes, and short enough that
+// a message whose fast path failed is soon published by the relay.
+const fastPathGrace = 10 * time.Second
+
+// Relay returns the outbox relay.
+func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
+	return &outbox.Relay{
+		Store:         a.Store,
+		Publisher:     a.Rabbit,
+		Lease:         a.Redis,
+		Inbox:         a.Redis,
+		DeadLetters:   a.Rabbit,
+		Gate:          gate,
+		Retry:         a.Retry(),
+		BatchSize:     a.Config.BatchSize,
+		LeaseTTL:      30 * time.Second,
+		StaleDuration: a.Config.StaleDuration,
+		Now:           a.Now,
+		Logger:        a.Logger,
+	}
+}
+
+// Processor returns the per-message processor with its webhook client,
+// circuit breaker and outbound rate limit.
+func (a *App) Processor() (*processor.Processor, error) {
+	sender, err := webhook.New(webhook.Options{URL: a.Config.WebhookURL, Timeout: a.Config.WebhookTimeout, Secret: a.Config.WebhookSecret, Now: a.Now})
+	if err != nil {
+		return nil, fmt.Errorf("webhook client: %w", err)
+	}
+	if a.breaker == nil {
+		a.breaker = processor.NewLocalBreaker(processor.BreakerSettings{
+			Name:         "webhook",
+			FailureRatio: a.Config.BreakerFailureRatio,
+			MinRequests:  a.Config.BreakerMinRequests,
+			Window:       a.Config.BreakerWindow,
+			Cooldown:     a.Config.BreakerCooldown,
+			OnStateChange: func(from, to string) {
+				a.Logger.Warn("webhook circuit breaker changed state", "from", from, "to", to)
+			},
+		})
+	}
+	p := &processor.Processor{
+		Store:           a.Store,
+		Inbox:           a.Redis,
+		Sender:          sender,
+		DeadLetters:     a.Rabbit,
+		Breaker:         a.breaker,
+		Retry:           a.Retry(),
+		ClaimTTL:        a.Config.ClaimTTL(),
+		InboxTTL:        a.Config.InboxTTL,
+		BreakerCooldown: a.Config.BreakerCooldown,
+		MaxInlineWait:   2 * time.Second,
+		Now:             a.Now,
+		Logger:          a.Logger,
+	}
+	if a.Config.WebhookRateLimit > 0 {
+		local := rate.NewLimiter(rate.Limit(a.Config.WebhookRateLimit), a.Config.WebhookRateBurst)
+		p.Limiter = redisstore.NewLimiter(a.Redis, "webhook", a.Config.WebhookRateLimit, a.Config.WebhookRateBurst, local, a.Logger)
+	}
+	return p, nil
+}
+
+// BreakerState returns the webhook circuit breaker's state in this process.
+func (a *App) BreakerState() string {
+	if a.breaker == nil {
+		return "closed"
+	}
+	return a.breaker.State()
+}
+
+// Checks returns the dependency checks of a status report.
+func (a *App) Checks() []httpapi.Check {
+	return []httpapi.Check{
+		{Name: "mongodb", Critical: true, Check: a.Store.Ping},
+		{Name: "rabbitmq", Critical: true, Check: a.Rabbit.Ping},
+		{Name: "redis", Critical: false, Check: a.Redis.Ping},
+	}
+}
+
+// APIHandler returns the REST API, as local mode serves it and the API
+// Lambda function adapts it.
+func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler {
+	return httpapi.NewServer(httpapi.Options{
+		Messages:  a.Service(gate),
+		Scheduler: sched,
+		Health:    httpapi.Health{Service: "api", Checks: a.Checks()},
+		APIKey:    a.Config.APIKey,
+		Logger:    a.Logger,
+	})
+}
+
+func newID() string { return uuid.Must(uuid.NewV7()).String() }
+
+// NewLogger returns the structured logger the configuration asks for.
+func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel)))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// MustOpenLambda loads the configuration and opens the App for a Lambda
+// function, at cold start. A failure ends the process: Lambda reports the
+// init error and retries with a new execution environment.
+func MustOpenLambda(ctx context.Context, getenv func(string) string, w io.Writer) *App {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		fmt.Fprintln(w, "configuration:", err)
+		os.Exit(1)
+	}
+	logger := NewLogger(cfg, w)
+	a, err := Open(ctx, cfg, logger)
+	if err != nil {
+		logger.Error("cold start failed", "error", err)
+		os.Exit(1)
+	}
+	return a
+}

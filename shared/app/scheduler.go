@@ -1,0 +1,65 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// StoreScheduler keeps the publisher's schedule state in MongoDB, so that
+// POST /scheduler/stop on one process stops a publisher running in another.
+// It is local mode's scheduler; in Lambda the state is the EventBridge
+// schedule's.
+type StoreScheduler struct {
+	Store   outbox.Store
+	Default message.SchedulerState
+	Now     func() time.Time
+}
+
+var _ httpapi.Scheduler = (*StoreScheduler)(nil)
+
+// Status implements httpapi.Scheduler.
+func (s *StoreScheduler) Status(ctx context.Context) (httpapi.SchedulerStatus, error) {
+	state, at, err := s.Store.SchedulerState(ctx, s.Default)
+	if err != nil {
+		return httpapi.SchedulerStatus{}, err
+	}
+	st := httpapi.SchedulerStatus{State: state, Backend: "mongodb"}
+	if !at.IsZero() {
+		st.UpdatedAt = &at
+	}
+	return st, nil
+}
+
+// Start implements httpapi.Scheduler.
+func (s *StoreScheduler) Start(ctx context.Context) (httpapi.SchedulerStatus, error) {
+	return s.set(ctx, message.SchedulerStarted)
+}
+
+// Stop implements httpapi.Scheduler.
+func (s *StoreScheduler) Stop(ctx context.Context) (httpapi.SchedulerStatus, error) {
+	return s.set(ctx, message.SchedulerStopped)
+}
+
+func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) (httpapi.SchedulerStatus, error) {
+	if err := s.Store.SetSchedulerState(ctx, state, s.Now().UTC()); err != nil {
+		return httpapi.SchedulerStatus{}, err
+	}
+	return s.Status(ctx)
+}
+
+// Gate returns the outbox gate: open while the stored state is started.
+func (s *StoreScheduler) Gate() outbox.Gate {
+	return func(ctx context.Context) (bool, error) {
+		state, _, err := s.Store.SchedulerState(ctx, s.Default)
+		return state == message.SchedulerStarted, err
+	}
+}
+
+// LocalScheduler returns the MongoDB-backed scheduler of local mode.
+func (a *App) LocalScheduler() *StoreScheduler {
+	return &StoreScheduler{Store: a.Store, Default: message.SchedulerState(a.Config.SchedulerInitialState), Now: a.Now}
+}
