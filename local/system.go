@@ -39,7 +39,7 @@ func (s *system) run(ctx context.Context) error {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	s.logger = app.NewLogger(cfg, s.stdout).With("role", s.role)
-	s.logger.Info("starting", "config", cfg.Redacted())
+	s.logger.Info("starting", "config", cfg)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -49,7 +49,7 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	if cfg.MongoURI == "" {
 		return nil, errors.New("MONGODB_URI: not set (local mode starts the embedded MongoDB first)")
 	}
-	a := &App{Config: cfg, Logger: logger, Now: time.Now}
+	a := &App{Config: cfg, Logger: logger, Now: now}
 	var err error
 	if a.Store, err = mongostore.Open(ctx, cfg.MongoURI, cfg.MongoDatabase); err != nil {
 		return nil, fmt.Errorf("connect to mongodb: %w", err)
@@ -200,6 +200,10 @@ func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler
 		Logger:    a.Logger,
 	})
 }
+
+// now is the clock of every role: UTC, to the millisecond, the precision
+// MongoDB keeps, so that what an API answer shows is what a later read shows.
+func now() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
 
 func newID() string { return uuid.Must(uuid.NewV7()).String() }
 

@@ -8,7 +8,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -364,6 +366,23 @@ func redactURL(s string) string {
 		u.User = url.UserPassword(u.User.Username(), "REDACTED")
 	}
 	return u.String()
+}
+
+// LogValue logs the configuration with secrets redacted and durations in
+// Go syntax, so that it can be logged as it is.
+func (c Config) LogValue() slog.Value {
+	r := c.Redacted()
+	v := reflect.ValueOf(r)
+	attrs := make([]slog.Attr, 0, v.NumField())
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if d, ok := f.Interface().(time.Duration); ok {
+			attrs = append(attrs, slog.String(v.Type().Field(i).Name, d.String()))
+			continue
+		}
+		attrs = append(attrs, slog.Any(v.Type().Field(i).Name, f.Interface()))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 type reader struct {

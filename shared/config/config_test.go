@@ -84,3 +84,13 @@ func TestRedactedHidesSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestLogValueRedacts(t *testing.T) {
+	c, err := config.Load(env(map[string]string{"API_KEY": "k3y-secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.LogValue().String(); strings.Contains(s, "k3y-secret") || !strings.Contains(s, "5s") {
+		t.Fatalf("LogValue: %s", s)
+	}
+}
