@@ -38,3 +38,4 @@ dev-deps: ## download the Go modules
 
 clean: ## remove build output and local data
 	rm -rf bin build .aws-sam .data
+include mk/*.mk

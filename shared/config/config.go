@@ -64,6 +64,12 @@ type Config struct {
 	PublishInterval       time.Duration // PUBLISH_INTERVAL
 	BatchSize             int           // BATCH_SIZE
 	SchedulerInitialState string        // SCHEDULER_INITIAL_STATE: started or stopped
+	// ScheduleName names the EventBridge Scheduler schedule that triggers
+	// the publisher Lambda. Set (in Lambda), the API's scheduler routes
+	// enable and disable that schedule; empty (local mode), the state lives
+	// in MongoDB.
+	ScheduleName  string // SCHEDULE_NAME
+	ScheduleGroup string // SCHEDULE_GROUP
 
 	// HTTP.
 	APIAddr          string // API_ADDR
@@ -105,6 +111,7 @@ func Default() Config {
 		PublishInterval:       time.Second,
 		BatchSize:             100,
 		SchedulerInitialState: "started",
+		ScheduleGroup:         "default",
 		APIAddr:               "127.0.0.1:8080",
 		ProcessorAddr:         "127.0.0.1:8081",
 		ReceiverAddr:          "127.0.0.1:8090",
@@ -150,6 +157,8 @@ func Load(getenv func(string) string) (Config, error) {
 	r.duration("PUBLISH_INTERVAL", &c.PublishInterval)
 	r.int("BATCH_SIZE", &c.BatchSize)
 	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
+	r.str("SCHEDULE_NAME", &c.ScheduleName)
+	r.str("SCHEDULE_GROUP", &c.ScheduleGroup)
 	r.str("API_ADDR", &c.APIAddr)
 	r.str("PROCESSOR_ADDR", &c.ProcessorAddr)
 	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
@@ -258,6 +267,20 @@ func (c Config) Validate() error {
 		bad("LOG_FORMAT", "must be json or text")
 	}
 	return errors.Join(errs...)
+}
+
+// Needs lists, for each process of a deployment, the settings whose
+// defaults only fit one machine (loopback addresses, the embedded MongoDB,
+// the demo receiver): a container or a Lambda function must set them. The
+// keys are the local roles ("api", "publisher", "processor") and the Lambda
+// functions ("lambda:api", "lambda:publisher", "lambda:processor").
+var Needs = map[string][]string{
+	"api":              {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "API_ADDR"},
+	"publisher":        {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI"},
+	"processor":        {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "WEBHOOK_URL", "PROCESSOR_ADDR"},
+	"lambda:api":       {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "SCHEDULE_NAME"},
+	"lambda:publisher": {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI"},
+	"lambda:processor": {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "WEBHOOK_URL"},
 }
 
 // ClaimTTL is how long an inbox claim lives: long enough for one delivery
