@@ -6,17 +6,39 @@ import (
 	"context"
 	"os"
 
+	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/awslabs/aws-lambda-go-api-proxy/httpadapter"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/ebscheduler"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
 func main() {
 	// Clients are built once per execution environment, outside the
 	// handler, and reused by every invocation.
-	a := app.MustOpenLambda(context.Background(), os.Getenv, os.Stdout)
-	sched := a.LocalScheduler()
+	ctx := context.Background()
+	a, emf := app.MustOpenLambda(ctx, "api", os.Getenv, os.Stdout)
+
+	// With SCHEDULE_NAME set, the scheduler routes toggle the EventBridge
+	// schedule that invokes the publisher; without it (a test under the
+	// Lambda emulator), the state lives in MongoDB as in local mode.
+	var sched interface {
+		httpapi.Scheduler
+		Gate() outbox.Gate
+	} = a.LocalScheduler()
+	if a.Config.ScheduleName != "" {
+		s, err := ebscheduler.NewFromEnvironment(os.Getenv, a.Config.ScheduleName, a.Config.ScheduleGroup)
+		if err != nil {
+			app.Fatal(a.Logger, "scheduler client", err)
+		}
+		sched = s
+	}
 	adapter := httpadapter.New(a.APIHandler(sched, sched.Gate()))
-	lambda.Start(adapter.ProxyWithContext)
+	lambda.Start(func(ctx context.Context, req events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
+		defer emf.Flush()
+		return adapter.ProxyWithContext(ctx, req)
+	})
 }

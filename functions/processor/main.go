@@ -15,18 +15,22 @@ import (
 )
 
 func main() {
-	a := app.MustOpenLambda(context.Background(), os.Getenv, os.Stdout)
+	a, emf := app.MustOpenLambda(context.Background(), "processor", os.Getenv, os.Stdout)
 	p, err := a.Processor()
 	if err != nil {
-		a.Logger.Error("processor setup failed", "error", err)
-		os.Exit(1)
+		app.Fatal(a.Logger, "processor setup", err)
 	}
 	// A record is started only with enough time left for one webhook call
 	// and the record of its outcome.
 	reserve := a.Config.WebhookTimeout + 3*time.Second
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
+		defer emf.Flush()
 		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)
-		a.Logger.Info("batch processed", "summary", sum, "error", err)
-		return sum, err
+		if err != nil {
+			a.Logger.Error("batch incomplete; Lambda will redeliver it", "summary", sum, "error", err)
+			return sum, err
+		}
+		a.Logger.Info("batch processed", "summary", sum)
+		return sum, nil
 	})
 }

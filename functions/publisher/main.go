@@ -1,6 +1,6 @@
 // Command publisher is the outbox publisher as an AWS Lambda function,
-// invoked by an EventBridge schedule: one bounded relay pass and the
-// stale-message sweep per invocation.
+// invoked by an EventBridge schedule: one bounded relay pass, with the
+// stale-message sweep, per invocation.
 package main
 
 import (
@@ -15,13 +15,18 @@ import (
 )
 
 func main() {
-	a := app.MustOpenLambda(context.Background(), os.Getenv, os.Stdout)
-	// The schedule itself is the on/off switch in Lambda: an invocation
-	// means it is started.
+	a, emf := app.MustOpenLambda(context.Background(), "publisher", os.Getenv, os.Stdout)
+	// The schedule is the on/off switch in Lambda: being invoked means it
+	// is enabled, so the relay needs no gate.
 	relay := a.Relay(nil)
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
+		defer emf.Flush()
 		sum, err := relay.Pass(ctx)
-		a.Logger.Info("relay pass", "summary", sum, "error", err)
-		return sum, err
+		if err != nil {
+			a.Logger.Error("relay pass failed", "summary", sum, "error", err)
+			return sum, err
+		}
+		a.Logger.Info("relay pass", "summary", sum)
+		return sum, nil
 	})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/metrics"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
@@ -37,6 +38,10 @@ type App struct {
 	Rabbit *rabbitmq.Client
 	Redis  *redisstore.Store
 	Now    func() time.Time
+	// Observe, if set, receives the counts of what the roles do (accepted,
+	// published, delivered, retried, dead_lettered, ...): EMF lines in
+	// Lambda, Prometheus counters in local mode.
+	Observe func(event string, n int)
 
 	breaker *processor.LocalBreaker
 }
@@ -106,6 +111,7 @@ func (a *App) Service(gate outbox.Gate) *outbox.Service {
 		FastPathGrace:    fastPathGrace,
 		IdempotencyTTL:   24 * time.Hour,
 		InProgressWindow: 30 * time.Second,
+		Observe:          a.Observe,
 	}
 }
 
@@ -129,6 +135,7 @@ func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
 		StaleDuration: a.Config.StaleDuration,
 		Now:           a.Now,
 		Logger:        a.Logger,
+		Observe:       a.Observe,
 	}
 }
 
@@ -164,6 +171,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		MaxInlineWait:   2 * time.Second,
 		Now:             a.Now,
 		Logger:          a.Logger,
+		Observe:         a.Observe,
 	}
 	if a.Config.WebhookRateLimit > 0 {
 		local := rate.NewLimiter(rate.Limit(a.Config.WebhookRateLimit), a.Config.WebhookRateBurst)
@@ -218,20 +226,29 @@ func NewLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// MustOpenLambda loads the configuration and opens the App for a Lambda
-// function, at cold start. A failure ends the process: Lambda reports the
-// init error and retries with a new execution environment.
-func MustOpenLambda(ctx context.Context, getenv func(string) string, w io.Writer) *App {
+// MustOpenLambda loads the configuration and opens the App for the Lambda
+// function named function, at cold start, with its counts going to EMF
+// metric lines on w (flush them after each invocation). A failure ends the
+// process: Lambda reports the init error and tries a new execution
+// environment.
+func MustOpenLambda(ctx context.Context, function string, getenv func(string) string, w io.Writer) (*App, *metrics.EMF) {
 	cfg, err := config.Load(getenv)
 	if err != nil {
 		fmt.Fprintln(w, "configuration:", err)
 		os.Exit(1)
 	}
-	logger := NewLogger(cfg, w)
+	logger := NewLogger(cfg, w).With("function", function)
 	a, err := Open(ctx, cfg, logger)
 	if err != nil {
-		logger.Error("cold start failed", "error", err)
-		os.Exit(1)
+		Fatal(logger, "cold start", err)
 	}
-	return a
+	emf := &metrics.EMF{Namespace: "ReliableMessaging", Function: function, W: w, Now: time.Now}
+	a.Observe = emf.Add
+	return a, emf
+}
+
+// Fatal logs err and ends the process.
+func Fatal(logger *slog.Logger, what string, err error) {
+	logger.Error(what+" failed", "error", err)
+	os.Exit(1)
 }

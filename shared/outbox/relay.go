@@ -82,8 +82,13 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	// this same pass.
 	sweepErr := r.Sweep(ctx, &sum)
 	budget := r.Now().Add(r.LeaseTTL / 2)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(budget) {
-		budget = dl
+	if dl, ok := ctx.Deadline(); ok {
+		// Stop well before the deadline (a Lambda invocation's): the
+		// batch in flight must still be confirmed and recorded.
+		left := time.Until(dl)
+		if end := r.Now().Add(left - max(left/5, 2*time.Second)); end.Before(budget) {
+			budget = end
+		}
 	}
 	for r.Now().Before(budget) && ctx.Err() == nil {
 		n, err := r.publishBatch(ctx, &sum)

@@ -70,6 +70,23 @@ type Processor struct {
 	MaxInlineWait time.Duration
 	Now           func() time.Time
 	Logger        *slog.Logger
+	// Observe, if set, counts outcomes: "delivered", "retried",
+	// "dead_lettered", "deferred".
+	Observe func(event string, n int)
+}
+
+// events names the metric each recorded outcome counts under.
+var outcomeEvents = map[string]string{
+	message.OutcomeDelivered: "delivered",
+	message.OutcomeRetry:     "retried",
+	message.OutcomeFailed:    "dead_lettered",
+	message.OutcomeDeferred:  "deferred",
+}
+
+func (p *Processor) observe(event string) {
+	if p.Observe != nil && event != "" {
+		p.Observe(event, 1)
+	}
 }
 
 // Handle processes one queued copy: body is the envelope as published,
@@ -293,6 +310,7 @@ func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outc
 		return Result{Action: Requeue, MessageID: o.MessageID, Outcome: outcome, Err: fmt.Errorf("record outcome: %w", err)}
 	}
 	log.Info("message processed", "outcome", outcome, "status", o.Status, "attempts", o.Attempts)
+	p.observe(outcomeEvents[outcome])
 	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
 }
 
@@ -308,6 +326,7 @@ func (p *Processor) deadLetterMalformed(ctx context.Context, body []byte, cause 
 		return Result{Action: Requeue, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
 	}
 	p.Logger.Warn("malformed queue message dead-lettered", "error", cause)
+	p.observe("dead_lettered")
 	return Result{Action: Ack, Outcome: "dead_lettered_malformed"}
 }
 
@@ -317,6 +336,7 @@ func (p *Processor) deadLetterUnknown(ctx context.Context, body []byte, env mess
 		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
 	}
 	p.Logger.Warn("queue message for an unknown id dead-lettered", "message_id", env.ID)
+	p.observe("dead_lettered")
 	return Result{Action: Ack, MessageID: env.ID, Outcome: "dead_lettered_malformed"}
 }
 
