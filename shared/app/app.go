@@ -44,6 +44,7 @@ type App struct {
 	Observe func(event string, n int)
 
 	breaker *processor.LocalBreaker
+	guards  *guards
 }
 
 // Open connects to MongoDB (cfg.MongoURI must be set), RabbitMQ and Redis,
@@ -73,6 +74,7 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 		a.Close(ctx)
 		return nil, fmt.Errorf("set up redis client: %w", err)
 	}
+	a.guards = &guards{redis: a.Redis, mongo: a.Store, logger: logger}
 	if err := a.Redis.Ping(ctx); err != nil {
 		logger.Warn("redis is unreachable; running degraded until it answers", "error", err)
 	}
@@ -125,8 +127,8 @@ func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
 	return &outbox.Relay{
 		Store:         a.Store,
 		Publisher:     a.Rabbit,
-		Lease:         a.Redis,
-		Inbox:         a.Redis,
+		Lease:         a.guards,
+		Inbox:         a.guards,
 		DeadLetters:   a.Rabbit,
 		Gate:          gate,
 		Retry:         a.Retry(),
@@ -160,7 +162,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 	}
 	p := &processor.Processor{
 		Store:           a.Store,
-		Inbox:           a.Redis,
+		Inbox:           a.guards,
 		Sender:          sender,
 		DeadLetters:     a.Rabbit,
 		Breaker:         a.breaker,

@@ -100,9 +100,9 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 
 	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, p.ClaimTTL)
 	if err != nil {
-		// Redis is down: go on with the durable guard alone (the status and
-		// Seq in MongoDB). Two copies of one dispatch processed at the same
-		// moment during a Redis outage is the one case this lets through.
+		// No guard answered (Redis is down and its MongoDB stand-in
+		// failed too). Go on with the durable check alone: the status and
+		// Seq read from MongoDB below, which fails too if MongoDB is down.
 		log.Warn("inbox claim failed; continuing with the durable check only", "error", err)
 		claimed = true
 	}

@@ -195,3 +195,29 @@ func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 		t.Fatalf("after recovery: %+v", m)
 	}
 }
+
+// TestRedisDownFallsBackToMongo: with Redis unreachable, the inbox claim
+// falls back to MongoDB and two copies still reach the webhook once.
+func TestRedisDownFallsBackToMongo(t *testing.T) {
+	f := setup(t, 100*time.Millisecond, map[string]string{"REDIS_URI": "127.0.0.1:1"})
+	env := f.published(t) // the relay's lease falls back to MongoDB too
+	other := &fixture{a: testenv.App(t, f.env)}
+	ps := []*processor.Processor{f.processor(t), other.processor(t)}
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
+				t.Errorf("Handle: %+v", r)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1", n)
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusSent {
+		t.Fatalf("status %s, want SENT", m.Status)
+	}
+}

@@ -1,0 +1,85 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
+)
+
+// guards are the inbox and the relay lease: Redis while it answers, the
+// durable documents of MongoDB while it does not. Redis keeps nothing on
+// disk, so it is never the only guard anyway: a message's status and
+// dispatch number in MongoDB decide whether it may be delivered.
+type guards struct {
+	redis  *redisstore.Store
+	mongo  *mongostore.Store
+	logger *slog.Logger
+	down   atomic.Bool
+}
+
+var (
+	_ processor.Inbox = (*guards)(nil)
+	_ outbox.Inbox    = (*guards)(nil)
+	_ outbox.Lease    = (*guards)(nil)
+)
+
+// fallback records whether Redis failed, logging each change once.
+func (g *guards) fallback(err error) bool {
+	if err == nil {
+		if g.down.CompareAndSwap(true, false) {
+			g.logger.Info("redis is back; inbox and lease use it again")
+		}
+		return false
+	}
+	if g.down.CompareAndSwap(false, true) {
+		g.logger.Warn("redis unreachable; inbox and lease fall back to mongodb", "error", err)
+	}
+	return true
+}
+
+// Degraded reports whether the last guard operation had to fall back.
+func (g *guards) Degraded() bool { return g.down.Load() }
+
+func (g *guards) Claim(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	ok, st, wid, err := g.redis.Claim(ctx, id, ttl)
+	if g.fallback(err) {
+		return g.mongo.ClaimInbox(ctx, id, ttl)
+	}
+	return ok, st, wid, nil
+}
+
+func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
+	if g.fallback(g.redis.Complete(ctx, id, webhookMessageID, ttl)) {
+		return g.mongo.CompleteInbox(ctx, id, webhookMessageID, ttl)
+	}
+	return nil
+}
+
+func (g *guards) Release(ctx context.Context, id string) error {
+	if g.fallback(g.redis.Release(ctx, id)) {
+		return g.mongo.ReleaseInbox(ctx, id)
+	}
+	return nil
+}
+
+func (g *guards) Peek(ctx context.Context, id string) (outbox.InboxState, string, error) {
+	st, wid, err := g.redis.Peek(ctx, id)
+	if g.fallback(err) {
+		return g.mongo.PeekInbox(ctx, id)
+	}
+	return st, wid, nil
+}
+
+func (g *guards) Acquire(ctx context.Context, name string, ttl time.Duration) (func(context.Context), bool, error) {
+	release, ok, err := g.redis.Acquire(ctx, name, ttl)
+	if g.fallback(err) {
+		return g.mongo.AcquireLease(ctx, name, ttl)
+	}
+	return release, ok, nil
+}

@@ -1,0 +1,135 @@
+package mongostore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// The guards collection holds the inbox claims and the relay lease while
+// Redis is unreachable. Redis is the fast guard; these documents are the
+// slow, durable stand-in, written only during an outage.
+//
+// Each guard is a document under a unique _id, taken by an insert: the one
+// write the embedded MongoDB (FerretDB) makes atomic. Taking over an expired
+// guard is a delete followed by an insert, so two processes racing for the
+// same expired guard still end with one winner of the insert.
+const guardsColl = "guards"
+
+type guardDoc struct {
+	ID        string    `bson:"_id"`
+	Token     string    `bson:"token"`
+	Done      bool      `bson:"done"`
+	WebhookID string    `bson:"webhookMessageId,omitempty"`
+	ExpiresAt time.Time `bson:"expiresAt"`
+}
+
+func (s *Store) guards() *mongo.Collection { return s.messages.Database().Collection(guardsColl) }
+
+// take inserts the guard doc, taking over an expired one once. It returns
+// the existing guard when it is live.
+func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, guardDoc, error) {
+	for range 2 {
+		_, err := s.guards().InsertOne(ctx, doc)
+		if err == nil {
+			return true, doc, nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return false, guardDoc{}, err
+		}
+		var cur guardDoc
+		if err := s.guards().FindOne(ctx, bson.D{{Key: "_id", Value: doc.ID}}).Decode(&cur); err != nil {
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				continue // released in between: try again
+			}
+			return false, guardDoc{}, err
+		}
+		if cur.ExpiresAt.After(now) {
+			return false, cur, nil
+		}
+		if _, err := s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "token", Value: cur.Token}}); err != nil {
+			return false, guardDoc{}, err
+		}
+	}
+	return false, guardDoc{}, fmt.Errorf("guard %s changed hands while taking it", doc.ID)
+}
+
+// ClaimInbox is the durable stand-in for the Redis inbox claim.
+func (s *Store) ClaimInbox(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	now := time.Now()
+	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: newToken(), ExpiresAt: now.Add(ttl)}, now)
+	switch {
+	case err != nil:
+		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox in mongodb: %w", err)
+	case ok:
+		return true, outbox.InboxNone, "", nil
+	case cur.Done:
+		return false, outbox.InboxDone, cur.WebhookID, nil
+	default:
+		return false, outbox.InboxInProgress, "", nil
+	}
+}
+
+// CompleteInbox marks id done for ttl.
+func (s *Store) CompleteInbox(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
+	doc := guardDoc{ID: "inbox:" + id, Token: newToken(), Done: true, WebhookID: webhookMessageID, ExpiresAt: time.Now().Add(ttl)}
+	_, err := s.guards().ReplaceOne(ctx, bson.D{{Key: "_id", Value: doc.ID}}, doc, options.Replace().SetUpsert(true))
+	if err != nil {
+		return fmt.Errorf("complete inbox in mongodb: %w", err)
+	}
+	return nil
+}
+
+// ReleaseInbox drops an in-progress claim on id, never a done marker.
+func (s *Store) ReleaseInbox(ctx context.Context, id string) error {
+	if _, err := s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}, {Key: "done", Value: false}}); err != nil {
+		return fmt.Errorf("release inbox in mongodb: %w", err)
+	}
+	return nil
+}
+
+// PeekInbox returns what the durable inbox knows about id.
+func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, string, error) {
+	var cur guardDoc
+	err := s.guards().FindOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}}).Decode(&cur)
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return outbox.InboxNone, "", nil
+	case err != nil:
+		return outbox.InboxNone, "", fmt.Errorf("peek inbox in mongodb: %w", err)
+	case cur.Done:
+		return outbox.InboxDone, cur.WebhookID, nil
+	case cur.ExpiresAt.After(time.Now()):
+		return outbox.InboxInProgress, "", nil
+	default:
+		return outbox.InboxNone, "", nil
+	}
+}
+
+// AcquireLease is the durable stand-in for the Redis relay lease.
+func (s *Store) AcquireLease(ctx context.Context, name string, ttl time.Duration) (func(context.Context), bool, error) {
+	now := time.Now()
+	doc := guardDoc{ID: "lease:" + name, Token: newToken(), ExpiresAt: now.Add(ttl)}
+	ok, _, err := s.take(ctx, doc, now)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return func(ctx context.Context) {
+		_, _ = s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "token", Value: doc.Token}})
+	}, true, nil
+}
+
+func newToken() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
