@@ -11,7 +11,7 @@ FUZZTIME  ?= 10s
 .PHONY: run test unit fuzz vet fmt build-local dev-deps clean help
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 run: build-local ## run the whole system in the foreground (Ctrl-C stops it)
 	@scripts/check-services.sh

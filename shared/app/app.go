@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,6 +46,10 @@ type App struct {
 
 	breaker *processor.LocalBreaker
 	guards  *guards
+	// lastAlert is when the dead-letter count was last checked (UnixNano).
+	lastAlert atomic.Int64
+	// inboundDegraded is set while the API's rate limit fails open.
+	inboundDegraded atomic.Bool
 }
 
 // Open connects to MongoDB (cfg.MongoURI must be set), RabbitMQ and Redis,
@@ -173,7 +178,14 @@ func (a *App) Processor() (*processor.Processor, error) {
 		MaxInlineWait:   2 * time.Second,
 		Now:             a.Now,
 		Logger:          a.Logger,
-		Observe:         a.Observe,
+		Observe: func(event string, n int) {
+			if a.Observe != nil {
+				a.Observe(event, n)
+			}
+			if event == "dead_lettered" {
+				a.alertDeadLetters()
+			}
+		},
 	}
 	if a.Config.WebhookRateLimit > 0 {
 		local := rate.NewLimiter(rate.Limit(a.Config.WebhookRateLimit), a.Config.WebhookRateBurst)
@@ -199,15 +211,54 @@ func (a *App) Checks() []httpapi.Check {
 	}
 }
 
+// FailedMessages counts the FAILED messages and logs a warning when there
+// are more than DLQ_ALERT_THRESHOLD.
+func (a *App) FailedMessages(ctx context.Context) (int64, error) {
+	n, err := a.Store.CountFailed(ctx)
+	if err == nil && n > int64(a.Config.DLQAlertThreshold) {
+		a.Logger.Warn("dead-letter queue above its alert threshold", "failed_messages", n, "threshold", a.Config.DLQAlertThreshold)
+	}
+	return n, err
+}
+
+// alertDeadLetters checks the dead-letter count after a message failed, at
+// most once every ten seconds, off the delivery path.
+func (a *App) alertDeadLetters() {
+	now := time.Now().UnixNano()
+	last := a.lastAlert.Load()
+	if now-last < int64(10*time.Second) || !a.lastAlert.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = a.FailedMessages(ctx)
+	}()
+}
+
 // APIHandler returns the REST API, as local mode serves it and the API
 // Lambda function adapts it.
 func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler {
+	var mw []func(http.Handler) http.Handler
+	if r := a.Config.APIRateLimit; r > 0 {
+		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
+			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)
+		}
+		mw = append(mw, httpapi.RateLimit(allow, a.Logger, &a.inboundDegraded))
+	}
 	return httpapi.NewServer(httpapi.Options{
-		Messages:  a.Service(gate),
-		Scheduler: sched,
-		Health:    httpapi.Health{Service: "api", Checks: a.Checks()},
-		APIKey:    a.Config.APIKey,
-		Logger:    a.Logger,
+		Middleware: mw,
+		Messages:   a.Service(gate),
+		Scheduler:  sched,
+		Health: httpapi.Health{Service: "api", Checks: a.Checks(), Info: func(ctx context.Context) map[string]any {
+			n, err := a.FailedMessages(ctx)
+			if err != nil {
+				return map[string]any{"failedMessages": nil}
+			}
+			return map[string]any{"failedMessages": n}
+		}},
+		APIKey: a.Config.APIKey,
+		Logger: a.Logger,
 	})
 }
 

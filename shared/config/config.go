@@ -59,6 +59,9 @@ type Config struct {
 	RetryMaxDelay  time.Duration // RETRY_MAX_DELAY
 	StaleDuration  time.Duration // STALE_DURATION
 	InboxTTL       time.Duration // INBOX_TTL
+	// DLQAlertThreshold: a warning is logged while more messages than this
+	// are FAILED.
+	DLQAlertThreshold int // DLQ_ALERT_THRESHOLD
 
 	// Outbox publisher.
 	PublishInterval       time.Duration // PUBLISH_INTERVAL
@@ -77,6 +80,11 @@ type Config struct {
 	ReceiverAddr     string // RECEIVER_ADDR
 	APIKey           string // API_KEY
 	MaxContentLength int    // MAX_CONTENT_LENGTH
+	// APIRateLimit limits each API client (API key, or address) to this
+	// many requests a second, shared by every API process through Redis;
+	// 0 turns it off. In AWS, API Gateway's usage plan throttles too.
+	APIRateLimit float64 // API_RATE_LIMIT
+	APIRateBurst int     // API_RATE_BURST
 
 	// Logging.
 	LogLevel  string // LOG_LEVEL: debug, info, warn, error
@@ -108,6 +116,7 @@ func Default() Config {
 		RetryMaxDelay:         5 * time.Minute,
 		StaleDuration:         4 * time.Minute,
 		InboxTTL:              24 * time.Hour,
+		DLQAlertThreshold:     100,
 		PublishInterval:       time.Second,
 		BatchSize:             100,
 		SchedulerInitialState: "started",
@@ -116,6 +125,7 @@ func Default() Config {
 		ProcessorAddr:         "127.0.0.1:8081",
 		ReceiverAddr:          "127.0.0.1:8090",
 		MaxContentLength:      250,
+		APIRateBurst:          50,
 		LogLevel:              "info",
 		LogFormat:             "json",
 	}
@@ -154,6 +164,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.duration("RETRY_MAX_DELAY", &c.RetryMaxDelay)
 	r.duration("STALE_DURATION", &c.StaleDuration)
 	r.duration("INBOX_TTL", &c.InboxTTL)
+	r.int("DLQ_ALERT_THRESHOLD", &c.DLQAlertThreshold)
 	r.duration("PUBLISH_INTERVAL", &c.PublishInterval)
 	r.int("BATCH_SIZE", &c.BatchSize)
 	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
@@ -164,6 +175,8 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
 	r.str("API_KEY", &c.APIKey)
 	r.int("MAX_CONTENT_LENGTH", &c.MaxContentLength)
+	r.float("API_RATE_LIMIT", &c.APIRateLimit)
+	r.int("API_RATE_BURST", &c.APIRateBurst)
 	r.str("LOG_LEVEL", &c.LogLevel)
 	r.str("LOG_FORMAT", &c.LogFormat)
 	if r.err != nil {
@@ -246,6 +259,9 @@ func (c Config) Validate() error {
 	if c.StaleDuration <= c.ClaimTTL() {
 		bad("STALE_DURATION", "must be longer than %s (twice WEBHOOK_TIMEOUT plus 10s)", c.ClaimTTL())
 	}
+	if c.DLQAlertThreshold < 0 {
+		bad("DLQ_ALERT_THRESHOLD", "must not be negative")
+	}
 	if c.MaxRetries < 0 {
 		bad("MAX_RETRIES", "must not be negative")
 	}
@@ -254,6 +270,12 @@ func (c Config) Validate() error {
 	}
 	if c.SchedulerInitialState != "started" && c.SchedulerInitialState != "stopped" {
 		bad("SCHEDULER_INITIAL_STATE", "must be started or stopped")
+	}
+	if c.APIRateLimit < 0 {
+		bad("API_RATE_LIMIT", "must not be negative")
+	}
+	if c.APIRateBurst < 1 {
+		bad("API_RATE_BURST", "must be at least 1")
 	}
 	if c.MaxContentLength < 1 {
 		bad("MAX_CONTENT_LENGTH", "must be at least 1")

@@ -306,3 +306,30 @@ func decodeJSON[T any](t testing.TB, w *httptest.ResponseRecorder) T {
 	}
 	return v
 }
+
+func (f *fakeMessages) Retry(ctx context.Context, id string) (message.Message, error) {
+	m, err := f.Get(ctx, id)
+	if err != nil {
+		return m, err
+	}
+	if m.Status != message.StatusFailed {
+		return m, &message.Error{Code: message.ECONFLICT, Message: "not FAILED"}
+	}
+	f.setStatus(id, message.StatusUnsent)
+	return f.Get(ctx, id)
+}
+
+func (f *fakeMessages) Replay(ctx context.Context, req message.ReplayRequest) (message.ReplayResult, error) {
+	res := message.ReplayResult{DryRun: req.DryRun, IDs: []string{}}
+	for _, id := range req.IDs {
+		if m, err := f.Get(ctx, id); err == nil && m.Status == message.StatusFailed {
+			res.Matched++
+			res.IDs = append(res.IDs, id)
+			if !req.DryRun {
+				f.setStatus(id, message.StatusUnsent)
+				res.Replayed++
+			}
+		}
+	}
+	return res, nil
+}

@@ -21,6 +21,12 @@ type Messages interface {
 	Create(ctx context.Context, req message.CreateRequest, idempotencyKey string) (m message.Message, replayed bool, err error)
 	Get(ctx context.Context, id string) (message.Message, error)
 	List(ctx context.Context, f message.Filter) (message.Page, error)
+	// Retry puts one FAILED message back in the outbox with a fresh attempt
+	// budget; ECONFLICT if it is not FAILED.
+	Retry(ctx context.Context, id string) (message.Message, error)
+	// Replay does the same for many FAILED messages (or counts them, for a
+	// dry run).
+	Replay(ctx context.Context, req message.ReplayRequest) (message.ReplayResult, error)
 }
 
 // SchedulerStatus is the state of the outbox publisher's schedule.

@@ -52,6 +52,8 @@ func TestRoutesAreServed(t *testing.T) {
 		{Method: "POST", Path: "/messages"},
 		{Method: "GET", Path: "/messages"},
 		{Method: "GET", Path: "/messages/{id}"},
+		{Method: "POST", Path: "/messages/{id}/retry"},
+		{Method: "POST", Path: "/dlq/replay"},
 		{Method: "POST", Path: "/scheduler/start"},
 		{Method: "POST", Path: "/scheduler/stop"},
 		{Method: "GET", Path: "/scheduler"},
@@ -74,6 +76,9 @@ func TestRoutesAreServed(t *testing.T) {
 		b := ""
 		if rt.Method == http.MethodPost && rt.Path == "/messages" {
 			b = body(phone, "again")
+		}
+		if rt.Path == "/messages/{id}/retry" {
+			ts.msgs.setStatus(m.ID, message.StatusFailed)
 		}
 		if w := ts.do(t, rt.Method, path, b); w.Code >= 300 {
 			t.Errorf("%s %s: %d %s", rt.Method, path, w.Code, w.Body)

@@ -96,3 +96,32 @@ type WebhookResponse struct {
 	RetryAfter time.Duration
 	Duration   time.Duration
 }
+
+// ReplayRequest selects FAILED messages to put back in the outbox with a
+// fresh attempt budget: the listed IDs, or every message failed at or after
+// Since (every failed message when both are empty).
+type ReplayRequest struct {
+	Since  *time.Time `json:"since,omitempty"`
+	IDs    []string   `json:"ids,omitempty"`
+	DryRun bool       `json:"dryRun,omitempty"`
+}
+
+// ReplayResult says what a replay matched and did.
+type ReplayResult struct {
+	DryRun   bool     `json:"dryRun"`
+	Matched  int      `json:"matched"`
+	Replayed int      `json:"replayed"`
+	IDs      []string `json:"ids"`
+}
+
+// FailedRecord indexes one FAILED message: the dead-letter set, kept apart
+// from the messages so that counting and replaying failures never scans
+// the whole history.
+type FailedRecord struct {
+	MessageID string    `bson:"_id"`
+	FailedAt  time.Time `bson:"failedAt"`
+	Reason    string    `bson:"reason"`
+}
+
+// OutcomeReplayed marks a replay in the delivery log.
+const OutcomeReplayed = "replayed"

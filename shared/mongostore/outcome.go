@@ -71,17 +71,19 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	if o.Status == message.StatusSent {
 		set = append(set, bson.E{Key: "sentAt", Value: o.At})
 	}
-	update := bson.D{}
+	unset := bson.D{}
 	if o.Status == message.StatusUnsent {
 		set = append(set,
 			bson.E{Key: "nextAttemptAt", Value: *o.NextAttemptAt},
 			bson.E{Key: "seq", Value: o.Seq + 1})
-		update = append(update, bson.E{Key: "$set", Value: set})
 	} else {
-		update = append(update,
-			bson.E{Key: "$set", Value: set},
-			bson.E{Key: "$unset", Value: bson.D{{Key: "nextAttemptAt", Value: ""}}})
+		unset = append(unset, bson.E{Key: "nextAttemptAt", Value: ""})
 	}
+	if o.Status != message.StatusFailed {
+		// A replayed message leaves its old failure behind.
+		unset = append(unset, bson.E{Key: "failureReason", Value: ""})
+	}
+	update := bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: unset}}
 	if o.Delivery != nil {
 		// A real MongoDB appends and trims in one atomic step. FerretDB v1
 		// accepts $slice but ignores it (measured: the array grows), so the
@@ -120,6 +122,11 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 		_ = s.trimDeliveries(ctx, o.MessageID, after.Deliveries)
 	}
 
+	if o.Status == message.StatusFailed {
+		if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
+			return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+		}
+	}
 	if o.Status == message.StatusUnsent {
 		if err := s.EnsureOutbox(ctx, message.NewOutboxEntry(o.MessageID, o.Seq+1, *o.NextAttemptAt, o.At)); err != nil {
 			return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)

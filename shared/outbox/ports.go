@@ -53,6 +53,14 @@ type Store interface {
 	// RecordOutcome applies o: see processor.Store.
 	RecordOutcome(ctx context.Context, o message.Outcome) error
 
+	// ListFailed returns the FAILED messages' records failed at or after
+	// since (all when nil), oldest first, at most limit; RemoveFailed drops
+	// one after a replay; CountFailed counts them. They read a separate
+	// index of failures, never the whole message history.
+	ListFailed(ctx context.Context, since *time.Time, limit int) ([]message.FailedRecord, error)
+	RemoveFailed(ctx context.Context, id string) error
+	CountFailed(ctx context.Context) (int64, error)
+
 	// SchedulerState returns the stored publisher state, or def if none is
 	// stored yet.
 	SchedulerState(ctx context.Context, def message.SchedulerState) (message.SchedulerState, time.Time, error)

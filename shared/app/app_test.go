@@ -1,0 +1,61 @@
+package app_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+)
+
+func post(t *testing.T, url string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+"/messages", strings.NewReader(`{"to":"+905551111111","content":"hi"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", "client-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+// TestInboundRateLimit: a client over its limit gets 429 with Retry-After,
+// counted in Redis; with Redis unreachable the limit fails open.
+func TestInboundRateLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		redis   string
+		limited bool
+	}{
+		{"redis up", testenv.RedisAddr, true},
+		{"redis down", "127.0.0.1:1", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := testenv.App(t, testenv.Env(t, map[string]string{"API_RATE_LIMIT": "0.5", "API_RATE_BURST": "2", "REDIS_URI": tt.redis}))
+			sched := a.LocalScheduler()
+			srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+			defer srv.Close()
+			var codes []int
+			var last *http.Response
+			for range 3 {
+				last = post(t, srv.URL)
+				codes = append(codes, last.StatusCode)
+			}
+			if !tt.limited {
+				if codes[2] != http.StatusAccepted {
+					t.Fatalf("with redis down the limit fails open, got %v", codes)
+				}
+				return
+			}
+			if codes[0] != 202 || codes[1] != 202 || codes[2] != http.StatusTooManyRequests {
+				t.Fatalf("codes %v, want 202 202 429", codes)
+			}
+			if last.Header.Get("Retry-After") == "" || last.Header.Get("Content-Type") != "application/problem+json" {
+				t.Fatalf("429 without Retry-After or problem+json: %v", last.Header)
+			}
+		})
+	}
+}

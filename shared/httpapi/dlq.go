@@ -1,0 +1,75 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+func handleRetryMessage(log *slog.Logger, msgs Messages) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if !validUUID(id) {
+			writeError(w, r, log, message.ErrNotFound)
+			return
+		}
+		m, err := msgs.Retry(r.Context(), id)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		w.Header().Set("Location", "/messages/"+url.PathEscape(m.ID))
+		writeJSON(w, r, log, http.StatusAccepted, m)
+	})
+}
+
+// replayBody is the optional body of POST /dlq/replay.
+type replayBody struct {
+	Since  *string  `json:"since"`
+	IDs    []string `json:"ids"`
+	DryRun bool     `json:"dryRun"`
+}
+
+func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b replayBody
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&b); err != nil && !errors.Is(err, io.EOF) {
+			writeError(w, r, log, decodeError(err, maxBody))
+			return
+		}
+		req := message.ReplayRequest{DryRun: b.DryRun || r.URL.Query().Get("dryRun") == "true"}
+		for _, id := range b.IDs {
+			if !validUUID(id) {
+				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")
+				return
+			}
+		}
+		req.IDs = b.IDs
+		since := r.URL.Query().Get("since")
+		if b.Since != nil {
+			since = *b.Since
+		}
+		if since != "" {
+			t, err := time.Parse(time.RFC3339, since)
+			if err != nil {
+				writeInvalid(w, r, "since", "must be an RFC 3339 timestamp, such as 2030-01-02T15:04:05Z")
+				return
+			}
+			req.Since = &t
+		}
+		res, err := msgs.Replay(r.Context(), req)
+		if err != nil {
+			writeError(w, r, log, err)
+			return
+		}
+		writeJSON(w, r, log, http.StatusOK, res)
+	})
+}

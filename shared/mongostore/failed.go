@@ -1,0 +1,80 @@
+package mongostore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// failedColl indexes the FAILED messages (message.FailedRecord). Counting
+// or listing failures from the messages collection would scan all history
+// on the embedded MongoDB, where no filter but _id equality uses an index.
+const failedColl = "failed"
+
+func (s *Store) failed() *mongo.Collection { return s.messages.Database().Collection(failedColl) }
+
+// addFailed records a dead-lettered message in the failed index.
+func (s *Store) addFailed(ctx context.Context, r message.FailedRecord) error {
+	_, err := s.failed().ReplaceOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, r, options.Replace().SetUpsert(true))
+	if err != nil {
+		return fmt.Errorf("index failed message %s: %w", r.MessageID, err)
+	}
+	return nil
+}
+
+// RemoveFailed drops a replayed message from the failed index.
+func (s *Store) RemoveFailed(ctx context.Context, id string) error {
+	if _, err := s.failed().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return fmt.Errorf("unindex failed message %s: %w", id, err)
+	}
+	return nil
+}
+
+// ListFailed returns the failed records at or after since (all if nil),
+// oldest first, at most limit.
+func (s *Store) ListFailed(ctx context.Context, since *time.Time, limit int) ([]message.FailedRecord, error) {
+	filter := bson.D{}
+	if since != nil {
+		filter = bson.D{{Key: "failedAt", Value: bson.D{{Key: "$gte", Value: *since}}}}
+	}
+	cur, err := s.failed().Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "failedAt", Value: 1}}).SetLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("list failed messages: %w", err)
+	}
+	var out []message.FailedRecord
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("list failed messages: %w", err)
+	}
+	return out, nil
+}
+
+// CountFailed returns the number of FAILED messages.
+func (s *Store) CountFailed(ctx context.Context) (int64, error) {
+	n, err := s.failed().CountDocuments(ctx, bson.D{})
+	if err != nil {
+		return 0, fmt.Errorf("count failed messages: %w", err)
+	}
+	return n, nil
+}
+
+// OutboxStats returns the number of outbox entries waiting to be published
+// and due now, and the due time of the oldest of them (zero if none).
+func (s *Store) OutboxStats(ctx context.Context, now time.Time) (int64, time.Time, error) {
+	filter := bson.D{{Key: "publishedAt", Value: nil}, {Key: "dueAt", Value: bson.D{{Key: "$lte", Value: now}}}}
+	n, err := s.outbox.CountDocuments(ctx, filter)
+	if err != nil || n == 0 {
+		return n, time.Time{}, err
+	}
+	var oldest message.OutboxEntry
+	err = s.outbox.FindOne(ctx, filter, options.FindOne().SetSort(bson.D{{Key: "dueAt", Value: 1}})).Decode(&oldest)
+	if err != nil {
+		return n, time.Time{}, fmt.Errorf("oldest outbox entry: %w", err)
+	}
+	return n, oldest.DueAt, nil
+}

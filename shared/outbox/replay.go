@@ -1,0 +1,95 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// maxReplay bounds one bulk replay; a client repeats the call for more.
+const maxReplay = 1000
+
+// Retry puts one FAILED message back in the outbox with a fresh attempt
+// budget. It is ECONFLICT for a message in any other status.
+func (s *Service) Retry(ctx context.Context, id string) (message.Message, error) {
+	m, err := s.Get(ctx, id)
+	if err != nil {
+		return m, err
+	}
+	if m.Status != message.StatusFailed {
+		return m, &message.Error{Code: message.ECONFLICT, Message: fmt.Sprintf("only a FAILED message can be retried; this one is %s", m.Status)}
+	}
+	if err := s.replay(ctx, m); err != nil {
+		return m, err
+	}
+	return s.Get(ctx, id)
+}
+
+// Replay retries FAILED messages in bulk: those listed, or those failed at
+// or after a time. A dry run only counts them.
+func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (message.ReplayResult, error) {
+	res := message.ReplayResult{DryRun: req.DryRun, IDs: []string{}}
+	ids := req.IDs
+	if len(ids) == 0 {
+		recs, err := s.Store.ListFailed(ctx, req.Since, maxReplay)
+		if err != nil {
+			return res, storeError("list failed messages", err)
+		}
+		for _, r := range recs {
+			ids = append(ids, r.MessageID)
+		}
+	}
+	if len(ids) > maxReplay {
+		return res, message.FieldError("ids", "at most %d ids per call", maxReplay)
+	}
+	for _, id := range ids {
+		m, err := s.Get(ctx, id)
+		if message.ErrorCode(err) == message.ENOTFOUND {
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		if m.Status != message.StatusFailed || (req.Since != nil && len(req.IDs) > 0 && m.UpdatedAt.Before(*req.Since)) {
+			continue
+		}
+		res.Matched++
+		res.IDs = append(res.IDs, id)
+		if req.DryRun {
+			continue
+		}
+		if err := s.replay(ctx, m); err != nil {
+			return res, err
+		}
+		res.Replayed++
+	}
+	return res, nil
+}
+
+// replay moves m from FAILED to UNSENT, due now, with its attempt count
+// reset; the delivery log keeps the history.
+func (s *Service) replay(ctx context.Context, m message.Message) error {
+	now := s.Now().UTC()
+	o := message.Outcome{
+		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: 0, At: now, NextAttemptAt: &now,
+		LastError: m.LastError,
+		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeReplayed, Error: "replayed from the dead-letter queue: " + m.FailureReason},
+	}
+	err := s.Store.RecordOutcome(ctx, o)
+	if errors.Is(err, message.ErrStaleOutcome) {
+		return &message.Error{Code: message.ECONFLICT, Message: "the message changed while it was being retried; read it again"}
+	}
+	if err != nil {
+		return storeError("replay message", err)
+	}
+	if err := s.Store.RemoveFailed(ctx, m.ID); err != nil {
+		s.Logger.Warn("replayed message stays in the failed index", "message_id", m.ID, "error", err)
+	}
+	s.Logger.Info("message replayed from the dead-letter queue", "message_id", m.ID)
+	return nil
+}
+
+// CountFailed returns the number of FAILED messages.
+func (s *Service) CountFailed(ctx context.Context) (int64, error) { return s.Store.CountFailed(ctx) }
