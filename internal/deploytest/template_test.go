@@ -1,0 +1,822 @@
+package deploytest
+
+import (
+	"debug/buildinfo"
+	"debug/elf"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+)
+
+// The tests in this file hold template.yaml (the AWS SAM template) to the
+// code: the build targets, the settings each function needs, the routes, the
+// schedule the API toggles, the queue the processor reads, and the rule that
+// secrets are passed by reference only. They read the template with
+// yaml.v3 into yaml.Node, which keeps CloudFormation's short tags (!Ref,
+// !Sub, !If...) on the nodes, and need no network and no AWS account.
+
+// samMaxBootstrapBytes bounds each function's binary. Lambda allows 250 MB
+// unzipped; a Go bootstrap far above this size means local-only code (the
+// embedded MongoDB) leaked in, and it slows every cold start.
+const samMaxBootstrapBytes = 15_000_000
+
+// samFunctionIDs maps the Lambda keys of config.Needs to the template's
+// logical ids.
+var samFunctionIDs = map[string]string{
+	"lambda:api":       "ApiFunction",
+	"lambda:publisher": "PublisherFunction",
+	"lambda:processor": "ProcessorFunction",
+}
+
+// samSecretVariables are the settings whose values are secrets: the template
+// may only pass them as Secrets Manager dynamic references.
+var samSecretVariables = []string{"MONGODB_URI", "RABBITMQ_URI", "REDIS_PASSWORD", "WEBHOOK_SECRET", "API_KEY"}
+
+// samTemplate is template.yaml, parsed.
+type samTemplate struct {
+	root *yaml.Node // the top-level mapping
+	dir  string     // the repository root
+}
+
+// samRepoRoot walks up from the test's directory to the one with go.mod.
+func samRepoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory: cannot find the repository root")
+		}
+		dir = parent
+	}
+}
+
+func samLoad(t *testing.T) *samTemplate {
+	t.Helper()
+	root := samRepoRoot(t)
+	data, err := os.ReadFile(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		t.Fatalf("read the SAM template: %v", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("template.yaml is not valid YAML: %v", err)
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		t.Fatal("template.yaml must hold one YAML document whose top level is a mapping")
+	}
+	return &samTemplate{root: doc.Content[0], dir: root}
+}
+
+// samDeref follows YAML aliases.
+func samDeref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+// samGet follows keys through nested mappings; nil when one is missing.
+func samGet(n *yaml.Node, keys ...string) *yaml.Node {
+	n = samDeref(n)
+	for _, k := range keys {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == k {
+				next = samDeref(n.Content[i+1])
+				break
+			}
+		}
+		n = next
+	}
+	return n
+}
+
+type samEntry struct {
+	key string
+	val *yaml.Node
+}
+
+// samEntries lists a mapping's entries in file order; none for anything else.
+func samEntries(n *yaml.Node) []samEntry {
+	n = samDeref(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	out := make([]samEntry, 0, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		out = append(out, samEntry{n.Content[i].Value, samDeref(n.Content[i+1])})
+	}
+	return out
+}
+
+// samItems lists a sequence's items; none for anything else.
+func samItems(n *yaml.Node) []*yaml.Node {
+	n = samDeref(n)
+	if n == nil || n.Kind != yaml.SequenceNode {
+		return nil
+	}
+	out := make([]*yaml.Node, len(n.Content))
+	for i, c := range n.Content {
+		out[i] = samDeref(c)
+	}
+	return out
+}
+
+// samIntrinsic recognises a CloudFormation intrinsic function in either
+// form, the short tag (!Sub 'x') or the long mapping ({"Fn::Sub": "x"}),
+// and returns its full name ("Ref", "Condition" or "Fn::X") and argument.
+func samIntrinsic(n *yaml.Node) (fn string, arg *yaml.Node, ok bool) {
+	n = samDeref(n)
+	if n == nil {
+		return "", nil, false
+	}
+	if strings.HasPrefix(n.Tag, "!") && !strings.HasPrefix(n.Tag, "!!") && len(n.Tag) > 1 {
+		name := n.Tag[1:]
+		if name != "Ref" && name != "Condition" {
+			name = "Fn::" + name
+		}
+		untagged := *n
+		untagged.Tag = ""
+		return name, &untagged, true
+	}
+	if n.Kind == yaml.MappingNode && len(n.Content) == 2 {
+		k := n.Content[0].Value
+		if k == "Ref" || k == "Condition" || strings.HasPrefix(k, "Fn::") {
+			return k, samDeref(n.Content[1]), true
+		}
+	}
+	return "", nil, false
+}
+
+// samString returns a plain (untagged, non-intrinsic) scalar's value.
+func samString(n *yaml.Node) (string, bool) {
+	n = samDeref(n)
+	if n == nil || n.Kind != yaml.ScalarNode {
+		return "", false
+	}
+	if _, _, ok := samIntrinsic(n); ok {
+		return "", false
+	}
+	return n.Value, true
+}
+
+// samCanon renders a node in one canonical form, so that !Sub 'x' and
+// {"Fn::Sub": "x"} (or !GetAtt A.B and [A, B]) compare equal.
+func samCanon(n *yaml.Node) string {
+	n = samDeref(n)
+	if n == nil {
+		return "<missing>"
+	}
+	if fn, arg, ok := samIntrinsic(n); ok {
+		if fn == "Fn::GetAtt" && arg.Kind == yaml.ScalarNode {
+			resource, attr, _ := strings.Cut(arg.Value, ".")
+			return fmt.Sprintf("Fn::GetAtt([%q, %q])", resource, attr)
+		}
+		return fn + "(" + samCanon(arg) + ")"
+	}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return strconv.Quote(n.Value)
+	case yaml.SequenceNode:
+		parts := make([]string, 0, len(n.Content))
+		for _, c := range n.Content {
+			parts = append(parts, samCanon(c))
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	case yaml.MappingNode:
+		var parts []string
+		for _, e := range samEntries(n) {
+			parts = append(parts, strconv.Quote(e.key)+": "+samCanon(e.val))
+		}
+		sort.Strings(parts)
+		return "{" + strings.Join(parts, ", ") + "}"
+	}
+	return "<unknown>"
+}
+
+// samIsNoValue reports whether n is !Ref AWS::NoValue.
+func samIsNoValue(n *yaml.Node) bool {
+	fn, arg, ok := samIntrinsic(n)
+	return ok && fn == "Ref" && arg.Value == "AWS::NoValue"
+}
+
+// samIsSet reports whether n certainly gives a variable a non-empty value:
+// not missing, not empty, and not removed by AWS::NoValue under a condition.
+func samIsSet(n *yaml.Node) bool {
+	n = samDeref(n)
+	if n == nil || samIsNoValue(n) {
+		return false
+	}
+	if s, ok := samString(n); ok {
+		return s != ""
+	}
+	if fn, arg, ok := samIntrinsic(n); ok && fn == "Fn::If" {
+		branches := samItems(arg)
+		return len(branches) == 3 && samIsSet(branches[1]) && samIsSet(branches[2])
+	}
+	return true
+}
+
+// samDynamicRef matches a whole Secrets Manager dynamic reference, whose
+// secret id may come from !Sub variables (${SomeSecretArn}).
+var samDynamicRef = regexp.MustCompile(`^\{\{resolve:secretsmanager:(\$\{[A-Za-z0-9:.]+\}|[^{}\s])+\}\}$`)
+
+// samIsSecretReference reports whether n is a Secrets Manager dynamic
+// reference: a literal {{resolve:secretsmanager:...}}, one built by !Sub,
+// or an !If whose branches are such references or AWS::NoValue.
+func samIsSecretReference(n *yaml.Node) bool {
+	n = samDeref(n)
+	if s, ok := samString(n); ok {
+		return samDynamicRef.MatchString(s)
+	}
+	fn, arg, ok := samIntrinsic(n)
+	if !ok {
+		return false
+	}
+	switch fn {
+	case "Fn::Sub":
+		if s, ok := samString(arg); ok {
+			return samDynamicRef.MatchString(s)
+		}
+		if items := samItems(arg); len(items) == 2 {
+			s, ok := samString(items[0])
+			return ok && samDynamicRef.MatchString(s)
+		}
+	case "Fn::If":
+		branches := samItems(arg)
+		if len(branches) != 3 || (samIsNoValue(branches[1]) && samIsNoValue(branches[2])) {
+			return false
+		}
+		for _, b := range branches[1:] {
+			if !samIsNoValue(b) && !samIsSecretReference(b) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// samLooksSecret flags literal values that carry a credential: a URL with a
+// password in it, or a Standard Webhooks secret.
+var samLooksSecret = regexp.MustCompile(`(?i)^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@|^whsec_`)
+
+func (s *samTemplate) resource(id string) *yaml.Node { return samGet(s.root, "Resources", id) }
+
+func (s *samTemplate) resourceType(id string) string {
+	typ, _ := samString(samGet(s.resource(id), "Type"))
+	return typ
+}
+
+// resourcesOfType lists the logical ids of resources of type typ, sorted.
+func (s *samTemplate) resourcesOfType(typ string) []string {
+	var ids []string
+	for _, e := range samEntries(samGet(s.root, "Resources")) {
+		if t, _ := samString(samGet(e.val, "Type")); t == typ {
+			ids = append(ids, e.key)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (s *samTemplate) functions() []string { return s.resourcesOfType("AWS::Serverless::Function") }
+
+func (s *samTemplate) globals() *yaml.Node { return samGet(s.root, "Globals", "Function") }
+
+// property returns a function's property, or the Globals one it inherits.
+func (s *samTemplate) property(fn, key string) *yaml.Node {
+	if p := samGet(s.resource(fn), "Properties", key); p != nil {
+		return p
+	}
+	return samGet(s.globals(), key)
+}
+
+// env returns a function's environment variables as SAM merges them: the
+// Globals ones, overridden by the function's own.
+func (s *samTemplate) env(fn string) map[string]*yaml.Node {
+	vars := map[string]*yaml.Node{}
+	for _, e := range samEntries(samGet(s.globals(), "Environment", "Variables")) {
+		vars[e.key] = e.val
+	}
+	for _, e := range samEntries(samGet(s.resource(fn), "Properties", "Environment", "Variables")) {
+		vars[e.key] = e.val
+	}
+	return vars
+}
+
+type samEvent struct {
+	function, name, typ string
+	props               *yaml.Node
+}
+
+// events lists the events of every function of type typ.
+func (s *samTemplate) events(typ string) []samEvent {
+	var out []samEvent
+	for _, fn := range s.functions() {
+		for _, e := range samEntries(samGet(s.resource(fn), "Properties", "Events")) {
+			if t, _ := samString(samGet(e.val, "Type")); t == typ {
+				out = append(out, samEvent{fn, e.key, typ, samGet(e.val, "Properties")})
+			}
+		}
+	}
+	return out
+}
+
+type samStatement struct {
+	actions  []string
+	resource *yaml.Node
+}
+
+// statements lists the inline policy statements of a function's Policies
+// (policy templates and managed policy names are not statements).
+func (s *samTemplate) statements(fn string) []samStatement {
+	var out []samStatement
+	policies := samGet(s.resource(fn), "Properties", "Policies")
+	docs := samItems(policies)
+	if policies != nil && policies.Kind == yaml.MappingNode {
+		docs = []*yaml.Node{policies}
+	}
+	for _, doc := range docs {
+		for _, st := range samItems(samGet(doc, "Statement")) {
+			var actions []string
+			if a, ok := samString(samGet(st, "Action")); ok {
+				actions = []string{a}
+			}
+			for _, a := range samItems(samGet(st, "Action")) {
+				if v, ok := samString(a); ok {
+					actions = append(actions, v)
+				}
+			}
+			out = append(out, samStatement{actions, samGet(st, "Resource")})
+		}
+	}
+	return out
+}
+
+// grants reports whether a statement of fn allows action on a resource
+// matching match.
+func (s *samTemplate) grants(fn, action string, match func(*yaml.Node) bool) bool {
+	for _, st := range s.statements(fn) {
+		if !slices.Contains(st.actions, action) {
+			continue
+		}
+		resources := samItems(st.resource)
+		if st.resource != nil && st.resource.Kind != yaml.SequenceNode {
+			resources = []*yaml.Node{st.resource}
+		}
+		if slices.ContainsFunc(resources, match) {
+			return true
+		}
+	}
+	return false
+}
+
+// Check 1: the transform and the runtime every function runs on.
+func TestTemplateTransformAndGlobals(t *testing.T) {
+	s := samLoad(t)
+	if tr, _ := samString(samGet(s.root, "Transform")); tr != "AWS::Serverless-2016-10-31" {
+		t.Errorf("Transform is %q, want AWS::Serverless-2016-10-31 (the template uses AWS::Serverless::* resources)", tr)
+	}
+	if s.globals() == nil {
+		t.Fatal("template.yaml has no Globals.Function section: Runtime, Architectures and Handler belong there")
+	}
+	want := map[string]string{"Runtime": "provided.al2023", "Handler": "bootstrap", "Architectures": `["arm64"]`}
+	for key, w := range want {
+		got := samGet(s.globals(), key)
+		if key == "Architectures" {
+			if samCanon(got) != w {
+				t.Errorf("Globals.Function.Architectures is %s, want [arm64] (mk/lambda.mk builds for linux/arm64)", samCanon(got))
+			}
+		} else if v, _ := samString(got); v != w {
+			t.Errorf("Globals.Function.%s is %q, want %q", key, v, w)
+		}
+	}
+	if len(s.functions()) == 0 {
+		t.Fatal("template.yaml declares no AWS::Serverless::Function")
+	}
+	// A function may not override the globals with something else.
+	for _, fn := range s.functions() {
+		for key, w := range want {
+			own := samGet(s.resource(fn), "Properties", key)
+			if own == nil {
+				continue
+			}
+			got := samCanon(own)
+			if v, ok := samString(own); ok {
+				got = v
+			}
+			if got != w {
+				t.Errorf("%s overrides %s with %s, want %s", fn, key, got, w)
+			}
+		}
+	}
+}
+
+// Check 2: every function is built by its own make target, and the target
+// produces a small linux/arm64 bootstrap without the embedded MongoDB.
+func TestTemplateFunctionsBuild(t *testing.T) {
+	s := samLoad(t)
+	makefiles, _ := filepath.Glob(filepath.Join(s.dir, "mk", "*.mk"))
+	makefiles = append([]string{filepath.Join(s.dir, "Makefile")}, makefiles...)
+	var makeText strings.Builder
+	for _, f := range makefiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("read %s: %v", f, err)
+		}
+		makeText.Write(b)
+		makeText.WriteByte('\n')
+	}
+	for _, fn := range s.functions() {
+		if v, _ := samString(samGet(s.resource(fn), "Properties", "CodeUri")); v != "." {
+			t.Errorf("%s: CodeUri is %q, want \".\" (the repository root, where the Makefile is)", fn, v)
+		}
+		if v, _ := samString(samGet(s.resource(fn), "Metadata", "BuildMethod")); v != "makefile" {
+			t.Errorf("%s: Metadata.BuildMethod is %q, want makefile", fn, v)
+		}
+		target := "build-" + fn
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(target) + `\s*:`).MatchString(makeText.String()) {
+			t.Errorf("%s: no %q target in the Makefile or mk/*.mk: `sam build` runs `make %s`", fn, target, target)
+			continue
+		}
+		t.Run(fn, func(t *testing.T) {
+			t.Parallel()
+			out := t.TempDir()
+			cmd := exec.CommandContext(t.Context(), "make", "--no-print-directory", "-C", s.dir, target, "ARTIFACTS_DIR="+out)
+			// Under `make test` the outer make's flags (a jobserver, -n)
+			// must not leak into this one.
+			cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+				name, _, _ := strings.Cut(kv, "=")
+				return name == "MAKEFLAGS" || name == "MFLAGS" || name == "MAKELEVEL"
+			})
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("make %s ARTIFACTS_DIR=%s failed: %v\n%s", target, out, err, b)
+			}
+			samCheckBootstrap(t, fn, filepath.Join(out, "bootstrap"))
+		})
+	}
+}
+
+func samCheckBootstrap(t *testing.T, fn, path string) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("%s: the build wrote no bootstrap into ARTIFACTS_DIR: %v", fn, err)
+	}
+	t.Logf("%s: bootstrap is %d bytes (%.1f MB)", fn, st.Size(), float64(st.Size())/1e6)
+	if st.Size() > samMaxBootstrapBytes {
+		t.Errorf("%s: bootstrap is %d bytes, more than %d: local-only code (the embedded MongoDB?) is linked in", fn, st.Size(), samMaxBootstrapBytes)
+	}
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatalf("%s: bootstrap is not an ELF binary (provided.al2023 runs Linux executables): %v", fn, err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_AARCH64 || f.Class != elf.ELFCLASS64 {
+		t.Errorf("%s: bootstrap is %v/%v, want EM_AARCH64/ELFCLASS64 (Architectures: [arm64])", fn, f.Machine, f.Class)
+	}
+	info, err := buildinfo.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%s: no Go build information in the bootstrap: %v", fn, err)
+	}
+	if pkg := "/functions/" + strings.ToLower(strings.TrimSuffix(fn, "Function")); !strings.HasSuffix(info.Path, pkg) {
+		t.Errorf("%s: bootstrap is built from %s, want the package ending in %s", fn, info.Path, pkg)
+	}
+	for _, dep := range info.Deps {
+		if strings.Contains(strings.ToLower(dep.Path), "ferretdb") {
+			t.Errorf("%s: bootstrap links %s %s: the embedded MongoDB belongs to local mode only", fn, dep.Path, dep.Version)
+		}
+	}
+	settings := map[string]string{}
+	for _, kv := range info.Settings {
+		settings[kv.Key] = kv.Value
+	}
+	for key, want := range map[string]string{"GOOS": "linux", "GOARCH": "arm64", "CGO_ENABLED": "0"} {
+		if settings[key] != want {
+			t.Errorf("%s: bootstrap built with %s=%q, want %q", fn, key, settings[key], want)
+		}
+	}
+	if !slices.Contains(strings.Split(settings["-tags"], ","), "lambda.norpc") {
+		t.Errorf("%s: bootstrap built with tags %q, want lambda.norpc (provided.al2023 has no RPC mode)", fn, settings["-tags"])
+	}
+}
+
+// Check 3: each function's environment sets what config.Needs says it must,
+// and names only variables the configuration reads.
+func TestTemplateEnvironmentCoversNeeds(t *testing.T) {
+	s := samLoad(t)
+	known := map[string]bool{}
+	_, _ = config.Load(func(k string) string { known[k] = true; return "" })
+
+	functions := s.functions()
+	for _, key := range slices.Sorted(maps.Keys(config.Needs)) {
+		needs := config.Needs[key]
+		if !strings.HasPrefix(key, "lambda:") {
+			continue
+		}
+		fn, ok := samFunctionIDs[key]
+		if !ok {
+			t.Errorf("config.Needs has %q, which this test does not map to a template function: add it to samFunctionIDs", key)
+			continue
+		}
+		if !slices.Contains(functions, fn) {
+			t.Errorf("config.Needs[%q] names function %s, which template.yaml does not declare", key, fn)
+			continue
+		}
+		env := s.env(fn)
+		for _, name := range needs {
+			v, ok := env[name]
+			switch {
+			case !ok:
+				t.Errorf("%s: %s is not set (config.Needs[%q] lists it); set it in the function's or Globals' Environment.Variables", fn, name, key)
+			case !samIsSet(v):
+				t.Errorf("%s: %s is %s, which may leave it empty; config.Needs[%q] requires a value", fn, name, samCanon(v), key)
+			}
+		}
+	}
+	for _, fn := range functions {
+		if !slices.Contains(slices.Collect(maps.Values(samFunctionIDs)), fn) {
+			t.Errorf("%s has no entry in config.Needs (lambda:<name>): declare what it must set", fn)
+		}
+		for _, name := range slices.Sorted(maps.Keys(s.env(fn))) {
+			if !known[name] {
+				t.Errorf("%s: sets %s, which config.Load never reads (a typo?)", fn, name)
+			}
+		}
+	}
+}
+
+// Check 4: the API events are exactly httpapi.Routes(), and only the public
+// routes answer without the API key.
+func TestTemplateAPIEventsMatchRoutes(t *testing.T) {
+	s := samLoad(t)
+	type route struct{ method, path string }
+	want := map[route]bool{} // route -> needs the key
+	for _, r := range httpapi.Routes() {
+		want[route{r.Method, r.Path}] = !r.Public
+	}
+	if len(want) == 0 {
+		t.Fatal("httpapi.Routes() is empty")
+	}
+	got := map[route]bool{}
+	for _, ev := range s.events("Api") {
+		method, _ := samString(samGet(ev.props, "Method"))
+		path, _ := samString(samGet(ev.props, "Path"))
+		r := route{strings.ToUpper(method), path}
+		where := fmt.Sprintf("%s.Events.%s (%s %s)", ev.function, ev.name, r.method, r.path)
+		if ev.function != "ApiFunction" {
+			t.Errorf("%s: API events belong to ApiFunction", where)
+		}
+		if _, dup := got[r]; dup {
+			t.Errorf("%s: a second event for the same route", where)
+		}
+		// The event's own Auth.ApiKeyRequired wins over the API's default.
+		var required *yaml.Node
+		api := samGet(ev.props, "RestApiId")
+		if fn, arg, ok := samIntrinsic(api); ok && fn == "Ref" && s.resourceType(arg.Value) == "AWS::Serverless::Api" {
+			required = samGet(s.resource(arg.Value), "Properties", "Auth", "ApiKeyRequired")
+		} else {
+			t.Errorf("%s: RestApiId must be !Ref to an AWS::Serverless::Api in the template (the usage plan and key hang on it), got %s", where, samCanon(api))
+		}
+		if own := samGet(ev.props, "Auth", "ApiKeyRequired"); own != nil {
+			required = own
+		}
+		v, _ := samString(required)
+		got[r] = v == "true"
+		if v != "true" && v != "false" && required != nil {
+			t.Errorf("%s: ApiKeyRequired is %s, want true or false", where, samCanon(required))
+		}
+	}
+	for r, needsKey := range want {
+		hasKey, ok := got[r]
+		switch {
+		case !ok:
+			t.Errorf("route %s %s (httpapi.Routes) has no Api event in ApiFunction", r.method, r.path)
+		case hasKey != needsKey:
+			t.Errorf("route %s %s: ApiKeyRequired is %t, want %t (the route's Public is %t)", r.method, r.path, hasKey, needsKey, !needsKey)
+		}
+	}
+	for r := range got {
+		if _, ok := want[r]; !ok {
+			t.Errorf("Api event %s %s is not a route of httpapi.Routes(): the handler would answer 404", r.method, r.path)
+		}
+	}
+
+	// The key needs a usage plan with a throttle and a quota: either the
+	// API's own (Auth.UsagePlan) or explicit resources.
+	planned := false
+	for _, api := range s.resourcesOfType("AWS::Serverless::Api") {
+		plan := samGet(s.resource(api), "Properties", "Auth", "UsagePlan")
+		if plan == nil {
+			continue
+		}
+		if mode, _ := samString(samGet(plan, "CreateUsagePlan")); mode != "PER_API" && mode != "SHARED" {
+			t.Errorf("%s: Auth.UsagePlan.CreateUsagePlan is %q, want PER_API or SHARED (which create the key)", api, mode)
+			continue
+		}
+		samCheckUsagePlan(t, api+".Auth.UsagePlan", plan)
+		planned = true
+	}
+	for _, p := range s.resourcesOfType("AWS::ApiGateway::UsagePlan") {
+		samCheckUsagePlan(t, p, samGet(s.resource(p), "Properties"))
+		planned = true
+	}
+	if !planned {
+		t.Error("no usage plan: give the AWS::Serverless::Api an Auth.UsagePlan (CreateUsagePlan: PER_API) or add AWS::ApiGateway::UsagePlan, ApiKey and UsagePlanKey resources")
+	}
+}
+
+func samCheckUsagePlan(t *testing.T, where string, plan *yaml.Node) {
+	t.Helper()
+	for _, path := range [][]string{{"Throttle", "RateLimit"}, {"Throttle", "BurstLimit"}, {"Quota", "Limit"}, {"Quota", "Period"}} {
+		if samGet(plan, path...) == nil {
+			t.Errorf("%s: no %s", where, strings.Join(path, "."))
+		}
+	}
+}
+
+// Check 5: the schedule the API toggles is the publisher's, and the
+// processor's event source reads the queue the system publishes to.
+func TestTemplateScheduleAndQueue(t *testing.T) {
+	s := samLoad(t)
+
+	var schedules []samEvent
+	for _, ev := range s.events("ScheduleV2") {
+		if ev.function == "PublisherFunction" {
+			schedules = append(schedules, ev)
+		}
+	}
+	if len(schedules) != 1 {
+		t.Errorf("PublisherFunction has %d ScheduleV2 events, want exactly one (the schedule the API starts and stops)", len(schedules))
+	} else {
+		sched := schedules[0]
+		name := samGet(sched.props, "Name")
+		apiEnv := s.env("ApiFunction")
+		if name == nil {
+			t.Error("PublisherFunction's ScheduleV2 event has no Name: the API cannot find a schedule with a generated name")
+		} else if samCanon(apiEnv["SCHEDULE_NAME"]) != samCanon(name) {
+			t.Errorf("ApiFunction's SCHEDULE_NAME is %s, but the publisher's schedule is named %s", samCanon(apiEnv["SCHEDULE_NAME"]), samCanon(name))
+		}
+		group := "default"
+		if g := samGet(sched.props, "GroupName"); g != nil {
+			group, _ = samString(g)
+		}
+		if v, _ := samString(apiEnv["SCHEDULE_GROUP"]); v != group {
+			t.Errorf("ApiFunction's SCHEDULE_GROUP is %s, but the schedule is in group %q", samCanon(apiEnv["SCHEDULE_GROUP"]), group)
+		}
+		for _, key := range []string{"ScheduleExpression", "State"} {
+			if samGet(sched.props, key) == nil {
+				t.Errorf("the publisher's schedule has no %s", key)
+			}
+		}
+		// UpdateSchedule sends the target's role back: the API must be
+		// allowed to pass exactly that role, and to read and update exactly
+		// that schedule.
+		role := samGet(sched.props, "RoleArn")
+		if role == nil {
+			t.Error("the publisher's schedule has no RoleArn: give it an explicit role, so that the API's iam:PassRole can name it")
+		} else if !s.grants("ApiFunction", "iam:PassRole", func(r *yaml.Node) bool { return samCanon(r) == samCanon(role) }) {
+			t.Errorf("ApiFunction may not iam:PassRole the schedule's role %s, which UpdateSchedule needs", samCanon(role))
+		}
+		nameTemplate, _ := samString(name)
+		if fn, arg, ok := samIntrinsic(name); ok && fn == "Fn::Sub" {
+			nameTemplate, _ = samString(arg)
+		}
+		suffix := ":schedule/" + group + "/" + nameTemplate
+		for _, action := range []string{"scheduler:GetSchedule", "scheduler:UpdateSchedule"} {
+			if !s.grants("ApiFunction", action, func(r *yaml.Node) bool {
+				arn, ok := samString(r)
+				if fn, arg, isFn := samIntrinsic(r); isFn && fn == "Fn::Sub" {
+					arn, ok = samString(arg)
+				}
+				return ok && nameTemplate != "" && strings.HasSuffix(arn, suffix)
+			}) {
+				t.Errorf("ApiFunction may not %s on the publisher's schedule (a Resource ending in %q)", action, suffix)
+			}
+		}
+	}
+
+	var queues []samEvent
+	for _, ev := range s.events("MQ") {
+		if ev.function == "ProcessorFunction" {
+			queues = append(queues, ev)
+		}
+	}
+	if len(queues) != 1 {
+		t.Fatalf("ProcessorFunction has %d MQ events, want exactly one", len(queues))
+	}
+	mq := queues[0].props
+	if samGet(mq, "Broker") == nil {
+		t.Error("the processor's MQ event has no Broker")
+	}
+	listed := samItems(samGet(mq, "Queues"))
+	queue := s.env("ProcessorFunction")["RABBITMQ_QUEUE"]
+	if len(listed) != 1 || samCanon(listed[0]) != samCanon(queue) {
+		t.Errorf("the processor's MQ event reads Queues %s, want exactly the RABBITMQ_QUEUE the publisher sends to (%s)", samCanon(samGet(mq, "Queues")), samCanon(queue))
+	}
+	access := map[string]*yaml.Node{}
+	for _, c := range samItems(samGet(mq, "SourceAccessConfigurations")) {
+		typ, _ := samString(samGet(c, "Type"))
+		access[typ] = samGet(c, "URI")
+	}
+	for _, typ := range []string{"BASIC_AUTH", "VIRTUAL_HOST"} {
+		if uri, ok := access[typ]; !ok || uri == nil {
+			t.Errorf("the processor's MQ event has no %s source access configuration with a URI", typ)
+		}
+	}
+	// SAM's MQ event grants the secret and mq:DescribeBroker, and VpcConfig
+	// the network interfaces; the event source mapping also describes the
+	// broker's security groups and VPC, which nothing else grants.
+	for _, action := range []string{"ec2:DescribeSecurityGroups", "ec2:DescribeVpcs"} {
+		if !s.grants("ProcessorFunction", action, func(*yaml.Node) bool { return true }) {
+			t.Errorf("ProcessorFunction's Policies do not allow %s, which the Amazon MQ event source mapping needs", action)
+		}
+	}
+}
+
+// Check 6: secrets are Secrets Manager dynamic references, never literals.
+func TestTemplateSecretsAreReferences(t *testing.T) {
+	s := samLoad(t)
+	scopes := []struct {
+		name string
+		vars []samEntry
+	}{{"Globals.Function", samEntries(samGet(s.globals(), "Environment", "Variables"))}}
+	for _, fn := range s.functions() {
+		scopes = append(scopes, struct {
+			name string
+			vars []samEntry
+		}{fn, samEntries(samGet(s.resource(fn), "Properties", "Environment", "Variables"))})
+	}
+	for _, scope := range scopes {
+		for _, v := range scope.vars {
+			if slices.Contains(samSecretVariables, v.key) && !samIsSecretReference(v.val) {
+				t.Errorf("%s: %s is %s; a secret must be a dynamic reference, e.g. !Sub '{{resolve:secretsmanager:${SomeSecretArn}}}' (or !If between one and AWS::NoValue)", scope.name, v.key, samCanon(v.val))
+			}
+			if lit, ok := samString(v.val); ok && samLooksSecret.MatchString(lit) {
+				t.Errorf("%s: %s holds a literal credential; pass it through Secrets Manager", scope.name, v.key)
+			}
+		}
+	}
+	for _, p := range samEntries(samGet(s.root, "Parameters")) {
+		if def, ok := samString(samGet(p.val, "Default")); ok && samLooksSecret.MatchString(def) {
+			t.Errorf("parameter %s has a credential as its default", p.key)
+		}
+	}
+}
+
+// Check 7: every function logs to a log group with a retention.
+func TestTemplateLogGroups(t *testing.T) {
+	s := samLoad(t)
+	for _, fn := range s.functions() {
+		if group := samGet(s.property(fn, "LoggingConfig"), "LogGroup"); group != nil {
+			ref, arg, ok := samIntrinsic(group)
+			if !ok || ref != "Ref" || s.resourceType(arg.Value) != "AWS::Logs::LogGroup" {
+				t.Errorf("%s: LoggingConfig.LogGroup is %s, want !Ref to an AWS::Logs::LogGroup of the template (so it has a retention)", fn, samCanon(group))
+				continue
+			}
+			if samGet(s.resource(arg.Value), "Properties", "RetentionInDays") == nil {
+				t.Errorf("%s: its log group %s has no RetentionInDays: logs would be kept forever", fn, arg.Value)
+			}
+			continue
+		}
+		// Without LoggingConfig, Lambda writes to /aws/lambda/<name>.
+		found := false
+		for _, lg := range s.resourcesOfType("AWS::Logs::LogGroup") {
+			name := samCanon(samGet(s.resource(lg), "Properties", "LogGroupName"))
+			if name == samCanon(&yaml.Node{Kind: yaml.ScalarNode, Tag: "!Sub", Value: "/aws/lambda/${" + fn + "}"}) ||
+				strings.Contains(name, `"/aws/lambda/"`) && strings.Contains(name, `Ref("`+fn+`")`) {
+				found = true
+				if samGet(s.resource(lg), "Properties", "RetentionInDays") == nil {
+					t.Errorf("%s: its log group %s has no RetentionInDays: logs would be kept forever", fn, lg)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s has no log group with a retention: set LoggingConfig.LogGroup to an AWS::Logs::LogGroup with RetentionInDays, or add one named !Sub '/aws/lambda/${%s}'", fn, fn)
+		}
+	}
+}
