@@ -178,6 +178,20 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("unexpected SENT message %+v", m)
 		}
 	}
+
+	// The counts are on GET /metrics, in the Prometheus text format.
+	_, b := do(t, "GET", api+"/metrics", "", nil)
+	for _, want := range []string{
+		`rms_messages_total{event="accepted"} 500`,
+		`rms_messages_total{event="delivered"} 500`,
+		`rms_outbox_backlog 0`,
+		`rms_circuit_breaker_state 0`,
+		`rms_latency_seconds_count{kind="delivery"} 500`,
+	} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 // listAll follows the cursor through every page of GET /messages?status=.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/local/prom"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/local/receiver"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
@@ -92,6 +94,21 @@ func (s *system) run(ctx context.Context) error {
 		return nil
 	}
 
+	// One Prometheus registry per process, served on GET /metrics next to
+	// the API and the processor's status.
+	src := prom.Sources{Backlog: func(ctx context.Context) (int64, time.Time, error) { return a.Store.OutboxStats(ctx, a.Now()) }}
+	if s.has("processor") {
+		src.Breaker = a.BreakerState
+	}
+	metrics := prom.New(src)
+	a.Observe, a.Timing = metrics.Observe, metrics.Time
+	withMetrics := func(h http.Handler) http.Handler {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler())
+		mux.Handle("/", h)
+		return mux
+	}
+
 	sched := a.LocalScheduler()
 	if s.has("api") {
 		ln, err := net.Listen("tcp", cfg.APIAddr)
@@ -99,7 +116,7 @@ func (s *system) run(ctx context.Context) error {
 			return fmt.Errorf("api on API_ADDR %s: %w", cfg.APIAddr, err)
 		}
 		s.logger.Info("api listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, a.APIHandler(sched, sched.Gate()))
+		g.serve(ctx, cancel, ln, withMetrics(a.APIHandler(sched, sched.Gate())))
 	}
 	if s.has("publisher") {
 		relay := a.Relay(sched.Gate())
@@ -118,7 +135,7 @@ func (s *system) run(ctx context.Context) error {
 			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
 		}}
 		s.logger.Info("processor status listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, httpapi.NewStatusHandler(health))
+		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health)))
 		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
 	}
 	return g.waitErr(ctx)

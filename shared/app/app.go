@@ -43,6 +43,8 @@ type App struct {
 	// published, delivered, retried, dead_lettered, ...): EMF lines in
 	// Lambda, Prometheus counters in local mode.
 	Observe func(event string, n int)
+	// Timing, if set, receives the processor's latencies.
+	Timing func(kind string, d time.Duration)
 
 	breaker *processor.LocalBreaker
 	guards  *guards
@@ -178,6 +180,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		MaxInlineWait:   2 * time.Second,
 		Now:             a.Now,
 		Logger:          a.Logger,
+		Timing:          a.Timing,
 		Observe: func(event string, n int) {
 			if a.Observe != nil {
 				a.Observe(event, n)

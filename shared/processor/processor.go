@@ -73,6 +73,9 @@ type Processor struct {
 	// Observe, if set, counts outcomes: "delivered", "retried",
 	// "dead_lettered", "deferred".
 	Observe func(event string, n int)
+	// Timing, if set, records latencies: "webhook" for each call,
+	// "delivery" from acceptance to the 2xx answer.
+	Timing func(kind string, d time.Duration)
 }
 
 // events names the metric each recorded outcome counts under.
@@ -214,6 +217,12 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 
 	resp, sendErr := p.Sender.Send(ctx, m)
 	class, reason := Classify(resp, sendErr)
+	if p.Timing != nil && sendErr == nil {
+		p.Timing("webhook", resp.Duration)
+		if class == ClassDelivered {
+			p.Timing("delivery", p.Now().Sub(m.CreatedAt))
+		}
+	}
 	if done != nil {
 		// Only failures that say something about the webhook's health trip
 		// the breaker: a permanent 4xx is about the message.

@@ -1,0 +1,110 @@
+// Package prom exposes the local processes' metrics in the Prometheus text
+// format on GET /metrics. Lambda functions publish the same counts as
+// CloudWatch EMF lines instead (shared/metrics), so this package, and
+// client_golang with it, stays out of their binaries.
+package prom
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is one process's registry.
+type Metrics struct {
+	reg     *prometheus.Registry
+	events  *prometheus.CounterVec
+	timings *prometheus.HistogramVec
+}
+
+// Sources are read at each scrape.
+type Sources struct {
+	// Backlog returns the number of outbox entries due and the due time of
+	// the oldest (zero if none).
+	Backlog func(ctx context.Context) (int64, time.Time, error)
+	// Breaker returns the webhook circuit breaker's state: "closed",
+	// "half-open" or "open". Nil in a process without a processor.
+	Breaker func() string
+}
+
+// New returns the metrics of one process.
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rms_messages_total",
+			Help: "Messages by event: accepted, published, delivered, retried, dead_lettered, deferred, recovered.",
+		}, []string{"event"}),
+		timings: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "rms_latency_seconds",
+			Help:    "Latency by kind: webhook (one webhook call), delivery (from acceptance to a 2xx answer).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"kind"}),
+	}
+	for _, e := range []string{"accepted", "published", "delivered", "retried", "dead_lettered", "deferred", "recovered"} {
+		m.events.WithLabelValues(e) // present from the start, at 0
+	}
+	m.reg.MustRegister(m.events, m.timings,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if src.Breaker != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rms_circuit_breaker_state",
+			Help: "Webhook circuit breaker: 0 closed, 1 half-open, 2 open.",
+		}, func() float64 {
+			switch src.Breaker() {
+			case "open":
+				return 2
+			case "half-open":
+				return 1
+			}
+			return 0
+		}))
+	}
+	if src.Backlog != nil {
+		m.reg.MustRegister(&backlog{read: src.Backlog})
+	}
+	return m
+}
+
+// Observe counts n events; it fits the roles' Observe hooks.
+func (m *Metrics) Observe(event string, n int) { m.events.WithLabelValues(event).Add(float64(n)) }
+
+// Time records a latency; it fits the processor's Timing hook.
+func (m *Metrics) Time(kind string, d time.Duration) {
+	m.timings.WithLabelValues(kind).Observe(d.Seconds())
+}
+
+// Handler serves the registry.
+func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
+
+// backlog reads the outbox once per scrape for both of its gauges.
+type backlog struct {
+	read func(ctx context.Context) (int64, time.Time, error)
+}
+
+var (
+	backlogDesc = prometheus.NewDesc("rms_outbox_backlog", "Outbox entries due and not yet published.", nil, nil)
+	ageDesc     = prometheus.NewDesc("rms_outbox_oldest_age_seconds", "How long the oldest due outbox entry has waited.", nil, nil)
+)
+
+func (b *backlog) Describe(ch chan<- *prometheus.Desc) { ch <- backlogDesc; ch <- ageDesc }
+
+func (b *backlog) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, oldest, err := b.read(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(backlogDesc, err)
+		return
+	}
+	age := 0.0
+	if !oldest.IsZero() {
+		age = max(time.Since(oldest).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age)
+}
