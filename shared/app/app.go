@@ -46,7 +46,7 @@ type App struct {
 	// Timing, if set, receives the processor's latencies.
 	Timing func(kind string, d time.Duration)
 
-	breaker *processor.LocalBreaker
+	breaker *sharedBreaker
 	guards  *guards
 	// lastAlert is when the dead-letter count was last checked (UnixNano).
 	lastAlert atomic.Int64
@@ -156,7 +156,8 @@ func (a *App) Processor() (*processor.Processor, error) {
 		return nil, fmt.Errorf("webhook client: %w", err)
 	}
 	if a.breaker == nil {
-		a.breaker = processor.NewLocalBreaker(processor.BreakerSettings{
+		b := &sharedBreaker{redis: a.Redis, cooldown: a.Config.BreakerCooldown}
+		b.local = processor.NewLocalBreaker(processor.BreakerSettings{
 			Name:         "webhook",
 			FailureRatio: a.Config.BreakerFailureRatio,
 			MinRequests:  a.Config.BreakerMinRequests,
@@ -164,8 +165,12 @@ func (a *App) Processor() (*processor.Processor, error) {
 			Cooldown:     a.Config.BreakerCooldown,
 			OnStateChange: func(from, to string) {
 				a.Logger.Warn("webhook circuit breaker changed state", "from", from, "to", to)
+				if to == "open" {
+					b.opened()
+				}
 			},
 		})
+		a.breaker = b
 	}
 	p := &processor.Processor{
 		Store:           a.Store,

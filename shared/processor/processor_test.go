@@ -221,3 +221,67 @@ func TestRedisDownFallsBackToMongo(t *testing.T) {
 		t.Fatalf("status %s, want SENT", m.Status)
 	}
 }
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "1s"})
+	f.code.Store(http.StatusTooManyRequests)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer srv.Close()
+	f.env["WEBHOOK_URL"] = srv.URL
+	a := testenv.App(t, f.env)
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := f.published(t)
+	before := time.Now()
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("Handle: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if wait := m.NextAttemptAt.Sub(before); wait < 29*time.Second || wait > 32*time.Second {
+		t.Fatalf("429 with Retry-After: 30 retried after %s", wait)
+	}
+}
+
+// TestOpenBreakerDefersWithoutCountingAnAttempt: once failures trip the
+// breaker, a message waits in the outbox for the cool-down, its attempts
+// unchanged, and the webhook is not called.
+func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
+	f := setup(t, 0, map[string]string{"BREAKER_MIN_REQUESTS": "2", "BREAKER_FAILURE_RATIO": "0.5", "BREAKER_COOLDOWN": "20s", "RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
+	f.code.Store(http.StatusInternalServerError)
+	p := f.processor(t)
+	for range 2 {
+		env := f.published(t)
+		if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+			t.Fatalf("Handle: %+v", r)
+		}
+	}
+	calls := f.calls.Load()
+	env := f.published(t)
+	before := time.Now()
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("with the breaker open: %+v", r)
+	}
+	if f.calls.Load() != calls {
+		t.Fatal("the webhook was called with the breaker open")
+	}
+	m := f.message(t, env.ID)
+	if m.Attempts != 0 || m.Status != message.StatusUnsent || m.NextAttemptAt == nil || m.NextAttemptAt.Sub(before) < 19*time.Second {
+		t.Fatalf("deferred message: %+v", m)
+	}
+
+	// Another process hears of the open circuit through Redis.
+	time.Sleep(200 * time.Millisecond)
+	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
+	env = f.published(t)
+	if r := other.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("another process with the shared circuit open: %+v", r)
+	}
+	if f.calls.Load() != calls {
+		t.Fatal("the other process called the webhook with the shared circuit open")
+	}
+}
