@@ -7,16 +7,23 @@ LAMBDA_GOOS   ?= linux
 LAMBDA_GOARCH ?= arm64
 LAMBDA_BUILD   = GOOS=$(LAMBDA_GOOS) GOARCH=$(LAMBDA_GOARCH) CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags "-s -w"
 
+# CA bundles a database needs (DocumentDB's global-bundle.pem) go in certs/;
+# they are packaged next to bootstrap, in /var/task at run time.
+COPY_CERTS = @if ls certs/*.pem >/dev/null 2>&1; then cp certs/*.pem $(ARTIFACTS_DIR)/; fi
+
 .PHONY: build build-ApiFunction build-PublisherFunction build-ProcessorFunction
 
 build-ApiFunction:
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/api
+	$(COPY_CERTS)
 
 build-PublisherFunction:
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/publisher
+	$(COPY_CERTS)
 
 build-ProcessorFunction:
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/processor
+	$(COPY_CERTS)
 
 build: ## build the three Lambda bootstraps into build/<function>/bootstrap (linux/arm64)
 	$(MAKE) build-ApiFunction ARTIFACTS_DIR=build/api
