@@ -1,0 +1,76 @@
+package lambdatest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+func TestPublisherScheduleTick(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ctx := ctxFor(t)
+
+	// A closed gate leaves the messages in the outbox, due now: what the API
+	// does while the schedule is stopped.
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	const n = 3
+	var ids []string
+	for i := range n {
+		m, _, err := svc.Create(ctx, message.CreateRequest{To: "+905554444444", Content: fmt.Sprintf("tick %d", i)}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Status != message.StatusUnsent {
+			t.Fatalf("seeded message is %s, want UNSENT", m.Status)
+		}
+		ids = append(ids, m.ID)
+	}
+	publisher := startFunction(t, "publisher", env)
+
+	var sum outbox.Summary
+	if err := json.Unmarshal(publisher.invokeFile("publisher-schedule-tick.json"), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Published != n || sum.Claimed != n || sum.Failed != 0 || sum.Skipped != "" {
+		t.Errorf("summary %+v, want %d claimed and published", sum, n)
+	}
+	var queued []string
+	for _, b := range drainAtLeast(t, env["RABBITMQ_QUEUE"], n, 5*time.Second) {
+		var e message.Envelope
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatalf("queued %s: %v", b, err)
+		}
+		queued = append(queued, e.ID)
+	}
+	slices.Sort(queued)
+	slices.Sort(ids)
+	if !slices.Equal(queued, ids) {
+		t.Errorf("queued %v, want %v", queued, ids)
+	}
+	for _, id := range ids {
+		m, err := a.Store.GetMessage(ctx, id)
+		if err != nil || m.Status != message.StatusProcessing {
+			t.Errorf("%s after the pass: %s, %v; want PROCESSING", id, m.Status, err)
+		}
+	}
+
+	// The next tick finds nothing due.
+	sum = outbox.Summary{}
+	if err := json.Unmarshal(publisher.invokeFile("publisher-schedule-tick.json"), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Published != 0 || sum.Failed != 0 {
+		t.Errorf("second tick: %+v, want nothing published", sum)
+	}
+	if q := testenv.QueueDepth(t, env["RABBITMQ_QUEUE"]); q != 0 {
+		t.Errorf("second tick queued %d messages", q)
+	}
+}
