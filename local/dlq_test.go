@@ -64,10 +64,10 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	if !strings.Contains(string(b), `"matched":1`) || !strings.Contains(string(b), `"replayed":0`) {
 		t.Fatalf("dry run: %s", b)
 	}
+	broken.Store(false)
 	if resp, b := do(t, "POST", api+"/messages/"+m.ID+"/retry", "", nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("retry: %d %s", resp.StatusCode, b)
 	}
-	broken.Store(false)
 	waitFor(t, 30*time.Second, func() bool { return get().Status == message.StatusSent }, func() string { return fmt.Sprint(get()) })
 	if resp, _ := do(t, "POST", api+"/messages/"+m.ID+"/retry", "", nil); resp.StatusCode != http.StatusConflict {
 		t.Fatalf("retry of a SENT message: %d, want 409", resp.StatusCode)
