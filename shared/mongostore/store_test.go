@@ -3,6 +3,7 @@ package mongostore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -676,5 +677,35 @@ func BenchmarkCreateMessage(b *testing.B) {
 		if err := s.CreateMessage(b.Context(), m, message.NewOutboxEntry(m.ID, 0, t0, t0)); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMarkLargeBatches: FerretDB stops answering a single command of 100
+// update statements; the store splits large batches.
+func TestMarkLargeBatches(t *testing.T) {
+	s, ctx := newStore(t), context.Background()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	var entries []message.OutboxEntry
+	var keys []string
+	for i := range 250 {
+		id := fmt.Sprintf("0195f0a2-7b1c-7cde-8f00-%012d", i)
+		e := message.NewOutboxEntry(id, 0, now, now)
+		if err := s.CreateMessage(ctx, message.New(id, message.CreateRequest{To: "+905551111111", Content: "x"}, now), e); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+		keys = append(keys, e.Key)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.MarkProcessing(ctx, entries, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkPublished(ctx, keys, now); err != nil {
+		t.Fatal(err)
+	}
+	due, err := s.DueOutbox(ctx, now.Add(time.Hour), 500)
+	if err != nil || len(due) != 0 {
+		t.Fatalf("%d entries still due after MarkPublished: %v", len(due), err)
 	}
 }
