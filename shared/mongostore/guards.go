@@ -56,7 +56,7 @@ func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, gu
 		if cur.ExpiresAt.After(now) {
 			return false, cur, nil
 		}
-		if _, err := s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "token", Value: cur.Token}}); err != nil {
+		if err := s.deleteGuard(ctx, doc.ID, bson.D{{Key: "token", Value: cur.Token}}, func(g guardDoc) bool { return g.Token == cur.Token }); err != nil {
 			return false, guardDoc{}, err
 		}
 	}
@@ -91,7 +91,7 @@ func (s *Store) CompleteInbox(ctx context.Context, id, webhookMessageID string, 
 
 // ReleaseInbox drops an in-progress claim on id, never a done marker.
 func (s *Store) ReleaseInbox(ctx context.Context, id string) error {
-	if _, err := s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}, {Key: "done", Value: false}}); err != nil {
+	if err := s.deleteGuard(ctx, "inbox:"+id, bson.D{{Key: "done", Value: false}}, func(g guardDoc) bool { return !g.Done }); err != nil {
 		return fmt.Errorf("release inbox in mongodb: %w", err)
 	}
 	return nil
@@ -124,8 +124,28 @@ func (s *Store) AcquireLease(ctx context.Context, name string, ttl time.Duration
 		return nil, false, err
 	}
 	return func(ctx context.Context) {
-		_, _ = s.guards().DeleteOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "token", Value: doc.Token}})
+		_ = s.deleteGuard(ctx, doc.ID, bson.D{{Key: "token", Value: doc.Token}}, func(g guardDoc) bool { return g.Token == doc.Token })
 	}, true, nil
+}
+
+// deleteGuard deletes guard id if it matches: with the condition in the
+// filter on MongoDB, or checked on the document read by _id on FerretDB,
+// which would scan the collection for any filter but _id alone.
+func (s *Store) deleteGuard(ctx context.Context, id string, match bson.D, ok func(guardDoc) bool) error {
+	if !s.ferret {
+		_, err := s.guards().DeleteOne(ctx, append(byID(id), match...))
+		return err
+	}
+	var cur guardDoc
+	err := s.guards().FindOne(ctx, byID(id)).Decode(&cur)
+	if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && !ok(cur)) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = s.guards().DeleteOne(ctx, byID(id))
+	return err
 }
 
 func newToken() string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -86,10 +87,8 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	update := bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: unset}}
 	if o.Delivery != nil {
 		// A real MongoDB appends and trims in one atomic step. FerretDB v1
-		// accepts $slice but ignores it (measured: the array grows), so the
-		// result is checked below and trimmed there when needed. An update
-		// pipeline ($concatArrays + $slice) would do it in one step but
-		// FerretDB rejects pipelines.
+		// accepts $slice but ignores it (measured: the array grows), so
+		// applyByID builds the trimmed log itself there.
 		update = append(update, bson.E{Key: "$push", Value: bson.D{{Key: "deliveries", Value: bson.D{
 			{Key: "$each", Value: bson.A{*o.Delivery}},
 			{Key: "$slice", Value: -message.MaxDeliveries},
@@ -100,28 +99,25 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 		{Key: "seq", Value: o.Seq},
 		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o.Status)}}},
 	}
-
-	// findAndModify returns the document after the update, to see the
-	// delivery log's length. FerretDB does not implement findAndModify with
-	// a projection, so the whole (small) document comes back.
-	var after struct {
-		Deliveries bson.RawValue `bson:"deliveries"`
+	if s.ferret {
+		if err := s.applyByID(ctx, o, set, unset); err != nil {
+			return err
+		}
+		return s.closeDispatch(ctx, o)
 	}
-	err := s.messages.FindOneAndUpdate(ctx, filter, update,
-		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&after)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return s.whyNotApplied(ctx, o.MessageID)
-	}
+	res, err := s.messages.UpdateOne(ctx, filter, update)
 	if err != nil {
 		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
 	}
-	if o.Delivery != nil {
-		// A failed trim is harmless: the log is one entry too long until
-		// the next outcome trims it. Failing here instead would make the
-		// caller apply an outcome that is already applied.
-		_ = s.trimDeliveries(ctx, o.MessageID, after.Deliveries)
+	if res.MatchedCount == 0 {
+		return s.whyNotApplied(ctx, o.MessageID)
 	}
+	return s.closeDispatch(ctx, o)
+}
 
+// closeDispatch finishes an applied outcome: the failed index, the next
+// outbox entry, and the removal of this dispatch's entry.
+func (s *Store) closeDispatch(ctx context.Context, o message.Outcome) error {
 	if o.Status == message.StatusFailed {
 		if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
 			return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
@@ -138,6 +134,43 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	return nil
 }
 
+// applyByID is RecordOutcome's message update on FerretDB: the conditions
+// are checked on the document read by _id, and the write is by _id alone
+// (see Store.ferret). The delivery log is appended and trimmed here, since
+// FerretDB ignores $slice.
+func (s *Store) applyByID(ctx context.Context, o message.Outcome, set, unset bson.D) error {
+	var cur struct {
+		Seq        int                `bson:"seq"`
+		Status     message.Status     `bson:"status"`
+		Deliveries []message.Delivery `bson:"deliveries"`
+	}
+	err := s.messages.FindOne(ctx, byID(o.MessageID)).Decode(&cur)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return message.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+	}
+	if cur.Seq != o.Seq || !slices.Contains(outcomeFrom(o.Status), cur.Status) {
+		return message.ErrStaleOutcome
+	}
+	if o.Delivery != nil {
+		log := append(cur.Deliveries, *o.Delivery)
+		if len(log) > message.MaxDeliveries {
+			log = log[len(log)-message.MaxDeliveries:]
+		}
+		set = append(set, bson.E{Key: "deliveries", Value: log})
+	}
+	update := bson.D{{Key: "$set", Value: set}}
+	if len(unset) > 0 {
+		update = append(update, bson.E{Key: "$unset", Value: unset})
+	}
+	if _, err := s.messages.UpdateOne(ctx, byID(o.MessageID), update); err != nil {
+		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+	}
+	return nil
+}
+
 // whyNotApplied tells an unknown message from one that moved on.
 func (s *Store) whyNotApplied(ctx context.Context, id string) error {
 	err := s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: id}},
@@ -149,27 +182,4 @@ func (s *Store) whyNotApplied(ctx context.Context, id string) error {
 		return fmt.Errorf("record outcome of %s: %w", id, err)
 	}
 	return message.ErrStaleOutcome
-}
-
-// trimDeliveries keeps the last MaxDeliveries entries of a delivery log that
-// the server did not trim (FerretDB). The write is conditioned on the log
-// being exactly the one read, so it never drops an entry appended meanwhile;
-// if it loses that race the next outcome trims instead.
-func (s *Store) trimDeliveries(ctx context.Context, id string, log bson.RawValue) error {
-	arr, ok := log.ArrayOK()
-	if !ok {
-		return nil
-	}
-	vals, err := arr.Values()
-	if err != nil || len(vals) <= message.MaxDeliveries {
-		return err
-	}
-	keep := make(bson.A, 0, message.MaxDeliveries)
-	for _, v := range vals[len(vals)-message.MaxDeliveries:] {
-		keep = append(keep, v)
-	}
-	_, err = s.messages.UpdateOne(ctx,
-		bson.D{{Key: "_id", Value: id}, {Key: "deliveries", Value: log}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "deliveries", Value: keep}}}})
-	return err
 }
