@@ -1,0 +1,47 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseStatCPU(t *testing.T) {
+	// A command name with a space and a parenthesis, as /proc allows.
+	stat := "4242 (rms (x) y) S 1 4242 4242 0 -1 4194304 1000 0 0 0 250 75 0 0 20 0 12 0 5000 0 0"
+	got, err := parseStatCPU([]byte(stat))
+	if err != nil || got != 3250*time.Millisecond {
+		t.Fatalf("parseStatCPU = %v, %v; want 3.25s", got, err)
+	}
+}
+
+func TestParseStatusKB(t *testing.T) {
+	status := "Name:\trms\nVmPeak:\t  900000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n"
+	got, err := parseStatusKB([]byte(status), "VmHWM:")
+	if err != nil || got != 51200*1024 {
+		t.Fatalf("parseStatusKB = %d, %v; want %d", got, err, 51200*1024)
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	p, mx := percentiles(ds, 0.5, 0.95, 0.99)
+	if p[0] != 50 || p[1] != 95 || p[2] != 99 || mx != 100 {
+		t.Fatalf("percentiles = %v max %v; want [50 95 99] max 100", p, mx)
+	}
+	if p, _ := percentiles(nil, 0.5); p != nil {
+		t.Fatalf("percentiles of nothing = %v", p)
+	}
+}
+
+func TestReportJSONKeepsOrder(t *testing.T) {
+	r := newReport()
+	r.set("b_ms", 1.23456)
+	r.set("a", nil)
+	r.set("c", "x")
+	if got, want := r.json(), `{"b_ms":1.235,"a":null,"c":"x"}`; got != want {
+		t.Fatalf("json = %s; want %s", got, want)
+	}
+}
