@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
@@ -17,7 +18,17 @@ type StoreScheduler struct {
 	Store   outbox.Store
 	Default message.SchedulerState
 	Now     func() time.Time
+
+	mu       sync.Mutex
+	cached   message.SchedulerState
+	cachedAt time.Time
 }
+
+// gateCacheTTL bounds how long the API's fast path trusts the state it last
+// read: one read per request would double the database reads of POST
+// /messages. A stop made through another process is seen within it; one
+// made through this process at once.
+const gateCacheTTL = 250 * time.Millisecond
 
 var _ httpapi.Scheduler = (*StoreScheduler)(nil)
 
@@ -48,14 +59,28 @@ func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) 
 	if err := s.Store.SetSchedulerState(ctx, state, s.Now().UTC()); err != nil {
 		return httpapi.SchedulerStatus{}, err
 	}
+	s.mu.Lock()
+	s.cached, s.cachedAt = state, time.Now()
+	s.mu.Unlock()
 	return s.Status(ctx)
 }
 
 // Gate returns the outbox gate: open while the stored state is started.
 func (s *StoreScheduler) Gate() outbox.Gate {
 	return func(ctx context.Context) (bool, error) {
-		state, _, err := s.Store.SchedulerState(ctx, s.Default)
-		return state == message.SchedulerStarted, err
+		s.mu.Lock()
+		state, fresh := s.cached, time.Since(s.cachedAt) < gateCacheTTL
+		s.mu.Unlock()
+		if !fresh {
+			var err error
+			if state, _, err = s.Store.SchedulerState(ctx, s.Default); err != nil {
+				return false, err
+			}
+			s.mu.Lock()
+			s.cached, s.cachedAt = state, time.Now()
+			s.mu.Unlock()
+		}
+		return state == message.SchedulerStarted, nil
 	}
 }
 
