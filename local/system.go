@@ -153,6 +153,7 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 	srv, err := embedded.Start(ctx, embedded.Config{
 		Addr:   cfg.EmbeddedMongoDBAddr,
 		Dir:    filepath.Join(cfg.DataDir, "mongodb"),
+		Sync:   cfg.EmbeddedMongoDBSync,
 		Logger: s.logger.With("component", "embedded-mongodb"),
 	})
 	if err != nil {

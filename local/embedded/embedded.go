@@ -38,6 +38,11 @@ type Config struct {
 	Addr string
 	// Dir is the data directory; it is created if missing.
 	Dir string
+	// Sync is SQLite's synchronous setting: "full" (the default: every
+	// commit reaches the disk before it is acknowledged) or "normal" (in
+	// WAL mode a commit survives a crash of the process, as with kill -9,
+	// but the last ones may be lost if the machine itself loses power).
+	Sync string
 	// Logger receives this package's messages. FerretDB gets a copy filtered
 	// to Error level: at Warn it logs every error response it sends,
 	// duplicate-key errors included, which the stores expect routinely.
@@ -76,7 +81,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	// FerretDB wants a SQLite URI naming a directory: the trailing slash is
 	// required. url.URL escapes characters such as spaces in the path.
-	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/"}).String()
+	q := url.Values{}
+	switch cfg.Sync {
+	case "", "full":
+		q.Add("_pragma", "synchronous(full)")
+	case "normal":
+		q.Add("_pragma", "synchronous(normal)")
+	default:
+		return nil, fmt.Errorf("embedded mongodb: sync %q is neither full nor normal", cfg.Sync)
+	}
+	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/", RawQuery: q.Encode()}).String()
 	fdb, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: cfg.Addr},
 		Logger:    slog.New(levelFilter{h: logger.With("component", "ferretdb").Handler(), min: slog.LevelError}),

@@ -113,3 +113,17 @@ func TestStartStopsWithContext(t *testing.T) {
 		t.Fatalf("close after cancel: %v", err)
 	}
 }
+
+func TestSyncSetting(t *testing.T) {
+	ctx := context.Background()
+	if _, err := embedded.Start(ctx, embedded.Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Sync: "sometimes"}); err == nil {
+		t.Fatal("an unknown sync setting must be refused")
+	}
+	srv, err := embedded.Start(ctx, embedded.Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Sync: "normal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

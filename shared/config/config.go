@@ -23,6 +23,10 @@ type Config struct {
 	MongoDatabase       string // MONGODB_DATABASE
 	DataDir             string // DATA_DIR
 	EmbeddedMongoDBAddr string // EMBEDDED_MONGODB_ADDR
+	// EmbeddedMongoDBSync is the embedded MongoDB's SQLite synchronous
+	// setting: full (every commit on disk before it is acknowledged) or
+	// normal (commits survive a process crash but not a power loss).
+	EmbeddedMongoDBSync string // EMBEDDED_MONGODB_SYNC
 
 	// RabbitMQ.
 	RabbitURI            string // RABBITMQ_URI
@@ -97,6 +101,7 @@ func Default() Config {
 		MongoDatabase:         "messages",
 		DataDir:               "./.data",
 		EmbeddedMongoDBAddr:   "127.0.0.1:27018",
+		EmbeddedMongoDBSync:   "full",
 		RabbitURI:             "amqp://guest:guest@127.0.0.1:5672/",
 		Exchange:              "messages",
 		Queue:                 "messages",
@@ -140,6 +145,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("MONGODB_DATABASE", &c.MongoDatabase)
 	r.str("DATA_DIR", &c.DataDir)
 	r.str("EMBEDDED_MONGODB_ADDR", &c.EmbeddedMongoDBAddr)
+	r.str("EMBEDDED_MONGODB_SYNC", &c.EmbeddedMongoDBSync)
 	r.str("RABBITMQ_URI", &c.RabbitURI)
 	r.str("RABBITMQ_EXCHANGE", &c.Exchange)
 	r.str("RABBITMQ_QUEUE", &c.Queue)
@@ -196,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
 		bad("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
+	}
+	if c.EmbeddedMongoDBSync != "full" && c.EmbeddedMongoDBSync != "normal" {
+		bad("EMBEDDED_MONGODB_SYNC", "must be full or normal")
 	}
 	if c.MongoDatabase == "" {
 		bad("MONGODB_DATABASE", "must not be empty")
