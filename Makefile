@@ -8,7 +8,7 @@ LOCALTAGS := ferretdb_no_postgresql
 GOTEST    := $(GO) test -race -count=1 -tags $(LOCALTAGS)
 FUZZTIME  ?= 10s
 
-.PHONY: run test unit fuzz vet fmt build-local dev-deps clean help
+.PHONY: run setup test fuzz vet build-local dev-deps clean help
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ help: ## list the targets
 run: build-local ## run the whole system in the foreground (Ctrl-C stops it)
 	@scripts/check-services.sh
 	$(BIN) all
+
+setup: build-local ## declare the RabbitMQ exchange and queues and the MongoDB indexes (idempotent), then exit
+	$(BIN) setup
 
 build-local: ## build the local binary (bin/rms) with the embedded MongoDB
 	$(GO) build -tags $(LOCALTAGS) -trimpath -o $(BIN) ./local
