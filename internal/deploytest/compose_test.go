@@ -16,6 +16,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 )
 
@@ -34,32 +35,13 @@ var composeInfra = map[string]struct{ image, probe string }{
 // composeLongRunning are the services that must come back after a crash.
 var composeLongRunning = []string{"mongodb", "rabbitmq", "redis", "api", "publisher", "processor", "receiver"}
 
-// composeRepoRoot walks up from the test's directory to the one with go.mod.
-func composeRepoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory: cannot find the repository root")
-		}
-		dir = parent
-	}
-}
-
 // composeLoad loads local/compose.yaml as `docker compose -f
 // local/compose.yaml` would, with env as the whole environment (no .env
 // file, nothing from the process), so the file's defaults apply. Loading
 // validates the file against the compose specification.
 func composeLoad(t *testing.T, env map[string]string) *types.Project {
 	t.Helper()
-	root := composeRepoRoot(t)
+	root := testenv.RepoRoot(t)
 	var list []string
 	for k, v := range env {
 		list = append(list, k+"="+v)
@@ -141,7 +123,7 @@ func composeIsLoopback(host string) bool {
 
 func TestComposeProject(t *testing.T) {
 	p := composeLoad(t, nil)
-	root := composeRepoRoot(t)
+	root := testenv.RepoRoot(t)
 
 	t.Run("services", func(t *testing.T) {
 		want := append(slices.Clone(composeOwnServices), "mongodb", "rabbitmq", "redis")
@@ -430,7 +412,7 @@ type composeInstruction struct {
 // composeDockerfile reads the Dockerfile's stages.
 func composeDockerfile(t *testing.T) [][]composeInstruction {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(composeRepoRoot(t), "Dockerfile"))
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "Dockerfile"))
 	if err != nil {
 		t.Fatalf("read Dockerfile: %v", err)
 	}
@@ -529,7 +511,7 @@ func TestComposeDockerfile(t *testing.T) {
 		t.Error("Dockerfile: the runtime stage sets no DATA_DIR; the embedded MongoDB would write under the working directory")
 	}
 
-	b, err := os.ReadFile(filepath.Join(composeRepoRoot(t), ".dockerignore"))
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), ".dockerignore"))
 	if err != nil {
 		t.Fatalf("read .dockerignore: %v", err)
 	}
@@ -546,7 +528,7 @@ func TestComposeSeedScript(t *testing.T) {
 	if err != nil {
 		t.Fatal("bash is not installed: install it (apt-get install bash) to check scripts/seed.sh")
 	}
-	script := filepath.Join(composeRepoRoot(t), "scripts", "seed.sh")
+	script := filepath.Join(testenv.RepoRoot(t), "scripts", "seed.sh")
 	if out, err := exec.Command(bash, "-n", script).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n scripts/seed.sh: %v\n%s", err, out)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 )
@@ -51,28 +52,9 @@ type samTemplate struct {
 	dir  string     // the repository root
 }
 
-// samRepoRoot walks up from the test's directory to the one with go.mod.
-func samRepoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory: cannot find the repository root")
-		}
-		dir = parent
-	}
-}
-
 func samLoad(t *testing.T) *samTemplate {
 	t.Helper()
-	root := samRepoRoot(t)
+	root := testenv.RepoRoot(t)
 	data, err := os.ReadFile(filepath.Join(root, "template.yaml"))
 	if err != nil {
 		t.Fatalf("read the SAM template: %v", err)

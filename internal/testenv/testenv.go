@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -178,17 +179,7 @@ func DeleteQueues(t testing.TB, exchange string, queues ...string) {
 // QueueDepth returns the number of ready messages in queue.
 func QueueDepth(t testing.TB, queue string) int {
 	t.Helper()
-	conn, err := amqp.Dial(RabbitURI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	q, err := channel(t).QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	if err != nil {
 		t.Fatalf("inspect queue %s: %v", queue, err)
 	}
@@ -198,16 +189,7 @@ func QueueDepth(t testing.TB, queue string) int {
 // Drain takes every ready message off queue and returns the bodies.
 func Drain(t testing.TB, queue string) [][]byte {
 	t.Helper()
-	conn, err := amqp.Dial(RabbitURI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
+	ch := channel(t)
 	var out [][]byte
 	for {
 		d, ok, err := ch.Get(queue, true)
@@ -219,4 +201,40 @@ func Drain(t testing.TB, queue string) [][]byte {
 		}
 		out = append(out, d.Body)
 	}
+}
+
+// RepoRoot returns the repository root: the nearest directory above the
+// test's working directory that holds go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory: cannot find the repository root")
+		}
+		dir = parent
+	}
+}
+
+// channel opens a channel on a new connection to the test broker; both
+// are closed when the test ends.
+func channel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(RabbitURI)
+	if err != nil {
+		t.Fatalf("connect to RabbitMQ at %s: %v (start it with: %s)", RabbitURI, err, startRabbit)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }

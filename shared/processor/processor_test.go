@@ -56,6 +56,26 @@ func (f *fixture) processor(t *testing.T) *processor.Processor {
 	return p
 }
 
+// twoProcesses hands env to two processors with clients of their own, as
+// two processes would have, at the same moment, and returns them.
+func (f *fixture) twoProcesses(t *testing.T, env message.Envelope) []*processor.Processor {
+	t.Helper()
+	other := &fixture{a: testenv.App(t, f.env)}
+	ps := []*processor.Processor{f.processor(t), other.processor(t)}
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
+				t.Errorf("Handle: %+v", r)
+			}
+		}()
+	}
+	wg.Wait()
+	return ps
+}
+
 // published stores a message and publishes it, returning its envelope.
 func (f *fixture) published(t *testing.T) message.Envelope {
 	t.Helper()
@@ -91,19 +111,7 @@ func (f *fixture) message(t *testing.T, id string) message.Message {
 func TestConcurrentCopiesDeliverOnce(t *testing.T) {
 	f := setup(t, 100*time.Millisecond, nil)
 	env := f.published(t)
-	other := &fixture{a: testenv.App(t, f.env)}
-	ps := []*processor.Processor{f.processor(t), other.processor(t)}
-	var wg sync.WaitGroup
-	for _, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
-				t.Errorf("Handle: %+v", r)
-			}
-		}()
-	}
-	wg.Wait()
+	ps := f.twoProcesses(t, env)
 	if r := ps[0].Handle(context.Background(), body(env), true); r.Outcome != "duplicate" {
 		t.Errorf("a late copy: %+v", r)
 	}
@@ -201,19 +209,7 @@ func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 func TestRedisDownFallsBackToMongo(t *testing.T) {
 	f := setup(t, 100*time.Millisecond, map[string]string{"REDIS_URI": "127.0.0.1:1"})
 	env := f.published(t) // the relay's lease falls back to MongoDB too
-	other := &fixture{a: testenv.App(t, f.env)}
-	ps := []*processor.Processor{f.processor(t), other.processor(t)}
-	var wg sync.WaitGroup
-	for _, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
-				t.Errorf("Handle: %+v", r)
-			}
-		}()
-	}
-	wg.Wait()
+	f.twoProcesses(t, env)
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("webhook called %d times, want 1", n)
 	}
