@@ -84,7 +84,7 @@ func (s *system) run(ctx context.Context) error {
 		return nil
 	}
 
-	a, err := app.Open(ctx, cfg, s.logger)
+	a, err := s.open(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -139,6 +139,25 @@ func (s *system) run(ctx context.Context) error {
 		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
 	}
 	return g.waitErr(ctx)
+}
+
+// open connects to the dependencies, waiting for them (up to two minutes)
+// when they are not up yet: a process started before its broker or
+// database comes up on its own, as containers and process managers expect.
+func (s *system) open(ctx context.Context, cfg config.Config) (*app.App, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		a, err := app.Open(ctx, cfg, s.logger)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return a, err
+		}
+		s.logger.Warn("dependencies not ready; trying again in 2s", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // embeddedMongo returns the URI of the embedded MongoDB: one already

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"time"
 
 	"github.com/aws/aws-lambda-go/lambda"
 
@@ -18,6 +19,9 @@ func main() {
 	a, emf := app.MustOpenLambda(context.Background(), "publisher", os.Getenv, os.Stdout)
 	// The schedule is the on/off switch in Lambda: being invoked means it
 	// is enabled, so the relay needs no gate.
+	// One invocation is one pass; the function's timeout bounds it, and
+	// ReservedConcurrentExecutions 1 keeps a second from starting.
+	a.RelayLeaseTTL = time.Minute
 	relay := a.Relay(nil)
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
 		defer emf.Flush()

@@ -43,6 +43,10 @@ type App struct {
 	// published, delivered, retried, dead_lettered, ...): EMF lines in
 	// Lambda, Prometheus counters in local mode.
 	Observe func(event string, n int)
+	// RelayLeaseTTL is how long one relay pass may hold the lease; a pass
+	// stops taking batches after half of it. A publisher killed while
+	// holding it delays the next pass by at most this long.
+	RelayLeaseTTL time.Duration
 	// Timing, if set, receives the processor's latencies.
 	Timing func(kind string, d time.Duration)
 
@@ -62,7 +66,11 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	if cfg.MongoURI == "" {
 		return nil, errors.New("MONGODB_URI: not set (local mode starts the embedded MongoDB first)")
 	}
-	a := &App{Config: cfg, Logger: logger, Now: now}
+	a := &App{Config: cfg, Logger: logger, Now: now, RelayLeaseTTL: 10 * time.Second}
+	// Start-up never waits forever on a dependency that accepts
+	// connections but does not answer.
+	ctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
 	var err error
 	if a.Store, err = mongostore.Open(ctx, cfg.MongoURI, cfg.MongoDatabase); err != nil {
 		return nil, fmt.Errorf("connect to mongodb: %w", err)
@@ -87,6 +95,9 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	}
 	return a, nil
 }
+
+// openTimeout bounds Open.
+const openTimeout = 30 * time.Second
 
 // Close closes every client that was opened.
 func (a *App) Close(ctx context.Context) {
@@ -120,6 +131,7 @@ func (a *App) Service(gate outbox.Gate) *outbox.Service {
 		FastPathGrace:    fastPathGrace,
 		IdempotencyTTL:   24 * time.Hour,
 		InProgressWindow: 30 * time.Second,
+		FastPathTimeout:  time.Second,
 		Observe:          a.Observe,
 	}
 }
@@ -140,7 +152,7 @@ func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
 		Gate:          gate,
 		Retry:         a.Retry(),
 		BatchSize:     a.Config.BatchSize,
-		LeaseTTL:      30 * time.Second,
+		LeaseTTL:      a.RelayLeaseTTL,
 		StaleDuration: a.Config.StaleDuration,
 		Now:           a.Now,
 		Logger:        a.Logger,

@@ -441,6 +441,18 @@ func bulkWrite(ctx context.Context, c *mongo.Collection, models []mongo.WriteMod
 	return nil
 }
 
+// HasOutboxEntry reports whether the outbox entry with this key exists.
+func (s *Store) HasOutboxEntry(ctx context.Context, key string) (bool, error) {
+	err := s.outbox.FindOne(ctx, byID(key)).Err()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find outbox entry %s: %w", key, err)
+	}
+	return true, nil
+}
+
 // EnsureOutbox inserts e unless an entry with its key exists. The unique
 // _id makes this atomic even on FerretDB.
 func (s *Store) EnsureOutbox(ctx context.Context, e message.OutboxEntry) error {

@@ -75,7 +75,13 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 		sum.Skipped = "another relay holds the lease"
 		return sum, nil
 	default:
-		defer release(context.WithoutCancel(ctx))
+		defer func() {
+			// Released even when ctx is done, but never waited on forever:
+			// an unreleased lease only expires.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			release(rctx)
+		}()
 	}
 
 	// Sweep first, so that what it puts back in the outbox is published in

@@ -34,6 +34,10 @@ type Service struct {
 	FastPathGrace time.Duration
 	// IdempotencyTTL is how long an Idempotency-Key is remembered.
 	IdempotencyTTL time.Duration
+	// FastPathTimeout bounds the fast path's publish: the message is stored
+	// already, so a broker that does not confirm in time (an outage, a
+	// reconnect) leaves it to the relay instead of holding the client.
+	FastPathTimeout time.Duration
 	// InProgressWindow is how long a key whose message does not exist yet
 	// counts as "first request still running"; after that the first request
 	// is presumed dead and a repeat completes it.
@@ -150,6 +154,11 @@ func (s *Service) gateOpen(ctx context.Context) bool {
 
 func (s *Service) publishNow(ctx context.Context, m message.Message, e message.OutboxEntry) {
 	env := message.Envelope{ID: m.ID, Seq: m.Seq, PublishedAt: s.Now().UTC()}
+	if s.FastPathTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.FastPathTimeout)
+		defer cancel()
+	}
 	confirmed, err := s.Publisher.PublishConfirmed(ctx, []message.Envelope{env})
 	if err != nil || len(confirmed) == 0 {
 		s.Logger.Warn("fast-path publish failed; the relay will publish it", "message_id", m.ID, "error", err)

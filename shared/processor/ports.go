@@ -20,6 +20,8 @@ type Store interface {
 	// it deletes the entry of dispatch o.Seq. The message is written first,
 	// so that a crash in between leaves work the stale sweep can finish.
 	RecordOutcome(ctx context.Context, o message.Outcome) error
+	// HasOutboxEntry reports whether the outbox entry with this key exists.
+	HasOutboxEntry(ctx context.Context, key string) (bool, error)
 }
 
 // Inbox is the fast, atomic guard in front of deliveries (Redis SET NX).

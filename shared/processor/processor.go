@@ -117,6 +117,15 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 	switch {
 	case message.ErrorCode(err) == message.ENOTFOUND:
 		p.release(ctx, log, env.ID)
+		// The API writes the outbox entry before the message. An entry
+		// whose message is missing belongs to a create that has not
+		// finished, or died between the two writes: not a bad queue
+		// message. The stale sweep settles it (publishing it again if the
+		// message appears, dropping the entry if it never does).
+		if ok, herr := p.Store.HasOutboxEntry(ctx, message.OutboxKey(env.ID, env.Seq)); herr == nil && ok {
+			log.Info("queued message whose create has not finished; left to the stale sweep")
+			return Result{Action: Ack, MessageID: env.ID, Outcome: "unfinished_create"}
+		}
 		return p.deadLetterUnknown(ctx, body, env)
 	case err != nil:
 		p.release(ctx, log, env.ID)

@@ -281,3 +281,22 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 		t.Fatal("the other process called the webhook with the shared circuit open")
 	}
 }
+
+// TestUnfinishedCreateIsNotDeadLettered: a queued copy whose outbox entry
+// exists but whose message does not (its create died between the two
+// writes) is left to the stale sweep, not reported as a bad message.
+func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
+	f := setup(t, 0, nil)
+	id := "0195f0a2-7b1c-7cde-8f00-0000000000aa"
+	now := time.Now()
+	if err := f.a.Store.EnsureOutbox(context.Background(), message.NewOutboxEntry(id, 0, now, now)); err != nil {
+		t.Fatal(err)
+	}
+	r := f.processor(t).Handle(context.Background(), body(message.Envelope{ID: id}), false)
+	if r.Action != processor.Ack || r.Outcome != "unfinished_create" {
+		t.Fatalf("Handle: %+v", r)
+	}
+	if n := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"])); n != 0 || f.calls.Load() != 0 {
+		t.Fatalf("%d dead-letter notifications and %d webhook calls, want none", n, f.calls.Load())
+	}
+}
