@@ -70,8 +70,9 @@ type Store interface {
 
 // Publisher sends envelopes to the broker. PublishConfirmed returns once the
 // broker has confirmed each envelope (persistent delivery, publisher
-// confirms); confirmed holds the IDs that were confirmed, in any order, and
-// err says why the others were not. It must be safe for concurrent use.
+// confirms); confirmed holds the envelopes that were confirmed, in any
+// order, and err says why the others were not. It must be safe for
+// concurrent use.
 type Publisher interface {
 	PublishConfirmed(ctx context.Context, envs []message.Envelope) (confirmed []message.Envelope, err error)
 }

@@ -41,7 +41,7 @@ type Inbox interface {
 }
 
 // DeadLetters receives a persistent notification for each dead-lettered
-// message (the durable queue messages.dlq).
+// message (the durable dead-letter queue, RABBITMQ_DLQ).
 type DeadLetters interface {
 	NotifyDeadLetter(ctx context.Context, n message.DeadLetter) error
 }
