@@ -1,7 +1,6 @@
 package receiver_test
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -10,12 +9,12 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/local/receiver"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/webhook"
@@ -23,22 +22,7 @@ import (
 
 var key = []byte("0123456789abcdef0123456789abcdef")
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = logbuf.Buffer
 
 // start serves the receiver and returns its URL and its log.
 func start(t *testing.T, secretKey []byte) (string, *syncBuffer) {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -182,23 +183,7 @@ func (s *fakeScheduler) Stop(context.Context) (httpapi.SchedulerStatus, error) {
 	return s.set(message.SchedulerStopped)
 }
 
-// syncBuffer is a log sink safe to read while handlers write.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = logbuf.Buffer
 
 // testServer is NewServer over the fakes, with its logs captured.
 type testServer struct {

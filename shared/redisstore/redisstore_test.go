@@ -1,7 +1,6 @@
 package redisstore_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
@@ -310,23 +310,7 @@ func TestLimiterUnlimited(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = logbuf.Buffer
 
 func TestLimiterFallsBackWhenRedisIsDown(t *testing.T) {
 	var logs syncBuffer
