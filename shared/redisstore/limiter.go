@@ -15,14 +15,17 @@ import (
 
 var _ processor.Limiter = (*Limiter)(nil)
 
-// gcraScript reserves one token with the generic cell rate algorithm and
+// gcraScript takes one token with the generic cell rate algorithm and
 // returns the wait in microseconds. The key holds the theoretical arrival
 // time (TAT) in microseconds of the server's clock, so processes with skewed
-// clocks still share one schedule. A reservation always advances the TAT,
-// like rate.Limiter.Reserve: the caller waits and then goes.
+// clocks still share one schedule. In "reserve" mode a reservation always
+// advances the TAT, like rate.Limiter.Reserve: the caller waits and then
+// goes. In "allow" mode a request that does not fit leaves the state alone
+// and only learns how long until one would.
 //
 // ARGV[1]: emission interval in microseconds (1e6 / rate)
 // ARGV[2]: burst
+// ARGV[3]: "reserve" or "allow"
 var gcraScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -34,6 +37,9 @@ if tat < now then
 end
 local new_tat = tat + interval
 local wait = new_tat - burst * interval - now
+if wait > 0 and ARGV[3] == 'allow' then
+	return math.ceil(wait)
+end
 if wait < 0 then
 	wait = 0
 end
@@ -101,7 +107,7 @@ func (l *Limiter) Reserve(ctx context.Context) (time.Duration, error) {
 			return l.local.Reserve().Delay(), nil
 		}
 	}
-	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst).Int64()
+	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst, "reserve").Int64()
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			// The caller gave up; that says nothing about Redis.
