@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -54,10 +55,9 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var out bytes.Buffer
-	var outMu sync.Mutex
+	var out logbuf.Buffer
 	go func() {
-		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, lockedWriter{&outMu, &out}, io.Discard)
+		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, &out, io.Discard)
 	}()
 	api = "http://" + env["API_ADDR"]
 	deadline := time.Now().Add(60 * time.Second)
@@ -71,7 +71,6 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 		}
 		select {
 		case err := <-done:
-			outMu.Lock()
 			t.Fatalf("system exited early: %v\n%s", err, out.String())
 		default:
 		}
@@ -91,17 +90,6 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 			t.Error("system did not shut down within 60s")
 		}
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // TestEndToEnd posts 500 messages concurrently and checks that the webhook

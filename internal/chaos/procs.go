@@ -139,34 +139,39 @@ func (p *Proc) wait(cmd *exec.Cmd, done chan struct{}, f *os.File) {
 
 // Kill kills the running incarnation with SIGKILL and waits for it to end.
 func (p *Proc) Kill() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.stopping = true
-	p.mu.Unlock()
-	if cmd == nil {
-		return
+	if done := p.signal(syscall.SIGKILL); done != nil {
+		<-done
 	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
 }
 
 // Quit sends SIGQUIT (a Go program prints every goroutine's stack and
 // exits) and waits up to 10 s for the process to end.
 func (p *Proc) Quit() {
+	done := p.signal(syscall.SIGQUIT)
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.signal(syscall.SIGKILL)
+		<-done
+	}
+}
+
+// signal marks the running incarnation as stopping on purpose and sends it
+// sig. It returns the channel closed when that incarnation ends, or nil if
+// none runs.
+func (p *Proc) signal(sig syscall.Signal) <-chan struct{} {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
 	p.stopping = true
 	p.mu.Unlock()
 	if cmd == nil {
-		return
+		return nil
 	}
-	_ = cmd.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-	}
+	_ = cmd.Process.Signal(sig)
+	return done
 }
 
 // Restart starts the process again after a Kill.
