@@ -1,0 +1,165 @@
+// Package groupcommit gathers concurrent calls into batches: while one
+// batch is being written, the calls that arrive wait and go out together in
+// the next. A lone call is written at once (no linger), so a quiet system
+// pays no latency, and a busy one pays one write per batch instead of one
+// per call. It is the group commit of databases, used here because the
+// embedded MongoDB (SQLite) commits each command in its own transaction.
+//
+// No goroutine outlives the work: the caller that finds no flush running
+// becomes the flusher, and hands over to a goroutine only while calls are
+// still pending, which ends when none is. That keeps it correct in a Lambda
+// function, whose process is frozen between invocations.
+package groupcommit
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// FlushFunc writes a batch. It returns one error per item, in order (nil
+// for success), or nil for "all succeeded".
+type FlushFunc[T any] func(ctx context.Context, items []T) []error
+
+// Group batches calls to Flush. The zero value is not usable: set Flush.
+// It is safe for concurrent use.
+type Group[T any] struct {
+	Flush FlushFunc[T]
+	// MaxBatch bounds a batch (default 100).
+	MaxBatch int
+	// MaxInFlight is how many batches may be written at once (default 1).
+	MaxInFlight int
+	// Timeout bounds one flush (default 30 s). A batch mixes the calls of
+	// several callers, so it is written with a context of its own rather
+	// than any caller's.
+	Timeout time.Duration
+	// Observe, if set, is told each batch's size.
+	Observe func(size int)
+
+	mu       sync.Mutex
+	pending  []*call[T]
+	inFlight int
+}
+
+type call[T any] struct {
+	ctx  context.Context
+	item T
+	err  error
+	done chan struct{}
+}
+
+// Do adds item to the next batch and returns its result once that batch is
+// written. An item whose ctx ends before its batch starts is not written,
+// and Do returns ctx's error; once its batch has started, Do waits for it,
+// so that its result is never unknown to the caller.
+func (g *Group[T]) Do(ctx context.Context, item T) error {
+	c := &call[T]{ctx: ctx, item: item, done: make(chan struct{})}
+	g.mu.Lock()
+	g.pending = append(g.pending, c)
+	lead := g.inFlight < max(g.MaxInFlight, 1)
+	if lead {
+		g.inFlight++
+	}
+	g.mu.Unlock()
+	if lead {
+		g.flushUntil(c)
+	}
+	<-c.done
+	return c.err
+}
+
+// flushUntil writes batches until own is done, then hands the rest over.
+func (g *Group[T]) flushUntil(own *call[T]) {
+	for {
+		if !g.flushOne() {
+			return
+		}
+		select {
+		case <-own.done:
+			g.mu.Lock()
+			idle := len(g.pending) == 0
+			if idle {
+				g.inFlight--
+			}
+			g.mu.Unlock()
+			if !idle {
+				go g.drain()
+			}
+			return
+		default:
+		}
+	}
+}
+
+// drain writes batches until none is pending.
+func (g *Group[T]) drain() {
+	for g.flushOne() {
+	}
+}
+
+// flushOne writes the next batch. It returns false, giving up its flush
+// slot, when nothing is pending.
+func (g *Group[T]) flushOne() bool {
+	g.mu.Lock()
+	if len(g.pending) == 0 {
+		g.inFlight--
+		g.mu.Unlock()
+		return false
+	}
+	n := min(len(g.pending), g.maxBatch())
+	batch := make([]*call[T], n)
+	copy(batch, g.pending)
+	rest := copy(g.pending, g.pending[n:])
+	clear(g.pending[rest:])
+	g.pending = g.pending[:rest]
+	g.mu.Unlock()
+
+	live := make([]*call[T], 0, n)
+	items := make([]T, 0, n)
+	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			close(c.done)
+			continue
+		}
+		live = append(live, c)
+		items = append(items, c.item)
+	}
+	if len(live) == 0 {
+		return true
+	}
+	if g.Observe != nil {
+		g.Observe(len(items))
+	}
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
+	errs := g.Flush(ctx, items)
+	cancel()
+	for i, c := range live {
+		if i < len(errs) {
+			c.err = errs[i]
+		}
+		close(c.done)
+	}
+	return true
+}
+
+func (g *Group[T]) maxBatch() int {
+	if g.MaxBatch <= 0 {
+		return 100
+	}
+	return g.MaxBatch
+}
+
+// Each returns a result slice of n copies of err, for a flush that failed
+// as a whole.
+func Each(n int, err error) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
+}

@@ -1,0 +1,118 @@
+package groupcommit_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/groupcommit"
+)
+
+func TestGroupBatchesConcurrentCallsAndKeepsResultsApart(t *testing.T) {
+	var batches, items, inFlight, maxInFlight atomic.Int64
+	g := &groupcommit.Group[int]{
+		MaxBatch:    10,
+		MaxInFlight: 2,
+		Flush: func(ctx context.Context, xs []int) []error {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for {
+				m := maxInFlight.Load()
+				if n <= m || maxInFlight.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			if len(xs) > 10 {
+				t.Errorf("batch of %d, want at most 10", len(xs))
+			}
+			batches.Add(1)
+			items.Add(int64(len(xs)))
+			time.Sleep(2 * time.Millisecond) // a write takes time
+			errs := make([]error, len(xs))
+			for i, x := range xs {
+				if x%7 == 0 {
+					errs[i] = fmt.Errorf("item %d failed", x)
+				}
+			}
+			return errs
+		},
+	}
+	const n = 400
+	var wg sync.WaitGroup
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := g.Do(context.Background(), i)
+			if (i%7 == 0) != (err != nil) {
+				t.Errorf("item %d: err %v", i, err)
+			}
+			if err != nil && err.Error() != fmt.Sprintf("item %d failed", i) {
+				t.Errorf("item %d got another item's error: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if items.Load() != n {
+		t.Fatalf("flushed %d items, want %d", items.Load(), n)
+	}
+	if batches.Load() >= n/2 {
+		t.Errorf("%d batches for %d concurrent calls: not grouping", batches.Load(), n)
+	}
+	if maxInFlight.Load() > 2 {
+		t.Errorf("%d flushes at once, want at most 2", maxInFlight.Load())
+	}
+	// Every flusher gave its slot back: a lone call is written at once.
+	start := time.Now()
+	if err := g.Do(context.Background(), 1); err != nil || time.Since(start) > time.Second {
+		t.Fatalf("lone call after the burst: %v after %s", err, time.Since(start))
+	}
+}
+
+func TestGroupSkipsCallsWhoseContextEnded(t *testing.T) {
+	release := make(chan struct{})
+	var flushed sync.Map
+	g := &groupcommit.Group[string]{Flush: func(ctx context.Context, xs []string) []error {
+		for _, x := range xs {
+			flushed.Store(x, true)
+		}
+		if xs[0] == "first" {
+			<-release
+		}
+		return nil
+	}}
+	done := make(chan error)
+	go func() { done <- g.Do(context.Background(), "first") }()
+	time.Sleep(20 * time.Millisecond) // "first" is being written
+	ctx, cancel := context.WithCancel(context.Background())
+	late := make(chan error)
+	go func() { late <- g.Do(ctx, "cancelled") }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-late; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v, want context.Canceled", err)
+	}
+	if _, ok := flushed.Load("cancelled"); ok {
+		t.Fatal("a call whose context ended before its batch was written anyway")
+	}
+}
+
+func TestEachAndNilMeanAllSucceeded(t *testing.T) {
+	g := &groupcommit.Group[int]{Flush: func(context.Context, []int) []error { return nil }}
+	if err := g.Do(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	g.Flush = func(_ context.Context, xs []int) []error { return groupcommit.Each(len(xs), boom) }
+	if err := g.Do(context.Background(), 1); !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+}
