@@ -50,6 +50,11 @@ type Outcome struct {
 	WebhookMessageID string
 	// Delivery, if set, is appended to the message's delivery log.
 	Delivery *Delivery
+	// Read, if set, is the message as the caller read it while holding its
+	// inbox claim. A store without atomic conditional updates (the embedded
+	// MongoDB) checks Seq and status against it instead of reading the
+	// message again; a real MongoDB checks them atomically and ignores it.
+	Read *Message
 }
 
 // ErrStaleOutcome is returned when an outcome's Seq is no longer the

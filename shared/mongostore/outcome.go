@@ -45,17 +45,113 @@ func outcomeFrom(to message.Status) []message.Status {
 // On FerretDB the conditional update is a read then a write, not atomic;
 // the processor's inbox claim keeps two outcomes of one dispatch from racing.
 func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
+	if s.ferret {
+		return s.RecordOutcomes(ctx, []message.Outcome{o})[0]
+	}
+	set, unset, err := outcomeUpdate(o)
+	if err != nil {
+		return err
+	}
+	update := bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: unset}}
+	if o.Delivery != nil {
+		// A real MongoDB appends and trims in one atomic step. FerretDB v1
+		// accepts $slice but ignores it (measured: the array grows), so
+		// ferretUpdate builds the trimmed log itself there.
+		update = append(update, bson.E{Key: "$push", Value: bson.D{{Key: "deliveries", Value: bson.D{
+			{Key: "$each", Value: bson.A{*o.Delivery}},
+			{Key: "$slice", Value: -message.MaxDeliveries},
+		}}}})
+	}
+	filter := bson.D{
+		{Key: "_id", Value: o.MessageID},
+		{Key: "seq", Value: o.Seq},
+		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o.Status)}}},
+	}
+	res, err := s.messages.UpdateOne(ctx, filter, update)
+	if err != nil {
+		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+	}
+	if res.MatchedCount == 0 {
+		return s.whyNotApplied(ctx, o.MessageID)
+	}
+	return s.closeDispatch(ctx, o)
+}
+
+// RecordOutcomes applies each outcome as RecordOutcome does; errs[i] is
+// outcome i's result. On a real MongoDB, whose conditional updates are
+// atomic per document and cheap, it applies them one by one. On FerretDB,
+// where each statement costs a SQLite transaction but each command also
+// costs a round trip and its own overhead, the batch goes out as one
+// bulkWrite of the messages' updates, then one insertMany of the next
+// outbox entries and one bulkWrite of the finished entries' deletes.
+func (s *Store) RecordOutcomes(ctx context.Context, outcomes []message.Outcome) []error {
+	errs := make([]error, len(outcomes))
+	if !s.ferret {
+		for i, o := range outcomes {
+			errs[i] = s.RecordOutcome(ctx, o)
+		}
+		return errs
+	}
+	var applied []int
+	var models []mongo.WriteModel
+	for i, o := range outcomes {
+		model, err := s.ferretUpdate(ctx, o)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		applied = append(applied, i)
+		models = append(models, model)
+	}
+	fail := func(err error) []error {
+		for _, i := range applied {
+			errs[i] = fmt.Errorf("record outcome of %s: %w", outcomes[i].MessageID, err)
+		}
+		return errs
+	}
+	if err := bulkWrite(ctx, s.messages, models); err != nil {
+		return fail(err)
+	}
+
+	// Close the dispatches: the failed index, the next outbox entries, the
+	// removal of the finished ones (see closeDispatch).
+	var next []any
+	var deletes []mongo.WriteModel
+	for _, i := range applied {
+		o := outcomes[i]
+		if o.Status == message.StatusFailed {
+			if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
+				return fail(err)
+			}
+		}
+		if o.Status == message.StatusUnsent {
+			next = append(next, message.NewOutboxEntry(o.MessageID, o.Seq+1, *o.NextAttemptAt, o.At))
+		}
+		deletes = append(deletes, mongo.NewDeleteOneModel().SetFilter(byID(message.OutboxKey(o.MessageID, o.Seq))))
+	}
+	for _, err := range insertEach(ctx, s.outbox, next) {
+		if err != nil && !isDuplicateKey(err) {
+			return fail(fmt.Errorf("insert next outbox entry: %w", err))
+		}
+	}
+	if err := bulkWrite(ctx, s.outbox, deletes); err != nil {
+		return fail(fmt.Errorf("delete outbox entries: %w", err))
+	}
+	return errs
+}
+
+// outcomeUpdate checks o and returns the fields it sets and unsets.
+func outcomeUpdate(o message.Outcome) (set, unset bson.D, err error) {
 	switch o.Status {
 	case message.StatusSent, message.StatusFailed:
 	case message.StatusUnsent:
 		if o.NextAttemptAt == nil {
-			return fmt.Errorf("record outcome of %s: UNSENT outcome without NextAttemptAt", o.MessageID)
+			return nil, nil, fmt.Errorf("record outcome of %s: UNSENT outcome without NextAttemptAt", o.MessageID)
 		}
 	default:
-		return fmt.Errorf("record outcome of %s: status %q is not an outcome", o.MessageID, o.Status)
+		return nil, nil, fmt.Errorf("record outcome of %s: status %q is not an outcome", o.MessageID, o.Status)
 	}
-
-	set := bson.D{
+	set = bson.D{
 		{Key: "status", Value: o.Status},
 		{Key: "attempts", Value: o.Attempts},
 		{Key: "updatedAt", Value: o.At},
@@ -72,7 +168,7 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	if o.Status == message.StatusSent {
 		set = append(set, bson.E{Key: "sentAt", Value: o.At})
 	}
-	unset := bson.D{}
+	unset = bson.D{}
 	if o.Status == message.StatusUnsent {
 		set = append(set,
 			bson.E{Key: "nextAttemptAt", Value: *o.NextAttemptAt},
@@ -84,35 +180,7 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 		// A replayed message leaves its old failure behind.
 		unset = append(unset, bson.E{Key: "failureReason", Value: ""})
 	}
-	update := bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: unset}}
-	if o.Delivery != nil {
-		// A real MongoDB appends and trims in one atomic step. FerretDB v1
-		// accepts $slice but ignores it (measured: the array grows), so
-		// applyByID builds the trimmed log itself there.
-		update = append(update, bson.E{Key: "$push", Value: bson.D{{Key: "deliveries", Value: bson.D{
-			{Key: "$each", Value: bson.A{*o.Delivery}},
-			{Key: "$slice", Value: -message.MaxDeliveries},
-		}}}})
-	}
-	filter := bson.D{
-		{Key: "_id", Value: o.MessageID},
-		{Key: "seq", Value: o.Seq},
-		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o.Status)}}},
-	}
-	if s.ferret {
-		if err := s.applyByID(ctx, o, set, unset); err != nil {
-			return err
-		}
-		return s.closeDispatch(ctx, o)
-	}
-	res, err := s.messages.UpdateOne(ctx, filter, update)
-	if err != nil {
-		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
-	}
-	if res.MatchedCount == 0 {
-		return s.whyNotApplied(ctx, o.MessageID)
-	}
-	return s.closeDispatch(ctx, o)
+	return set, unset, nil
 }
 
 // closeDispatch finishes an applied outcome: the failed index, the next
@@ -134,28 +202,33 @@ func (s *Store) closeDispatch(ctx context.Context, o message.Outcome) error {
 	return nil
 }
 
-// applyByID is RecordOutcome's message update on FerretDB: the conditions
-// are checked on the document read by _id, and the write is by _id alone
-// (see Store.ferret). The delivery log is appended and trimmed here, since
+// ferretUpdate is RecordOutcome's message update on FerretDB: the
+// conditions are checked on the message as o.Read holds it (read under the
+// caller's claim) or as read now by _id, and the write is by _id alone (see
+// Store.ferret). The delivery log is appended and trimmed here, since
 // FerretDB ignores $slice.
-func (s *Store) applyByID(ctx context.Context, o message.Outcome, set, unset bson.D) error {
-	var cur struct {
-		Seq        int                `bson:"seq"`
-		Status     message.Status     `bson:"status"`
-		Deliveries []message.Delivery `bson:"deliveries"`
-	}
-	err := s.messages.FindOne(ctx, byID(o.MessageID)).Decode(&cur)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return message.ErrNotFound
-	}
+func (s *Store) ferretUpdate(ctx context.Context, o message.Outcome) (mongo.WriteModel, error) {
+	set, unset, err := outcomeUpdate(o)
 	if err != nil {
-		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+		return nil, err
+	}
+	cur := o.Read
+	if cur == nil || cur.ID != o.MessageID {
+		var m message.Message
+		err := s.messages.FindOne(ctx, byID(o.MessageID)).Decode(&m)
+		if errors.Is(err, mongo.ErrNoDocuments) {
+			return nil, message.ErrNotFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+		}
+		cur = &m
 	}
 	if cur.Seq != o.Seq || !slices.Contains(outcomeFrom(o.Status), cur.Status) {
-		return message.ErrStaleOutcome
+		return nil, message.ErrStaleOutcome
 	}
 	if o.Delivery != nil {
-		log := append(cur.Deliveries, *o.Delivery)
+		log := append(slices.Clip(cur.Deliveries), *o.Delivery)
 		if len(log) > message.MaxDeliveries {
 			log = log[len(log)-message.MaxDeliveries:]
 		}
@@ -165,10 +238,7 @@ func (s *Store) applyByID(ctx context.Context, o message.Outcome, set, unset bso
 	if len(unset) > 0 {
 		update = append(update, bson.E{Key: "$unset", Value: unset})
 	}
-	if _, err := s.messages.UpdateOne(ctx, byID(o.MessageID), update); err != nil {
-		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
-	}
-	return nil
+	return mongo.NewUpdateOneModel().SetFilter(byID(o.MessageID)).SetUpdate(update), nil
 }
 
 // whyNotApplied tells an unknown message from one that moved on.

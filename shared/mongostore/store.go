@@ -214,16 +214,7 @@ func indexName(m mongo.IndexModel) *string {
 // fine; a duplicate m is an ECONFLICT error. The order is deliberate: see
 // outbox.Store. There are no transactions on FerretDB to make it one write.
 func (s *Store) CreateMessage(ctx context.Context, m message.Message, e message.OutboxEntry) error {
-	if err := s.EnsureOutbox(ctx, e); err != nil {
-		return fmt.Errorf("create message: %w", err)
-	}
-	if _, err := s.messages.InsertOne(ctx, m); err != nil {
-		if mongo.IsDuplicateKeyError(err) {
-			return message.Errorf(message.ECONFLICT, "message %s already exists", m.ID)
-		}
-		return fmt.Errorf("create message: %w", err)
-	}
-	return nil
+	return s.CreateMessages(ctx, []outbox.NewMessage{{Message: m, Entry: e}})[0]
 }
 
 // GetMessage returns the message with this ID, or message.ErrNotFound.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
 // farFuture is later than every time the tests store.
@@ -158,6 +159,51 @@ func TestCreateMessageConcurrently(t *testing.T) {
 	}
 	if n != 40 {
 		t.Errorf("created %d messages, want 40", n)
+	}
+}
+
+func TestCreateMessagesBatch(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	existing := newMessage(t, t0)
+	create(t, s, existing)
+	withEntry := newMessage(t, t0)
+	if err := s.EnsureOutbox(ctx, message.NewOutboxEntry(withEntry.ID, 0, t0, t0)); err != nil {
+		t.Fatal(err)
+	}
+
+	var items []outbox.NewMessage
+	for i := range 60 {
+		m := newMessage(t, t0)
+		switch i {
+		case 10:
+			m = existing // a conflict
+		case 20:
+			m = withEntry // its entry is there already: fine
+		}
+		items = append(items, outbox.NewMessage{Message: m, Entry: message.NewOutboxEntry(m.ID, 0, t0, t0)})
+	}
+	errs := s.CreateMessages(ctx, items)
+	if len(errs) != len(items) {
+		t.Fatalf("%d results for %d items", len(errs), len(items))
+	}
+	entries := allOutbox(t, s)
+	for i, err := range errs {
+		id := items[i].Message.ID
+		if i == 10 {
+			if message.ErrorCode(err) != message.ECONFLICT {
+				t.Errorf("item %d (existing id): err = %v, want %s", i, err, message.ECONFLICT)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("item %d: %v", i, err)
+			continue
+		}
+		mustGet(t, s, id)
+		if _, ok := entries[message.OutboxKey(id, 0)]; !ok {
+			t.Errorf("item %d: no outbox entry", i)
+		}
 	}
 }
 
@@ -465,6 +511,70 @@ func processing(t *testing.T, s *mongostore.Store, seq int) message.Message {
 		t.Fatalf("mark published: %v", err)
 	}
 	return m
+}
+
+// TestRecordOutcomesBatch: one batch mixing every kind of outcome, with
+// and without the message as read under the claim, gives each its own
+// result and leaves each message and outbox as RecordOutcome would.
+func TestRecordOutcomesBatch(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	at := t0.Add(time.Second)
+	next := at.Add(time.Minute)
+	var outcomes []message.Outcome
+	var want []error
+	kinds := []message.Status{message.StatusSent, message.StatusUnsent, message.StatusFailed}
+	for i := range 60 {
+		m := processing(t, s, 1)
+		o := message.Outcome{MessageID: m.ID, Seq: 1, Status: kinds[i%3], Attempts: 2, At: at,
+			Delivery: &message.Delivery{At: at, Attempt: 2, Outcome: message.OutcomeDelivered}}
+		if i%2 == 0 {
+			o.Read = &m
+		}
+		switch o.Status {
+		case message.StatusUnsent:
+			o.NextAttemptAt = &next
+		case message.StatusFailed:
+			o.FailureReason = "gave up"
+		}
+		var err error
+		switch i {
+		case 7:
+			o.Seq = 0 // an older dispatch
+			err = message.ErrStaleOutcome
+		case 9:
+			o.MessageID = newID(t) // unknown
+			o.Read = nil
+			err = message.ErrNotFound
+		}
+		outcomes = append(outcomes, o)
+		want = append(want, err)
+	}
+	errs := s.RecordOutcomes(ctx, outcomes)
+	entries := allOutbox(t, s)
+	for i, o := range outcomes {
+		if !errors.Is(errs[i], want[i]) || (want[i] == nil) != (errs[i] == nil) {
+			t.Errorf("outcome %d: err = %v, want %v", i, errs[i], want[i])
+			continue
+		}
+		if want[i] != nil {
+			continue
+		}
+		m := mustGet(t, s, o.MessageID)
+		if m.Status != o.Status || m.Attempts != 2 || len(m.Deliveries) != 1 {
+			t.Errorf("outcome %d: message %+v", i, m)
+		}
+		if _, ok := entries[message.OutboxKey(o.MessageID, 1)]; ok {
+			t.Errorf("outcome %d: finished entry left in the outbox", i)
+		}
+		_, hasNext := entries[message.OutboxKey(o.MessageID, 2)]
+		if hasNext != (o.Status == message.StatusUnsent) || (o.Status == message.StatusUnsent && m.Seq != 2) {
+			t.Errorf("outcome %d (%s): next entry %v, seq %d", i, o.Status, hasNext, m.Seq)
+		}
+	}
+	if n, err := s.CountFailed(ctx); err != nil || n != 20 {
+		t.Errorf("failed index counts %d (%v), want 20", n, err)
+	}
 }
 
 func TestRecordOutcome(t *testing.T) {

@@ -25,6 +25,10 @@ type Store interface {
 	// will ever publish. It returns an *message.Error with code ECONFLICT if
 	// the message ID exists.
 	CreateMessage(ctx context.Context, m message.Message, e message.OutboxEntry) error
+	// CreateMessages does what CreateMessage does for each item, in as few
+	// writes as it can (one per collection for the batch). errs[i] is item
+	// i's result; a nil slice means all succeeded.
+	CreateMessages(ctx context.Context, items []NewMessage) (errs []error)
 	GetMessage(ctx context.Context, id string) (message.Message, error)
 	ListMessages(ctx context.Context, f message.Filter) (message.Page, error)
 
@@ -44,13 +48,17 @@ type Store interface {
 	// MarkPublished records that the entries with these keys were published
 	// and confirmed by the broker. A key that no longer exists is ignored.
 	MarkPublished(ctx context.Context, keys []string, at time.Time) error
+	// MarkUnpublished clears publishedAt on the entries with these keys,
+	// so that the relay publishes them when they fall due.
+	MarkUnpublished(ctx context.Context, keys []string) error
 	// StaleOutbox returns up to limit entries published before before.
 	StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error)
 	// EnsureOutbox inserts e unless an entry with its key exists.
 	EnsureOutbox(ctx context.Context, e message.OutboxEntry) error
 	// DeleteOutbox removes the entry with this key, if any.
 	DeleteOutbox(ctx context.Context, key string) error
-	// RecordOutcome applies o: see processor.Store.
+	// RecordOutcome applies one outcome: see processor.Store's
+	// RecordOutcomes.
 	RecordOutcome(ctx context.Context, o message.Outcome) error
 
 	// ListFailed returns the FAILED messages' records failed at or after
@@ -66,6 +74,12 @@ type Store interface {
 	SchedulerState(ctx context.Context, def message.SchedulerState) (message.SchedulerState, time.Time, error)
 	// SetSchedulerState stores the publisher state.
 	SetSchedulerState(ctx context.Context, s message.SchedulerState, at time.Time) error
+}
+
+// NewMessage is a message to create with its first outbox entry.
+type NewMessage struct {
+	Message message.Message
+	Entry   message.OutboxEntry
 }
 
 // Publisher sends envelopes to the broker. PublishConfirmed returns once the

@@ -8,10 +8,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/groupcommit"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
@@ -42,8 +45,14 @@ type Service struct {
 	// counts as "first request still running"; after that the first request
 	// is presumed dead and a repeat completes it.
 	InProgressWindow time.Duration
+	// CreateBatch bounds how many concurrent creates share one write
+	// (default 100).
+	CreateBatch int
 	// Observe, if set, is told about each accepted and fast-published message.
 	Observe func(event string, n int)
+
+	createsOnce sync.Once
+	createGroup *groupcommit.Group[createCall]
 }
 
 // Create implements httpapi.Messages.
@@ -73,16 +82,20 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		dueAt = *m.NextAttemptAt
 	}
 	fast := m.SendAt == nil && s.Publisher != nil && s.gateOpen(ctx)
-	if fast {
-		// The fast path publishes right after the insert. The entry falls
-		// due only after a grace period, so the scheduled relay does not
-		// publish the same message at the same moment; if the fast path
-		// fails or we crash, the relay picks the entry up after the grace.
-		m.Status = message.StatusProcessing
-		dueAt = now.Add(s.FastPathGrace)
-	}
 	entry := message.NewOutboxEntry(m.ID, m.Seq, dueAt, now)
-	if err := s.Store.CreateMessage(ctx, m, entry); err != nil {
+	if fast {
+		// The fast path publishes right after the insert, in the same
+		// batch, so the entry is stored as published from the start: no
+		// second write says so. If the broker does not confirm, the batch
+		// takes that back (MarkUnpublished) and the relay publishes the
+		// message once the entry falls due after the grace period. If the
+		// process dies between the insert and the publish, the stale sweep
+		// publishes it again after STALE_DURATION.
+		m.Status = message.StatusProcessing
+		entry.DueAt = now.Add(s.FastPathGrace)
+		entry.PublishedAt = &now
+	}
+	if err := s.creates().Do(ctx, createCall{msg: m, entry: entry, fast: fast}); err != nil {
 		if key != "" && message.ErrorCode(err) == message.ECONFLICT {
 			// A concurrent repeat of a dead first request won the insert.
 			got, gerr := s.Store.GetMessage(ctx, id)
@@ -90,13 +103,59 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 				return got, true, nil
 			}
 		}
+		if errors.Is(err, ctx.Err()) {
+			return message.Message{}, false, err
+		}
 		return message.Message{}, false, storeError("store message", err)
 	}
-	s.observe("accepted", 1)
-	if fast {
-		s.publishNow(ctx, m, entry)
-	}
 	return m, false, nil
+}
+
+// createCall is one Create waiting for its batch.
+type createCall struct {
+	msg   message.Message
+	entry message.OutboxEntry
+	fast  bool
+}
+
+// creates returns the group that batches the creates of concurrent
+// requests: one insertMany per collection, one confirmed publish per batch.
+func (s *Service) creates() *groupcommit.Group[createCall] {
+	s.createsOnce.Do(func() {
+		s.createGroup = &groupcommit.Group[createCall]{
+			Flush:       s.flushCreates,
+			MaxBatch:    s.CreateBatch,
+			MaxInFlight: 2,
+			Timeout:     30 * time.Second,
+		}
+	})
+	return s.createGroup
+}
+
+// flushCreates stores a batch of new messages, then publishes the fast
+// ones in one confirmed publish.
+func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error {
+	items := make([]NewMessage, len(calls))
+	for i, c := range calls {
+		items[i] = NewMessage{Message: c.msg, Entry: c.entry}
+	}
+	errs := s.Store.CreateMessages(ctx, items)
+	var envs []message.Envelope
+	accepted := 0
+	for i, c := range calls {
+		if errs != nil && errs[i] != nil {
+			continue
+		}
+		accepted++
+		if c.fast {
+			envs = append(envs, message.Envelope{ID: c.msg.ID, Seq: c.msg.Seq})
+		}
+	}
+	s.observe("accepted", accepted)
+	if len(envs) > 0 {
+		s.publishNow(ctx, envs)
+	}
+	return errs
 }
 
 // claimKey records an Idempotency-Key. It returns the record to go on with,
@@ -152,26 +211,43 @@ func (s *Service) gateOpen(ctx context.Context) bool {
 	return open
 }
 
-func (s *Service) publishNow(ctx context.Context, m message.Message, e message.OutboxEntry) {
-	env := message.Envelope{ID: m.ID, Seq: m.Seq, PublishedAt: s.Now().UTC()}
+// publishNow publishes stored messages at once. An envelope the broker does
+// not confirm in time is handed to the relay.
+func (s *Service) publishNow(ctx context.Context, envs []message.Envelope) {
+	at := s.Now().UTC()
+	for i := range envs {
+		envs[i].PublishedAt = at
+	}
 	if s.FastPathTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.FastPathTimeout)
 		defer cancel()
 	}
-	confirmed, err := s.Publisher.PublishConfirmed(ctx, []message.Envelope{env})
-	if err != nil || len(confirmed) == 0 {
-		s.Logger.Warn("fast-path publish failed; the relay will publish it", "message_id", m.ID, "error", err)
+	confirmed, err := s.Publisher.PublishConfirmed(ctx, envs)
+	s.observe("published", len(confirmed))
+	if len(confirmed) == len(envs) {
 		return
 	}
-	if err := s.Store.MarkPublished(ctx, []string{e.Key}, s.Now().UTC()); err != nil {
-		// Published but not recorded: the relay publishes it again after
-		// the grace period, and the inbox keeps the webhook from seeing it
-		// twice.
-		s.Logger.Warn("mark published failed", "message_id", m.ID, "error", err)
-		return
+	done := make(map[string]bool, len(confirmed))
+	for _, e := range confirmed {
+		done[e.ID] = true
 	}
-	s.observe("published", 1)
+	var keys []string
+	for _, e := range envs {
+		if !done[e.ID] {
+			keys = append(keys, message.OutboxKey(e.ID, e.Seq))
+		}
+	}
+	s.Logger.Warn("fast-path publish failed; the relay will publish these messages", "messages", len(keys), "error", err)
+	// The outbox entries were stored as published. Published entries are
+	// the stale sweep's: clearing the mark lets the relay publish them
+	// after the grace period instead. If this fails too, the sweep
+	// publishes them after STALE_DURATION.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.Store.MarkUnpublished(mctx, keys); err != nil {
+		s.Logger.Warn("mark unpublished failed; the stale sweep will publish these messages", "messages", len(keys), "error", err)
+	}
 }
 
 func (s *Service) observe(event string, n int) {

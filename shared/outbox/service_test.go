@@ -2,6 +2,8 @@ package outbox_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,5 +77,84 @@ func TestCreateFastPathPublishes(t *testing.T) {
 	// The relay does not publish it again.
 	if s, err := a.Relay(nil).Pass(context.Background()); err != nil || s.Published != 0 {
 		t.Fatalf("relay after fast path: %+v %v", s, err)
+	}
+}
+
+// TestFastPathFailureLeavesTheMessageToTheRelay: with the broker connection
+// gone the create still succeeds, and the relay publishes the message once
+// the grace period is over (not the stale sweep, minutes later).
+func TestFastPathFailureLeavesTheMessageToTheRelay(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	broken := testenv.App(t, env)
+	if err := broken.Rabbit.Close(); err != nil {
+		t.Fatal(err)
+	}
+	svc := a.Service(nil)
+	svc.Publisher = broken.Rabbit
+	m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "later"}, "")
+	if err != nil {
+		t.Fatalf("create with the broker unreachable: %v", err)
+	}
+	if n := len(testenv.Drain(t, env["RABBITMQ_QUEUE"])); n != 0 {
+		t.Fatalf("%d copies queued through a closed connection", n)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return time.Now().Add(time.Minute) } // past the grace period
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 || s.Recovered != 0 {
+		t.Fatalf("relay pass: %+v %v", s, err)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[m.ID] != 1 {
+		t.Fatalf("relay published %v, want %s once", seen, m.ID)
+	}
+}
+
+// TestConcurrentCreatesShareWrites: creates that arrive together are stored
+// and published together, and each is answered with its own message.
+func TestConcurrentCreatesShareWrites(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	svc := a.Service(nil)
+	var mu sync.Mutex
+	var accepted []int
+	svc.Observe = func(event string, n int) {
+		if event == "accepted" {
+			mu.Lock()
+			accepted = append(accepted, n)
+			mu.Unlock()
+		}
+	}
+	const n = 200
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: fmt.Sprint("c", i)}, "")
+			if err != nil {
+				t.Errorf("create %d: %v", i, err)
+				return
+			}
+			if m.Content != fmt.Sprint("c", i) {
+				t.Errorf("create %d answered with another message: %q", i, m.Content)
+			}
+			ids[i] = m.ID
+		})
+	}
+	wg.Wait()
+	total := 0
+	for _, k := range accepted {
+		total += k
+	}
+	if total != n || len(accepted) >= n {
+		t.Fatalf("%d accepted in %d batches: want %d in fewer batches", total, len(accepted), n)
+	}
+	seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"]))
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Fatalf("message %s published %d times, want once", id, seen[id])
+		}
+		if m, err := a.Store.GetMessage(context.Background(), id); err != nil || m.Status != message.StatusProcessing {
+			t.Fatalf("message %s: %+v %v", id, m, err)
+		}
 	}
 }

@@ -13,13 +13,15 @@ import (
 type Store interface {
 	// GetMessage returns message.ErrNotFound for an unknown ID.
 	GetMessage(ctx context.Context, id string) (message.Message, error)
-	// RecordOutcome applies o to the message if it is still at o.Seq
-	// (message.ErrStaleOutcome otherwise), then closes the dispatch: for
-	// UNSENT it inserts the next outbox entry (Seq+1, due at
+	// RecordOutcomes applies each outcome o to its message if the message
+	// is still at o.Seq (message.ErrStaleOutcome otherwise), then closes the
+	// dispatch: for UNSENT it inserts the next outbox entry (Seq+1, due at
 	// o.NextAttemptAt) and the message's Seq becomes o.Seq+1; in every case
 	// it deletes the entry of dispatch o.Seq. The message is written first,
 	// so that a crash in between leaves work the stale sweep can finish.
-	RecordOutcome(ctx context.Context, o message.Outcome) error
+	// errs[i] is outcome i's result; a nil slice means all succeeded. It
+	// writes the batch in as few commands as it can.
+	RecordOutcomes(ctx context.Context, outcomes []message.Outcome) (errs []error)
 	// HasOutboxEntry reports whether the outbox entry with this key exists.
 	HasOutboxEntry(ctx context.Context, key string) (bool, error)
 }

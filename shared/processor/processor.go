@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/groupcommit"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
@@ -76,6 +78,23 @@ type Processor struct {
 	// Timing, if set, records latencies: "webhook" for each call,
 	// "delivery" from acceptance to the 2xx answer.
 	Timing func(kind string, d time.Duration)
+
+	outcomesOnce sync.Once
+	outcomeGroup *groupcommit.Group[message.Outcome]
+}
+
+// outcomes returns the group that records the outcomes of concurrent
+// deliveries together (Store.RecordOutcomes).
+func (p *Processor) outcomes() *groupcommit.Group[message.Outcome] {
+	p.outcomesOnce.Do(func() {
+		p.outcomeGroup = &groupcommit.Group[message.Outcome]{
+			Flush:       p.Store.RecordOutcomes,
+			MaxBatch:    100,
+			MaxInFlight: 2,
+			Timeout:     30 * time.Second,
+		}
+	})
+	return p.outcomeGroup
 }
 
 // events names the metric each recorded outcome counts under.
@@ -167,8 +186,8 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		// a second delivery.
 		o := message.Outcome{
 			MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
-			WebhookMessageID: wid,
-			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
+			WebhookMessageID: wid, Read: &m,
+			Delivery: &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
 		}
 		return p.record(ctx, log, o, "duplicate")
 	}
@@ -185,8 +204,8 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
-		LastError: m.LastError,
-		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
+		LastError: m.LastError, Read: &m,
+		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
 	}
 	return p.record(ctx, log, o, message.OutcomeDeferred)
 }
@@ -248,7 +267,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	if sendErr != nil {
 		d.Error = reason
 	}
-	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempt, At: now, Delivery: d}
+	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempt, At: now, Delivery: d, Read: &m}
 
 	switch class {
 	case ClassDelivered:
@@ -309,8 +328,8 @@ func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m messag
 	next := now.Add(wait)
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
-		LastError: m.LastError,
-		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: why},
+		LastError: m.LastError, Read: &m,
+		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: why},
 	}
 	return p.record(ctx, log, o, message.OutcomeDeferred)
 }
@@ -318,7 +337,7 @@ func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m messag
 // record writes o. A stale outcome (somebody moved the message on) is not
 // an error: the newer dispatch owns the message now.
 func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outcome, outcome string) Result {
-	err := p.Store.RecordOutcome(ctx, o)
+	err := p.outcomes().Do(ctx, o)
 	if errors.Is(err, message.ErrStaleOutcome) {
 		log.Info("outcome not recorded: the message moved on", "outcome", outcome)
 		return Result{Action: Ack, MessageID: o.MessageID, Outcome: "stale_copy"}
