@@ -57,6 +57,8 @@ type flags struct {
 	LambdaDir   string
 	Keep        bool
 	Quick       bool
+	Profile     string
+	ProfileFor  time.Duration
 
 	// Sizes of the raw-limit runs, set from Quick.
 	RawRabbit, RawRedis, RawMongoMany, RawMongoOne int
@@ -78,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	fs.StringVar(&o.RMS, "rms", "", "prebuilt local binary to run (default: build one into the run's temp dir)")
 	fs.StringVar(&o.LambdaDir, "lambda-dir", "build", "where `make build` put <function>/bootstrap")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the run's temp dir (process logs, MongoDB data)")
+	fs.StringVar(&o.Profile, "profile", "", "write CPU profiles (pprof) of api, publisher, processor and mongodb, taken during the throughput phase, to this directory")
+	fs.DurationVar(&o.ProfileFor, "profile-for", 10*time.Second, "length of the -profile CPU profiles")
 	fs.BoolVar(&o.Quick, "quick", false, "a short run for trying it out: -n 2000 -rate 300 -duration 5s, smaller raw runs")
 	if err := fs.Parse(args); err != nil {
 		return o, err

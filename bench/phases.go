@@ -62,7 +62,9 @@ func (b *bench) throughput(ctx context.Context) error {
 	b.logf("throughput: %d messages from %d clients", o.N, o.Clients)
 	cmdsBefore := b.sampleCommands(ctx)
 	before := b.sampleCPU()
+	profiled := b.profile(ctx)
 	res := closedLoop(ctx, b.stack.apiURL, o.N, o.Clients, offsetThroughput, o.MaxPost)
+	profiled()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -68,7 +68,8 @@ type stack struct {
 	apiURL   string
 	procURL  string
 	env      map[string]string
-	procs    map[string]*proc // by role
+	procs    map[string]*proc  // by role
+	pprof    map[string]string // PPROF_ADDR by role, with -profile
 }
 
 // projectRoles are the project's own processes, whose CPU and memory the
@@ -130,10 +131,20 @@ func (b *bench) startSystem(ctx context.Context) error {
 	for k, v := range addrs {
 		s.env[k] = v
 	}
+	if b.opts.Profile != "" {
+		s.pprof = map[string]string{}
+		for _, role := range append([]string{"mongodb"}, projectRoles...) {
+			a, err := freeAddr()
+			if err != nil {
+				return err
+			}
+			s.pprof[role] = a
+		}
+	}
 
 	// The embedded MongoDB role must start its own server, so it gets no
 	// MONGODB_URI.
-	mongoEnv := map[string]string{"MONGODB_URI": ""}
+	mongoEnv := map[string]string{"MONGODB_URI": "", "PPROF_ADDR": s.pprof["mongodb"]}
 	p, err := b.startProc("mongodb", mongoEnv)
 	if err != nil {
 		return err
@@ -162,7 +173,7 @@ func (b *bench) startSystem(ctx context.Context) error {
 	delete(s.procs, "setup")
 
 	for _, role := range projectRoles {
-		if _, err := b.startProc(role, nil); err != nil {
+		if _, err := b.startProc(role, map[string]string{"PPROF_ADDR": s.pprof[role]}); err != nil {
 			return err
 		}
 	}

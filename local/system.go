@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"time"
 
@@ -61,6 +62,15 @@ func (s *system) run(ctx context.Context) error {
 	}
 	if s.role == "receiver" {
 		return g.waitErr(ctx)
+	}
+
+	if cfg.PprofAddr != "" {
+		ln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			return fmt.Errorf("profiler on PPROF_ADDR %s: %w", cfg.PprofAddr, err)
+		}
+		s.logger.Info("profiler listening", "addr", ln.Addr().String())
+		g.serve(ctx, cancel, ln, pprofHandler())
 	}
 
 	if cfg.MongoURI == "" {
@@ -195,4 +205,15 @@ func mongoAnswers(ctx context.Context, uri string) bool {
 	}
 	defer func() { _ = client.Disconnect(context.WithoutCancel(ctx)) }()
 	return client.Ping(ctx, nil) == nil
+}
+
+// pprofHandler serves Go's profiler: go tool pprof http://PPROF_ADDR/debug/pprof/profile
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

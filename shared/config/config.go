@@ -79,9 +79,12 @@ type Config struct {
 	ScheduleGroup string // SCHEDULE_GROUP
 
 	// HTTP.
-	APIAddr          string // API_ADDR
-	ProcessorAddr    string // PROCESSOR_ADDR
-	ReceiverAddr     string // RECEIVER_ADDR
+	APIAddr       string // API_ADDR
+	ProcessorAddr string // PROCESSOR_ADDR
+	ReceiverAddr  string // RECEIVER_ADDR
+	// PprofAddr, if set, serves Go's profiler (net/http/pprof) there in
+	// every local process. Off by default; keep it on loopback.
+	PprofAddr        string // PPROF_ADDR
 	APIKey           string // API_KEY
 	MaxContentLength int    // MAX_CONTENT_LENGTH
 	// APIRateLimit limits each API client (API key, or address) to this
@@ -179,6 +182,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("API_ADDR", &c.APIAddr)
 	r.str("PROCESSOR_ADDR", &c.ProcessorAddr)
 	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
+	r.str("PPROF_ADDR", &c.PprofAddr)
 	r.str("API_KEY", &c.APIKey)
 	r.int("MAX_CONTENT_LENGTH", &c.MaxContentLength)
 	r.float("API_RATE_LIMIT", &c.APIRateLimit)
