@@ -154,6 +154,7 @@ func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
 		BatchSize:     a.Config.BatchSize,
 		LeaseTTL:      a.RelayLeaseTTL,
 		StaleDuration: a.Config.StaleDuration,
+		SweepEvery:    a.Config.StaleDuration / 8,
 		Now:           a.Now,
 		Logger:        a.Logger,
 		Observe:       a.Observe,

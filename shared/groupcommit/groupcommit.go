@@ -13,7 +13,9 @@ package groupcommit
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,12 +48,21 @@ type call[T any] struct {
 	item T
 	err  error
 	done chan struct{}
+	// state moves once from waiting to taken (a flush writes it) or to
+	// abandoned (its caller gave up first).
+	state atomic.Int32
 }
 
+const (
+	waiting int32 = iota
+	taken
+	abandoned
+)
+
 // Do adds item to the next batch and returns its result once that batch is
-// written. An item whose ctx ends before its batch starts is not written,
-// and Do returns ctx's error; once its batch has started, Do waits for it,
-// so that its result is never unknown to the caller.
+// written. If ctx ends before a flush takes the item, the item is not
+// written and Do returns ctx's error; once a flush has taken it, Do waits
+// for the flush, so that its result is never unknown to the caller.
 func (g *Group[T]) Do(ctx context.Context, item T) error {
 	c := &call[T]{ctx: ctx, item: item, done: make(chan struct{})}
 	g.mu.Lock()
@@ -64,7 +75,14 @@ func (g *Group[T]) Do(ctx context.Context, item T) error {
 	if lead {
 		g.flushUntil(c)
 	}
-	<-c.done
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		if c.state.CompareAndSwap(waiting, abandoned) {
+			return ctx.Err()
+		}
+		<-c.done
+	}
 	return c.err
 }
 
@@ -117,10 +135,13 @@ func (g *Group[T]) flushOne() bool {
 	live := make([]*call[T], 0, n)
 	items := make([]T, 0, n)
 	for _, c := range batch {
-		if err := c.ctx.Err(); err != nil {
+		if err := c.ctx.Err(); err != nil && c.state.CompareAndSwap(waiting, abandoned) {
 			c.err = err
 			close(c.done)
 			continue
+		}
+		if !c.state.CompareAndSwap(waiting, taken) {
+			continue // its caller has gone
 		}
 		live = append(live, c)
 		items = append(items, c.item)
@@ -131,20 +152,38 @@ func (g *Group[T]) flushOne() bool {
 	if g.Observe != nil {
 		g.Observe(len(items))
 	}
+	errs := g.flush(live[0].ctx, items)
+	for i, c := range live {
+		c.err = errs[i]
+		close(c.done)
+	}
+	return true
+}
+
+// flush calls Flush with a context of the batch's own, and turns a panic or
+// a result of the wrong length into an error for every item, so that no
+// caller waits forever and no item passes for written by mistake.
+func (g *Group[T]) flush(ctx context.Context, items []T) (errs []error) {
 	timeout := g.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
-	errs := g.Flush(ctx, items)
-	cancel()
-	for i, c := range live {
-		if i < len(errs) {
-			c.err = errs[i]
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			errs = Each(len(items), fmt.Errorf("groupcommit: flush panicked: %v", v))
 		}
-		close(c.done)
+	}()
+	errs = g.Flush(ctx, items)
+	switch len(errs) {
+	case 0:
+		return make([]error, len(items))
+	case len(items):
+		return errs
+	default:
+		return Each(len(items), fmt.Errorf("groupcommit: flush returned %d results for %d items", len(errs), len(items)))
 	}
-	return true
 }
 
 func (g *Group[T]) maxBatch() int {

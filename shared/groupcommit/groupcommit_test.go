@@ -116,3 +116,75 @@ func TestEachAndNilMeanAllSucceeded(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestGroupSurvivesAPanickingOrShortFlush(t *testing.T) {
+	g := &groupcommit.Group[int]{Flush: func(_ context.Context, xs []int) []error {
+		if xs[0] == 1 {
+			panic("boom")
+		}
+		return []error{nil} // one result, whatever the batch
+	}}
+	if err := g.Do(context.Background(), 1); err == nil {
+		t.Fatal("a panicking flush reported success")
+	}
+	// The flush slot was given back: the group still works.
+	if err := g.Do(context.Background(), 2); err != nil {
+		t.Fatalf("after the panic: %v", err)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	block := make(chan struct{})
+	g.Flush = func(_ context.Context, xs []int) []error {
+		if xs[0] == 0 {
+			<-block
+		}
+		return []error{nil}
+	}
+	wg.Go(func() { _ = g.Do(context.Background(), 0) })
+	time.Sleep(20 * time.Millisecond)
+	for i := 3; i < 6; i++ {
+		wg.Go(func() {
+			if g.Do(context.Background(), i) != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(block)
+	wg.Wait()
+	if failed.Load() != 3 {
+		t.Fatalf("%d of a batch of 3 given one result failed, want all 3", failed.Load())
+	}
+}
+
+func TestGroupCallerGivesUpWhileQueued(t *testing.T) {
+	release := make(chan struct{})
+	var flushed sync.Map
+	g := &groupcommit.Group[string]{Flush: func(_ context.Context, xs []string) []error {
+		for _, x := range xs {
+			flushed.Store(x, true)
+		}
+		if xs[0] == "first" {
+			<-release
+		}
+		return nil
+	}}
+	go func() { _ = g.Do(context.Background(), "first") }()
+	time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := g.Do(ctx, "gave up"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued call: %v", err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("a queued call waited %s for a flush it was not part of", waited)
+	}
+	close(release)
+	if err := g.Do(context.Background(), "after"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := flushed.Load("gave up"); ok {
+		t.Fatal("a call whose caller gave up was written")
+	}
+}

@@ -22,6 +22,10 @@ type OutboxEntry struct {
 	DueAt       time.Time  `bson:"dueAt"`
 	PublishedAt *time.Time `bson:"publishedAt,omitempty"`
 	CreatedAt   time.Time  `bson:"createdAt"`
+	// FastPath marks the entry of the API's fast path, stored as published
+	// just before it is published: a crash in between leaves it published
+	// in name only, so its first stale recovery counts no attempt.
+	FastPath bool `bson:"fastPath,omitempty"`
 }
 
 // OutboxKey returns the key of dispatch seq of message id.
@@ -50,10 +54,14 @@ type Outcome struct {
 	WebhookMessageID string
 	// Delivery, if set, is appended to the message's delivery log.
 	Delivery *Delivery
-	// Read, if set, is the message as the caller read it while holding its
-	// inbox claim. A store without atomic conditional updates (the embedded
-	// MongoDB) checks Seq and status against it instead of reading the
-	// message again; a real MongoDB checks them atomically and ignores it.
+	// Read, if set, is the message as the caller read it after taking its
+	// inbox claim; only the claim holder may set it. A store without atomic
+	// conditional updates (the embedded MongoDB) checks Seq and status
+	// against it instead of reading the message again: the other writers
+	// of a claimed message's dispatch (a consumer deferring a redelivered
+	// copy, the stale sweep) read it afresh, and a SENT from the claim
+	// holder is the outcome to keep. A real MongoDB checks atomically and
+	// ignores it.
 	Read *Message
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
@@ -20,16 +19,29 @@ const codeDuplicateKey = 11000
 // CreateMessage does (entries first, then messages), with one insertMany
 // per collection for the whole batch: on the embedded MongoDB one command is
 // one SQLite transaction, so a batch costs about what a single message did.
-// errs[i] is item i's result; nil means all succeeded.
+// Entries stored as published (the API's fast path) go to the in-flight
+// collection. errs[i] is item i's result; nil means all succeeded.
 func (s *Store) CreateMessages(ctx context.Context, items []outbox.NewMessage) []error {
 	errs := make([]error, len(items))
-	entries := make([]any, len(items))
+	var pending, inflight []any
+	var pendingAt, inflightAt []int
 	for i, it := range items {
-		entries[i] = it.Entry
+		if it.Entry.PublishedAt != nil {
+			inflight, inflightAt = append(inflight, it.Entry), append(inflightAt, i)
+		} else {
+			pending, pendingAt = append(pending, it.Entry), append(pendingAt, i)
+		}
 	}
-	for i, err := range insertEach(ctx, s.outbox, entries) {
-		if err != nil && !isDuplicateKey(err) {
-			errs[i] = fmt.Errorf("insert outbox entry %s: %w", items[i].Entry.Key, err)
+	for _, g := range []struct {
+		c    *mongo.Collection
+		docs []any
+		at   []int
+	}{{s.outbox, pending, pendingAt}, {s.inflight, inflight, inflightAt}} {
+		for j, err := range insertEach(ctx, g.c, g.docs) {
+			if err != nil && !isDuplicateKey(err) {
+				i := g.at[j]
+				errs[i] = fmt.Errorf("insert outbox entry %s: %w", items[i].Entry.Key, err)
+			}
 		}
 	}
 	var msgs []any
@@ -53,18 +65,23 @@ func (s *Store) CreateMessages(ctx context.Context, items []outbox.NewMessage) [
 	return errs
 }
 
-// MarkUnpublished clears publishedAt on the entries with these keys: the
-// API's fast path records its entries as published when it inserts them and
-// takes that back for the ones the broker did not confirm, which the relay
-// then publishes when they fall due.
-func (s *Store) MarkUnpublished(ctx context.Context, keys []string) error {
-	models := make([]mongo.WriteModel, 0, len(keys))
-	for _, k := range keys {
-		models = append(models, mongo.NewUpdateOneModel().
-			SetFilter(byID(k)).
-			SetUpdate(bson.D{{Key: "$unset", Value: bson.D{{Key: "publishedAt", Value: ""}}}}))
+// MarkUnpublished hands fast-path entries the broker did not confirm to the
+// relay: it stores them unpublished in the outbox, then removes them from
+// the in-flight entries. The relay publishes them once they fall due.
+func (s *Store) MarkUnpublished(ctx context.Context, entries []message.OutboxEntry) error {
+	docs := make([]any, len(entries))
+	deletes := make([]mongo.WriteModel, len(entries))
+	for i, e := range entries {
+		e.PublishedAt = nil
+		docs[i] = e
+		deletes[i] = mongo.NewDeleteOneModel().SetFilter(byID(e.Key))
 	}
-	if err := bulkWrite(ctx, s.outbox, models); err != nil {
+	for _, err := range insertEach(ctx, s.outbox, docs) {
+		if err != nil && !isDuplicateKey(err) {
+			return fmt.Errorf("mark outbox unpublished: %w", err)
+		}
+	}
+	if err := bulkWrite(ctx, s.inflight, deletes); err != nil {
 		return fmt.Errorf("mark outbox unpublished: %w", err)
 	}
 	return nil

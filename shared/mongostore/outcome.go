@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -79,23 +80,57 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 
 // RecordOutcomes applies each outcome as RecordOutcome does; errs[i] is
 // outcome i's result. On a real MongoDB, whose conditional updates are
-// atomic per document and cheap, it applies them one by one. On FerretDB,
-// where each statement costs a SQLite transaction but each command also
-// costs a round trip and its own overhead, the batch goes out as one
-// bulkWrite of the messages' updates, then one insertMany of the next
-// outbox entries and one bulkWrite of the finished entries' deletes.
+// atomic per document and cheap, it applies them concurrently, one command
+// each. On FerretDB, where each statement costs a SQLite transaction but
+// each command also costs a round trip and its own overhead, the batch goes
+// out as bulkWrites of the messages' updates (chunks of maxBulkUpdates),
+// one insertMany of the next outbox entries and bulkWrites of the finished
+// entries' deletes.
 func (s *Store) RecordOutcomes(ctx context.Context, outcomes []message.Outcome) []error {
 	errs := make([]error, len(outcomes))
 	if !s.ferret {
+		var wg sync.WaitGroup
 		for i, o := range outcomes {
-			errs[i] = s.RecordOutcome(ctx, o)
+			wg.Go(func() { errs[i] = s.RecordOutcome(ctx, o) })
 		}
+		wg.Wait()
 		return errs
 	}
+	// Two outcomes of one message in a batch (a consumer deferring a copy
+	// while the claim holder records its answer) must not be checked
+	// against the same state and written in either order: the later ones
+	// wait for a second round, which reads the message again.
+	seen := make(map[string]bool, len(outcomes))
+	var first, again []int
+	for i, o := range outcomes {
+		if seen[o.MessageID] {
+			again = append(again, i)
+			continue
+		}
+		seen[o.MessageID] = true
+		first = append(first, i)
+	}
+	s.recordRound(ctx, outcomes, first, errs)
+	if len(again) > 0 {
+		rest := make([]message.Outcome, len(again))
+		for j, i := range again {
+			rest[j] = outcomes[i]
+			rest[j].Read = nil
+		}
+		for j, err := range s.RecordOutcomes(ctx, rest) {
+			errs[again[j]] = err
+		}
+	}
+	return errs
+}
+
+// recordRound applies the outcomes at idx, of distinct messages, on
+// FerretDB, setting errs for each.
+func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx []int, errs []error) {
 	var applied []int
 	var models []mongo.WriteModel
-	for i, o := range outcomes {
-		model, err := s.ferretUpdate(ctx, o)
+	for _, i := range idx {
+		model, err := s.ferretUpdate(ctx, outcomes[i])
 		if err != nil {
 			errs[i] = err
 			continue
@@ -103,39 +138,75 @@ func (s *Store) RecordOutcomes(ctx context.Context, outcomes []message.Outcome) 
 		applied = append(applied, i)
 		models = append(models, model)
 	}
-	fail := func(err error) []error {
-		for _, i := range applied {
+	var closing []int
+	for j, err := range bulkWriteEach(ctx, s.messages, models) {
+		i := applied[j]
+		if err != nil {
 			errs[i] = fmt.Errorf("record outcome of %s: %w", outcomes[i].MessageID, err)
+			continue
 		}
-		return errs
-	}
-	if err := bulkWrite(ctx, s.messages, models); err != nil {
-		return fail(err)
+		closing = append(closing, i)
 	}
 
 	// Close the dispatches: the failed index, the next outbox entries, the
-	// removal of the finished ones (see closeDispatch).
+	// removal of the finished ones (see closeDispatch). A failure leaves
+	// that message's dispatch open for the stale sweep to finish, and is
+	// reported for that message alone.
 	var next []any
+	var nextAt []int
 	var deletes []mongo.WriteModel
-	for _, i := range applied {
+	for _, i := range closing {
 		o := outcomes[i]
 		if o.Status == message.StatusFailed {
 			if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
-				return fail(err)
+				errs[i] = fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+				continue
 			}
 		}
 		if o.Status == message.StatusUnsent {
 			next = append(next, message.NewOutboxEntry(o.MessageID, o.Seq+1, *o.NextAttemptAt, o.At))
+			nextAt = append(nextAt, i)
 		}
 		deletes = append(deletes, mongo.NewDeleteOneModel().SetFilter(byID(message.OutboxKey(o.MessageID, o.Seq))))
 	}
-	for _, err := range insertEach(ctx, s.outbox, next) {
+	for j, err := range insertEach(ctx, s.outbox, next) {
 		if err != nil && !isDuplicateKey(err) {
-			return fail(fmt.Errorf("insert next outbox entry: %w", err))
+			i := nextAt[j]
+			errs[i] = fmt.Errorf("record outcome of %s: insert next outbox entry: %w", outcomes[i].MessageID, err)
 		}
 	}
-	if err := bulkWrite(ctx, s.outbox, deletes); err != nil {
-		return fail(fmt.Errorf("delete outbox entries: %w", err))
+	// Most finished entries are the fast path's, in flight; a delete that
+	// matches nothing costs an _id lookup and no write. A delete that fails
+	// leaves an entry whose message has moved on, which the stale sweep
+	// removes: the outcome itself is recorded, so it is not reported.
+	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
+		_ = bulkWrite(ctx, c, deletes)
+	}
+}
+
+// bulkWriteEach runs models as bulkWrite does and returns each model's
+// error: the write error the server reported for it, or the error of its
+// chunk when the whole chunk failed.
+func bulkWriteEach(ctx context.Context, c *mongo.Collection, models []mongo.WriteModel) []error {
+	errs := make([]error, len(models))
+	for start := 0; start < len(models); start += maxBulkUpdates {
+		end := min(start+maxBulkUpdates, len(models))
+		_, err := c.BulkWrite(ctx, models[start:end], options.BulkWrite().SetOrdered(false))
+		if err == nil {
+			continue
+		}
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
+			for i := start; i < end; i++ {
+				errs[i] = err
+			}
+			continue
+		}
+		for _, we := range bwe.WriteErrors {
+			if i := start + we.Index; we.Index >= 0 && i < end {
+				errs[i] = we.WriteError
+			}
+		}
 	}
 	return errs
 }
@@ -203,9 +274,9 @@ func (s *Store) closeDispatch(ctx context.Context, o message.Outcome) error {
 }
 
 // ferretUpdate is RecordOutcome's message update on FerretDB: the
-// conditions are checked on the message as o.Read holds it (read under the
-// caller's claim) or as read now by _id, and the write is by _id alone (see
-// Store.ferret). The delivery log is appended and trimmed here, since
+// conditions are checked on the message as o.Read holds it (read by the
+// holder of the message's inbox claim, see message.Outcome) or as read now
+// by _id, and the write is by _id alone (see Store.ferret). The delivery log is appended and trimmed here, since
 // FerretDB ignores $slice.
 func (s *Store) ferretUpdate(ctx context.Context, o message.Outcome) (mongo.WriteModel, error) {
 	set, unset, err := outcomeUpdate(o)

@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ var (
 const (
 	messagesColl    = "messages"
 	outboxColl      = "outbox"
+	inflightColl    = "outbox_inflight"
 	idempotencyColl = "idempotency"
 	schedulerColl   = "scheduler"
 
@@ -73,9 +75,15 @@ const (
 
 // Store is a MongoDB store. It is safe for concurrent use.
 type Store struct {
-	client      *mongo.Client
-	messages    *mongo.Collection
-	outbox      *mongo.Collection
+	client   *mongo.Client
+	messages *mongo.Collection
+	outbox   *mongo.Collection
+	// inflight holds the outbox entries the API's fast path stored as
+	// published: they wait only for their outcome (or the stale sweep), so
+	// they are kept apart from the entries the relay scans every pass. On
+	// FerretDB every scan decodes the whole collection; with the two mixed,
+	// each relay pass decoded every message in flight.
+	inflight    *mongo.Collection
 	idempotency *mongo.Collection
 	scheduler   *mongo.Collection
 	// ferret is true on FerretDB (the embedded MongoDB), which pushes a
@@ -129,6 +137,7 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 		client:      client,
 		messages:    db.Collection(messagesColl),
 		outbox:      db.Collection(outboxColl),
+		inflight:    db.Collection(inflightColl),
 		idempotency: db.Collection(idempotencyColl),
 		scheduler:   db.Collection(schedulerColl),
 		ferret:      ferret,
@@ -180,6 +189,11 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		{coll: s.outbox, model: mongo.IndexModel{
 			Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}},
 			Options: options.Index().SetName("publishedAt_1_dueAt_1"),
+		}},
+		// StaleOutbox over the fast path's entries.
+		{coll: s.inflight, model: mongo.IndexModel{
+			Keys:    bson.D{{Key: "publishedAt", Value: 1}},
+			Options: options.Index().SetName("publishedAt_1"),
 		}},
 		{coll: s.idempotency, ttl: true, model: mongo.IndexModel{
 			Keys: bson.D{{Key: "createdAt", Value: 1}},
@@ -316,7 +330,7 @@ func (s *Store) DueOutbox(ctx context.Context, now time.Time, limit int) ([]mess
 		{Key: "dueAt", Value: bson.D{{Key: "$lte", Value: now}}},
 	}
 	opts := options.Find().SetSort(bson.D{{Key: "dueAt", Value: 1}, {Key: "_id", Value: 1}}).SetLimit(int64(limit))
-	entries, err := s.findOutbox(ctx, filter, opts)
+	entries, err := findEntries(ctx, s.outbox, filter, opts)
 	if err != nil {
 		return nil, fmt.Errorf("due outbox: %w", err)
 	}
@@ -324,22 +338,36 @@ func (s *Store) DueOutbox(ctx context.Context, now time.Time, limit int) ([]mess
 }
 
 // StaleOutbox returns up to limit entries published before before, oldest
-// first. A date comparison never matches a missing or null publishedAt.
+// first, from the outbox and the fast path's in-flight entries. A date
+// comparison never matches a missing or null publishedAt.
 func (s *Store) StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
 	filter := bson.D{{Key: "publishedAt", Value: bson.D{{Key: "$lte", Value: before}}}}
 	opts := options.Find().SetSort(bson.D{{Key: "publishedAt", Value: 1}, {Key: "_id", Value: 1}}).SetLimit(int64(limit))
-	entries, err := s.findOutbox(ctx, filter, opts)
-	if err != nil {
-		return nil, fmt.Errorf("stale outbox: %w", err)
+	var all []message.OutboxEntry
+	for _, c := range []*mongo.Collection{s.outbox, s.inflight} {
+		entries, err := findEntries(ctx, c, filter, opts)
+		if err != nil {
+			return nil, fmt.Errorf("stale outbox: %w", err)
+		}
+		all = append(all, entries...)
 	}
-	return entries, nil
+	slices.SortFunc(all, func(a, b message.OutboxEntry) int {
+		if c := a.PublishedAt.Compare(*b.PublishedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	if len(all) > limit {
+		all = all[:limit]
+	}
+	return all, nil
 }
 
-func (s *Store) findOutbox(ctx context.Context, filter bson.D, opts *options.FindOptionsBuilder) ([]message.OutboxEntry, error) {
-	cur, err := s.outbox.Find(ctx, filter, opts)
+func findEntries(ctx context.Context, c *mongo.Collection, filter bson.D, opts *options.FindOptionsBuilder) ([]message.OutboxEntry, error) {
+	cur, err := c.Find(ctx, filter, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -432,16 +460,19 @@ func bulkWrite(ctx context.Context, c *mongo.Collection, models []mongo.WriteMod
 	return nil
 }
 
-// HasOutboxEntry reports whether the outbox entry with this key exists.
+// HasOutboxEntry reports whether the outbox entry with this key exists,
+// pending or in flight.
 func (s *Store) HasOutboxEntry(ctx context.Context, key string) (bool, error) {
-	err := s.outbox.FindOne(ctx, byID(key)).Err()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return false, nil
+	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
+		err := c.FindOne(ctx, byID(key)).Err()
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, mongo.ErrNoDocuments) {
+			return false, fmt.Errorf("find outbox entry %s: %w", key, err)
+		}
 	}
-	if err != nil {
-		return false, fmt.Errorf("find outbox entry %s: %w", key, err)
-	}
-	return true, nil
+	return false, nil
 }
 
 // EnsureOutbox inserts e unless an entry with its key exists. The unique
@@ -453,10 +484,13 @@ func (s *Store) EnsureOutbox(ctx context.Context, e message.OutboxEntry) error {
 	return nil
 }
 
-// DeleteOutbox removes the entry with this key, if any.
+// DeleteOutbox removes the entry with this key, pending or in flight, if
+// any.
 func (s *Store) DeleteOutbox(ctx context.Context, key string) error {
-	if _, err := s.outbox.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}}); err != nil {
-		return fmt.Errorf("delete outbox entry %s: %w", key, err)
+	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
+		if _, err := c.DeleteOne(ctx, byID(key)); err != nil {
+			return fmt.Errorf("delete outbox entry %s: %w", key, err)
+		}
 	}
 	return nil
 }

@@ -577,6 +577,71 @@ func TestRecordOutcomesBatch(t *testing.T) {
 	}
 }
 
+// TestRecordOutcomesSameMessageTwice: the claim holder's SENT and another
+// consumer's deferral of a redelivered copy in one batch. The second is
+// checked against the first's result, so SENT is not undone.
+func TestRecordOutcomesSameMessageTwice(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	m := processing(t, s, 0)
+	at := t0.Add(time.Second)
+	next := at.Add(time.Minute)
+	sent := message.Outcome{MessageID: m.ID, Seq: 0, Status: message.StatusSent, Attempts: 1, At: at, Read: &m,
+		Delivery: &message.Delivery{At: at, Attempt: 1, Outcome: message.OutcomeDelivered}}
+	deferred := message.Outcome{MessageID: m.ID, Seq: 0, Status: message.StatusUnsent, Attempts: 0, At: at, NextAttemptAt: &next,
+		Delivery: &message.Delivery{At: at, Outcome: message.OutcomeDeferred}}
+	errs := s.RecordOutcomes(ctx, []message.Outcome{sent, deferred})
+	if errs[0] != nil || !errors.Is(errs[1], message.ErrStaleOutcome) {
+		t.Fatalf("results %v, want nil and a stale outcome", errs)
+	}
+	got := mustGet(t, s, m.ID)
+	if got.Status != message.StatusSent || got.Seq != 0 || len(got.Deliveries) != 1 {
+		t.Fatalf("message after both: %+v", got)
+	}
+	if n := len(allOutbox(t, s)); n != 0 {
+		t.Fatalf("%d outbox entries left, want 0", n)
+	}
+}
+
+// TestMarkUnpublished: fast-path entries whose publish was not confirmed
+// become due for the relay, and leave the in-flight entries.
+func TestMarkUnpublished(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	m := newMessage(t, t0)
+	m.Status = message.StatusProcessing
+	e := message.NewOutboxEntry(m.ID, 0, t0.Add(10*time.Second), t0)
+	e.PublishedAt, e.FastPath = ptr(t0), true
+	if err := s.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.StaleOutbox(ctx, farFuture, 10); err != nil || len(stale) != 1 || stale[0].Key != e.Key {
+		t.Fatalf("in flight before: %+v %v", stale, err)
+	}
+	if ok, err := s.HasOutboxEntry(ctx, e.Key); err != nil || !ok {
+		t.Fatalf("has entry: %v %v", ok, err)
+	}
+	if err := s.MarkUnpublished(ctx, []message.OutboxEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.StaleOutbox(ctx, farFuture, 10); err != nil || len(stale) != 0 {
+		t.Fatalf("in flight after: %+v %v", stale, err)
+	}
+	due, err := s.DueOutbox(ctx, t0.Add(time.Minute), 10)
+	if err != nil || len(due) != 1 || due[0].Key != e.Key || due[0].PublishedAt != nil {
+		t.Fatalf("due after: %+v %v", due, err)
+	}
+	if due, _ := s.DueOutbox(ctx, t0, 10); len(due) != 0 {
+		t.Fatalf("due before its grace ended: %+v", due)
+	}
+	if err := s.DeleteOutbox(ctx, e.Key); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.HasOutboxEntry(ctx, e.Key); err != nil || ok {
+		t.Fatalf("has entry after delete: %v %v", ok, err)
+	}
+}
+
 func TestRecordOutcome(t *testing.T) {
 	at := t0.Add(5 * time.Second)
 	next := at.Add(30 * time.Second)

@@ -48,9 +48,10 @@ type Store interface {
 	// MarkPublished records that the entries with these keys were published
 	// and confirmed by the broker. A key that no longer exists is ignored.
 	MarkPublished(ctx context.Context, keys []string, at time.Time) error
-	// MarkUnpublished clears publishedAt on the entries with these keys,
-	// so that the relay publishes them when they fall due.
-	MarkUnpublished(ctx context.Context, keys []string) error
+	// MarkUnpublished hands entries stored as published (the fast path's)
+	// whose publish was not confirmed back to the relay, which publishes
+	// them when they fall due.
+	MarkUnpublished(ctx context.Context, entries []message.OutboxEntry) error
 	// StaleOutbox returns up to limit entries published before before.
 	StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error)
 	// EnsureOutbox inserts e unless an entry with its key exists.

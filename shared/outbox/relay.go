@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -31,9 +32,17 @@ type Relay struct {
 	// of it, so the lease never expires under a running pass.
 	LeaseTTL      time.Duration
 	StaleDuration time.Duration
-	Now           func() time.Time
+	// SweepEvery spaces the stale sweeps (0: every pass). The sweep scans
+	// the in-flight entries, which on the embedded MongoDB means decoding
+	// each of them, while a stale entry only appears StaleDuration after
+	// its publish.
+	SweepEvery time.Duration
+	Now        func() time.Time
 	Logger        *slog.Logger
 	Observe       func(event string, n int)
+
+	mu        sync.Mutex
+	lastSweep time.Time
 }
 
 // Summary is what one pass did, for logs and the publisher Lambda's answer.
@@ -86,7 +95,10 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 
 	// Sweep first, so that what it puts back in the outbox is published in
 	// this same pass.
-	sweepErr := r.Sweep(ctx, &sum)
+	var sweepErr error
+	if r.sweepDue() {
+		sweepErr = r.Sweep(ctx, &sum)
+	}
 	budget := r.Now().Add(r.LeaseTTL / 2)
 	if dl, ok := ctx.Deadline(); ok {
 		// Stop well before the deadline (a Lambda invocation's): the
@@ -106,6 +118,18 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 		}
 	}
 	return sum, sweepErr
+}
+
+// sweepDue says whether this pass sweeps, and if so starts the next wait.
+func (r *Relay) sweepDue() bool {
+	now := r.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.lastSweep.IsZero() && now.Sub(r.lastSweep) < r.SweepEvery && now.After(r.lastSweep) {
+		return false
+	}
+	r.lastSweep = now
+	return true
 }
 
 // publishBatch publishes one batch of due entries and returns its size.
@@ -221,9 +245,17 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 
 	// The lost dispatch counts as an attempt: it may have reached the
 	// webhook. A message is therefore never failed without an attempt.
+	// Except a fast-path entry of a message never attempted: the API may
+	// have died between storing it as published and publishing it, so
+	// nothing may ever have been sent.
 	attempts := m.Attempts + 1
+	why := fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)
+	if e.FastPath && m.Attempts == 0 {
+		attempts = 0
+		why = fmt.Sprintf("no outcome recorded within %s of the fast path; published again without counting an attempt", r.StaleDuration)
+	}
 	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempts, At: now, LastError: m.LastError}
-	if r.Retry.Exhausted(attempts) {
+	if attempts > 0 && r.Retry.Exhausted(attempts) {
 		o.Status = message.StatusFailed
 		o.FailureReason = fmt.Sprintf("no outcome recorded within %s after %d attempts", r.StaleDuration, attempts)
 		o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeFailed, Error: o.FailureReason}
@@ -238,8 +270,7 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 	}
 	o.Status = message.StatusUnsent
 	o.NextAttemptAt = &now
-	o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeStaleRecover,
-		Error: fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)}
+	o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeStaleRecover, Error: why}
 	sum.Recovered++
 	r.observe("recovered", 1)
 	log.Warn("stale message recovered", "attempts", attempts)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -189,5 +191,36 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 	var n message.DeadLetter
 	if err := json.Unmarshal(dlq[0], &n); err != nil || n.MessageID != id || n.Reason == "" {
 		t.Fatalf("notification %s: %v", dlq[0], err)
+	}
+}
+
+// TestSweepRecoversAnUnpublishedFastPathEntry: the API stores a fast-path
+// entry as published just before publishing it. If it dies in between, the
+// sweep publishes the message without counting an attempt, even with no
+// retries allowed: nothing was ever sent.
+func TestSweepRecoversAnUnpublishedFastPathEntry(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "orphan"}, now)
+	m.Status = message.StatusProcessing
+	e := message.NewOutboxEntry(m.ID, 0, now.Add(10*time.Second), now)
+	e.PublishedAt, e.FastPath = &now, true
+	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return now.Add(2 * time.Minute) }
+	s, err := r.Pass(ctx)
+	if err != nil || s.Recovered != 1 || s.Published != 1 || s.DeadLettered != 0 {
+		t.Fatalf("recovery pass: %+v %v", s, err)
+	}
+	got, _ := a.Store.GetMessage(ctx, m.ID)
+	if got.Attempts != 0 || got.Seq != 1 || got.Status != message.StatusProcessing {
+		t.Fatalf("after recovery: attempts %d seq %d status %s", got.Attempts, got.Seq, got.Status)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[m.ID] != 1 {
+		t.Fatalf("published %v, want %s once", seen, m.ID)
 	}
 }

@@ -8,10 +8,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/groupcommit"
@@ -53,6 +53,17 @@ type Service struct {
 
 	createsOnce sync.Once
 	createGroup *groupcommit.Group[createCall]
+	// pausedUntil (Unix nanoseconds) turns the fast path off for a while
+	// after a publish failed, so that a broker outage costs the API one
+	// slow batch rather than one per request.
+	pausedUntil atomic.Int64
+}
+
+// fastPathPause is how long the fast path stays off after a failed publish.
+const fastPathPause = 5 * time.Second
+
+func (s *Service) fastPathPaused(now time.Time) bool {
+	return now.UnixNano() < s.pausedUntil.Load()
 }
 
 // Create implements httpapi.Messages.
@@ -81,7 +92,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 	if m.NextAttemptAt != nil {
 		dueAt = *m.NextAttemptAt
 	}
-	fast := m.SendAt == nil && s.Publisher != nil && s.gateOpen(ctx)
+	fast := m.SendAt == nil && s.Publisher != nil && !s.fastPathPaused(now) && s.gateOpen(ctx)
 	entry := message.NewOutboxEntry(m.ID, m.Seq, dueAt, now)
 	if fast {
 		// The fast path publishes right after the insert, in the same
@@ -94,6 +105,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		m.Status = message.StatusProcessing
 		entry.DueAt = now.Add(s.FastPathGrace)
 		entry.PublishedAt = &now
+		entry.FastPath = true
 	}
 	if err := s.creates().Do(ctx, createCall{msg: m, entry: entry, fast: fast}); err != nil {
 		if key != "" && message.ErrorCode(err) == message.ECONFLICT {
@@ -102,9 +114,6 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 			if gerr == nil {
 				return got, true, nil
 			}
-		}
-		if errors.Is(err, ctx.Err()) {
-			return message.Message{}, false, err
 		}
 		return message.Message{}, false, storeError("store message", err)
 	}
@@ -141,6 +150,7 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 	}
 	errs := s.Store.CreateMessages(ctx, items)
 	var envs []message.Envelope
+	byID := map[string]message.OutboxEntry{}
 	accepted := 0
 	for i, c := range calls {
 		if errs != nil && errs[i] != nil {
@@ -149,11 +159,12 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 		accepted++
 		if c.fast {
 			envs = append(envs, message.Envelope{ID: c.msg.ID, Seq: c.msg.Seq})
+			byID[c.msg.ID] = c.entry
 		}
 	}
 	s.observe("accepted", accepted)
 	if len(envs) > 0 {
-		s.publishNow(ctx, envs)
+		s.publishNow(ctx, envs, func(id string) message.OutboxEntry { return byID[id] })
 	}
 	return errs
 }
@@ -213,7 +224,7 @@ func (s *Service) gateOpen(ctx context.Context) bool {
 
 // publishNow publishes stored messages at once. An envelope the broker does
 // not confirm in time is handed to the relay.
-func (s *Service) publishNow(ctx context.Context, envs []message.Envelope) {
+func (s *Service) publishNow(ctx context.Context, envs []message.Envelope, entry func(id string) message.OutboxEntry) {
 	at := s.Now().UTC()
 	for i := range envs {
 		envs[i].PublishedAt = at
@@ -232,21 +243,23 @@ func (s *Service) publishNow(ctx context.Context, envs []message.Envelope) {
 	for _, e := range confirmed {
 		done[e.ID] = true
 	}
-	var keys []string
+	var left []message.OutboxEntry
 	for _, e := range envs {
 		if !done[e.ID] {
-			keys = append(keys, message.OutboxKey(e.ID, e.Seq))
+			left = append(left, entry(e.ID))
 		}
 	}
-	s.Logger.Warn("fast-path publish failed; the relay will publish these messages", "messages", len(keys), "error", err)
+	s.pausedUntil.Store(s.Now().Add(fastPathPause).UnixNano())
+	s.Logger.Warn("fast-path publish failed; the relay will publish these messages, and new ones for a while",
+		"messages", len(left), "pause", fastPathPause, "error", err)
 	// The outbox entries were stored as published. Published entries are
 	// the stale sweep's: clearing the mark lets the relay publish them
 	// after the grace period instead. If this fails too, the sweep
 	// publishes them after STALE_DURATION.
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.Store.MarkUnpublished(mctx, keys); err != nil {
-		s.Logger.Warn("mark unpublished failed; the stale sweep will publish these messages", "messages", len(keys), "error", err)
+	if err := s.Store.MarkUnpublished(mctx, left); err != nil {
+		s.Logger.Warn("mark unpublished failed; the stale sweep will publish these messages", "messages", len(left), "error", err)
 	}
 }
 

@@ -186,8 +186,8 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		// a second delivery.
 		o := message.Outcome{
 			MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
-			WebhookMessageID: wid, Read: &m,
-			Delivery: &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
+			WebhookMessageID: wid,
+			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
 		}
 		return p.record(ctx, log, o, "duplicate")
 	}
@@ -204,8 +204,8 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
-		LastError: m.LastError, Read: &m,
-		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
+		LastError: m.LastError,
+		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
 	}
 	return p.record(ctx, log, o, message.OutcomeDeferred)
 }
