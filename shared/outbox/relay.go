@@ -38,8 +38,8 @@ type Relay struct {
 	// its publish.
 	SweepEvery time.Duration
 	Now        func() time.Time
-	Logger        *slog.Logger
-	Observe       func(event string, n int)
+	Logger     *slog.Logger
+	Observe    func(event string, n int)
 
 	mu        sync.Mutex
 	lastSweep time.Time
