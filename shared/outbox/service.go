@@ -135,7 +135,9 @@ func (s *Service) creates() *groupcommit.Group[createCall] {
 			Flush:       s.flushCreates,
 			MaxBatch:    s.CreateBatch,
 			MaxInFlight: 2,
-			Timeout:     30 * time.Second,
+			// As long as the driver's server selection: a store that
+			// cannot take a create in that time answers 503.
+			Timeout: 10 * time.Second,
 		}
 	})
 	return s.createGroup
