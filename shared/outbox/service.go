@@ -134,7 +134,10 @@ func (s *Service) creates() *groupcommit.Group[createCall] {
 		s.createGroup = &groupcommit.Group[createCall]{
 			Flush:       s.flushCreates,
 			MaxBatch:    s.CreateBatch,
-			MaxInFlight: 2,
+			// One batch at a time: the embedded MongoDB writes one
+			// transaction at a time anyway, and the requests that arrive
+			// meanwhile make the next batch larger.
+			MaxInFlight: 1,
 			// As long as the driver's server selection: a store that
 			// cannot take a create in that time answers 503.
 			Timeout: 10 * time.Second,

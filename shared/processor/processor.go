@@ -90,7 +90,7 @@ func (p *Processor) outcomes() *groupcommit.Group[message.Outcome] {
 		p.outcomeGroup = &groupcommit.Group[message.Outcome]{
 			Flush:       p.Store.RecordOutcomes,
 			MaxBatch:    100,
-			MaxInFlight: 2,
+			MaxInFlight: 1, // see outbox.Service.creates
 			Timeout:     30 * time.Second,
 		}
 	})
