@@ -132,8 +132,8 @@ type createCall struct {
 func (s *Service) creates() *groupcommit.Group[createCall] {
 	s.createsOnce.Do(func() {
 		s.createGroup = &groupcommit.Group[createCall]{
-			Flush:       s.flushCreates,
-			MaxBatch:    s.CreateBatch,
+			Flush:    s.flushCreates,
+			MaxBatch: s.CreateBatch,
 			// One batch at a time: the embedded MongoDB writes one
 			// transaction at a time anyway, and the requests that arrive
 			// meanwhile make the next batch larger.
