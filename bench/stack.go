@@ -386,19 +386,28 @@ func waitReady(ctx context.Context, p *proc, timeout time.Duration, check func(c
 }
 
 func httpOK(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := get(ctx, url)
 	if err != nil {
 		return err
+	}
+	return resp.Body.Close()
+}
+
+// get GETs url and returns the response if it answered 200 OK.
+func get(ctx context.Context, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s answered %d", url, resp.StatusCode)
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s answered %d", url, resp.StatusCode)
 	}
-	return nil
+	return resp, nil
 }
 
 func pingMongo(ctx context.Context, uri string) error {
