@@ -92,4 +92,22 @@ func (b *bench) reportCommands(prefix string, before, after commandCounts, msgs 
 		parts = append(parts, s)
 	}
 	r.line("MongoDB commands per accepted message", fmt.Sprintf("%.2f: %s", per(total), strings.Join(parts, ", ")))
+	var writes int64
+	for _, c := range cmds {
+		if writeCommands[c.name] {
+			writes += c.total
+		}
+	}
+	r.set(prefix+"mongodb_write_cmds_per_msg", per(writes))
+	if prefix == "" {
+		r.check("MongoDB write commands per accepted message (grouped)", fmt.Sprintf("%.2f", per(writes)), "<= 2", per(writes) <= targetWrites)
+	}
 }
+
+// writeCommands are the commands that write. A grouped write (insertMany,
+// a bulkWrite's updates or deletes) is one command for many messages.
+var writeCommands = map[string]bool{"insert": true, "update": true, "delete": true, "findAndModify": true}
+
+// targetWrites is the issue's "at most two database writes per message on
+// the hot path, amortised by grouping".
+const targetWrites = 2
