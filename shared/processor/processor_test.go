@@ -300,3 +300,44 @@ func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
 		t.Fatalf("%d dead-letter notifications and %d webhook calls, want none", n, f.calls.Load())
 	}
 }
+
+// TestRedeliveredCopyWhileTheHolderDelivers: while one consumer holds the
+// claim and waits for the webhook, a redelivered copy reaches another,
+// which defers it. The holder's SENT still wins, and the deferred dispatch,
+// published later, delivers nothing.
+func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
+	f := setup(t, 300*time.Millisecond, nil)
+	env := f.published(t)
+	holder := f.processor(t)
+	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
+	done := make(chan processor.Result)
+	go func() { done <- holder.Handle(context.Background(), body(env), false) }()
+	time.Sleep(100 * time.Millisecond) // the holder is calling the webhook
+	if r := other.Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("redelivered copy: %+v", r)
+	}
+	if r := <-done; r.Outcome != message.OutcomeDelivered {
+		t.Fatalf("holder: %+v", r)
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusSent {
+		t.Fatalf("after both: %s (seq %d), want SENT", m.Status, m.Seq)
+	}
+	// The deferred dispatch falls due and is published; its copy finds the
+	// message SENT.
+	r := f.a.Relay(nil)
+	r.Now = func() time.Time { return time.Now().Add(10 * time.Minute) }
+	if _, err := r.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range testenv.Drain(t, f.env["RABBITMQ_QUEUE"]) {
+		if res := holder.Handle(context.Background(), b, false); res.Action != processor.Ack {
+			t.Fatalf("later copy: %+v", res)
+		}
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1", n)
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusSent {
+		t.Fatalf("at the end: %s, want SENT", m.Status)
+	}
+}
