@@ -18,16 +18,15 @@ import (
 // processor's inbox claim keeps two copies of a message from both reaching
 // the webhook.
 type Store interface {
-	// CreateMessage stores a new message and its first outbox entry: the
-	// entry first, then the message, so that a crash between the two leaves
-	// an entry whose message is unknown (which the processor dead-letters as
-	// "unknown message id") rather than an accepted message that nothing
-	// will ever publish. It returns an *message.Error with code ECONFLICT if
-	// the message ID exists.
-	CreateMessage(ctx context.Context, m message.Message, e message.OutboxEntry) error
-	// CreateMessages does what CreateMessage does for each item, in as few
-	// writes as it can (one per collection for the batch). errs[i] is item
-	// i's result; a nil slice means all succeeded.
+	// CreateMessages stores new messages, each with its first outbox entry,
+	// in as few writes as it can (one per collection for the batch): the
+	// entries first, then the messages, so that a crash between the two
+	// leaves entries whose messages are unknown (which the processor leaves
+	// to the stale sweep, and the sweep drops) rather than accepted messages
+	// that nothing will ever publish. An entry stored as published (the fast
+	// path's) waits for its outcome apart from the entries the relay scans.
+	// errs[i] is item i's result, an *message.Error with code ECONFLICT if
+	// its message ID exists; a nil slice means all succeeded.
 	CreateMessages(ctx context.Context, items []NewMessage) (errs []error)
 	GetMessage(ctx context.Context, id string) (message.Message, error)
 	ListMessages(ctx context.Context, f message.Filter) (message.Page, error)

@@ -45,9 +45,6 @@ type Service struct {
 	// counts as "first request still running"; after that the first request
 	// is presumed dead and a repeat completes it.
 	InProgressWindow time.Duration
-	// CreateBatch bounds how many concurrent creates share one write
-	// (default 100).
-	CreateBatch int
 	// Observe, if set, is told about each accepted and fast-published message.
 	Observe func(event string, n int)
 
@@ -107,7 +104,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		entry.PublishedAt = &now
 		entry.FastPath = true
 	}
-	if err := s.creates().Do(ctx, createCall{msg: m, entry: entry, fast: fast}); err != nil {
+	if err := s.creates().Do(ctx, createCall{msg: m, entry: entry}); err != nil {
 		if key != "" && message.ErrorCode(err) == message.ECONFLICT {
 			// A concurrent repeat of a dead first request won the insert.
 			got, gerr := s.Store.GetMessage(ctx, id)
@@ -123,8 +120,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 // createCall is one Create waiting for its batch.
 type createCall struct {
 	msg   message.Message
-	entry message.OutboxEntry
-	fast  bool
+	entry message.OutboxEntry // entry.FastPath: publish in the batch
 }
 
 // creates returns the group that batches the creates of concurrent
@@ -132,8 +128,7 @@ type createCall struct {
 func (s *Service) creates() *groupcommit.Group[createCall] {
 	s.createsOnce.Do(func() {
 		s.createGroup = &groupcommit.Group[createCall]{
-			Flush:    s.flushCreates,
-			MaxBatch: s.CreateBatch,
+			Flush: s.flushCreates,
 			// One batch at a time: the embedded MongoDB writes one
 			// transaction at a time anyway, and the requests that arrive
 			// meanwhile make the next batch larger.
@@ -154,22 +149,20 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 		items[i] = NewMessage{Message: c.msg, Entry: c.entry}
 	}
 	errs := s.Store.CreateMessages(ctx, items)
-	var envs []message.Envelope
-	byID := map[string]message.OutboxEntry{}
+	var fast []message.OutboxEntry
 	accepted := 0
 	for i, c := range calls {
 		if errs != nil && errs[i] != nil {
 			continue
 		}
 		accepted++
-		if c.fast {
-			envs = append(envs, message.Envelope{ID: c.msg.ID, Seq: c.msg.Seq})
-			byID[c.msg.ID] = c.entry
+		if c.entry.FastPath {
+			fast = append(fast, c.entry)
 		}
 	}
 	s.observe("accepted", accepted)
-	if len(envs) > 0 {
-		s.publishNow(ctx, envs, func(id string) message.OutboxEntry { return byID[id] })
+	if len(fast) > 0 {
+		s.publishNow(ctx, fast)
 	}
 	return errs
 }
@@ -227,12 +220,13 @@ func (s *Service) gateOpen(ctx context.Context) bool {
 	return open
 }
 
-// publishNow publishes stored messages at once. An envelope the broker does
-// not confirm in time is handed to the relay.
-func (s *Service) publishNow(ctx context.Context, envs []message.Envelope, entry func(id string) message.OutboxEntry) {
+// publishNow publishes the messages of stored fast-path entries at once.
+// An entry the broker does not confirm in time is handed to the relay.
+func (s *Service) publishNow(ctx context.Context, entries []message.OutboxEntry) {
 	at := s.Now().UTC()
-	for i := range envs {
-		envs[i].PublishedAt = at
+	envs := make([]message.Envelope, len(entries))
+	for i, e := range entries {
+		envs[i] = message.Envelope{ID: e.MessageID, Seq: e.Seq, PublishedAt: at}
 	}
 	if s.FastPathTimeout > 0 {
 		var cancel context.CancelFunc
@@ -249,9 +243,9 @@ func (s *Service) publishNow(ctx context.Context, envs []message.Envelope, entry
 		done[e.ID] = true
 	}
 	var left []message.OutboxEntry
-	for _, e := range envs {
-		if !done[e.ID] {
-			left = append(left, entry(e.ID))
+	for _, e := range entries {
+		if !done[e.MessageID] {
+			left = append(left, e)
 		}
 	}
 	s.pausedUntil.Store(s.Now().Add(fastPathPause).UnixNano())
