@@ -94,23 +94,28 @@ func insertEach(ctx context.Context, c *mongo.Collection, docs []any) []error {
 	if len(docs) == 0 {
 		return errs
 	}
-	_, err := c.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-	if err == nil {
-		return errs
+	if _, err := c.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false)); err != nil {
+		spread(err, errs)
 	}
+	return errs
+}
+
+// spread sets errs from the error of an insertMany or bulkWrite: each write
+// the server named gets its own error, and an error about the whole command
+// goes to every write.
+func spread(err error, errs []error) {
 	var bwe mongo.BulkWriteException
 	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
 		for i := range errs {
 			errs[i] = err
 		}
-		return errs
+		return
 	}
 	for _, we := range bwe.WriteErrors {
 		if we.Index >= 0 && we.Index < len(errs) {
 			errs[we.Index] = we.WriteError
 		}
 	}
-	return errs
 }
 
 func isDuplicateKey(err error) bool {

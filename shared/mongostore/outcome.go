@@ -191,21 +191,8 @@ func bulkWriteEach(ctx context.Context, c *mongo.Collection, models []mongo.Writ
 	errs := make([]error, len(models))
 	for start := 0; start < len(models); start += maxBulkUpdates {
 		end := min(start+maxBulkUpdates, len(models))
-		_, err := c.BulkWrite(ctx, models[start:end], options.BulkWrite().SetOrdered(false))
-		if err == nil {
-			continue
-		}
-		var bwe mongo.BulkWriteException
-		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
-			for i := start; i < end; i++ {
-				errs[i] = err
-			}
-			continue
-		}
-		for _, we := range bwe.WriteErrors {
-			if i := start + we.Index; we.Index >= 0 && i < end {
-				errs[i] = we.WriteError
-			}
+		if _, err := c.BulkWrite(ctx, models[start:end], options.BulkWrite().SetOrdered(false)); err != nil {
+			spread(err, errs[start:end])
 		}
 	}
 	return errs
