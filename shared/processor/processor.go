@@ -197,15 +197,19 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}
 	// The broker gave us a copy its previous consumer never acknowledged:
-	// that consumer probably died holding the claim. Put the message back
-	// in the outbox for when the claim has expired, without counting an
-	// attempt. If the holder is alive after all, its done marker lets the
-	// next dispatch record SENT without delivering again.
+	// that consumer probably died holding the claim, perhaps in the middle
+	// of a webhook call. Put the message back in the outbox for when the
+	// claim has expired. The lost dispatch counts as an attempt, as in the
+	// stale sweep: it may have reached the webhook, and the next retry's
+	// backoff must not be shorter than that. If the holder is alive after
+	// all, its own outcome wins (see message.Outcome.Read), or its done
+	// marker lets the next dispatch record SENT without delivering again.
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
-		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
+		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts + 1, At: now, NextAttemptAt: &next,
 		LastError: m.LastError,
-		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: "claimed by a consumer that did not finish; waiting for the claim to expire"},
+		Delivery: &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDeferred,
+			Error: "claimed by a consumer that did not finish (counted as an attempt); waiting for the claim to expire"},
 	}
 	return p.record(ctx, log, o, message.OutcomeDeferred)
 }

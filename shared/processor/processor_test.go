@@ -341,3 +341,22 @@ func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 		t.Fatalf("at the end: %s, want SENT", m.Status)
 	}
 }
+
+// TestCopyOfADeadHoldersDispatchCountsItsAttempt: a consumer took the claim
+// and died (perhaps mid-call); the redelivered copy defers the message
+// until the claim expires and counts the lost dispatch as an attempt, so
+// that the next retry's backoff is not shorter than the calls made.
+func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, time.Minute); err != nil || !ok {
+		t.Fatalf("claim as the dead holder: %v %v", ok, err)
+	}
+	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("redelivered copy: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusUnsent || m.Attempts != 1 || m.Seq != 1 || f.calls.Load() != 0 {
+		t.Fatalf("after the deferral: %s attempts %d seq %d, %d calls", m.Status, m.Attempts, m.Seq, f.calls.Load())
+	}
+}
