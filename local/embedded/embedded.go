@@ -90,6 +90,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("embedded mongodb: sync %q is neither full nor normal", cfg.Sync)
 	}
+	installBusyHandler()
+	if !checkBusyHandler() {
+		logger.Warn("embedded mongodb: could not install the SQLite busy handler; concurrent writes wait up to 100 ms for each other (see local/embedded/busy.go)")
+	}
 	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/", RawQuery: q.Encode()}).String()
 	fdb, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: cfg.Addr},
