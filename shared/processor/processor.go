@@ -88,9 +88,12 @@ type Processor struct {
 func (p *Processor) outcomes() *groupcommit.Group[message.Outcome] {
 	p.outcomesOnce.Do(func() {
 		p.outcomeGroup = &groupcommit.Group[message.Outcome]{
-			Flush:       p.Store.RecordOutcomes,
-			MaxBatch:    100,
-			MaxInFlight: 1, // see outbox.Service.creates
+			Flush:    p.Store.RecordOutcomes,
+			MaxBatch: 100,
+			// One batch at a time: the embedded MongoDB writes one
+			// transaction at a time, and the outcomes that arrive
+			// meanwhile make the next batch larger.
+			MaxInFlight: 1,
 			Timeout:     30 * time.Second,
 		}
 	})
