@@ -175,12 +175,26 @@ func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx
 			errs[i] = fmt.Errorf("record outcome of %s: insert next outbox entry: %w", outcomes[i].MessageID, err)
 		}
 	}
-	// Most finished entries are the fast path's, in flight; a delete that
-	// matches nothing costs an _id lookup and no write. A delete that fails
-	// leaves an entry whose message has moved on, which the stale sweep
-	// removes: the outcome itself is recorded, so it is not reported.
-	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
-		_ = bulkWrite(ctx, c, deletes)
+	s.deleteEntries(ctx, deletes)
+}
+
+// deleteEntries removes finished outbox entries, in flight or pending. Most
+// are the fast path's, in flight, so the deletes go there first, in chunks;
+// only a chunk that did not delete all its entries there goes to the outbox
+// collection too: on FerretDB a delete that matches nothing still costs a
+// lookup (about 6% of its CPU under make bench). A delete that fails leaves
+// an entry whose message has moved on, which the stale sweep removes: the
+// outcome itself is recorded, so it is not reported.
+func (s *Store) deleteEntries(ctx context.Context, deletes []mongo.WriteModel) {
+	opts := options.BulkWrite().SetOrdered(false)
+	for len(deletes) > 0 {
+		chunk := deletes[:min(len(deletes), maxBulkUpdates)]
+		deletes = deletes[len(chunk):]
+		res, err := s.inflight.BulkWrite(ctx, chunk, opts)
+		if err == nil && res.DeletedCount == int64(len(chunk)) {
+			continue
+		}
+		_, _ = s.outbox.BulkWrite(ctx, chunk, opts)
 	}
 }
 

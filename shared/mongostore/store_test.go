@@ -577,6 +577,43 @@ func TestRecordOutcomesBatch(t *testing.T) {
 	}
 }
 
+// TestRecordOutcomesClosesEntriesWhereverTheyAre: a batch whose finished
+// entries are in flight (the fast path's) in one chunk, and in flight and
+// pending mixed in the next, leaves no entry in either collection.
+func TestRecordOutcomesClosesEntriesWhereverTheyAre(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	at := t0.Add(time.Second)
+	var outcomes []message.Outcome
+	for i := range 40 {
+		var m message.Message
+		if i < 25 || i%2 == 0 {
+			m = newMessage(t, t0)
+			m.Status = message.StatusProcessing
+			e := message.NewOutboxEntry(m.ID, 0, t0.Add(10*time.Second), t0)
+			e.PublishedAt, e.FastPath = ptr(t0), true
+			if err := s.CreateMessage(ctx, m, e); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			m = processing(t, s, 0)
+		}
+		outcomes = append(outcomes, message.Outcome{MessageID: m.ID, Seq: 0, Status: message.StatusSent, Attempts: 1, At: at, Read: &m,
+			Delivery: &message.Delivery{At: at, Attempt: 1, Outcome: message.OutcomeDelivered}})
+	}
+	if n := len(allOutbox(t, s)); n != 40 {
+		t.Fatalf("entries before: %d, want 40", n)
+	}
+	for i, err := range s.RecordOutcomes(ctx, outcomes) {
+		if err != nil {
+			t.Errorf("outcome %d: %v", i, err)
+		}
+	}
+	if left := allOutbox(t, s); len(left) != 0 {
+		t.Errorf("%d finished entries left: %v", len(left), left)
+	}
+}
+
 // TestRecordOutcomesSameMessageTwice: the claim holder's SENT and another
 // consumer's deferral of a redelivered copy in one batch. The second is
 // checked against the first's result, so SENT is not undone.
