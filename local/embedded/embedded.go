@@ -177,21 +177,48 @@ func (s *Server) Close(ctx context.Context) error {
 }
 
 // levelFilter passes on records at min or above to h.
+//
+// FerretDB adds attributes to its logger for every command and every SQL
+// statement, and a JSON handler formats them as soon as they are added,
+// although almost nothing reaches min: that took about 4% of the embedded
+// MongoDB's CPU under make bench. So the WithAttrs and WithGroup calls are
+// kept, in order, in with, and applied to h only when a record is handled.
 type levelFilter struct {
-	h   slog.Handler
-	min slog.Level
+	h    slog.Handler
+	min  slog.Level
+	with []func(slog.Handler) slog.Handler
 }
 
 func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= f.min && f.h.Enabled(ctx, l)
 }
 
-func (f levelFilter) Handle(ctx context.Context, r slog.Record) error { return f.h.Handle(ctx, r) }
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
+	h := f.h
+	for _, w := range f.with {
+		h = w(h)
+	}
+	return h.Handle(ctx, r)
+}
 
 func (f levelFilter) WithAttrs(as []slog.Attr) slog.Handler {
-	return levelFilter{h: f.h.WithAttrs(as), min: f.min}
+	if len(as) == 0 {
+		return f
+	}
+	return f.then(func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })
 }
 
 func (f levelFilter) WithGroup(name string) slog.Handler {
-	return levelFilter{h: f.h.WithGroup(name), min: f.min}
+	if name == "" {
+		return f
+	}
+	return f.then(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
+}
+
+// then returns f with w added to its with, which it does not share with f.
+func (f levelFilter) then(w func(slog.Handler) slog.Handler) levelFilter {
+	with := make([]func(slog.Handler) slog.Handler, len(f.with), len(f.with)+1)
+	copy(with, f.with)
+	f.with = append(with, w)
+	return f
 }
