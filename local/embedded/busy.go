@@ -22,12 +22,17 @@ import (
 // holds the lock for about a millisecond. Measured under `make bench`
 // (strace of the mongodb process): waiting writers slept about 0.9 s of
 // every second, the database was idle in between, and the API's p99 was
-// 185 ms. The handler below polls every 20 µs at first, backing off to
-// busyPollMax, and gives up after about busyTimeout as the default did.
+// 185 ms. The handler below asks for 20 µs at first, backing off to
+// busyPollMax (Go's timers may wake it later: on an idle machine, after
+// about a millisecond), and gives up after busyTimeout as the default did.
 const (
 	busyPollMin = 20 * time.Microsecond
 	busyPollMax = 500 * time.Microsecond
 	busyTimeout = 10 * time.Second
+	// busyGap: a call this long after the previous one for a connection
+	// starts a new wait. SQLite counts from 0 at each statement, but a
+	// statement can wait more than once (a read lock, then the write lock).
+	busyGap = 100 * time.Millisecond
 )
 
 var (
@@ -39,9 +44,22 @@ var (
 		}
 		return n
 	}()
-	// busyMaxPolls is how many waits make busyTimeout.
+	// busyMaxPolls is how many waits make busyTimeout when every sleep
+	// lasts what it asked for: a bound in case the clock cannot tell.
 	busyMaxPolls = busyDoublings + int32(busyTimeout/busyPollMax)
 )
+
+// busyState is one connection's current wait for the lock. Only the
+// goroutine using the connection calls its busy handler, and database/sql
+// hands a connection from one goroutine to another under a lock.
+type busyState struct {
+	start, last time.Time
+}
+
+// busyStates maps each connection's sqlite3* handle to its *busyState.
+// FerretDB keeps its connections open (no idle timeout, no lifetime), so
+// the map holds about one entry per connection ever opened.
+var busyStates sync.Map
 
 var (
 	busyHookOnce sync.Once
@@ -65,7 +83,8 @@ func installBusyHandler() {
 			if !ok {
 				return nil
 			}
-			sqlite3.Xsqlite3_busy_handler(tls, db, busyWaitPtr(), 0)
+			busyStates.Store(db, &busyState{})
+			sqlite3.Xsqlite3_busy_handler(tls, db, busyWaitPtr(), db)
 			busyInstalled.Add(1)
 			return nil
 		})
@@ -118,12 +137,24 @@ func busyWaitPtr() uintptr {
 	return (*[2]uintptr)(unsafe.Pointer(&f))[1]
 }
 
-// busyWait is the busy handler: count is how many times it was called for
-// this lock. It sleeps and returns 1 to try again, or returns 0 to give up
-// (SQLITE_BUSY).
-func busyWait(_ *libc.TLS, _ uintptr, count int32) int32 {
+// busyWait is the busy handler of the connection db: count is how many
+// times SQLite called it since the statement began. It sleeps and returns 1
+// to try again, or returns 0 to give up (SQLITE_BUSY) once this wait has
+// lasted busyTimeout, or after busyMaxPolls calls.
+func busyWait(_ *libc.TLS, db uintptr, count int32) int32 {
 	if count >= busyMaxPolls {
 		return 0
+	}
+	if v, ok := busyStates.Load(db); ok {
+		st := v.(*busyState)
+		now := time.Now()
+		if count == 0 || now.Sub(st.last) > busyGap {
+			st.start = now
+		}
+		st.last = now
+		if now.Sub(st.start) >= busyTimeout {
+			return 0
+		}
 	}
 	busyWaits.Add(1)
 	time.Sleep(busyDelay(count))

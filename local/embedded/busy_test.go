@@ -91,3 +91,31 @@ func TestBusyDelay(t *testing.T) {
 		t.Errorf("busyWait after %d polls = %d, want 0 (give up)", busyMaxPolls, got)
 	}
 }
+
+// TestBusyWaitGivesUpOnTime: a connection gives up once its wait has lasted
+// busyTimeout, however few polls that took (sleeps can last longer than
+// asked), and a call after a gap starts a new wait.
+func TestBusyWaitGivesUpOnTime(t *testing.T) {
+	const db = 1 // a handle no real connection has
+	st := &busyState{}
+	busyStates.Store(uintptr(db), st)
+	defer busyStates.Delete(uintptr(db))
+
+	if got := busyWait(nil, db, 0); got != 1 {
+		t.Fatalf("first call = %d, want 1 (wait)", got)
+	}
+	if st.start.IsZero() || st.last != st.start {
+		t.Fatalf("the first call did not start a wait: %+v", st)
+	}
+	// The same wait, busyTimeout after it began.
+	now := time.Now()
+	st.start, st.last = now.Add(-busyTimeout), now
+	if got := busyWait(nil, db, 7); got != 0 {
+		t.Errorf("call %v into the wait = %d, want 0 (give up)", busyTimeout, got)
+	}
+	// A later wait of the same statement: the previous call was long ago.
+	st.start, st.last = now.Add(-time.Hour), now.Add(-time.Minute)
+	if got := busyWait(nil, db, 7); got != 1 {
+		t.Errorf("first call of a new wait with count 7 = %d, want 1 (wait)", got)
+	}
+}

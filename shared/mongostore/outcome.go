@@ -182,9 +182,12 @@ func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx
 // are the fast path's, in flight, so the deletes go there first, in chunks;
 // only a chunk that did not delete all its entries there goes to the outbox
 // collection too: on FerretDB a delete that matches nothing still costs a
-// lookup (about 6% of its CPU under make bench). A delete that fails leaves
-// an entry whose message has moved on, which the stale sweep removes: the
-// outcome itself is recorded, so it is not reported.
+// lookup (about 6% of its CPU under make bench). An entry left behind (a
+// delete that failed, or the pending copy MarkUnpublished makes of an entry
+// whose outcome came while it moved it) belongs to a message that has moved
+// on: the relay publishes it again, the processor acknowledges that copy
+// without a delivery, and the stale sweep removes the entry. The outcome
+// itself is recorded, so it is not reported.
 func (s *Store) deleteEntries(ctx context.Context, deletes []mongo.WriteModel) {
 	opts := options.BulkWrite().SetOrdered(false)
 	for len(deletes) > 0 {
