@@ -364,18 +364,29 @@ func isTimeout(e string) bool {
 	return strings.Contains(e, "deadline") || strings.Contains(e, "timeout")
 }
 
-// checkRetries checks the gap after every retryable failure.
+// checkRetries checks the gap after every retryable failure. Call k is
+// retry k: a call lost to a kill counts as an attempt too, since the
+// redelivered copy finds its claim and counts it (see
+// processor.handleClaimed), unless Redis was lost in between and the
+// claim with it. Then the system could not know of that call, and the
+// retries after it are numbered one lower.
 func (s *Summary) checkRetries(id string, calls []Call, in Input) {
+	uncounted := 0
 	for k := 1; k < len(calls); k++ {
 		prev, next := calls[k-1], calls[k]
+		lost := killBetween(in.Faults, prev.Start, next.Start)
+		if lost && redisLost(in.Faults, prev.Start, next.Start) {
+			uncounted++
+		}
 		if !prev.Retryable() {
 			continue
 		}
-		if killBetween(in.Faults, prev.Start, next.Start) {
+		if lost {
 			s.RetriesExcluded++
 			continue
 		}
-		nominal := in.Retry.Nominal(k)
+		retry := k - uncounted
+		nominal := in.Retry.Nominal(retry)
 		gap := next.Start.Sub(prev.End)
 		need := time.Duration(0.8 * float64(nominal))
 		if prev.Kind == CallTooMany && need < time.Second {
@@ -388,7 +399,7 @@ func (s *Summary) checkRetries(id string, calls []Call, in Input) {
 		}
 		if gap+measureTolerance < need {
 			s.RetryViolations = append(s.RetryViolations, fmt.Sprintf("%s: retry %d after %s waited %s, needed %s (nominal %s); calls: %s",
-				id, k, prev.Kind, gap.Round(time.Millisecond), need, nominal, describeCalls(calls)))
+				id, retry, prev.Kind, gap.Round(time.Millisecond), need, nominal, describeCalls(calls)))
 		}
 	}
 }

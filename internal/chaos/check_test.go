@@ -109,6 +109,18 @@ func TestAnalyzeRetries(t *testing.T) {
 		{"429 honoured", []Call{call(CallTooMany, 0, 5), call(CallOK, 1005, 1010)}, nil, 1, 0, 0},
 		{"kill in the gap", []Call{call(CallError, 0, 5), call(CallOK, 50, 55)}, []Fault{{Kind: KillAll, At: at(20)}}, 0, 1, 0},
 		{"permanent failure is not a retry", []Call{call(CallPermanent, 0, 5)}, nil, 0, 0, 0},
+		// A call lost to a kill counts as an attempt: the redelivered copy
+		// finds its claim. Unless Redis lost the claim: then the system
+		// never counted that call, and the next failures are its retries 1
+		// and 2.
+		{"a call lost to a kill is an attempt", []Call{call(CallOK, 0, 5), call(CallError, 1000, 1005), call(CallLateOK, 1205, 1210), call(CallOK, 1610, 1615)},
+			[]Fault{{Kind: KillProcessor, At: at(500)}}, 2, 0, 2},
+		{"a lost call whose claim Redis lost is no attempt", []Call{call(CallOK, 0, 5), call(CallError, 1000, 1005), call(CallLateOK, 1205, 1210), call(CallOK, 1610, 1615)},
+			[]Fault{{Kind: LoseRedis, At: at(-100), Until: at(500)}, {Kind: KillProcessor, At: at(500)}}, 2, 0, 0},
+		{"a lost failure whose claim Redis lost is no attempt", []Call{call(CallError, 0, 5), call(CallError, 50, 55), call(CallError, 255, 260), call(CallOK, 660, 665)},
+			[]Fault{{Kind: LoseRedis, At: at(0), Until: at(30)}, {Kind: KillAll, At: at(20)}}, 2, 1, 0},
+		{"numbering goes on after an uncounted call", []Call{call(CallOK, 0, 5), call(CallError, 1000, 1005), call(CallError, 1205, 1210), call(CallOK, 1410, 1415)},
+			[]Fault{{Kind: LoseRedis, At: at(-100), Until: at(500)}, {Kind: KillProcessor, At: at(500)}}, 2, 0, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
