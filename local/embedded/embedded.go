@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,10 +216,9 @@ func (f levelFilter) WithGroup(name string) slog.Handler {
 	return f.then(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
 }
 
-// then returns f with w added to its with, which it does not share with f.
+// then returns f with w added to its with, in a new array: loggers derived
+// from one logger must not share what is added to the others.
 func (f levelFilter) then(w func(slog.Handler) slog.Handler) levelFilter {
-	with := make([]func(slog.Handler) slog.Handler, len(f.with), len(f.with)+1)
-	copy(with, f.with)
-	f.with = append(with, w)
+	f.with = append(slices.Clip(f.with), w)
 	return f
 }
