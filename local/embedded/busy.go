@@ -70,21 +70,24 @@ var (
 )
 
 // installBusyHandler makes every SQLite connection opened in this process
-// from now on (FerretDB's and the idIndexer's) use busyWait. modernc.org/
-// sqlite has a hook for new connections but no API for the busy handler,
-// so the hook takes the connection's handle from its unexported fields.
-// Their types are checked first: if a new version of the driver changes
-// them, connections keep SQLite's default handler (slower, still correct),
-// Start logs a warning and TestBusyHandler fails.
+// from now on (FerretDB's and the idIndexer's) use busyWait as its busy
+// handler and walCommitted as its WAL hook (see group.go). modernc.org/
+// sqlite has a hook for new connections but no API for either, so the hook
+// takes the connection's handle from its unexported fields. Their types are
+// checked first: if a new version of the driver changes them, connections
+// keep SQLite's default handler (slower, still correct), Start logs a
+// warning, refuses sync=full (it could not count commits), and
+// TestBusyHandler fails.
 func installBusyHandler() {
 	busyHookOnce.Do(func() {
-		sqlite.RegisterConnectionHook(func(c sqlite.ExecQuerierContext, _ string) error {
+		sqlite.RegisterConnectionHook(func(c sqlite.ExecQuerierContext, dsn string) error {
 			db, tls, ok := connHandle(c)
 			if !ok {
 				return nil
 			}
 			busyStates.Store(db, &busyState{})
 			sqlite3.Xsqlite3_busy_handler(tls, db, busyWaitPtr(), db)
+			installCommitHooks(tls, db, dsn)
 			busyInstalled.Add(1)
 			return nil
 		})

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,9 @@ func TestSyncSetting(t *testing.T) {
 	ctx := context.Background()
 	if _, err := embedded.Start(ctx, embedded.Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Sync: "sometimes"}); err == nil {
 		t.Fatal("an unknown sync setting must be refused")
+	}
+	if _, err := embedded.Start(ctx, embedded.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(t.TempDir(), "a?b")}); err == nil {
+		t.Fatal("a data directory with a '?' must be refused: FerretDB would put the files elsewhere")
 	}
 	srv, err := embedded.Start(ctx, embedded.Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Sync: "normal"})
 	if err != nil {

@@ -23,8 +23,8 @@ type Config struct {
 	MongoDatabase       string // MONGODB_DATABASE
 	DataDir             string // DATA_DIR
 	EmbeddedMongoDBAddr string // EMBEDDED_MONGODB_ADDR
-	// EmbeddedMongoDBSync is the embedded MongoDB's SQLite synchronous
-	// setting: full (every commit on disk before it is acknowledged) or
+	// EmbeddedMongoDBSync is the embedded MongoDB's durability: full (no
+	// answer before the commits it follows are on disk; group commit) or
 	// normal (commits survive a process crash but not a power loss).
 	EmbeddedMongoDBSync string // EMBEDDED_MONGODB_SYNC
 

@@ -1,0 +1,240 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// fsyncGate replaces fsyncFile for a test: until armed it passes calls
+// through; once armed, calls on files under dir wait until open is called,
+// then fail with err or go through.
+type fsyncGate struct {
+	dir string
+
+	mu      sync.Mutex
+	armed   bool
+	release chan struct{}
+	err     error
+	calls   []string
+}
+
+func installFsyncGate(t *testing.T, dir string) *fsyncGate {
+	t.Helper()
+	g := &fsyncGate{dir: dir, release: make(chan struct{})}
+	real := fsyncFile
+	fsyncFile = func(path string) error {
+		g.mu.Lock()
+		armed, release, err := g.armed, g.release, g.err
+		if armed && strings.HasPrefix(path, g.dir) {
+			g.calls = append(g.calls, filepath.Base(path))
+		}
+		g.mu.Unlock()
+		if armed && strings.HasPrefix(path, g.dir) {
+			<-release
+			if err != nil {
+				return err
+			}
+		}
+		return real(path)
+	}
+	t.Cleanup(func() { fsyncFile = real })
+	return g
+}
+
+func (g *fsyncGate) arm(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.armed, g.err = true, err
+}
+
+func (g *fsyncGate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.release)
+}
+
+func (g *fsyncGate) synced() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.calls...)
+}
+
+func startFull(t *testing.T, dir string) (*Server, *mongo.Collection) {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := Start(t.Context(), Config{Addr: "127.0.0.1:0", Dir: dir, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Close(ctx)
+	})
+	client, err := mongo.Connect(options.Client().ApplyURI(srv.URI()).SetRetryWrites(false).SetTimeout(30 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	coll := client.Database("t").Collection("c")
+	if _, err := coll.InsertOne(t.Context(), bson.D{{Key: "_id", Value: "first"}}); err != nil {
+		t.Fatal(err)
+	}
+	return srv, coll
+}
+
+// TestFullSyncAnswersAfterFsync: with sync=full, an insert is acknowledged
+// only after the fsync that follows its commit, and that fsync covers the
+// WAL file the commit went to.
+func TestFullSyncAnswersAfterFsync(t *testing.T) {
+	// Characters that are special to filepath.Glob must not hide the WAL.
+	dir := filepath.Join(t.TempDir(), "data [x]*")
+	gate := installFsyncGate(t, dir)
+	_, coll := startFull(t, dir)
+
+	gate.arm(nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := coll.InsertOne(context.Background(), bson.D{{Key: "_id", Value: "second"}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the insert was acknowledged before its commit was synced (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	gate.open()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the insert was not acknowledged after the fsync")
+	}
+	calls := gate.synced()
+	var wal, dirSynced bool
+	for _, c := range calls {
+		wal = wal || strings.HasSuffix(c, ".sqlite-wal")
+		dirSynced = dirSynced || c == filepath.Base(dir)
+	}
+	if !wal || !dirSynced {
+		t.Fatalf("fsync calls %q: want the WAL file and the directory", calls)
+	}
+}
+
+// TestFullSyncFailureIsSticky: once an fsync has failed, no answer goes out
+// any more, even if later fsyncs succeed.
+func TestFullSyncFailureIsSticky(t *testing.T) {
+	dir := t.TempDir()
+	gate := installFsyncGate(t, dir)
+	_, coll := startFull(t, dir)
+
+	gate.arm(errors.New("injected EIO"))
+	gate.open()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "lost"}}); err == nil {
+		t.Fatal("an insert whose fsync failed was acknowledged")
+	}
+	gate.arm(nil)
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel2()
+	if err := coll.FindOne(ctx2, bson.D{{Key: "_id", Value: "first"}}).Err(); err == nil {
+		t.Fatal("the server answered after a failed fsync")
+	}
+}
+
+// TestNormalSyncDoesNotWait: with sync=normal, answers do not wait for an
+// fsync.
+func TestNormalSyncDoesNotWait(t *testing.T) {
+	dir := t.TempDir()
+	gate := installFsyncGate(t, dir)
+	gate.arm(nil) // never opened: any fsync of the proxy would hang
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := Start(t.Context(), Config{Addr: "127.0.0.1:0", Dir: dir, Sync: "normal", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Close(context.Background()) }()
+	client, err := mongo.Connect(options.Client().ApplyURI(srv.URI()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Disconnect(context.Background()) }()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := client.Database("t").Collection("c").InsertOne(ctx, bson.D{{Key: "x", Value: 1}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWALHookCheckpoints: the WAL hook replaces SQLite's automatic
+// checkpoint, so it must checkpoint too, or the WAL file grows forever.
+func TestWALHookCheckpoints(t *testing.T) {
+	dir := t.TempDir()
+	_, coll := startFull(t, dir)
+	ctx := t.Context()
+	for i := range 1500 {
+		if _, err := coll.InsertOne(ctx, bson.D{{Key: "n", Value: i}, {Key: "pad", Value: strings.Repeat("x", 512)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wals, _ := filepath.Glob(filepath.Join(dir, "*.sqlite-wal"))
+	if len(wals) == 0 {
+		t.Fatal("no WAL file")
+	}
+	for _, w := range wals {
+		st, err := os.Stat(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 1,500 commits of at least two 4 KiB pages each would make a WAL
+		// of over 12 MB without checkpoints; with them it stays near
+		// walAutocheckpoint pages.
+		if st.Size() > 2*walAutocheckpoint*4096 {
+			t.Fatalf("%s is %d bytes: the WAL is not being checkpointed", filepath.Base(w), st.Size())
+		}
+	}
+}
+
+// TestWaitCoversCommitsInFlight: a commit is visible to other connections
+// before SQLite's WAL hook counts it, so an answer given while a commit is
+// in flight must wait for an fsync that begins after it, even though every
+// counted commit is on disk already.
+func TestWaitCoversCommitsInFlight(t *testing.T) {
+	dir := t.TempDir()
+	gate := installFsyncGate(t, dir)
+	gate.arm(nil)
+	gate.open()
+	g := newGroupSync(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g.synced.Store(commits.Load())
+
+	if err := g.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if calls := gate.synced(); len(calls) != 0 {
+		t.Fatalf("nothing to sync, but fsync was called on %q", calls)
+	}
+
+	inflight.Add(1)
+	defer inflight.Add(-1)
+	if err := g.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if calls := gate.synced(); len(calls) == 0 {
+		t.Fatal("a commit was in flight, but the answer went out without an fsync")
+	}
+}
