@@ -80,14 +80,14 @@ var (
 // TestBusyHandler fails.
 func installBusyHandler() {
 	busyHookOnce.Do(func() {
-		sqlite.RegisterConnectionHook(func(c sqlite.ExecQuerierContext, dsn string) error {
+		sqlite.RegisterConnectionHook(func(c sqlite.ExecQuerierContext, _ string) error {
 			db, tls, ok := connHandle(c)
 			if !ok {
 				return nil
 			}
 			busyStates.Store(db, &busyState{})
 			sqlite3.Xsqlite3_busy_handler(tls, db, busyWaitPtr(), db)
-			installCommitHooks(tls, db, dsn)
+			installCommitHooks(tls, db)
 			busyInstalled.Add(1)
 			return nil
 		})

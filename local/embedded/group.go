@@ -10,9 +10,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -59,18 +59,35 @@ type commitState struct{ committing bool }
 // commitStates maps a connection's sqlite3* handle to its *commitState.
 var commitStates sync.Map
 
+// dbFiles holds the path of every database file a connection of this
+// process has opened: their WAL files are what groupSync fsyncs.
+var dbFiles sync.Map // string -> struct{}
+
 // installCommitHooks gives the connection db the hooks that track its
-// commits. In-memory databases (which have no WAL, so no WAL hook would end
-// their commits) get none.
-func installCommitHooks(tls *libc.TLS, db uintptr, dsn string) {
+// commits, and registers its database file. In-memory databases (no file,
+// no WAL, so no WAL hook would end their commits) get no commit hooks.
+func installCommitHooks(tls *libc.TLS, db uintptr) {
 	sqlite3.Xsqlite3_wal_hook(tls, db, walHookPtr(), db)
 	walHooked.Add(1)
-	if strings.Contains(dsn, ":memory:") || strings.Contains(dsn, "mode=memory") {
+	file := dbFilename(tls, db)
+	if file == "" {
 		return
 	}
+	dbFiles.Store(file, struct{}{})
 	commitStates.Store(db, &commitState{})
 	sqlite3.Xsqlite3_commit_hook(tls, db, cFunc(commitStarted), db)
 	sqlite3.Xsqlite3_rollback_hook(tls, db, cFunc(commitRolledBack), db)
+}
+
+// dbFilename is the path of the connection's main database file, or "" for
+// an in-memory database.
+func dbFilename(tls *libc.TLS, db uintptr) string {
+	main, err := libc.CString("main")
+	if err != nil {
+		return ""
+	}
+	defer libc.Xfree(tls, main)
+	return libc.GoString(sqlite3.Xsqlite3_db_filename(tls, db, main))
 }
 
 // cFunc returns a Go function as the C function pointer the transpiled
@@ -132,15 +149,8 @@ func walCommitted(tls *libc.TLS, _ uintptr, db uintptr, zDb uintptr, nFrame int3
 	return sqlite3.SQLITE_OK
 }
 
-// fsyncFile flushes a file, or a directory, to disk. Tests replace it.
-var fsyncFile = func(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
+// fsyncFile flushes an open file, or directory, to disk. Tests replace it.
+var fsyncFile = func(f *os.File) error { return f.Sync() }
 
 // groupSync makes commits durable in groups: an fsync round covers every
 // commit whose frames were written before the round began.
@@ -151,10 +161,11 @@ type groupSync struct {
 	synced atomic.Uint64
 
 	mu       sync.Mutex
-	started  uint64        // rounds begun
-	finished uint64        // rounds ended (one runs at a time)
-	running  bool          // a round is in progress
-	done     chan struct{} // closed when it ends
+	files    map[string]uint64 // the inode of each file as the last round saw it
+	started  uint64            // rounds begun
+	finished uint64            // rounds ended (one runs at a time)
+	running  bool              // a round is in progress
+	done     chan struct{}     // closed when it ends
 	// failed is sticky: after a failed fsync Linux may drop the dirty
 	// pages and report a later fsync as successful, so nothing written
 	// since can be known to be on disk. Only a restart (which recovers
@@ -163,7 +174,7 @@ type groupSync struct {
 }
 
 func newGroupSync(dir string, logger *slog.Logger) *groupSync {
-	return &groupSync{dir: dir, logger: logger, done: make(chan struct{})}
+	return &groupSync{dir: dir, logger: logger, done: make(chan struct{}), files: map[string]uint64{}}
 }
 
 // wait returns once everything another client could have read before the
@@ -213,23 +224,63 @@ func (g *groupSync) wait() error {
 	return g.failed
 }
 
-// syncAll fsyncs every WAL file of the data directory, then the directory
-// (a new file's name is on disk only then). A WAL file that vanished was
-// checkpointed into its database file and removed, and that is on disk.
+// syncAll fsyncs the WAL file of every database file in the data
+// directory, then the directory if a file appeared (or was replaced) since
+// the last round: a new file's name is on disk only then. A WAL file that
+// does not exist was checkpointed into its database file and removed, or
+// has not been written yet. Only the round's goroutine touches g.files.
 func (g *groupSync) syncAll() error {
-	entries, err := os.ReadDir(g.dir)
-	if err != nil {
+	changed := len(g.files) == 0
+	var err error
+	dbFiles.Range(func(k, _ any) bool {
+		file := k.(string)
+		if filepath.Dir(file) != g.dir {
+			return true
+		}
+		for _, f := range []string{file, file + "-wal"} {
+			ino, serr := syncFile(f, f != file)
+			switch {
+			case errors.Is(serr, os.ErrNotExist):
+				delete(g.files, f)
+			case serr != nil:
+				err = serr
+				return false
+			case g.files[f] != ino:
+				g.files[f] = ino
+				changed = true
+			}
+		}
+		return true
+	})
+	if err != nil || !changed {
 		return err
 	}
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".sqlite-wal") {
-			continue
-		}
-		if err := fsyncFile(filepath.Join(g.dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
+	_, err = syncFile(g.dir, true)
+	return err
+}
+
+// syncFile opens path and returns its inode, after an fsync if sync is
+// set: the inode of the very file synced, so that a file replaced later
+// shows as changed to the next round.
+func syncFile(path string, sync bool) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if sync {
+		if err := fsyncFile(f); err != nil {
+			return 0, err
 		}
 	}
-	return fsyncFile(g.dir)
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Ino, nil
+	}
+	return 1, nil
 }
 
 // proxy accepts clients on front and connects each to FerretDB at backend,

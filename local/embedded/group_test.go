@@ -34,7 +34,8 @@ func installFsyncGate(t *testing.T, dir string) *fsyncGate {
 	t.Helper()
 	g := &fsyncGate{dir: dir, release: make(chan struct{})}
 	real := fsyncFile
-	fsyncFile = func(path string) error {
+	fsyncFile = func(f *os.File) error {
+		path := f.Name()
 		g.mu.Lock()
 		armed, release, err := g.armed, g.release, g.err
 		if armed && strings.HasPrefix(path, g.dir) {
@@ -47,7 +48,7 @@ func installFsyncGate(t *testing.T, dir string) *fsyncGate {
 				return err
 			}
 		}
-		return real(path)
+		return real(f)
 	}
 	t.Cleanup(func() { fsyncFile = real })
 	return g
@@ -97,7 +98,8 @@ func startFull(t *testing.T, dir string) (*Server, *mongo.Collection) {
 
 // TestFullSyncAnswersAfterFsync: with sync=full, an insert is acknowledged
 // only after the fsync that follows its commit, and that fsync covers the
-// WAL file the commit went to.
+// WAL file the commit went to and, since the insert created a database (a
+// new file), the directory.
 func TestFullSyncAnswersAfterFsync(t *testing.T) {
 	// Characters that are special to filepath.Glob must not hide the WAL.
 	dir := filepath.Join(t.TempDir(), "data [x]*")
@@ -107,7 +109,8 @@ func TestFullSyncAnswersAfterFsync(t *testing.T) {
 	gate.arm(nil)
 	done := make(chan error, 1)
 	go func() {
-		_, err := coll.InsertOne(context.Background(), bson.D{{Key: "_id", Value: "second"}})
+		other := coll.Database().Client().Database("t2").Collection("c")
+		_, err := other.InsertOne(context.Background(), bson.D{{Key: "_id", Value: "second"}})
 		done <- err
 	}()
 	select {
@@ -127,7 +130,7 @@ func TestFullSyncAnswersAfterFsync(t *testing.T) {
 	calls := gate.synced()
 	var wal, dirSynced bool
 	for _, c := range calls {
-		wal = wal || strings.HasSuffix(c, ".sqlite-wal")
+		wal = wal || c == "t2.sqlite-wal"
 		dirSynced = dirSynced || c == filepath.Base(dir)
 	}
 	if !wal || !dirSynced {
