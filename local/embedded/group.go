@@ -60,8 +60,12 @@ type commitState struct{ committing bool }
 var commitStates sync.Map
 
 // dbFiles holds the path of every database file a connection of this
-// process has opened: their WAL files are what groupSync fsyncs.
-var dbFiles sync.Map // string -> struct{}
+// process has opened: their WAL files are what groupSync fsyncs. dbFilesAdded
+// counts the paths added, so that a round knows when to sync the directory.
+var (
+	dbFiles      sync.Map // string -> struct{}
+	dbFilesAdded atomic.Uint64
+)
 
 // installCommitHooks gives the connection db the hooks that track its
 // commits, and registers its database file. In-memory databases (no file,
@@ -73,7 +77,9 @@ func installCommitHooks(tls *libc.TLS, db uintptr) {
 	if file == "" {
 		return
 	}
-	dbFiles.Store(file, struct{}{})
+	if _, loaded := dbFiles.LoadOrStore(file, struct{}{}); !loaded {
+		dbFilesAdded.Add(1)
+	}
 	commitStates.Store(db, &commitState{})
 	sqlite3.Xsqlite3_commit_hook(tls, db, cFunc(commitStarted), db)
 	sqlite3.Xsqlite3_rollback_hook(tls, db, cFunc(commitRolledBack), db)
@@ -149,8 +155,22 @@ func walCommitted(tls *libc.TLS, _ uintptr, db uintptr, zDb uintptr, nFrame int3
 	return sqlite3.SQLITE_OK
 }
 
-// fsyncFile flushes an open file, or directory, to disk. Tests replace it.
-var fsyncFile = func(f *os.File) error { return f.Sync() }
+// fsyncFile flushes an open file's data to disk, as SQLite itself does
+// (fdatasync: the data and the size, not the times). Tests replace it.
+var fsyncFile = func(f *os.File) error {
+	return ignoringEINTR(func() error { return syscall.Fdatasync(int(f.Fd())) })
+}
+
+// fsyncDir flushes a directory's entries to disk. Tests replace it.
+var fsyncDir = func(f *os.File) error { return f.Sync() }
+
+func ignoringEINTR(fn func() error) error {
+	for {
+		if err := fn(); !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}
 
 // groupSync makes commits durable in groups: an fsync round covers every
 // commit whose frames were written before the round began.
@@ -161,7 +181,8 @@ type groupSync struct {
 	synced atomic.Uint64
 
 	mu       sync.Mutex
-	files    map[string]uint64 // the inode of each file as the last round saw it
+	files    map[string]uint64 // the inode of each WAL file as the last round saw it
+	added    uint64            // dbFilesAdded as the last round saw it
 	started  uint64            // rounds begun
 	finished uint64            // rounds ended (one runs at a time)
 	running  bool              // a round is in progress
@@ -228,50 +249,57 @@ func (g *groupSync) wait() error {
 // directory, then the directory if a file appeared (or was replaced) since
 // the last round: a new file's name is on disk only then. A WAL file that
 // does not exist was checkpointed into its database file and removed, or
-// has not been written yet. Only the round's goroutine touches g.files.
+// has not been written yet. Only the round's goroutine touches g.files and
+// g.added.
 func (g *groupSync) syncAll() error {
-	changed := len(g.files) == 0
+	added := dbFilesAdded.Load()
+	changed := added != g.added
 	var err error
 	dbFiles.Range(func(k, _ any) bool {
 		file := k.(string)
 		if filepath.Dir(file) != g.dir {
 			return true
 		}
-		for _, f := range []string{file, file + "-wal"} {
-			ino, serr := syncFile(f, f != file)
-			switch {
-			case errors.Is(serr, os.ErrNotExist):
-				delete(g.files, f)
-			case serr != nil:
-				err = serr
-				return false
-			case g.files[f] != ino:
-				g.files[f] = ino
-				changed = true
-			}
+		wal := file + "-wal"
+		ino, serr := syncFile(wal)
+		switch {
+		case errors.Is(serr, os.ErrNotExist):
+			delete(g.files, wal)
+		case serr != nil:
+			err = serr
+			return false
+		case g.files[wal] != ino:
+			g.files[wal] = ino
+			changed = true
 		}
 		return true
 	})
 	if err != nil || !changed {
 		return err
 	}
-	_, err = syncFile(g.dir, true)
-	return err
+	d, err := os.Open(g.dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := fsyncDir(d); err != nil {
+		return err
+	}
+	g.added = added
+	return nil
 }
 
-// syncFile opens path and returns its inode, after an fsync if sync is
-// set: the inode of the very file synced, so that a file replaced later
-// shows as changed to the next round.
-func syncFile(path string, sync bool) (uint64, error) {
+// syncFile opens path, flushes it and returns its inode: the inode of the
+// very file flushed, so that a file replaced later shows as changed to the
+// next round.
+func syncFile(path string) (uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	if sync {
-		if err := fsyncFile(f); err != nil {
-			return 0, err
-		}
+	if err := fsyncFile(f); err != nil {
+		return 0, err
 	}
 	st, err := f.Stat()
 	if err != nil {

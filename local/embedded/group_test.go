@@ -33,24 +33,27 @@ type fsyncGate struct {
 func installFsyncGate(t *testing.T, dir string) *fsyncGate {
 	t.Helper()
 	g := &fsyncGate{dir: dir, release: make(chan struct{})}
-	real := fsyncFile
-	fsyncFile = func(f *os.File) error {
-		path := f.Name()
-		g.mu.Lock()
-		armed, release, err := g.armed, g.release, g.err
-		if armed && strings.HasPrefix(path, g.dir) {
-			g.calls = append(g.calls, filepath.Base(path))
-		}
-		g.mu.Unlock()
-		if armed && strings.HasPrefix(path, g.dir) {
-			<-release
-			if err != nil {
-				return err
+	realFile, realDir := fsyncFile, fsyncDir
+	gated := func(real func(*os.File) error) func(*os.File) error {
+		return func(f *os.File) error {
+			path := f.Name()
+			g.mu.Lock()
+			armed, release, err := g.armed, g.release, g.err
+			if armed && strings.HasPrefix(path, g.dir) {
+				g.calls = append(g.calls, filepath.Base(path))
 			}
+			g.mu.Unlock()
+			if armed && strings.HasPrefix(path, g.dir) {
+				<-release
+				if err != nil {
+					return err
+				}
+			}
+			return real(f)
 		}
-		return real(f)
 	}
-	t.Cleanup(func() { fsyncFile = real })
+	fsyncFile, fsyncDir = gated(realFile), gated(realDir)
+	t.Cleanup(func() { fsyncFile, fsyncDir = realFile, realDir })
 	return g
 }
 
