@@ -31,9 +31,10 @@ import (
 // power loss could take back: the promise of synchronous=full. One fsync
 // covers all the commits of all the clients waiting, and it happens outside
 // SQLite's write lock, so writers no longer queue behind each other's
-// fsyncs (make bench: 363-393 -> ~580 msgs/s end to end).
+// fsyncs (make bench, runs interleaved: +27% end to end; the API's own
+// answers take longer, each waiting for a round).
 //
-// Commits are tracked by two hooks on every connection. SQLite calls the
+// Commits are tracked by three hooks on every connection. SQLite calls the
 // commit hook before a commit writes its frames, and the WAL hook after the
 // statement that committed has finished, by which time other connections
 // may already read what it wrote. So a commit counts as in flight from the
