@@ -71,8 +71,9 @@ var (
 
 // installBusyHandler makes every SQLite connection opened in this process
 // from now on (FerretDB's and the idIndexer's) use busyWait as its busy
-// handler and walCommitted as its WAL hook (see group.go). modernc.org/
-// sqlite has a hook for new connections but no API for either, so the hook
+// handler and the hooks that count its commits (installCommitHooks, see
+// group.go). modernc.org/sqlite has a hook for new connections but no API
+// for either, so the hook
 // takes the connection's handle from its unexported fields. Their types are
 // checked first: if a new version of the driver changes them, connections
 // keep SQLite's default handler (slower, still correct), Start logs a
@@ -86,7 +87,7 @@ func installBusyHandler() {
 				return nil
 			}
 			busyStates.Store(db, &busyState{})
-			sqlite3.Xsqlite3_busy_handler(tls, db, busyWaitPtr(), db)
+			sqlite3.Xsqlite3_busy_handler(tls, db, cFunc(busyWait), db)
 			installCommitHooks(tls, db)
 			busyInstalled.Add(1)
 			return nil
@@ -130,14 +131,6 @@ func connHandle(c sqlite.ExecQuerierContext) (db uintptr, tls *libc.TLS, ok bool
 		return 0, nil, false
 	}
 	return db, tls, true
-}
-
-// busyWaitPtr is busyWait as the C function pointer the transpiled SQLite
-// calls: the code pointer of a top-level func value, the way
-// modernc.org/sqlite passes its own callbacks.
-func busyWaitPtr() uintptr {
-	var f any = busyWait
-	return (*[2]uintptr)(unsafe.Pointer(&f))[1]
 }
 
 // busyWait is the busy handler of the connection db: count is how many

@@ -105,7 +105,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("embedded mongodb: sync %q is neither full nor normal", cfg.Sync)
 	}
 	installBusyHandler()
-	if !checkBusyHandler() {
+	hooked := checkBusyHandler() // the commit hooks come with the busy handler
+	if !hooked {
 		logger.Warn("embedded mongodb: could not install the SQLite busy handler; concurrent writes wait up to 100 ms for each other (see local/embedded/busy.go)")
 	}
 	inUse := func(err error) error {
@@ -114,8 +115,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	listen := cfg.Addr
 	var front net.Listener
 	if cfg.Sync != "normal" {
-		if !walHookInstalled() {
-			return nil, errors.New("embedded mongodb: cannot count SQLite commits (the WAL hook did not install), so sync=full cannot tell when they are on disk; use EMBEDDED_MONGODB_SYNC=normal")
+		if !hooked {
+			return nil, errors.New("embedded mongodb: cannot count SQLite commits (the hooks did not install), so sync=full cannot tell when they are on disk; use EMBEDDED_MONGODB_SYNC=normal")
 		}
 		front, err = net.Listen("tcp", cfg.Addr)
 		if err != nil {

@@ -72,8 +72,7 @@ var (
 // commits, and registers its database file. In-memory databases (no file,
 // no WAL, so no WAL hook would end their commits) get no commit hooks.
 func installCommitHooks(tls *libc.TLS, db uintptr) {
-	sqlite3.Xsqlite3_wal_hook(tls, db, walHookPtr(), db)
-	walHooked.Add(1)
+	sqlite3.Xsqlite3_wal_hook(tls, db, cFunc(walCommitted), db)
 	file := dbFilename(tls, db)
 	if file == "" {
 		return
@@ -129,19 +128,6 @@ func commitRolledBack(_ *libc.TLS, db uintptr) { commitEnded(db) }
 // walAutocheckpoint is SQLite's default wal_autocheckpoint. A WAL hook
 // replaces the one that checkpoints, so walCommitted checkpoints as it did.
 const walAutocheckpoint = 1000
-
-// walHooked counts the connections given walCommitted.
-var walHooked atomic.Int64
-
-// walHookInstalled says whether new connections get walCommitted: it opens
-// a throwaway connection, as checkBusyHandler does.
-func walHookInstalled() bool {
-	before := walHooked.Load()
-	return checkBusyHandler() && walHooked.Load() > before
-}
-
-// walHookPtr is walCommitted as a C function pointer.
-func walHookPtr() uintptr { return cFunc(walCommitted) }
 
 // walCommitted is the WAL hook of every connection: nFrame is the number of
 // frames in the WAL of database zDb after this commit. The count goes up
