@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -342,6 +343,10 @@ func (p *proxy) serve(ctx context.Context) {
 // maxMessage bounds a wire protocol message: MongoDB's maxMessageSizeBytes.
 const maxMessage = 48_000_000
 
+// replyBuffer is the proxy's read buffer for FerretDB's answers per
+// connection; an answer up to this size is passed on in one write.
+const replyBuffer = 64 << 10
+
 // handle copies one client's connection. It returns when either side ends.
 func (p *proxy) handle(ctx context.Context, c net.Conn) {
 	defer c.Close()
@@ -368,13 +373,16 @@ func (p *proxy) handle(ctx context.Context, c net.Conn) {
 	}()
 	// Every wire protocol message starts with its length (int32, little
 	// endian, the four bytes included). The wait happens once per message,
-	// before its first byte goes on.
-	var head [4]byte
+	// before its first byte goes on. A message that fits in the buffer (all
+	// but large query results) goes on in one write: one segment for the
+	// client to read, not a 4-byte header and then the rest.
+	r := bufio.NewReaderSize(b, replyBuffer)
 	for {
-		if _, err := io.ReadFull(b, head[:]); err != nil {
+		head, err := r.Peek(4)
+		if err != nil {
 			break
 		}
-		n := int64(binary.LittleEndian.Uint32(head[:]))
+		n := int(binary.LittleEndian.Uint32(head))
 		if n < 16 || n > maxMessage {
 			p.logger.Error("embedded mongodb: proxy got a malformed message from FerretDB; closing the connection", "length", n)
 			break
@@ -384,10 +392,18 @@ func (p *proxy) handle(ctx context.Context, c net.Conn) {
 			// sees the connection close, as it would see a crash.
 			break
 		}
-		if _, err := c.Write(head[:]); err != nil {
-			break
+		if n <= replyBuffer {
+			msg, err := r.Peek(n)
+			if err != nil {
+				break
+			}
+			if _, err := c.Write(msg); err != nil {
+				break
+			}
+			_, _ = r.Discard(n)
+			continue
 		}
-		if _, err := io.CopyN(c, b, n-4); err != nil {
+		if _, err := io.CopyN(c, r, int64(n)); err != nil {
 			break
 		}
 	}

@@ -244,3 +244,39 @@ func TestWaitCoversCommitsInFlight(t *testing.T) {
 		t.Fatal("a commit was in flight, but the answer went out without an fsync")
 	}
 }
+
+// TestProxyPassesRepliesOfEverySize: answers below, at and above the
+// proxy's buffer (written at once, or streamed) reach the client intact.
+func TestProxyPassesRepliesOfEverySize(t *testing.T) {
+	_, coll := startFull(t, t.TempDir())
+	sizes := []int{1, replyBuffer - 200, replyBuffer, replyBuffer + 1000, 3 * replyBuffer}
+	for i, n := range sizes {
+		body := strings.Repeat(string(rune('a'+i)), n)
+		if _, err := coll.InsertOne(t.Context(), bson.D{{Key: "_id", Value: i}, {Key: "body", Value: body}}); err != nil {
+			t.Fatalf("insert %d bytes: %v", n, err)
+		}
+	}
+	for i, n := range sizes {
+		var got struct {
+			Body string `bson:"body"`
+		}
+		if err := coll.FindOne(t.Context(), bson.D{{Key: "_id", Value: i}}).Decode(&got); err != nil {
+			t.Fatalf("find the %d-byte document: %v", n, err)
+		}
+		if want := strings.Repeat(string(rune('a'+i)), n); got.Body != want {
+			t.Fatalf("the %d-byte document came back as %d bytes", n, len(got.Body))
+		}
+	}
+	// All of them in one answer, several times the buffer.
+	cur, err := coll.Find(t.Context(), bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []bson.M
+	if err := cur.All(t.Context(), &all); err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != len(sizes)+1 { // and startFull's "first"
+		t.Fatalf("found %d documents, want %d", len(all), len(sizes)+1)
+	}
+}
