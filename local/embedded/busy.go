@@ -73,12 +73,11 @@ var (
 // from now on (FerretDB's and the idIndexer's) use busyWait as its busy
 // handler and the hooks that count its commits (installCommitHooks, see
 // group.go). modernc.org/sqlite has a hook for new connections but no API
-// for either, so the hook
-// takes the connection's handle from its unexported fields. Their types are
-// checked first: if a new version of the driver changes them, connections
-// keep SQLite's default handler (slower, still correct), Start logs a
-// warning, refuses sync=full (it could not count commits), and
-// TestBusyHandler fails.
+// for either, so the hook takes the connection's handle from its unexported
+// fields. Their types are checked first: if a new version of the driver
+// changes them, connections keep SQLite's default handler (slower, still
+// correct), Start logs a warning, refuses sync=full (it could not count
+// commits), and TestBusyHandler fails.
 func installBusyHandler() {
 	busyHookOnce.Do(func() {
 		sqlite.RegisterConnectionHook(func(c sqlite.ExecQuerierContext, _ string) error {

@@ -169,7 +169,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		return nil, fmt.Errorf("webhook client: %w", err)
 	}
 	if a.breaker == nil {
-		b := &sharedBreaker{redis: a.Redis, cooldown: a.Config.BreakerCooldown}
+		b := &sharedBreaker{redis: a.Redis, cooldown: a.Config.BreakerCooldown, now: time.Now}
 		b.local = processor.NewLocalBreaker(processor.BreakerSettings{
 			Name:         "webhook",
 			FailureRatio: a.Config.BreakerFailureRatio,

@@ -21,7 +21,7 @@ type sharedBreaker struct {
 	local    *processor.LocalBreaker
 	redis    *redisstore.Store
 	cooldown time.Duration
-	now      func() time.Time // time.Now; a test sets it
+	now      func() time.Time // time.Now, or a test's clock
 
 	mu        sync.Mutex
 	openUntil time.Time // zero while the shared circuit is known closed
@@ -53,7 +53,7 @@ func (b *sharedBreaker) State() string {
 // holds up the other deliveries; they use the last answer meanwhile.
 func (b *sharedBreaker) sharedOpen() bool {
 	b.mu.Lock()
-	now := b.clock()
+	now := b.now()
 	check := !b.checking && now.Sub(b.checked) >= sharedCheckEvery
 	if check {
 		b.checking = true
@@ -71,7 +71,7 @@ func (b *sharedBreaker) sharedOpen() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.checking = false
-	now = b.clock()
+	now = b.now()
 	if err == nil {
 		// Closed is the zero time, not now: a caller that read the clock
 		// a moment earlier must not find itself before it and see the
@@ -83,13 +83,6 @@ func (b *sharedBreaker) sharedOpen() bool {
 		}
 	}
 	return now.Before(b.openUntil)
-}
-
-func (b *sharedBreaker) clock() time.Time {
-	if b.now != nil {
-		return b.now()
-	}
-	return time.Now()
 }
 
 // opened tells the other processes that this one's circuit opened.
