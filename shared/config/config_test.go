@@ -85,6 +85,33 @@ func TestRedactedHidesSecrets(t *testing.T) {
 	}
 }
 
+func TestRedactedHidesSecretsInEveryURLForm(t *testing.T) {
+	for _, tt := range []struct {
+		name, uri, secret, keep string
+	}{
+		{"redis lone name is the password", "redis://s3cret@cache:6379/0", "s3cret", "cache:6379"},
+		{"redis user and password", "rediss://app:s3cret@cache:6380", "s3cret", "app"},
+		{"mongodb key-file password in the query", "mongodb://db:27017/?tls=true&tlsCertificateKeyFilePassword=s3cret", "s3cret", "tls=true"},
+		{"mongodb session token in the query", "mongodb+srv://cluster.example.net/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cret", "s3cret", "authMechanism=MONGODB-AWS"},
+		{"a URL that does not parse", "mongodb://user:s3cret@db:27017/%zz", "s3cret", "REDACTED"},
+		{"plain host:port", "cache:6379", "", "cache:6379"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			c.MongoURI, c.RedisURI = tt.uri, tt.uri
+			r := c.Redacted()
+			for _, got := range []string{r.MongoURI, r.RedisURI} {
+				if tt.secret != "" && strings.Contains(got, tt.secret) {
+					t.Errorf("redacted %q still holds the secret: %s", tt.uri, got)
+				}
+				if !strings.Contains(got, tt.keep) {
+					t.Errorf("redacted %q lost %q: %s", tt.uri, tt.keep, got)
+				}
+			}
+		})
+	}
+}
+
 func TestLogValueRedacts(t *testing.T) {
 	c, err := config.Load(env(map[string]string{"API_KEY": "k3y-secret"}))
 	if err != nil {
