@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,6 +95,25 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 
 // TestEndToEnd posts 500 messages concurrently and checks that the webhook
 // received each exactly once and that every message ends SENT.
+// TestStartupErrorEndsTheProcess: an error after a listener is up (here the
+// demo receiver, then a profiler address that cannot be used) ends run with
+// that error instead of waiting for a shutdown that never comes.
+func TestStartupErrorEndsTheProcess(t *testing.T) {
+	env := map[string]string{"RECEIVER_ADDR": "127.0.0.1:0", "PPROF_ADDR": "127.0.0.1:notaport"}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), []string{"processor"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "PPROF_ADDR") {
+			t.Fatalf("run: %v, want the PPROF_ADDR error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return 10 s after a startup error")
+	}
+}
+
 func TestEndToEnd(t *testing.T) {
 	const n = 500
 	hook, url := newSink(t)

@@ -45,9 +45,13 @@ func (s *system) run(ctx context.Context) error {
 	s.logger.Info("starting", "config", cfg)
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var g group
-	defer g.wait()
+	// On every return, stop the parts already running, then wait for
+	// them: they run until ctx ends, so waiting first would hang.
+	defer func() {
+		cancel()
+		g.wait()
+	}()
 
 	// The demo receiver stands in for WEBHOOK_URL when none is set.
 	if s.role == "receiver" || (cfg.WebhookURL == "" && s.has("processor")) {
