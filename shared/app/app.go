@@ -265,7 +265,7 @@ func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler
 		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
 			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)
 		}
-		mw = append(mw, httpapi.RateLimit(allow, a.Logger, &a.inboundDegraded))
+		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger, &a.inboundDegraded))
 	}
 	return httpapi.NewServer(httpapi.Options{
 		Middleware: mw,

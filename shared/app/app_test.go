@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,9 +12,14 @@ import (
 
 func post(t *testing.T, url string) *http.Response {
 	t.Helper()
+	return postWithKey(t, url, "client-1")
+}
+
+func postWithKey(t *testing.T, url, key string) *http.Response {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url+"/messages", strings.NewReader(`{"to":"+905551111111","content":"hi"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-API-Key", "client-1")
+	req.Header.Set("X-API-Key", key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +61,35 @@ func TestInboundRateLimit(t *testing.T) {
 			}
 			if last.Header.Get("Retry-After") == "" || last.Header.Get("Content-Type") != "application/problem+json" {
 				t.Fatalf("429 without Retry-After or problem+json: %v", last.Header)
+			}
+		})
+	}
+}
+
+// TestInboundRateLimitCountsUnknownKeysByAddress: a client that sends a new
+// made-up key with every request still counts against its address, and
+// the holder of the configured key against that key, whatever its address.
+func TestInboundRateLimitCountsUnknownKeysByAddress(t *testing.T) {
+	for _, apiKey := range []string{"", "the-key"} {
+		t.Run("API_KEY="+apiKey, func(t *testing.T) {
+			a := testenv.App(t, testenv.Env(t, map[string]string{"API_RATE_LIMIT": "0.5", "API_RATE_BURST": "2", "API_KEY": apiKey}))
+			sched := a.LocalScheduler()
+			srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+			defer srv.Close()
+			var codes []int
+			for i := range 3 {
+				resp := postWithKey(t, srv.URL, fmt.Sprintf("made-up-%d", i))
+				codes = append(codes, resp.StatusCode)
+			}
+			if codes[2] != http.StatusTooManyRequests {
+				t.Fatalf("codes %v: the third request with a fresh made-up key was not limited", codes)
+			}
+			if apiKey == "" {
+				return
+			}
+			// The key's holder has a bucket of its own.
+			if resp := postWithKey(t, srv.URL, apiKey); resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("the key's holder got %d, want 202", resp.StatusCode)
 			}
 		})
 	}

@@ -183,23 +183,42 @@ func recoverPanics(log *slog.Logger, next http.Handler) http.Handler {
 	})
 }
 
-// requireAPIKey returns middleware that lets a request through only with
-// the key, sent as "Authorization: Bearer <key>" or "X-API-Key: <key>". An
-// empty key turns the check off. Keys are compared as SHA-256 digests in
-// constant time, so neither their content nor their length leaks through
-// timing.
-func requireAPIKey(key string) func(http.Handler) http.Handler {
+// keyMatcher returns whether a sent key is key. Keys are compared as
+// SHA-256 digests in constant time, so neither their content nor their
+// length leaks through timing. An empty key matches nothing.
+func keyMatcher(key string) func(got string) bool {
 	if key == "" {
-		return func(h http.Handler) http.Handler { return h }
+		return func(string) bool { return false }
 	}
 	want := sha256.Sum256([]byte(key))
-	matches := func(got string) bool {
+	return func(got string) bool {
 		if got == "" {
 			return false
 		}
 		sum := sha256.Sum256([]byte(got))
 		return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
 	}
+}
+
+// sentKey returns the key a request sent: "Authorization: Bearer <key>",
+// else "X-API-Key: <key>".
+func sentKey(r *http.Request) string {
+	if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		if t := strings.TrimSpace(token); t != "" {
+			return t
+		}
+	}
+	return r.Header.Get("X-API-Key")
+}
+
+// requireAPIKey returns middleware that lets a request through only with
+// the key, sent as "Authorization: Bearer <key>" or "X-API-Key: <key>". An
+// empty key turns the check off.
+func requireAPIKey(key string) func(http.Handler) http.Handler {
+	if key == "" {
+		return func(h http.Handler) http.Handler { return h }
+	}
+	matches := keyMatcher(key)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			bearer := ""

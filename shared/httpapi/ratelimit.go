@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -18,19 +17,23 @@ import (
 // refuses, retryAfter says when to come back.
 type AllowFunc func(ctx context.Context, client string) (ok bool, retryAfter time.Duration, err error)
 
-// RateLimit returns middleware that limits each client (its API key, or its
-// address without one) with allow, answering 429 with Retry-After when the
+// RateLimit returns middleware that limits each client with allow: the
+// holder of apiKey counts against that key, every other request against
+// its address (a key that is not apiKey, however fresh, is no way around
+// the limit), and the limit runs before the key check so that failed
+// guesses are limited too. answering 429 with Retry-After when the
 // client is over its limit. GET /status is never limited. When allow fails
 // (Redis is down) requests go through: the limit fails open, with a warning
 // in the log at the start and end of each outage, and degraded reports it.
-func RateLimit(allow AllowFunc, logger *slog.Logger, degraded *atomic.Bool) func(http.Handler) http.Handler {
+func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger, degraded *atomic.Bool) func(http.Handler) http.Handler {
+	isKey := keyMatcher(apiKey)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && r.URL.Path == "/status" {
 				next.ServeHTTP(w, r)
 				return
 			}
-			ok, wait, err := allow(r.Context(), clientKey(r))
+			ok, wait, err := allow(r.Context(), clientKey(r, isKey))
 			if err != nil {
 				if degraded.CompareAndSwap(false, true) {
 					logger.Warn("inbound rate limit unavailable; letting requests through", "error", err)
@@ -52,14 +55,11 @@ func RateLimit(allow AllowFunc, logger *slog.Logger, degraded *atomic.Bool) func
 	}
 }
 
-// clientKey names who a request counts against: the hash of its API key,
-// or its address. The key itself never reaches Redis or the logs.
-func clientKey(r *http.Request) string {
-	key := r.Header.Get("X-API-Key")
-	if a := r.Header.Get("Authorization"); key == "" && strings.HasPrefix(a, "Bearer ") {
-		key = strings.TrimPrefix(a, "Bearer ")
-	}
-	if key != "" {
+// clientKey names who a request counts against: the hash of the API key if
+// it sent the right one, else its address. The key itself never reaches
+// Redis or the logs.
+func clientKey(r *http.Request, isKey func(string) bool) string {
+	if key := sentKey(r); isKey(key) {
 		sum := sha256.Sum256([]byte(key))
 		return "key:" + hex.EncodeToString(sum[:8])
 	}
