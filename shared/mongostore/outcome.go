@@ -153,8 +153,7 @@ func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx
 	// that message's dispatch open for the stale sweep to finish, and is
 	// reported for that message alone.
 	var next []any
-	var nextAt []int
-	var deletes []mongo.WriteModel
+	var nextAt, closable []int
 	for _, i := range closing {
 		o := outcomes[i]
 		if o.Status == message.StatusFailed {
@@ -167,12 +166,23 @@ func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx
 			next = append(next, message.NewOutboxEntry(o.MessageID, o.Seq+1, *o.NextAttemptAt, o.At))
 			nextAt = append(nextAt, i)
 		}
-		deletes = append(deletes, mongo.NewDeleteOneModel().SetFilter(byID(message.OutboxKey(o.MessageID, o.Seq))))
+		closable = append(closable, i)
 	}
 	for j, err := range insertEach(ctx, s.outbox, next) {
 		if err != nil && !isDuplicateKey(err) {
 			i := nextAt[j]
 			errs[i] = fmt.Errorf("record outcome of %s: insert next outbox entry: %w", outcomes[i].MessageID, err)
+		}
+	}
+	// An entry is removed only once the next one exists: a message put
+	// back in the outbox whose old entry went and new one did not would
+	// have no entry at all, and nothing would ever publish it again. With
+	// the old entry kept, the stale sweep finds it and makes the new one
+	// (see outbox.Relay.Sweep).
+	var deletes []mongo.WriteModel
+	for _, i := range closable {
+		if errs[i] == nil {
+			deletes = append(deletes, mongo.NewDeleteOneModel().SetFilter(byID(message.OutboxKey(outcomes[i].MessageID, outcomes[i].Seq))))
 		}
 	}
 	s.deleteEntries(ctx, deletes)
