@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -93,8 +94,6 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 	}
 }
 
-// TestEndToEnd posts 500 messages concurrently and checks that the webhook
-// received each exactly once and that every message ends SENT.
 // TestStartupErrorEndsTheProcess: an error after a listener is up (here the
 // demo receiver, then a profiler address that cannot be used) ends run with
 // that error instead of waiting for a shutdown that never comes.
@@ -114,6 +113,43 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 	}
 }
 
+// TestWebhookRateLimitDrainsABacklog: with an outbound limit, a backlog
+// five times what fits in one inline wait (10/s for 2 s) is delivered
+// in full, each message once, and no faster than the limit allows. The
+// messages that do not fit are deferred; were their refused tokens taken
+// anyway, the limiter's schedule would run ahead of every deferred message
+// and delivery would stop.
+func TestWebhookRateLimitDrainsABacklog(t *testing.T) {
+	const n, rate, burst = 100, 10, 1
+	hook, url := newSink(t)
+	env := testenv.Env(t, map[string]string{"WEBHOOK_URL": url,
+		"WEBHOOK_RATE_LIMIT": strconv.Itoa(rate), "WEBHOOK_RATE_BURST": strconv.Itoa(burst)})
+	api, stop := startSystem(t, env)
+	defer stop()
+	start := time.Now()
+	for i := range n {
+		body := fmt.Sprintf(`{"to":"+90555%07d","content":"limited %d"}`, i, i)
+		if resp, b := do(t, "POST", api+"/messages", body, map[string]string{"Content-Type": "application/json"}); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST answered %d: %s", resp.StatusCode, b)
+		}
+	}
+	// At the limit they take 10 s; deferrals add the relay's pace.
+	waitFor(t, time.Minute, func() bool { return hook.distinct() >= n }, func() string {
+		return fmt.Sprintf("webhook saw %d of %d messages", hook.distinct(), n)
+	})
+	if took, least := time.Since(start), time.Duration(n-burst)*time.Second/rate; took < least {
+		t.Errorf("%d deliveries took %s, faster than the limit allows (%s)", n, took, least)
+	}
+	time.Sleep(time.Second)
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if hook.total != n {
+		t.Errorf("webhook received %d deliveries of %d messages, want each once", hook.total, n)
+	}
+}
+
+// TestEndToEnd posts 500 messages concurrently and checks that the webhook
+// received each exactly once and that every message ends SENT.
 func TestEndToEnd(t *testing.T) {
 	const n = 500
 	hook, url := newSink(t)

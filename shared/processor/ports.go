@@ -57,8 +57,10 @@ type Sender interface {
 	Send(ctx context.Context, m message.Message) (message.WebhookResponse, error)
 }
 
-// Limiter paces calls to the webhook. Reserve takes one token and returns
-// how long the caller must wait before using it (0: go now).
+// Limiter paces calls to the webhook. Reserve takes one token if the wait
+// for it is at most maxWait and returns that wait (0: go now); otherwise it
+// takes nothing and returns reserved false with the wait until a token
+// would be free.
 type Limiter interface {
-	Reserve(ctx context.Context) (wait time.Duration, err error)
+	Reserve(ctx context.Context, maxWait time.Duration) (wait time.Duration, reserved bool, err error)
 }

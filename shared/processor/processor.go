@@ -221,11 +221,12 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	// The outbound rate limit: a short wait happens in place, a long one
 	// puts the message back in the outbox. Neither counts as an attempt.
 	if p.Limiter != nil {
-		wait, err := p.Limiter.Reserve(ctx)
+		wait, reserved, err := p.Limiter.Reserve(ctx, p.MaxInlineWait)
 		if err != nil {
 			log.Warn("rate limiter failed; delivering without it", "error", err)
+			wait, reserved = 0, true
 		}
-		if wait > p.MaxInlineWait {
+		if !reserved {
 			p.release(ctx, log, m.ID)
 			return p.deferMessage(ctx, log, m, wait, "rate limited")
 		}

@@ -15,30 +15,34 @@ import (
 
 var _ processor.Limiter = (*Limiter)(nil)
 
-// gcraScript takes one token with the generic cell rate algorithm and
-// returns the wait in microseconds. The key holds the theoretical arrival
-// time (TAT) in microseconds of the server's clock, so processes with skewed
-// clocks still share one schedule. In "reserve" mode a reservation always
-// advances the TAT, like rate.Limiter.Reserve: the caller waits and then
-// goes. In "allow" mode a request that does not fit leaves the state alone
-// and only learns how long until one would.
+// gcraScript takes one token with the generic cell rate algorithm if the
+// wait for it is at most a given maximum. The key holds the theoretical
+// arrival time (TAT) in microseconds of the server's clock, so processes
+// with skewed clocks still share one schedule. A token that is taken
+// advances the TAT (the caller waits, then goes); a request that does not
+// fit leaves the state alone, so callers that give up (and come back later)
+// do not push the schedule ahead for those that go.
 //
 // ARGV[1]: emission interval in microseconds (1e6 / rate)
 // ARGV[2]: burst
-// ARGV[3]: "reserve" or "allow"
+// ARGV[3]: the most the caller will wait, in microseconds (0: only now)
+//
+// It returns the wait in microseconds when the token was taken (0: go now),
+// or minus the wait until one would fit (at least 1) when it was not.
 var gcraScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local maxwait = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
 if tat < now then
 	tat = now
 end
 local new_tat = tat + interval
 local wait = new_tat - burst * interval - now
-if wait > 0 and ARGV[3] == 'allow' then
-	return math.ceil(wait)
+if wait > maxwait then
+	return -math.max(math.ceil(wait), 1)
 end
 if wait < 0 then
 	wait = 0
@@ -89,40 +93,61 @@ func NewLimiter(s *Store, name string, perSecond float64, burst int, fallback *r
 	return l
 }
 
-// Reserve takes one token and returns how long to wait before using it. It
-// returns an error only when ctx is done; a Redis failure switches to the
-// local limiter.
-func (l *Limiter) Reserve(ctx context.Context) (time.Duration, error) {
+// Reserve takes one token if the wait for it is at most maxWait, and
+// returns the wait: the caller waits that long, then goes. Otherwise it
+// takes nothing and returns reserved false with the wait until a token
+// would be free, so that a caller who defers instead of waiting does not
+// use up a slot. It returns an error only when ctx is done; a Redis failure
+// switches to the local limiter.
+func (l *Limiter) Reserve(ctx context.Context, maxWait time.Duration) (wait time.Duration, reserved bool, err error) {
 	if l.unlimited {
-		return 0, nil
+		return 0, true, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if l.degraded.Load() {
 		// Only one caller per probeInterval tries Redis again.
 		now := time.Now().UnixNano()
 		next := l.nextProbe.Load()
 		if now < next || !l.nextProbe.CompareAndSwap(next, now+int64(probeInterval)) {
-			return l.local.Reserve().Delay(), nil
+			return l.reserveLocal(maxWait)
 		}
 	}
-	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst, "reserve").Int64()
+	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst, maxWait.Microseconds()).Int64()
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			// The caller gave up; that says nothing about Redis.
-			return 0, ctxErr
+			return 0, false, ctxErr
 		}
 		l.nextProbe.Store(time.Now().Add(probeInterval).UnixNano())
 		if l.degraded.CompareAndSwap(false, true) {
 			l.logger.Warn("rate limiter: redis unavailable, pacing with the local limiter", "limiter", l.key, "error", err)
 		}
-		return l.local.Reserve().Delay(), nil
+		return l.reserveLocal(maxWait)
 	}
 	if l.degraded.CompareAndSwap(true, false) {
 		l.logger.Info("rate limiter: redis available again", "limiter", l.key)
 	}
-	return time.Duration(us) * time.Microsecond, nil
+	if us < 0 {
+		return time.Duration(-us) * time.Microsecond, false, nil
+	}
+	return time.Duration(us) * time.Microsecond, true, nil
+}
+
+// reserveLocal is Reserve on the local limiter: a reservation that would
+// wait too long is given back.
+func (l *Limiter) reserveLocal(maxWait time.Duration) (time.Duration, bool, error) {
+	r := l.local.Reserve()
+	if !r.OK() {
+		return maxWait + time.Second, false, nil
+	}
+	d := r.Delay()
+	if d > maxWait {
+		r.Cancel()
+		return d, false, nil
+	}
+	return d, true, nil
 }
 
 // Degraded reports whether the limiter is pacing locally because Redis

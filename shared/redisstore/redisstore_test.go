@@ -254,9 +254,9 @@ func pace(t *testing.T, l *redisstore.Limiter, n int) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for range n {
-		wait, err := l.Reserve(t.Context())
-		if err != nil {
-			t.Fatalf("reserve: %v", err)
+		wait, ok, err := l.Reserve(t.Context(), time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("reserve = %v, %v", ok, err)
 		}
 		time.Sleep(wait)
 	}
@@ -283,7 +283,7 @@ func TestLimiterIsShared(t *testing.T) {
 	b := redisstore.NewLimiter(s, "webhook", 10, 2, nil, quiet)
 	var waits []time.Duration
 	for _, l := range []*redisstore.Limiter{a, b, a, b} {
-		w, err := l.Reserve(t.Context())
+		w, _, err := l.Reserve(t.Context(), time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,12 +297,46 @@ func TestLimiterIsShared(t *testing.T) {
 	}
 }
 
+// TestLimiterRefusalTakesNothing: a caller that will not wait as long as
+// the next token needs gets the wait and takes nothing, so any number of
+// refusals leave the schedule where it was (a processor defers such a
+// message; were the token taken anyway, the schedule would run ahead of
+// every deferred message and none would ever fit). Both on Redis and on the
+// local limiter that stands in while Redis is down.
+func TestLimiterRefusalTakesNothing(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	for name, l := range map[string]*redisstore.Limiter{
+		"redis": redisstore.NewLimiter(newStore(t), "webhook", 10, 1, nil, quiet),
+		"local": redisstore.NewLimiter(deadStore(t), "webhook", 10, 1, rate.NewLimiter(10, 1), quiet),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if w, ok, err := l.Reserve(t.Context(), 0); err != nil || !ok || w != 0 {
+				t.Fatalf("first Reserve = %v, %v, %v; want 0, true", w, ok, err)
+			}
+			for i := range 50 {
+				w, ok, err := l.Reserve(t.Context(), 10*time.Millisecond)
+				if err != nil || ok {
+					t.Fatalf("Reserve %d = %v, %v, %v; want a refusal", i, w, ok, err)
+				}
+				if w <= 10*time.Millisecond || w > 101*time.Millisecond {
+					t.Fatalf("Reserve %d: wait %v; want at most the 100 ms to the next token", i, w)
+				}
+			}
+			// The next token is still the one 100 ms after the first.
+			w, ok, err := l.Reserve(t.Context(), time.Second)
+			if err != nil || !ok || w > 101*time.Millisecond {
+				t.Fatalf("Reserve after the refusals = %v, %v, %v; want a wait of at most 100 ms", w, ok, err)
+			}
+		})
+	}
+}
+
 func TestLimiterUnlimited(t *testing.T) {
 	// Unlimited never touches Redis, so even a dead store answers at once.
 	l := redisstore.NewLimiter(deadStore(t), "webhook", 0, 1, nil, nil)
 	for range 100 {
-		if w, err := l.Reserve(t.Context()); err != nil || w != 0 {
-			t.Fatalf("Reserve = %v, %v; want 0", w, err)
+		if w, ok, err := l.Reserve(t.Context(), 0); err != nil || w != 0 || !ok {
+			t.Fatalf("Reserve = %v, %v, %v; want 0, true", w, ok, err)
 		}
 	}
 	if l.Degraded() {
@@ -333,7 +367,7 @@ func TestLimiterHonoursContext(t *testing.T) {
 	l := redisstore.NewLimiter(newStore(t), "webhook", 50, 1, nil, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := l.Reserve(ctx); err == nil {
+	if _, _, err := l.Reserve(ctx, time.Minute); err == nil {
 		t.Fatal("Reserve with a cancelled context succeeded")
 	}
 	if l.Degraded() {
