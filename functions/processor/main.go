@@ -20,9 +20,9 @@ func main() {
 	if err != nil {
 		app.Fatal(a.Logger, "processor setup", err)
 	}
-	// A record is started only with enough time left for one webhook call
-	// and the record of its outcome.
-	reserve := a.Config.WebhookTimeout + 3*time.Second
+	// A record is started only with enough time left for the longest wait
+	// for the rate limiter, one webhook call and the record of its outcome.
+	reserve := p.MaxInlineWait + a.Config.WebhookTimeout + 3*time.Second
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
 		defer emf.Flush()
 		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)

@@ -50,11 +50,14 @@ func (p *Processor) HandleRabbitMQEvent(ctx context.Context, ev events.RabbitMQE
 	for _, msgs := range ev.MessagesByQueue {
 		for _, rec := range msgs {
 			sum.Records++
+			// The time left is read once a slot is free: the wait for
+			// one can take a whole delivery.
+			sem <- struct{}{}
 			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
+				<-sem
 				add(Result{Action: Requeue, Err: errors.New("too close to the invocation deadline")})
 				continue
 			}
-			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done() }()

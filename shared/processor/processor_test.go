@@ -2,13 +2,17 @@ package processor_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-lambda-go/events"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
@@ -358,5 +362,29 @@ func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
 	m := f.message(t, env.ID)
 	if m.Status != message.StatusUnsent || m.Attempts != 1 || m.Seq != 1 || f.calls.Load() != 0 {
 		t.Fatalf("after the deferral: %s attempts %d seq %d, %d calls", m.Status, m.Attempts, m.Seq, f.calls.Load())
+	}
+}
+
+// TestBatchStartsNoRecordTooCloseToTheDeadline: with one record at a time,
+// the second record waits for the first one's delivery (1 s) and then has
+// less than the reserve left, so it is not started: the batch reports it
+// not recorded, for Lambda to redeliver, rather than calling the webhook
+// with too little time to record the answer.
+func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
+	f := setup(t, time.Second, nil)
+	p := f.processor(t)
+	ev := events.RabbitMQEvent{EventSource: "aws:rmq", MessagesByQueue: map[string][]events.RabbitMQMessage{}}
+	for range 2 {
+		env := f.published(t)
+		ev.MessagesByQueue["q::/"] = append(ev.MessagesByQueue["q::/"], events.RabbitMQMessage{Data: base64.StdEncoding.EncodeToString(body(env))})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	sum, err := p.HandleRabbitMQEvent(ctx, ev, 1, 2*time.Second)
+	if !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotRecorded != 1 || sum.Outcomes[message.OutcomeDelivered] != 1 {
+		t.Fatalf("summary %+v, error %v; want one delivered and one not started", sum, err)
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1", n)
 	}
 }
