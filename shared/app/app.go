@@ -194,6 +194,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		Retry:           a.Retry(),
 		ClaimTTL:        a.Config.ClaimTTL(),
 		InboxTTL:        a.Config.InboxTTL,
+		TakenTTL:        2*a.Config.StaleDuration + a.Config.ClaimTTL(),
 		BreakerCooldown: a.Config.BreakerCooldown,
 		MaxInlineWait:   2 * time.Second,
 		Now:             a.Now,

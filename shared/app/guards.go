@@ -46,10 +46,10 @@ func (g *guards) fallback(err error) bool {
 // Degraded reports whether the last guard operation had to fall back.
 func (g *guards) Degraded() bool { return g.down.Load() }
 
-func (g *guards) Claim(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
-	ok, st, wid, err := g.redis.Claim(ctx, id, ttl)
+func (g *guards) Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
+	ok, st, wid, err := g.redis.Claim(ctx, id, seq, ttl, takenTTL)
 	if g.fallback(err) {
-		return g.mongo.ClaimInbox(ctx, id, ttl)
+		return g.mongo.ClaimInbox(ctx, id, seq, ttl)
 	}
 	return ok, st, wid, nil
 }
@@ -74,6 +74,14 @@ func (g *guards) Peek(ctx context.Context, id string) (outbox.InboxState, string
 		return g.mongo.PeekInbox(ctx, id)
 	}
 	return st, wid, nil
+}
+
+func (g *guards) Taken(ctx context.Context, id string, seq int) (bool, error) {
+	taken, err := g.redis.Taken(ctx, id, seq)
+	if g.fallback(err) {
+		return g.mongo.TakenInbox(ctx, id, seq)
+	}
+	return taken, nil
 }
 
 func (g *guards) Acquire(ctx context.Context, name string, ttl time.Duration) (func(context.Context), bool, error) {

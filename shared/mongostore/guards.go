@@ -31,6 +31,8 @@ type guardDoc struct {
 	Done      bool      `bson:"done"`
 	WebhookID string    `bson:"webhookMessageId,omitempty"`
 	ExpiresAt time.Time `bson:"expiresAt"`
+	// Seq is the dispatch an inbox claim was taken for.
+	Seq int `bson:"seq,omitempty"`
 }
 
 func (s *Store) guards() *mongo.Collection { return s.messages.Database().Collection(guardsColl) }
@@ -63,10 +65,12 @@ func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, gu
 	return false, guardDoc{}, fmt.Errorf("guard %s changed hands while taking it", doc.ID)
 }
 
-// ClaimInbox is the durable stand-in for the Redis inbox claim.
-func (s *Store) ClaimInbox(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+// ClaimInbox is the durable stand-in for the Redis inbox claim. The claim's
+// document, kept until the next claim or release replaces it, is also its
+// taken marker (see TakenInbox).
+func (s *Store) ClaimInbox(ctx context.Context, id string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	now := time.Now()
-	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: newToken(), ExpiresAt: now.Add(ttl)}, now)
+	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: newToken(), ExpiresAt: now.Add(ttl), Seq: seq}, now)
 	switch {
 	case err != nil:
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox in mongodb: %w", err)
@@ -113,6 +117,20 @@ func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, st
 	default:
 		return outbox.InboxNone, "", nil
 	}
+}
+
+// TakenInbox reports whether the durable inbox holds a claim, live or
+// expired, of dispatch seq of id or a later one.
+func (s *Store) TakenInbox(ctx context.Context, id string, seq int) (bool, error) {
+	var cur guardDoc
+	err := s.guards().FindOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}}).Decode(&cur)
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("read taken marker in mongodb: %w", err)
+	}
+	return !cur.Done && cur.Seq >= seq, nil
 }
 
 // AcquireLease is the durable stand-in for the Redis relay lease.

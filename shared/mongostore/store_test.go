@@ -921,3 +921,30 @@ func TestMarkLargeBatches(t *testing.T) {
 		t.Fatalf("%d entries still due after MarkPublished: %v", len(due), err)
 	}
 }
+
+// TestDurableInboxTakenMarker: the MongoDB stand-in for the Redis inbox
+// keeps a claim's dispatch after the claim expires, so the stale sweep can
+// tell a dispatch a processor took from one none did; a done marker is no
+// claim.
+func TestDurableInboxTakenMarker(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	if taken, err := s.TakenInbox(ctx, "m1", 0); err != nil || taken {
+		t.Fatalf("TakenInbox before any claim = %v, %v; want false", taken, err)
+	}
+	if ok, _, _, err := s.ClaimInbox(ctx, "m1", 2, time.Millisecond); err != nil || !ok {
+		t.Fatalf("ClaimInbox = %v, %v", ok, err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	for seq, want := range map[int]bool{1: true, 2: true, 3: false} {
+		if taken, err := s.TakenInbox(ctx, "m1", seq); err != nil || taken != want {
+			t.Errorf("TakenInbox(m1, %d) = %v, %v; want %v", seq, taken, err, want)
+		}
+	}
+	if err := s.CompleteInbox(ctx, "m1", "wh-1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if taken, err := s.TakenInbox(ctx, "m1", 2); err != nil || taken {
+		t.Errorf("TakenInbox after CompleteInbox = %v, %v; want false (the sweep sees it done)", taken, err)
+	}
+}

@@ -102,6 +102,9 @@ type Lease interface {
 // a delivery of the message is in progress or done. See processor.Inbox.
 type Inbox interface {
 	Peek(ctx context.Context, id string) (state InboxState, webhookMessageID string, err error)
+	// Taken reports whether a processor claimed dispatch seq of message id
+	// (or a later one) lately: within longer than the stale duration.
+	Taken(ctx context.Context, id string, seq int) (bool, error)
 }
 
 // InboxState is what the inbox knows about a message.

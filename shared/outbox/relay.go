@@ -243,19 +243,32 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		return ignoreStale(r.Store.RecordOutcome(ctx, o))
 	}
 
-	// The lost dispatch counts as an attempt: it may have reached the
-	// webhook. A message is therefore never failed without an attempt.
-	// Except a fast-path entry of a message never attempted: the API may
-	// have died between storing it as published and publishing it, so
-	// nothing may ever have been sent.
-	attempts := m.Attempts + 1
+	// A dispatch that a processor took and never answered counts as an
+	// attempt: it may have reached the webhook. One that no processor
+	// took (none running, or the copy still waits behind a backlog, or it
+	// was lost before it reached one) does not: a long outage of the
+	// processors must not use up, and fail, messages nobody tried to
+	// deliver. When the inbox cannot tell, the dispatch counts, so that a
+	// message that brings its processor down still runs out of attempts.
+	// A fast-path entry of a message never attempted does not count
+	// either: the API may have died between storing it as published and
+	// publishing it.
+	counted := !(e.FastPath && m.Attempts == 0)
 	why := fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)
-	if e.FastPath && m.Attempts == 0 {
-		attempts = 0
+	if !counted {
 		why = fmt.Sprintf("no outcome recorded within %s of the fast path; published again without counting an attempt", r.StaleDuration)
+	} else if taken, err := r.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
+		log.Warn("inbox unavailable; counting the stale dispatch as an attempt", "error", err)
+	} else if !taken {
+		counted = false
+		why = fmt.Sprintf("no outcome recorded within %s and no processor took the message; published again without counting an attempt", r.StaleDuration)
+	}
+	attempts := m.Attempts
+	if counted {
+		attempts++
 	}
 	o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Attempts: attempts, At: now, LastError: m.LastError}
-	if attempts > 0 && r.Retry.Exhausted(attempts) {
+	if counted && r.Retry.Exhausted(attempts) {
 		o.Status = message.StatusFailed
 		o.FailureReason = fmt.Sprintf("no outcome recorded within %s after %d attempts", r.StaleDuration, attempts)
 		o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeFailed, Error: o.FailureReason}

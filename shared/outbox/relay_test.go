@@ -151,8 +151,9 @@ func TestSendAtWaitsForItsTime(t *testing.T) {
 	}
 }
 
-// TestSweepRecoversStaleMessages: a message published but never answered is
-// published again while attempts remain, then dead-lettered with a reason.
+// TestSweepRecoversStaleMessages: a message a processor took but never
+// answered is published again while attempts remain, then dead-lettered
+// with a reason.
 func TestSweepRecoversStaleMessages(t *testing.T) {
 	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "1", "STALE_DURATION": "1m"})
 	a := testenv.App(t, env)
@@ -167,6 +168,16 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 		t.Fatalf("first pass: %+v %v", s, err)
 	}
 
+	// A processor takes the dispatch and dies: its claim expires, its
+	// taken marker stays.
+	take := func(seq int) {
+		t.Helper()
+		if ok, _, _, err := a.Redis.Claim(ctx, id, seq, time.Millisecond, time.Hour); err != nil || !ok {
+			t.Fatalf("claim: %v %v", ok, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	take(0)
 	clock = now.Add(2 * time.Minute) // no outcome arrived: stale
 	if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.Published != 1 {
 		t.Fatalf("recovery pass: %+v %v", s, err)
@@ -176,6 +187,7 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 		t.Fatalf("after recovery: attempts %d seq %d status %s", m.Attempts, m.Seq, m.Status)
 	}
 
+	take(1)
 	clock = now.Add(4 * time.Minute) // stale again, no attempts left
 	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
 		t.Fatalf("dead-letter pass: %+v %v", s, err)
@@ -191,6 +203,36 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 	var n message.DeadLetter
 	if err := json.Unmarshal(dlq[0], &n); err != nil || n.MessageID != id || n.Reason == "" {
 		t.Fatalf("notification %s: %v", dlq[0], err)
+	}
+}
+
+// TestSweepCountsNoAttemptNobodyMade: while no processor takes a message
+// (none running, or a backlog ahead of it), each stale sweep publishes it
+// again without counting an attempt, so even with no retries allowed it is
+// never dead-lettered undelivered.
+func TestSweepCountsNoAttemptNobodyMade(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
+	a := testenv.App(t, env)
+	id := accept(t, a, 1)[0]
+	r := a.Relay(nil)
+	now := time.Now()
+	r.Now = func() time.Time { return now }
+	ctx := context.Background()
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+	for i := 1; i <= 3; i++ {
+		now = now.Add(2 * time.Minute)
+		if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.DeadLettered != 0 {
+			t.Fatalf("stale pass %d: %+v %v", i, s, err)
+		}
+		m, _ := a.Store.GetMessage(ctx, id)
+		if m.Attempts != 0 || m.Seq != i || m.Status != message.StatusProcessing {
+			t.Fatalf("after stale pass %d: attempts %d seq %d status %s", i, m.Attempts, m.Seq, m.Status)
+		}
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[id] != 4 {
+		t.Fatalf("published %v, want %s 4 times", seen, id)
 	}
 }
 

@@ -33,7 +33,9 @@ type Inbox interface {
 	// Claim takes the in-progress claim on id for ttl. It returns the state
 	// found instead if the message is already claimed (InboxInProgress) or
 	// done (InboxDone, with the webhook's message ID).
-	Claim(ctx context.Context, id string, ttl time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
+	// A claim taken also marks dispatch seq of id taken for takenTTL (see
+	// outbox.Inbox.Taken).
+	Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
 	// Complete marks id done for ttl, keeping the webhook's message ID.
 	// Written right after the webhook answers 2xx and before MongoDB, it
 	// shrinks the window in which a crash causes a second delivery.

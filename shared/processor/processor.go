@@ -64,6 +64,9 @@ type Processor struct {
 	// ClaimTTL bounds one delivery; InboxTTL is how long a done marker lives.
 	ClaimTTL time.Duration
 	InboxTTL time.Duration
+	// TakenTTL is how long a claim's taken marker lives: longer than the
+	// stale sweep needs to find a dispatch that was never answered.
+	TakenTTL time.Duration
 	// BreakerCooldown is how long a message waits while the circuit is open.
 	BreakerCooldown time.Duration
 	// MaxInlineWait is the longest a delivery waits for the rate limiter in
@@ -123,7 +126,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 	}
 	log := p.Logger.With("message_id", env.ID, "seq", env.Seq)
 
-	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, p.ClaimTTL)
+	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, env.Seq, p.ClaimTTL, p.TakenTTL)
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
 		// failed too). Go on with the durable check alone: the status and

@@ -24,9 +24,17 @@ const (
 )
 
 // claimScript takes the claim, or returns what holds the key instead, in one
-// round trip: 1 if the claim was taken, else the existing value.
+// round trip: 1 if the claim was taken, else the existing value. A claim
+// taken also leaves the dispatch number in KEYS[2] (the taken marker) for
+// ARGV[4] ms, never lowering it: the stale sweep tells by it a dispatch
+// that a processor took and never finished from one that never reached a
+// processor.
 var claimScript = redis.NewScript(`
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+	local cur = tonumber(redis.call('GET', KEYS[2]) or '-1') or -1
+	if tonumber(ARGV[3]) >= cur then
+		redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+	end
 	return 1
 end
 return redis.call('GET', KEYS[1])
@@ -42,12 +50,14 @@ end
 return 0
 `)
 
-// Claim takes the in-progress claim on id for ttl. When it does, claimed is
-// true and state is InboxNone (nothing held the key). The inbox of message
-// id is the key <prefix>inbox:<id>. Otherwise state says
-// what holds it: InboxInProgress, or InboxDone with the webhook's message ID.
-func (s *Store) Claim(ctx context.Context, id string, ttl time.Duration) (bool, outbox.InboxState, string, error) {
-	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id)}, claimValue, px(ttl)).Result()
+// Claim takes the in-progress claim on id for ttl, and marks dispatch seq
+// of id taken for takenTTL. When it does, claimed is true and state is
+// InboxNone (nothing held the key). The inbox of message id is the key
+// <prefix>inbox:<id>, its taken marker <prefix>taken:<id>. Otherwise state
+// says what holds it: InboxInProgress, or InboxDone with the webhook's
+// message ID.
+func (s *Store) Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
+	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.key("taken", id)}, claimValue, px(ttl), seq, px(takenTTL)).Result()
 	if err != nil {
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
 	}
@@ -98,6 +108,19 @@ func (s *Store) Peek(ctx context.Context, id string) (outbox.InboxState, string,
 		return outbox.InboxNone, "", fmt.Errorf("peek inbox %s: %w", id, err)
 	}
 	return state, wid, nil
+}
+
+// Taken reports whether a processor claimed dispatch seq of id (or a later
+// one) within the taken marker's lifetime.
+func (s *Store) Taken(ctx context.Context, id string, seq int) (bool, error) {
+	v, err := s.client.Get(ctx, s.key("taken", id)).Int()
+	if err == redis.Nil {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read taken marker of %s: %w", id, err)
+	}
+	return v >= seq, nil
 }
 
 func parseInbox(v string) (outbox.InboxState, string, error) {

@@ -101,7 +101,7 @@ func TestInboxClaimIsExclusive(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			<-start
-			ok, state, _, err := in.Claim(t.Context(), "m1", time.Minute)
+			ok, state, _, err := in.Claim(t.Context(), "m1", 0, time.Minute, time.Minute)
 			if err != nil {
 				t.Errorf("claim: %v", err)
 				return
@@ -131,13 +131,13 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	if state, _, err := in.Peek(ctx, "m1"); err != nil || state != outbox.InboxNone {
 		t.Fatalf("Peek of unknown id = %v, %v; want InboxNone", state, err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("first claim = %v, %v", ok, err)
 	}
 	if err := in.Complete(ctx, "m1", "wh-42", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	ok, state, wid, err := in.Claim(ctx, "m1", time.Minute)
+	ok, state, wid, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute)
 	if err != nil || ok || state != outbox.InboxDone || wid != "wh-42" {
 		t.Fatalf("claim after Complete = %v, %v, %q, %v; want false, InboxDone, wh-42", ok, state, wid, err)
 	}
@@ -151,13 +151,13 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	}
 
 	// Release drops an in-progress claim, so the next copy may claim.
-	if ok, _, _, err := in.Claim(ctx, "m2", time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m2", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim m2 = %v, %v", ok, err)
 	}
 	if err := in.Release(ctx, "m2"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m2", time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m2", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after Release = %v, %v; want claimed", ok, err)
 	}
 	// An empty webhook message ID is still a done marker.
@@ -172,22 +172,54 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 func TestInboxClaimExpires(t *testing.T) {
 	ctx := t.Context()
 	in := newStore(t)
-	if ok, _, _, err := in.Claim(ctx, "m1", 100*time.Millisecond); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", 0, 100*time.Millisecond, time.Minute); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
 	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", time.Minute); ok {
+	if ok, _, _, _ := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); ok {
 		t.Fatal("second claim within ttl succeeded")
 	}
 	time.Sleep(200 * time.Millisecond)
-	if ok, _, _, err := in.Claim(ctx, "m1", time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after ttl = %v, %v; want claimed", ok, err)
+	}
+}
+
+// TestInboxTakenMarker: a claim marks its dispatch taken, outliving the
+// claim itself; a claim refused marks nothing; and a copy of an older
+// dispatch does not lower the mark.
+func TestInboxTakenMarker(t *testing.T) {
+	ctx := t.Context()
+	in := newStore(t)
+	if taken, err := in.Taken(ctx, "m1", 0); err != nil || taken {
+		t.Fatalf("Taken before any claim = %v, %v; want false", taken, err)
+	}
+	if ok, _, _, err := in.Claim(ctx, "m1", 1, 50*time.Millisecond, time.Minute); err != nil || !ok {
+		t.Fatalf("claim = %v, %v", ok, err)
+	}
+	time.Sleep(100 * time.Millisecond) // the claim expired; the mark stays
+	for seq, want := range map[int]bool{0: true, 1: true, 2: false} {
+		if taken, err := in.Taken(ctx, "m1", seq); err != nil || taken != want {
+			t.Errorf("Taken(m1, %d) = %v, %v; want %v", seq, taken, err, want)
+		}
+	}
+	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
+		t.Fatalf("claim of the older dispatch = %v, %v", ok, err)
+	}
+	if taken, _ := in.Taken(ctx, "m1", 1); !taken {
+		t.Error("a claim of an older dispatch lowered the mark")
+	}
+	if ok, _, _, _ := in.Claim(ctx, "m1", 5, time.Minute, time.Minute); ok {
+		t.Fatal("claim while another holds it succeeded")
+	}
+	if taken, _ := in.Taken(ctx, "m1", 5); taken {
+		t.Error("a refused claim marked its dispatch taken")
 	}
 }
 
 func TestInboxRedisDown(t *testing.T) {
 	in := deadStore(t)
 	start := time.Now()
-	_, _, _, err := in.Claim(t.Context(), "m1", time.Minute)
+	_, _, _, err := in.Claim(t.Context(), "m1", 0, time.Minute, time.Minute)
 	if err == nil {
 		t.Fatal("claim against a closed port succeeded")
 	}
