@@ -379,17 +379,20 @@ func findEntries(ctx context.Context, c *mongo.Collection, filter bson.D, opts *
 }
 
 // MarkProcessing moves the message of each entry from UNSENT to PROCESSING
-// if it is still at the entry's Seq. One unordered bulkWrite of per-_id
-// updates: each reaches SQLite by _id on FerretDB, where the condition on
-// seq and status is then checked in Go, not atomically.
-func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) error {
+// if it is still at the entry's Seq, and returns the IDs of the messages
+// that do not exist. One unordered bulkWrite of per-_id updates: each
+// reaches SQLite by _id on FerretDB, where the condition on seq and status
+// is then checked in Go, not atomically, on the message read first. A real
+// MongoDB checks atomically, and one find by _id tells the missing ones.
+func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) ([]string, error) {
 	if len(entries) == 0 {
-		return nil
+		return nil, nil
 	}
 	update := bson.D{
 		{Key: "$set", Value: bson.D{{Key: "status", Value: message.StatusProcessing}, {Key: "updatedAt", Value: at}}},
 		{Key: "$unset", Value: bson.D{{Key: "nextAttemptAt", Value: ""}}},
 	}
+	var missing []string
 	models := make([]mongo.WriteModel, 0, len(entries))
 	for _, e := range entries {
 		filter := bson.D{
@@ -404,20 +407,51 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 				Status message.Status `bson:"status"`
 			}
 			err := s.messages.FindOne(ctx, byID(e.MessageID)).Decode(&cur)
-			if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && (cur.Seq != e.Seq || cur.Status != message.StatusUnsent)) {
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				missing = append(missing, e.MessageID)
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("mark messages processing: %w", err)
+				return nil, fmt.Errorf("mark messages processing: %w", err)
+			}
+			if cur.Seq != e.Seq || cur.Status != message.StatusUnsent {
+				continue
 			}
 			filter = byID(e.MessageID)
 		}
 		models = append(models, mongo.NewUpdateOneModel().SetFilter(filter).SetUpdate(update))
 	}
 	if err := bulkWrite(ctx, s.messages, models); err != nil {
-		return fmt.Errorf("mark messages processing: %w", err)
+		return nil, fmt.Errorf("mark messages processing: %w", err)
 	}
-	return nil
+	if s.ferret {
+		return missing, nil
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.MessageID
+	}
+	cur, err := s.messages.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
+		options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("mark messages processing: %w", err)
+	}
+	var found []struct {
+		ID string `bson:"_id"`
+	}
+	if err := cur.All(ctx, &found); err != nil {
+		return nil, fmt.Errorf("mark messages processing: %w", err)
+	}
+	exists := make(map[string]bool, len(found))
+	for _, f := range found {
+		exists[f.ID] = true
+	}
+	for _, id := range ids {
+		if !exists[id] {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
 }
 
 // MarkPublished sets publishedAt on the entries with these keys. Missing

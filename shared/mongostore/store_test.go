@@ -474,14 +474,18 @@ func TestMarkProcessing(t *testing.T) {
 		create(t, s, m)
 	}
 	at := t0.Add(2 * time.Minute)
-	err := s.MarkProcessing(ctx, []message.OutboxEntry{
+	unknown := newID(t)
+	missing, err := s.MarkProcessing(ctx, []message.OutboxEntry{
 		message.NewOutboxEntry(waiting.ID, 0, t0, t0),
 		message.NewOutboxEntry(movedOn.ID, 2, t0, t0),
 		message.NewOutboxEntry(done.ID, 0, t0, t0),
-		message.NewOutboxEntry(newID(t), 0, t0, t0), // unknown message
+		message.NewOutboxEntry(unknown, 0, t0, t0),
 	}, at)
 	if err != nil {
 		t.Fatalf("mark processing: %v", err)
+	}
+	if !reflect.DeepEqual(missing, []string{unknown}) {
+		t.Errorf("missing %v, want [%s]", missing, unknown)
 	}
 	want := norm(waiting)
 	want.Status, want.UpdatedAt, want.NextAttemptAt = message.StatusProcessing, ms(at), nil
@@ -493,7 +497,7 @@ func TestMarkProcessing(t *testing.T) {
 			t.Errorf("message that should be left alone changed:\n got %+v\nwant %+v", got, norm(m))
 		}
 	}
-	if err := s.MarkProcessing(ctx, nil, at); err != nil {
+	if _, err := s.MarkProcessing(ctx, nil, at); err != nil {
 		t.Errorf("mark processing of nothing: %v", err)
 	}
 }
@@ -910,7 +914,7 @@ func TestMarkLargeBatches(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := s.MarkProcessing(ctx, entries, now); err != nil {
+	if _, err := s.MarkProcessing(ctx, entries, now); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.MarkPublished(ctx, keys, now); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,7 +55,17 @@ type Summary struct {
 	Recovered int    `json:"recovered"`
 	// DeadLettered counts stale messages that had no attempts left.
 	DeadLettered int `json:"deadLettered"`
+	// Waiting counts due entries left for a later pass because their
+	// message was still being stored.
+	Waiting int `json:"waiting,omitempty"`
 }
+
+// createGrace is how long an outbox entry whose message does not exist is
+// taken for a create still in progress (the entry is stored first, the
+// message right after; a create gives up after 10 s). After that the create
+// died, and the entry is published: the processor acknowledges the copy
+// and the stale sweep removes the entry.
+const createGrace = 30 * time.Second
 
 const leaseName = "outbox-relay"
 
@@ -147,20 +158,28 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
 	// dispatch is in the queue yet: after the publish the processor may
 	// write the message at any moment, and the embedded MongoDB cannot make
 	// "set PROCESSING unless already SENT" atomic.
-	if err := r.Store.MarkProcessing(ctx, entries, now); err != nil {
+	missing, err := r.Store.MarkProcessing(ctx, entries, now)
+	if err != nil {
 		return 0, fmt.Errorf("mark processing: %w", err)
 	}
-	envs := make([]message.Envelope, len(entries))
-	for i, e := range entries {
-		envs[i] = message.Envelope{ID: e.MessageID, Seq: e.Seq, PublishedAt: now}
+	envs := make([]message.Envelope, 0, len(entries))
+	for _, e := range entries {
+		if slices.Contains(missing, e.MessageID) && now.Sub(e.CreatedAt) < createGrace {
+			// Its message is being stored right now (the entry goes
+			// first): publishing it would only make the processor drop
+			// the copy. It stays due for the next pass.
+			continue
+		}
+		envs = append(envs, message.Envelope{ID: e.MessageID, Seq: e.Seq, PublishedAt: now})
 	}
+	sum.Waiting += len(entries) - len(envs)
 	confirmed, pubErr := r.Publisher.PublishConfirmed(ctx, envs)
 	keys := make([]string, 0, len(confirmed))
 	for _, env := range confirmed {
 		keys = append(keys, message.OutboxKey(env.ID, env.Seq))
 	}
 	sum.Published += len(keys)
-	sum.Failed += len(entries) - len(keys)
+	sum.Failed += len(envs) - len(keys)
 	if len(keys) > 0 {
 		// Only now is the entry recorded as published. A crash before this
 		// line leaves it due, and the next pass publishes it again.
@@ -172,7 +191,9 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
 	if pubErr != nil {
 		return len(entries), fmt.Errorf("publish outbox batch: %w", pubErr)
 	}
-	return len(entries), nil
+	// A batch with entries left waiting ends the pass: the next batch
+	// would begin with the same ones.
+	return len(envs), nil
 }
 
 // Sweep recovers entries published longer than StaleDuration ago whose

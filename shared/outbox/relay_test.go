@@ -236,6 +236,46 @@ func TestSweepCountsNoAttemptNobodyMade(t *testing.T) {
 	}
 }
 
+// TestRelayLeavesAnEntryWhoseMessageIsBeingStored: a create stores the
+// entry, then the message. A pass between the two leaves the entry due
+// instead of publishing a copy the processor would drop; once the message
+// exists the next pass publishes it. An entry whose message never came
+// (its create died) is published after the grace, as before.
+func TestRelayLeavesAnEntryWhoseMessageIsBeingStored(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "half-stored"}, now)
+	e := message.NewOutboxEntry(m.ID, 0, now, now)
+	if err := a.Store.EnsureOutbox(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return now.Add(time.Second) }
+	if s, err := r.Pass(ctx); err != nil || s.Published != 0 || s.Waiting != 1 {
+		t.Fatalf("pass before the message exists: %+v %v", s, err)
+	}
+	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 || s.Waiting != 0 {
+		t.Fatalf("pass once it exists: %+v %v", s, err)
+	}
+
+	orphan := message.NewOutboxEntry(uuid.Must(uuid.NewV7()).String(), 0, now, now)
+	if err := a.Store.EnsureOutbox(ctx, orphan); err != nil {
+		t.Fatal(err)
+	}
+	r.Now = func() time.Time { return now.Add(time.Minute) }
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 || s.Waiting != 0 {
+		t.Fatalf("pass after the grace: %+v %v", s, err)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); len(seen) != 2 || seen[m.ID] != 1 || seen[orphan.MessageID] != 1 {
+		t.Fatalf("published %v, want %s and %s once each", seen, m.ID, orphan.MessageID)
+	}
+}
+
 // TestSweepRecoversAnUnpublishedFastPathEntry: the API stores a fast-path
 // entry as published just before publishing it. If it dies in between, the
 // sweep publishes the message without counting an attempt, even with no
