@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -29,8 +30,13 @@ var (
 	_ outbox.Lease    = (*guards)(nil)
 )
 
-// fallback records whether Redis failed, logging each change once.
+// fallback records whether Redis failed, logging each change once. An
+// error of a caller that gave up (its context ended) says nothing about
+// Redis: it is no outage, and the caller's MongoDB call fails the same way.
 func (g *guards) fallback(err error) bool {
+	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return true
+	}
 	if err == nil {
 		if g.down.CompareAndSwap(true, false) {
 			g.logger.Info("redis is back; inbox and lease use it again")

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"reflect"
 	"strconv"
@@ -221,8 +222,8 @@ func (c Config) Validate() error {
 			bad(name, "must not be empty")
 		}
 	}
-	if c.Prefetch < 1 {
-		bad("RABBITMQ_PREFETCH", "must be at least 1")
+	if c.Prefetch < 1 || c.Prefetch > 65535 {
+		bad("RABBITMQ_PREFETCH", "must be between 1 and 65535")
 	}
 	if c.ProcessorConcurrency < 1 {
 		bad("PROCESSOR_CONCURRENCY", "must be at least 1")
@@ -508,7 +509,7 @@ func (r *reader) int(name string, dst *int) {
 func (r *reader) float(name string, dst *float64) {
 	if v := r.getenv(name); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 			r.fail(name, v, "a number")
 			return
 		}

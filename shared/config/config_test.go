@@ -24,16 +24,19 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadNamesTheBadVariable(t *testing.T) {
 	tests := map[string]string{
-		"WEBHOOK_TIMEOUT": "5",
-		"MAX_RETRIES":     "three",
-		"STALE_DURATION":  "1s",
-		"WEBHOOK_SECRET":  "not-a-secret",
-		"WEBHOOK_URL":     "ftp://x",
-		"RABBITMQ_URI":    "http://x",
-		"MONGODB_URI":     "localhost:27017",
-		"REDIS_URI":       "http://x",
-		"BATCH_SIZE":      "0",
-		"LOG_LEVEL":       "loud",
+		"WEBHOOK_TIMEOUT":    "5",
+		"MAX_RETRIES":        "three",
+		"STALE_DURATION":     "1s",
+		"WEBHOOK_SECRET":     "not-a-secret",
+		"WEBHOOK_URL":        "ftp://x",
+		"RABBITMQ_URI":       "http://x",
+		"MONGODB_URI":        "localhost:27017",
+		"REDIS_URI":          "http://x",
+		"BATCH_SIZE":         "0",
+		"LOG_LEVEL":          "loud",
+		"WEBHOOK_RATE_LIMIT": "NaN",
+		"API_RATE_LIMIT":     "+Inf",
+		"RABBITMQ_PREFETCH":  "65536",
 	}
 	for name, value := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -59,6 +60,12 @@ func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Ha
 		if utf8.RuneCountInString(key) > MaxIdempotencyKeyLength {
 			writeInvalid(w, r, "Idempotency-Key",
 				fmt.Sprintf("must be at most %d characters", MaxIdempotencyKeyLength))
+			return
+		}
+		if !validKey(key) {
+			// A store may replace invalid bytes (the embedded MongoDB
+			// does), and then the key would never be found again.
+			writeInvalid(w, r, "Idempotency-Key", "must be valid UTF-8 without control characters")
 			return
 		}
 		req, err := decodeCreateRequest(w, r, maxBody)
@@ -247,6 +254,20 @@ func validUUID(s string) bool {
 			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// validKey reports whether an Idempotency-Key is valid UTF-8 free of
+// control characters.
+func validKey(key string) bool {
+	if !utf8.ValidString(key) {
+		return false
+	}
+	for _, c := range key {
+		if unicode.IsControl(c) {
+			return false
 		}
 	}
 	return true

@@ -56,6 +56,7 @@ func TestCreateMessage(t *testing.T) {
 		{name: "251 two-byte characters", body: body(phone, strings.Repeat("ş", 251)), status: 400, field: "content"},
 		{name: "trailing object", body: valid + `{}`, status: 400, code: message.EINVALID},
 		{name: "trailing garbage", body: valid + ` x`, status: 400, code: message.EINVALID},
+		{name: "idempotency key not UTF-8", body: valid, headers: []string{"Idempotency-Key", "order-\xff\xfe"}, status: 400, field: "Idempotency-Key"},
 		{name: "idempotency key too long", body: valid, headers: []string{"Idempotency-Key", strings.Repeat("k", 256)}, status: 400, field: "Idempotency-Key"},
 		{name: "body too large", body: body(phone, strings.Repeat("a", 17<<10)), status: 413, code: message.ETOOLARGE},
 		{name: "trailing data too large", body: valid + strings.Repeat(" ", 17<<10) + "{}", status: 413, code: message.ETOOLARGE},

@@ -99,6 +99,9 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		p.Errors = []FieldProblem{{Field: me.Field, Detail: me.Message}}
 	}
 	if me.Code == message.EUNAVAILABLE {
+		// The client learns only that it may try again; the operator
+		// needs the cause, which the error wraps.
+		logInternal(r, log, err)
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}
 	writeProblem(w, r, p)
