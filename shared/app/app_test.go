@@ -94,3 +94,31 @@ func TestInboundRateLimitCountsUnknownKeysByAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedulerRoutesAnswer503WhenTheStoreFails: with MongoDB gone, the
+// scheduler routes answer 503 with Retry-After, as every other route does,
+// not 500.
+func TestSchedulerRoutesAnswer503WhenTheStoreFails(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	sched := a.LocalScheduler()
+	srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+	defer srv.Close()
+	if err := a.Store.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, route := range []struct{ method, path string }{
+		{http.MethodGet, "/scheduler"},
+		{http.MethodPost, "/scheduler/stop"},
+	} {
+		req, _ := http.NewRequest(route.method, srv.URL+route.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s %s with the store closed: %d, Retry-After %q; want 503 with Retry-After",
+				route.method, route.path, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -32,11 +33,15 @@ const gateCacheTTL = 250 * time.Millisecond
 
 var _ httpapi.Scheduler = (*StoreScheduler)(nil)
 
+// errSchedulerUnavailable makes a store failure a 503 with Retry-After, as
+// on every other route, instead of a 500.
+var errSchedulerUnavailable = &message.Error{Code: message.EUNAVAILABLE, Message: "the publisher state cannot be read or changed right now; try again"}
+
 // Status implements httpapi.Scheduler.
 func (s *StoreScheduler) Status(ctx context.Context) (httpapi.SchedulerStatus, error) {
 	state, at, err := s.Store.SchedulerState(ctx, s.Default)
 	if err != nil {
-		return httpapi.SchedulerStatus{}, err
+		return httpapi.SchedulerStatus{}, fmt.Errorf("%w: %w", errSchedulerUnavailable, err)
 	}
 	st := httpapi.SchedulerStatus{State: state, Backend: "mongodb"}
 	if !at.IsZero() {
@@ -57,7 +62,7 @@ func (s *StoreScheduler) Stop(ctx context.Context) (httpapi.SchedulerStatus, err
 
 func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) (httpapi.SchedulerStatus, error) {
 	if err := s.Store.SetSchedulerState(ctx, state, s.Now().UTC()); err != nil {
-		return httpapi.SchedulerStatus{}, err
+		return httpapi.SchedulerStatus{}, fmt.Errorf("%w: %w", errSchedulerUnavailable, err)
 	}
 	s.mu.Lock()
 	s.cached, s.cachedAt = state, time.Now()

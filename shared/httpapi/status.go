@@ -61,7 +61,12 @@ func handleStatus(h Health) http.Handler {
 
 		report := map[string]any{}
 		if h.Info != nil {
-			for k, v := range h.Info(ctx) {
+			// Bounded like a check: a database that hangs must not hold
+			// up the answer that says so.
+			infoCtx, cancel := context.WithTimeout(ctx, CheckTimeout)
+			info := h.Info(infoCtx)
+			cancel()
+			for k, v := range info {
 				report[k] = v
 			}
 		}
