@@ -294,9 +294,12 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 		return p.record(ctx, log, o, message.OutcomeDelivered)
 	case ClassRetryable:
 		if !p.Retry.Exhausted(attempt) {
+			// A Retry-After longer than the backoff wins, up to the
+			// longest wait between attempts the operator allows: a
+			// server's "come back in a year" must not park a message.
 			wait := p.Retry.Delay(attempt)
-			if resp.RetryAfter > wait {
-				wait = resp.RetryAfter
+			if ra := min(resp.RetryAfter, p.Retry.MaxDelay); ra > wait {
+				wait = ra
 			}
 			next := now.Add(wait)
 			d.Outcome = message.OutcomeRetry

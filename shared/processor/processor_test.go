@@ -223,7 +223,7 @@ func TestRedisDownFallsBackToMongo(t *testing.T) {
 }
 
 func TestRetryAfterIsHonoured(t *testing.T) {
-	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "1s"})
+	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "1s", "RETRY_MAX_DELAY": "1m"})
 	f.code.Store(http.StatusTooManyRequests)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "30")
@@ -244,6 +244,22 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	m := f.message(t, env.ID)
 	if wait := m.NextAttemptAt.Sub(before); wait < 29*time.Second || wait > 32*time.Second {
 		t.Fatalf("429 with Retry-After: 30 retried after %s", wait)
+	}
+
+	// Beyond RETRY_MAX_DELAY the wait stops there.
+	f.env["RETRY_MAX_DELAY"] = "20s"
+	a = testenv.App(t, f.env)
+	if p, err = a.Processor(); err != nil {
+		t.Fatal(err)
+	}
+	env = f.published(t)
+	before = time.Now()
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("Handle: %+v", r)
+	}
+	m = f.message(t, env.ID)
+	if wait := m.NextAttemptAt.Sub(before); wait < 19*time.Second || wait > 21*time.Second {
+		t.Fatalf("Retry-After: 30 with RETRY_MAX_DELAY 20s retried after %s", wait)
 	}
 }
 
