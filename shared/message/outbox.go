@@ -54,6 +54,9 @@ type Outcome struct {
 	WebhookMessageID string
 	// Delivery, if set, is appended to the message's delivery log.
 	Delivery *Delivery
+	// Replay marks the operator's replay of a FAILED message, the only
+	// outcome that may move a message out of FAILED.
+	Replay bool
 	// Read, if set, is the message as the caller read it after taking its
 	// inbox claim; only the claim holder may set it. A store without atomic
 	// conditional updates (the embedded MongoDB) checks Seq and status

@@ -19,16 +19,21 @@ var allStatuses = []message.Status{
 	message.StatusUnsent, message.StatusProcessing, message.StatusSent, message.StatusFailed,
 }
 
-// outcomeFrom returns the statuses a message may be in for an outcome with
-// status to to apply: to itself (an outcome recorded again after a crash)
-// and every status message.CanTransition allows to move to to. It keeps a
-// late outcome at the current Seq from undoing a final status, e.g. a stale
-// sweep's UNSENT landing on a message just recorded SENT (SENT does not
-// advance Seq, so the Seq condition alone would not stop it).
-func outcomeFrom(to message.Status) []message.Status {
-	from := []message.Status{to}
+// outcomeFrom returns the statuses a message may be in for outcome o to
+// apply: o's status itself (an outcome recorded again after a crash) and
+// every status message.CanTransition allows to move to it, except that only
+// a replay may move a FAILED message. It keeps a late outcome at the current
+// Seq from undoing a final status, e.g. a stale sweep's UNSENT landing on a
+// message just recorded SENT (SENT does not advance Seq, so the Seq
+// condition alone would not stop it), or a processor's retry reviving a
+// message the sweep dead-lettered meanwhile.
+func outcomeFrom(o message.Outcome) []message.Status {
+	from := []message.Status{o.Status}
 	for _, s := range allStatuses {
-		if message.CanTransition(s, to) {
+		if s == message.StatusFailed && o.Status == message.StatusUnsent && !o.Replay {
+			continue
+		}
+		if message.CanTransition(s, o.Status) {
 			from = append(from, s)
 		}
 	}
@@ -66,7 +71,7 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	filter := bson.D{
 		{Key: "_id", Value: o.MessageID},
 		{Key: "seq", Value: o.Seq},
-		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o.Status)}}},
+		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o)}}},
 	}
 	res, err := s.messages.UpdateOne(ctx, filter, update)
 	if err != nil {
@@ -309,7 +314,7 @@ func (s *Store) ferretUpdate(ctx context.Context, o message.Outcome) (mongo.Writ
 		}
 		cur = &m
 	}
-	if cur.Seq != o.Seq || !slices.Contains(outcomeFrom(o.Status), cur.Status) {
+	if cur.Seq != o.Seq || !slices.Contains(outcomeFrom(o), cur.Status) {
 		return nil, message.ErrStaleOutcome
 	}
 	if o.Delivery != nil {

@@ -786,6 +786,8 @@ func TestRecordOutcomeRefused(t *testing.T) {
 			o: message.Outcome{Seq: 2, Status: message.StatusFailed, At: at}, wantErr: message.ErrStaleOutcome},
 		{name: "sent after failed", status: message.StatusFailed, seq: 2,
 			o: message.Outcome{Seq: 2, Status: message.StatusSent, At: at}, wantErr: message.ErrStaleOutcome},
+		{name: "retry after failed (only a replay revives)", status: message.StatusFailed, seq: 2,
+			o: message.Outcome{Seq: 2, Status: message.StatusUnsent, At: at, NextAttemptAt: &next}, wantErr: message.ErrStaleOutcome},
 		{name: "unknown message", unknown: true,
 			o: message.Outcome{Seq: 0, Status: message.StatusSent, At: at}, wantErr: message.ErrNotFound},
 	}

@@ -74,8 +74,8 @@ func (s *Service) replay(ctx context.Context, m message.Message) error {
 	now := s.Now().UTC()
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: 0, At: now, NextAttemptAt: &now,
-		LastError: m.LastError,
-		Delivery:  &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeReplayed, Error: "replayed from the dead-letter queue: " + m.FailureReason},
+		LastError: m.LastError, Replay: true,
+		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeReplayed, Error: "replayed from the dead-letter queue: " + m.FailureReason},
 	}
 	err := s.Store.RecordOutcome(ctx, o)
 	if errors.Is(err, message.ErrStaleOutcome) {
