@@ -28,6 +28,11 @@ func (s *Store) addFailed(ctx context.Context, r message.FailedRecord) error {
 	return nil
 }
 
+// IndexFailed implements processor.Store: addFailed for callers outside.
+func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
+	return s.addFailed(ctx, r)
+}
+
 // RemoveFailed drops a replayed message from the failed index.
 func (s *Store) RemoveFailed(ctx context.Context, id string) error {
 	if _, err := s.failed().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {

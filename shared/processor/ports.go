@@ -24,6 +24,9 @@ type Store interface {
 	RecordOutcomes(ctx context.Context, outcomes []message.Outcome) (errs []error)
 	// HasOutboxEntry reports whether the outbox entry with this key exists.
 	HasOutboxEntry(ctx context.Context, key string) (bool, error)
+	// IndexFailed adds a FAILED message to the failed index, or updates
+	// its entry there.
+	IndexFailed(ctx context.Context, r message.FailedRecord) error
 }
 
 // Inbox is the fast, atomic guard in front of deliveries (Redis SET NX).

@@ -161,6 +161,11 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 			_ = p.Inbox.Complete(ctx, m.ID, m.WebhookMessageID, p.InboxTTL)
 		} else {
 			p.release(ctx, log, env.ID)
+			// The failed index is written after the status; a copy
+			// requeued because that write failed puts it right here.
+			if err := p.Store.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}); err != nil {
+				return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("index failed message: %w", err)}
+			}
 		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	case m.Seq != env.Seq:

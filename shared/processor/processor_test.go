@@ -168,6 +168,33 @@ func TestPermanentFailureIsDeadLettered(t *testing.T) {
 	}
 }
 
+// TestCopyOfAFailedMessageRestoresTheFailedIndex: the failed index is
+// written after the FAILED status. If that write is lost, the copy requeued
+// for it (or any later copy) puts the message back in the index, without a
+// second delivery.
+func TestCopyOfAFailedMessageRestoresTheFailedIndex(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusBadRequest)
+	env := f.published(t)
+	p := f.processor(t)
+	ctx := context.Background()
+	if r := p.Handle(ctx, body(env), false); r.Outcome != message.OutcomeFailed {
+		t.Fatalf("Handle: %+v", r)
+	}
+	if err := f.a.Store.RemoveFailed(ctx, env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.Handle(ctx, body(env), true); r.Action != processor.Ack || r.Outcome != "duplicate" {
+		t.Fatalf("copy: %+v", r)
+	}
+	if n, err := f.a.Store.CountFailed(ctx); err != nil || n != 1 {
+		t.Fatalf("failed index holds %d (%v), want 1", n, err)
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1", n)
+	}
+}
+
 func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
 	f := setup(t, 0, nil)
 	p := f.processor(t)
