@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strings"
 	"time"
@@ -57,7 +58,11 @@ return 0
 // says what holds it: InboxInProgress, or InboxDone with the webhook's
 // message ID.
 func (s *Store) Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
-	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.key("taken", id)}, claimValue, px(ttl), seq, px(takenTTL)).Result()
+	// The claim holds a value of its own: the client retries a script
+	// whose answer timed out, and a retry that finds its own claim must
+	// not take it for somebody else's.
+	mine := claimValue + ":" + rand.Text()
+	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.key("taken", id)}, mine, px(ttl), seq, px(takenTTL)).Result()
 	if err != nil {
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
 	}
@@ -65,6 +70,9 @@ func (s *Store) Claim(ctx context.Context, id string, seq int, ttl, takenTTL tim
 	case int64:
 		return true, outbox.InboxNone, "", nil
 	case string:
+		if v == mine {
+			return true, outbox.InboxNone, "", nil
+		}
 		state, wid, err := parseInbox(v)
 		if err != nil {
 			return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
