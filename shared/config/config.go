@@ -273,6 +273,10 @@ func (c Config) Validate() error {
 	if c.StaleDuration <= c.ClaimTTL() {
 		bad("STALE_DURATION", "must be longer than %s (twice WEBHOOK_TIMEOUT plus 10s)", c.ClaimTTL())
 	}
+	// A done marker must outlive the stale sweep's look at its message.
+	if c.InboxTTL < 2*c.StaleDuration {
+		bad("INBOX_TTL", "must be at least twice STALE_DURATION (%s)", 2*c.StaleDuration)
+	}
 	if c.DLQAlertThreshold < 0 {
 		bad("DLQ_ALERT_THRESHOLD", "must not be negative")
 	}

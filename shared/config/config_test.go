@@ -37,6 +37,7 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 		"WEBHOOK_RATE_LIMIT": "NaN",
 		"API_RATE_LIMIT":     "+Inf",
 		"RABBITMQ_PREFETCH":  "65536",
+		"INBOX_TTL":          "5m",
 	}
 	for name, value := range tests {
 		t.Run(name, func(t *testing.T) {
