@@ -309,9 +309,26 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 	return message.IdempotencyRecord{}, false, errors.New("put idempotency record: key keeps appearing and vanishing")
 }
 
-// DeleteIdempotencyRecord removes the record with this key, if any.
-func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key string) error {
-	if _, err := s.idempotency.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}}); err != nil {
+// DeleteIdempotencyRecord removes the record with this key if it still
+// names messageID: a record a concurrent request has put in its place
+// since the caller read it stays. On a real MongoDB that is one atomic
+// delete; on FerretDB, whose extra filter conditions are full scans, the
+// record is read by _id and deleted by _id, which shrinks the race to the
+// time between the two.
+func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
+	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
+	if s.ferret {
+		var cur message.IdempotencyRecord
+		err := s.idempotency.FindOne(ctx, byID(key)).Decode(&cur)
+		if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && cur.MessageID != messageID) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("delete idempotency record: %w", err)
+		}
+		filter = byID(key)
+	}
+	if _, err := s.idempotency.DeleteOne(ctx, filter); err != nil {
 		return fmt.Errorf("delete idempotency record: %w", err)
 	}
 	return nil

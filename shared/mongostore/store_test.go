@@ -313,11 +313,19 @@ func TestIdempotencyRecords(t *testing.T) {
 		}
 	}
 
+	// A delete of a record that names another message (one a concurrent
+	// request put in place of the expired one) leaves it.
+	if err := s.DeleteIdempotencyRecord(ctx, "key-1", "not-"+first.MessageID); err != nil {
+		t.Fatalf("delete of another record: %v", err)
+	}
+	if _, inserted, _ := s.PutIdempotencyRecord(ctx, first); inserted {
+		t.Fatal("a delete naming another message removed the record")
+	}
 	// After a delete the key is free again; deleting a missing key is fine.
-	if err := s.DeleteIdempotencyRecord(ctx, "key-1"); err != nil {
+	if err := s.DeleteIdempotencyRecord(ctx, "key-1", first.MessageID); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	if err := s.DeleteIdempotencyRecord(ctx, "key-1"); err != nil {
+	if err := s.DeleteIdempotencyRecord(ctx, "key-1", first.MessageID); err != nil {
 		t.Fatalf("delete missing: %v", err)
 	}
 	again := message.IdempotencyRecord{Key: "key-1", RequestHash: "h3", MessageID: "z", CreatedAt: t0}

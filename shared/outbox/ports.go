@@ -34,8 +34,10 @@ type Store interface {
 	// PutIdempotencyRecord inserts r. If a record with r.Key exists it
 	// returns that record and inserted false.
 	PutIdempotencyRecord(ctx context.Context, r message.IdempotencyRecord) (existing message.IdempotencyRecord, inserted bool, err error)
-	// DeleteIdempotencyRecord removes an expired record.
-	DeleteIdempotencyRecord(ctx context.Context, key string) error
+	// DeleteIdempotencyRecord removes an expired record, if the record
+	// under key still names messageID (not one a concurrent request put in
+	// its place).
+	DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error
 
 	// DueOutbox returns up to limit unpublished entries due at or before
 	// now, earliest first.
