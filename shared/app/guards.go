@@ -52,10 +52,10 @@ func (g *guards) fallback(err error) bool {
 // Degraded reports whether the last guard operation had to fall back.
 func (g *guards) Degraded() bool { return g.down.Load() }
 
-func (g *guards) Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
-	ok, st, wid, err := g.redis.Claim(ctx, id, seq, ttl, takenTTL)
+func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
+	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl, takenTTL)
 	if g.fallback(err) {
-		return g.mongo.ClaimInbox(ctx, id, seq, ttl)
+		return g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
 	}
 	return ok, st, wid, nil
 }
@@ -67,9 +67,9 @@ func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl 
 	return nil
 }
 
-func (g *guards) Release(ctx context.Context, id string) error {
-	if g.fallback(g.redis.Release(ctx, id)) {
-		return g.mongo.ReleaseInbox(ctx, id)
+func (g *guards) Release(ctx context.Context, id, token string) error {
+	if g.fallback(g.redis.Release(ctx, id, token)) {
+		return g.mongo.ReleaseInbox(ctx, id, token)
 	}
 	return nil
 }

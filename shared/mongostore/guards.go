@@ -68,9 +68,9 @@ func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, gu
 // ClaimInbox is the durable stand-in for the Redis inbox claim. The claim's
 // document, kept until the next claim or release replaces it, is also its
 // taken marker (see TakenInbox).
-func (s *Store) ClaimInbox(ctx context.Context, id string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+func (s *Store) ClaimInbox(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	now := time.Now()
-	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: newToken(), ExpiresAt: now.Add(ttl), Seq: seq}, now)
+	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: token, ExpiresAt: now.Add(ttl), Seq: seq}, now)
 	switch {
 	case err != nil:
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox in mongodb: %w", err)
@@ -93,9 +93,11 @@ func (s *Store) CompleteInbox(ctx context.Context, id, webhookMessageID string, 
 	return nil
 }
 
-// ReleaseInbox drops an in-progress claim on id, never a done marker.
-func (s *Store) ReleaseInbox(ctx context.Context, id string) error {
-	if err := s.deleteGuard(ctx, "inbox:"+id, bson.D{{Key: "done", Value: false}}, func(g guardDoc) bool { return !g.Done }); err != nil {
+// ReleaseInbox drops the claim on id taken with token, never a done marker
+// or another holder's claim.
+func (s *Store) ReleaseInbox(ctx context.Context, id, token string) error {
+	match := bson.D{{Key: "done", Value: false}, {Key: "token", Value: token}}
+	if err := s.deleteGuard(ctx, "inbox:"+id, match, func(g guardDoc) bool { return !g.Done && g.Token == token }); err != nil {
 		return fmt.Errorf("release inbox in mongodb: %w", err)
 	}
 	return nil

@@ -946,7 +946,7 @@ func TestDurableInboxTakenMarker(t *testing.T) {
 	if taken, err := s.TakenInbox(ctx, "m1", 0); err != nil || taken {
 		t.Fatalf("TakenInbox before any claim = %v, %v; want false", taken, err)
 	}
-	if ok, _, _, err := s.ClaimInbox(ctx, "m1", 2, time.Millisecond); err != nil || !ok {
+	if ok, _, _, err := s.ClaimInbox(ctx, "m1", "tok", 2, time.Millisecond); err != nil || !ok {
 		t.Fatalf("ClaimInbox = %v, %v", ok, err)
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -960,5 +960,22 @@ func TestDurableInboxTakenMarker(t *testing.T) {
 	}
 	if taken, err := s.TakenInbox(ctx, "m1", 2); err != nil || taken {
 		t.Errorf("TakenInbox after CompleteInbox = %v, %v; want false (the sweep sees it done)", taken, err)
+	}
+
+	// Only the claim's own token releases it.
+	if ok, _, _, err := s.ClaimInbox(ctx, "m2", "tok", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("ClaimInbox m2 = %v, %v", ok, err)
+	}
+	if err := s.ReleaseInbox(ctx, "m2", "other"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := s.PeekInbox(ctx, "m2"); err != nil || st != outbox.InboxInProgress {
+		t.Fatalf("after a release by another token: %v, %v; want the claim kept", st, err)
+	}
+	if err := s.ReleaseInbox(ctx, "m2", "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := s.PeekInbox(ctx, "m2"); err != nil || st != outbox.InboxNone {
+		t.Fatalf("after the holder's release: %v, %v; want none", st, err)
 	}
 }

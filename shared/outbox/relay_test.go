@@ -172,7 +172,7 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 	// taken marker stays.
 	take := func(seq int) {
 		t.Helper()
-		if ok, _, _, err := a.Redis.Claim(ctx, id, seq, time.Millisecond, time.Hour); err != nil || !ok {
+		if ok, _, _, err := a.Redis.Claim(ctx, id, "dead-holder", seq, time.Millisecond, time.Hour); err != nil || !ok {
 			t.Fatalf("claim: %v %v", ok, err)
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -36,15 +36,17 @@ type Inbox interface {
 	// Claim takes the in-progress claim on id for ttl. It returns the state
 	// found instead if the message is already claimed (InboxInProgress) or
 	// done (InboxDone, with the webhook's message ID).
+	// token is unique to the caller's attempt: only it releases the claim.
 	// A claim taken also marks dispatch seq of id taken for takenTTL (see
 	// outbox.Inbox.Taken).
-	Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
+	Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
 	// Complete marks id done for ttl, keeping the webhook's message ID.
 	// Written right after the webhook answers 2xx and before MongoDB, it
 	// shrinks the window in which a crash causes a second delivery.
 	Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error
-	// Release drops an in-progress claim (a retry is scheduled).
-	Release(ctx context.Context, id string) error
+	// Release drops the in-progress claim taken with token (a retry is
+	// scheduled); a claim another holder took since stays.
+	Release(ctx context.Context, id, token string) error
 }
 
 // DeadLetters receives a persistent notification for each dead-lettered

@@ -7,6 +7,7 @@ package processor
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -126,7 +127,9 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 	}
 	log := p.Logger.With("message_id", env.ID, "seq", env.Seq)
 
-	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, env.Seq, p.ClaimTTL, p.TakenTTL)
+	token := rand.Text()
+	ctx = context.WithValue(ctx, claimTokenKey{}, token)
+	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL, p.TakenTTL)
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
 		// failed too). Go on with the durable check alone: the status and
@@ -370,8 +373,13 @@ func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outc
 	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
 }
 
+// claimTokenKey is the context key of the token Handle claimed with.
+type claimTokenKey struct{}
+
+// release drops the claim Handle took on id, if it is still Handle's.
 func (p *Processor) release(ctx context.Context, log *slog.Logger, id string) {
-	if err := p.Inbox.Release(ctx, id); err != nil {
+	token, _ := ctx.Value(claimTokenKey{}).(string)
+	if err := p.Inbox.Release(ctx, id, token); err != nil {
 		log.Warn("inbox release failed; the claim will expire", "error", err)
 	}
 }

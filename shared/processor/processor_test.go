@@ -396,7 +396,7 @@ func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
 	f := setup(t, 0, nil)
 	env := f.published(t)
-	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, env.Seq, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim as the dead holder: %v %v", ok, err)
 	}
 	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {

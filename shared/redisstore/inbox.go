@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"strings"
 	"time"
@@ -41,27 +40,27 @@ end
 return redis.call('GET', KEYS[1])
 `)
 
-// releaseScript deletes the key only while it holds an in-progress claim, so
-// that a done marker written by Complete is never dropped.
+// releaseScript deletes the key only while it holds the caller's claim
+// (ARGV[1]): never a done marker written by Complete, nor the claim of
+// another holder who took over after the caller's expired.
 var releaseScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 1) == 'p' then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
 	return redis.call('DEL', KEYS[1])
 end
 return 0
 `)
 
-// Claim takes the in-progress claim on id for ttl, and marks dispatch seq
-// of id taken for takenTTL. When it does, claimed is true and state is
-// InboxNone (nothing held the key). The inbox of message id is the key
+// Claim takes the in-progress claim on id for ttl as token (unique to the
+// caller's attempt), and marks dispatch seq of id taken for takenTTL. When
+// it does, claimed is true and state is InboxNone (nothing held the key). The inbox of message id is the key
 // <prefix>inbox:<id>, its taken marker <prefix>taken:<id>. Otherwise state
 // says what holds it: InboxInProgress, or InboxDone with the webhook's
 // message ID.
-func (s *Store) Claim(ctx context.Context, id string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
-	// The claim holds a value of its own: the client retries a script
+func (s *Store) Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
+	// The claim holds the caller's token: the client retries a script
 	// whose answer timed out, and a retry that finds its own claim must
 	// not take it for somebody else's.
-	mine := claimValue + ":" + rand.Text()
+	mine := claimValue + ":" + token
 	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.key("taken", id)}, mine, px(ttl), seq, px(takenTTL)).Result()
 	if err != nil {
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
@@ -94,9 +93,10 @@ func (s *Store) Complete(ctx context.Context, id, webhookMessageID string, ttl t
 	return nil
 }
 
-// Release drops an in-progress claim on id; a done marker stays.
-func (s *Store) Release(ctx context.Context, id string) error {
-	if err := releaseScript.Run(ctx, s.client, []string{s.key("inbox", id)}).Err(); err != nil {
+// Release drops the claim on id taken with token; a done marker, or another
+// holder's claim, stays.
+func (s *Store) Release(ctx context.Context, id, token string) error {
+	if err := releaseScript.Run(ctx, s.client, []string{s.key("inbox", id)}, claimValue+":"+token).Err(); err != nil {
 		return fmt.Errorf("release inbox %s: %w", id, err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -98,10 +99,10 @@ func TestInboxClaimIsExclusive(t *testing.T) {
 		busy    atomic.Int32
 	)
 	start := make(chan struct{})
-	for range 16 {
+	for i := range 16 {
 		wg.Go(func() {
 			<-start
-			ok, state, _, err := in.Claim(t.Context(), "m1", 0, time.Minute, time.Minute)
+			ok, state, _, err := in.Claim(t.Context(), "m1", fmt.Sprint("holder-", i), 0, time.Minute, time.Minute)
 			if err != nil {
 				t.Errorf("claim: %v", err)
 				return
@@ -131,18 +132,18 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	if state, _, err := in.Peek(ctx, "m1"); err != nil || state != outbox.InboxNone {
 		t.Fatalf("Peek of unknown id = %v, %v; want InboxNone", state, err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("first claim = %v, %v", ok, err)
 	}
 	if err := in.Complete(ctx, "m1", "wh-42", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	ok, state, wid, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute)
+	ok, state, wid, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute)
 	if err != nil || ok || state != outbox.InboxDone || wid != "wh-42" {
 		t.Fatalf("claim after Complete = %v, %v, %q, %v; want false, InboxDone, wh-42", ok, state, wid, err)
 	}
 	// Release must never drop a done marker.
-	if err := in.Release(ctx, "m1"); err != nil {
+	if err := in.Release(ctx, "m1", "tok"); err != nil {
 		t.Fatal(err)
 	}
 	state, wid, err = in.Peek(ctx, "m1")
@@ -150,14 +151,22 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 		t.Fatalf("Peek after Release = %v, %q, %v; want InboxDone, wh-42", state, wid, err)
 	}
 
-	// Release drops an in-progress claim, so the next copy may claim.
-	if ok, _, _, err := in.Claim(ctx, "m2", 0, time.Minute, time.Minute); err != nil || !ok {
+	// Release drops the caller's own claim, so the next copy may claim;
+	// a release with another token (a holder whose claim expired and was
+	// taken over) leaves the claim.
+	if ok, _, _, err := in.Claim(ctx, "m2", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim m2 = %v, %v", ok, err)
 	}
-	if err := in.Release(ctx, "m2"); err != nil {
+	if err := in.Release(ctx, "m2", "expired-holder"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m2", 0, time.Minute, time.Minute); err != nil || !ok {
+	if state, _, _ := in.Peek(ctx, "m2"); state != outbox.InboxInProgress {
+		t.Fatalf("a release by another token dropped the claim: %v", state)
+	}
+	if err := in.Release(ctx, "m2", "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _, err := in.Claim(ctx, "m2", "next", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after Release = %v, %v; want claimed", ok, err)
 	}
 	// An empty webhook message ID is still a done marker.
@@ -172,14 +181,19 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 func TestInboxClaimExpires(t *testing.T) {
 	ctx := t.Context()
 	in := newStore(t)
-	if ok, _, _, err := in.Claim(ctx, "m1", 0, 100*time.Millisecond, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, 100*time.Millisecond, time.Minute); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
 	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); ok {
+	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 0, time.Minute, time.Minute); ok {
 		t.Fatal("second claim within ttl succeeded")
 	}
+	// The same token again is the same claim (the client's retry of a
+	// claim whose answer it did not get).
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
+		t.Fatalf("the holder's own claim again = %v, %v; want claimed", ok, err)
+	}
 	time.Sleep(200 * time.Millisecond)
-	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "other", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after ttl = %v, %v; want claimed", ok, err)
 	}
 }
@@ -193,7 +207,7 @@ func TestInboxTakenMarker(t *testing.T) {
 	if taken, err := in.Taken(ctx, "m1", 0); err != nil || taken {
 		t.Fatalf("Taken before any claim = %v, %v; want false", taken, err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", 1, 50*time.Millisecond, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 1, 50*time.Millisecond, time.Minute); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
 	}
 	time.Sleep(100 * time.Millisecond) // the claim expired; the mark stays
@@ -202,13 +216,13 @@ func TestInboxTakenMarker(t *testing.T) {
 			t.Errorf("Taken(m1, %d) = %v, %v; want %v", seq, taken, err, want)
 		}
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
 		t.Fatalf("claim of the older dispatch = %v, %v", ok, err)
 	}
 	if taken, _ := in.Taken(ctx, "m1", 1); !taken {
 		t.Error("a claim of an older dispatch lowered the mark")
 	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", 5, time.Minute, time.Minute); ok {
+	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 5, time.Minute, time.Minute); ok {
 		t.Fatal("claim while another holds it succeeded")
 	}
 	if taken, _ := in.Taken(ctx, "m1", 5); taken {
@@ -219,7 +233,7 @@ func TestInboxTakenMarker(t *testing.T) {
 func TestInboxRedisDown(t *testing.T) {
 	in := deadStore(t)
 	start := time.Now()
-	_, _, _, err := in.Claim(t.Context(), "m1", 0, time.Minute, time.Minute)
+	_, _, _, err := in.Claim(t.Context(), "m1", "tok", 0, time.Minute, time.Minute)
 	if err == nil {
 		t.Fatal("claim against a closed port succeeded")
 	}
