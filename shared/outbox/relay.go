@@ -119,8 +119,9 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 			budget = end
 		}
 	}
+	waiting := map[string]bool{}
 	for r.Now().Before(budget) && ctx.Err() == nil {
-		n, err := r.publishBatch(ctx, &sum)
+		n, err := r.publishBatch(ctx, &sum, waiting)
 		if err != nil {
 			return sum, errors.Join(sweepErr, err)
 		}
@@ -144,12 +145,16 @@ func (r *Relay) sweepDue() bool {
 }
 
 // publishBatch publishes one batch of due entries and returns its size.
-func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
+// Entries in waiting (keys this pass left for their message to be stored)
+// are passed over, and entries it leaves are added.
+func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[string]bool) (int, error) {
 	now := r.Now().UTC()
-	entries, err := r.Store.DueOutbox(ctx, now, r.BatchSize)
+	due, err := r.Store.DueOutbox(ctx, now, r.BatchSize+len(waiting))
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox batch: %w", err)
 	}
+	entries := slices.DeleteFunc(due, func(e message.OutboxEntry) bool { return waiting[e.Key] })
+	entries = entries[:min(len(entries), r.BatchSize)]
 	if len(entries) == 0 {
 		return 0, nil
 	}
@@ -167,7 +172,9 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
 		if slices.Contains(missing, e.MessageID) && now.Sub(e.CreatedAt) < createGrace {
 			// Its message is being stored right now (the entry goes
 			// first): publishing it would only make the processor drop
-			// the copy. It stays due for the next pass.
+			// the copy. It stays due for the next pass; this one goes
+			// on past it.
+			waiting[e.Key] = true
 			continue
 		}
 		envs = append(envs, message.Envelope{ID: e.MessageID, Seq: e.Seq, PublishedAt: now})
@@ -191,9 +198,7 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary) (int, error) {
 	if pubErr != nil {
 		return len(entries), fmt.Errorf("publish outbox batch: %w", pubErr)
 	}
-	// A batch with entries left waiting ends the pass: the next batch
-	// would begin with the same ones.
-	return len(envs), nil
+	return len(entries), nil
 }
 
 // Sweep recovers entries published longer than StaleDuration ago whose
