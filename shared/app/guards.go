@@ -82,12 +82,18 @@ func (g *guards) Peek(ctx context.Context, id string) (outbox.InboxState, string
 	return st, wid, nil
 }
 
+// Taken asks Redis, and with Redis down the MongoDB stand-in, which knows
+// only the claims taken while Redis was down: its "no" is no answer, so
+// that the sweep counts the dispatch rather than guess it was never taken.
 func (g *guards) Taken(ctx context.Context, id string, seq int) (bool, error) {
 	taken, err := g.redis.Taken(ctx, id, seq)
-	if g.fallback(err) {
-		return g.mongo.TakenInbox(ctx, id, seq)
+	if !g.fallback(err) {
+		return taken, nil
 	}
-	return taken, nil
+	if taken, merr := g.mongo.TakenInbox(ctx, id, seq); merr == nil && taken {
+		return true, nil
+	}
+	return false, err
 }
 
 func (g *guards) Acquire(ctx context.Context, name string, ttl time.Duration) (func(context.Context), bool, error) {

@@ -236,6 +236,30 @@ func TestSweepCountsNoAttemptNobodyMade(t *testing.T) {
 	}
 }
 
+// TestSweepCountsTheAttemptWhenRedisCannotTell: with Redis down, whether a
+// processor took the dispatch is unknown, and the dispatch counts, so that
+// a message that brings its processor down still runs out of attempts.
+func TestSweepCountsTheAttemptWhenRedisCannotTell(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m", "REDIS_URI": "127.0.0.1:1"})
+	a := testenv.App(t, env)
+	id := accept(t, a, 1)[0]
+	r := a.Relay(nil)
+	now := time.Now()
+	r.Now = func() time.Time { return now }
+	ctx := context.Background()
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+	now = now.Add(2 * time.Minute)
+	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
+		t.Fatalf("stale pass with redis down: %+v %v", s, err)
+	}
+	if m, _ := a.Store.GetMessage(ctx, id); m.Status != message.StatusFailed || m.Attempts != 1 {
+		t.Fatalf("after the stale pass: %s, attempts %d", m.Status, m.Attempts)
+	}
+	testenv.Drain(t, env["RABBITMQ_DLQ"])
+}
+
 // TestRelayLeavesAnEntryWhoseMessageIsBeingStored: a create stores the
 // entry, then the message. A pass between the two leaves the entry due
 // instead of publishing a copy the processor would drop; once the message
