@@ -417,6 +417,8 @@ func (c Config) Redacted() Config {
 	c.MongoURI = redactURL(c.MongoURI)
 	c.RabbitURI = redactURL(c.RabbitURI)
 	c.RedisURI = redactURL(c.RedisURI)
+	// A webhook URL may carry a token in its query or user part.
+	c.WebhookURL = redactURL(c.WebhookURL)
 	return c
 }
 

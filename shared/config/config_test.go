@@ -99,12 +99,13 @@ func TestRedactedHidesSecretsInEveryURLForm(t *testing.T) {
 		{"mongodb session token in the query", "mongodb+srv://cluster.example.net/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cret", "s3cret", "authMechanism=MONGODB-AWS"},
 		{"a URL that does not parse", "mongodb://user:s3cret@db:27017/%zz", "s3cret", "REDACTED"},
 		{"plain host:port", "cache:6379", "", "cache:6379"},
+		{"webhook token in the query", "https://hooks.example.com/in?token=s3cret", "s3cret", "hooks.example.com/in"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := config.Default()
-			c.MongoURI, c.RedisURI = tt.uri, tt.uri
+			c.MongoURI, c.RedisURI, c.WebhookURL = tt.uri, tt.uri, tt.uri
 			r := c.Redacted()
-			for _, got := range []string{r.MongoURI, r.RedisURI} {
+			for _, got := range []string{r.MongoURI, r.RedisURI, r.WebhookURL} {
 				if tt.secret != "" && strings.Contains(got, tt.secret) {
 					t.Errorf("redacted %q still holds the secret: %s", tt.uri, got)
 				}

@@ -52,16 +52,16 @@ return 0
 
 // Claim takes the in-progress claim on id for ttl as token (unique to the
 // caller's attempt), and marks dispatch seq of id taken for takenTTL. When
-// it does, claimed is true and state is InboxNone (nothing held the key). The inbox of message id is the key
-// <prefix>inbox:<id>, its taken marker <prefix>taken:<id>. Otherwise state
-// says what holds it: InboxInProgress, or InboxDone with the webhook's
-// message ID.
+// it does, claimed is true and state is InboxNone (nothing held the key).
+// The inbox of message id is the key <prefix>inbox:<id>, its taken marker
+// takenKey(id). Otherwise state says what holds it: InboxInProgress, or
+// InboxDone with the webhook's message ID.
 func (s *Store) Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
 	// The claim holds the caller's token: the client retries a script
 	// whose answer timed out, and a retry that finds its own claim must
 	// not take it for somebody else's.
 	mine := claimValue + ":" + token
-	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.key("taken", id)}, mine, px(ttl), seq, px(takenTTL)).Result()
+	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.takenKey(id)}, mine, px(ttl), seq, px(takenTTL)).Result()
 	if err != nil {
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
 	}
@@ -118,10 +118,17 @@ func (s *Store) Peek(ctx context.Context, id string) (outbox.InboxState, string,
 	return state, wid, nil
 }
 
+// takenKey is the taken marker's key of message id. Its hash tag is the
+// whole inbox key, so that a Redis Cluster keeps the two in one slot, as
+// the claim script that writes both needs.
+func (s *Store) takenKey(id string) string {
+	return s.prefix + "taken:{" + s.key("inbox", id) + "}"
+}
+
 // Taken reports whether a processor claimed dispatch seq of id (or a later
 // one) within the taken marker's lifetime.
 func (s *Store) Taken(ctx context.Context, id string, seq int) (bool, error) {
-	v, err := s.client.Get(ctx, s.key("taken", id)).Int()
+	v, err := s.client.Get(ctx, s.takenKey(id)).Int()
 	if err == redis.Nil {
 		return false, nil
 	}
