@@ -71,6 +71,8 @@ type Store interface {
 	ListFailed(ctx context.Context, since *time.Time, limit int) ([]message.FailedRecord, error)
 	RemoveFailed(ctx context.Context, id string) error
 	CountFailed(ctx context.Context) (int64, error)
+	// IndexFailed adds a FAILED message to the index, or updates it there.
+	IndexFailed(ctx context.Context, r message.FailedRecord) error
 
 	// SchedulerState returns the stored publisher state, or def if none is
 	// stored yet.

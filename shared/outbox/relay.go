@@ -238,8 +238,15 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 	}
 	if m.Status.Final() || m.Seq != e.Seq {
 		// The outcome was recorded but the entry not removed (a crash
-		// between the two writes). If the message went back to the outbox,
-		// make sure its next entry exists before dropping this one.
+		// between the two writes, or a failed write after it). If the
+		// message went back to the outbox, make sure its next entry exists
+		// before dropping this one; if it failed, that it is in the failed
+		// index, written after the status.
+		if m.Status == message.StatusFailed {
+			if err := r.Store.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}); err != nil {
+				return err
+			}
+		}
 		if m.Status == message.StatusUnsent && m.Seq > e.Seq {
 			due := now
 			if m.NextAttemptAt != nil {

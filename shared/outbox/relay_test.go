@@ -353,3 +353,47 @@ func TestSweepRecoversAnUnpublishedFastPathEntry(t *testing.T) {
 		t.Fatalf("published %v, want %s once", seen, m.ID)
 	}
 }
+
+// TestFailedIndexIsRepaired: the failed index is written after a message's
+// FAILED status, so that write can be lost. The stale sweep, finding the
+// dead-lettered message's entry, puts it back in the index; a bulk replay
+// drops an index entry whose message is no longer FAILED.
+func TestFailedIndexIsRepaired(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"STALE_DURATION": "1m"})
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, now)
+	m.Status, m.FailureReason = message.StatusFailed, "permanent failure"
+	e := message.NewOutboxEntry(m.ID, 0, now, now)
+	e.PublishedAt = &now
+	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return now.Add(2 * time.Minute) }
+	if _, err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.Store.CountFailed(ctx); err != nil || n != 1 {
+		t.Fatalf("failed index after the sweep: %d %v, want 1", n, err)
+	}
+	if has, _ := a.Store.HasOutboxEntry(ctx, e.Key); has {
+		t.Fatal("the sweep left the dead-lettered message's entry")
+	}
+
+	sent := accept(t, a, 1)[0]
+	if err := a.Store.IndexFailed(ctx, message.FailedRecord{MessageID: sent, FailedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	svc := a.Service(nil)
+	if res, err := svc.Replay(ctx, message.ReplayRequest{DryRun: true}); err != nil || res.Matched != 1 {
+		t.Fatalf("dry run: %+v %v, want the one FAILED message", res, err)
+	}
+	if _, err := svc.Replay(ctx, message.ReplayRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.Store.CountFailed(ctx); err != nil || n != 0 {
+		t.Fatalf("failed index after the replay: %d %v, want 0", n, err)
+	}
+}

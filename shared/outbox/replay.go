@@ -52,7 +52,17 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 		if err != nil {
 			return res, err
 		}
-		if m.Status != message.StatusFailed || (req.Since != nil && len(req.IDs) > 0 && m.UpdatedAt.Before(*req.Since)) {
+		if m.Status != message.StatusFailed {
+			if len(req.IDs) == 0 && !req.DryRun {
+				// Listed by the failed index but no longer FAILED (a
+				// late repair of the index): drop the stale entry.
+				if err := s.Store.RemoveFailed(ctx, id); err != nil {
+					s.Logger.Warn("stale entry stays in the failed index", "message_id", id, "error", err)
+				}
+			}
+			continue
+		}
+		if req.Since != nil && len(req.IDs) > 0 && m.UpdatedAt.Before(*req.Since) {
 			continue
 		}
 		res.Matched++
