@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -239,7 +240,11 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 		}
 		if !reserved {
 			p.release(ctx, log, m.ID)
-			return p.deferMessage(ctx, log, m, wait, "rate limited")
+			// wait is when the next token frees, the same for every
+			// message refused now; spread them over as long again, so
+			// that a backlog does not come back all at once to be
+			// refused again.
+			return p.deferMessage(ctx, log, m, wait+mrand.N(max(wait, 1)), "rate limited")
 		}
 		if wait > 0 {
 			t := time.NewTimer(wait)
