@@ -206,23 +206,31 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 	}
 }
 
+// publishedOnce accepts one message into an app of env and publishes it
+// with a relay on a clock the test moves with advance.
+func publishedOnce(t *testing.T, env map[string]string) (*app.App, string, *outbox.Relay, func(time.Duration)) {
+	t.Helper()
+	a := testenv.App(t, env)
+	id := accept(t, a, 1)[0]
+	r := a.Relay(nil)
+	now := time.Now()
+	r.Now = func() time.Time { return now }
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+	return a, id, r, func(d time.Duration) { now = now.Add(d) }
+}
+
 // TestSweepCountsNoAttemptNobodyMade: while no processor takes a message
 // (none running, or a backlog ahead of it), each stale sweep publishes it
 // again without counting an attempt, so even with no retries allowed it is
 // never dead-lettered undelivered.
 func TestSweepCountsNoAttemptNobodyMade(t *testing.T) {
 	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
-	a := testenv.App(t, env)
-	id := accept(t, a, 1)[0]
-	r := a.Relay(nil)
-	now := time.Now()
-	r.Now = func() time.Time { return now }
+	a, id, r, advance := publishedOnce(t, env)
 	ctx := context.Background()
-	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
-		t.Fatalf("first pass: %+v %v", s, err)
-	}
 	for i := 1; i <= 3; i++ {
-		now = now.Add(2 * time.Minute)
+		advance(2 * time.Minute)
 		if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.DeadLettered != 0 {
 			t.Fatalf("stale pass %d: %+v %v", i, s, err)
 		}
@@ -241,16 +249,9 @@ func TestSweepCountsNoAttemptNobodyMade(t *testing.T) {
 // a message that brings its processor down still runs out of attempts.
 func TestSweepCountsTheAttemptWhenRedisCannotTell(t *testing.T) {
 	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m", "REDIS_URI": "127.0.0.1:1"})
-	a := testenv.App(t, env)
-	id := accept(t, a, 1)[0]
-	r := a.Relay(nil)
-	now := time.Now()
-	r.Now = func() time.Time { return now }
+	a, id, r, advance := publishedOnce(t, env)
 	ctx := context.Background()
-	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
-		t.Fatalf("first pass: %+v %v", s, err)
-	}
-	now = now.Add(2 * time.Minute)
+	advance(2 * time.Minute)
 	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
 		t.Fatalf("stale pass with redis down: %+v %v", s, err)
 	}
