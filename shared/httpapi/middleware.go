@@ -200,13 +200,19 @@ func keyMatcher(key string) func(got string) bool {
 	}
 }
 
+// bearerToken returns the token of "Authorization: Bearer <token>", or "".
+func bearerToken(r *http.Request) string {
+	if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		return strings.TrimSpace(token)
+	}
+	return ""
+}
+
 // sentKey returns the key a request sent: "Authorization: Bearer <key>",
 // else "X-API-Key: <key>".
 func sentKey(r *http.Request) string {
-	if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
-		if t := strings.TrimSpace(token); t != "" {
-			return t
-		}
+	if t := bearerToken(r); t != "" {
+		return t
 	}
 	return r.Header.Get("X-API-Key")
 }
@@ -221,13 +227,9 @@ func requireAPIKey(key string) func(http.Handler) http.Handler {
 	matches := keyMatcher(key)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			bearer := ""
-			if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
-				bearer = strings.TrimSpace(token)
-			}
 			// Evaluate both so that which header was tried does not show
 			// in the timing.
-			okBearer := matches(bearer)
+			okBearer := matches(bearerToken(r))
 			okHeader := matches(r.Header.Get("X-API-Key"))
 			if !okBearer && !okHeader {
 				w.Header().Set("WWW-Authenticate", "Bearer")

@@ -21,8 +21,8 @@ type AllowFunc func(ctx context.Context, client string) (ok bool, retryAfter tim
 // holder of apiKey counts against that key, every other request against
 // its address (a key that is not apiKey, however fresh, is no way around
 // the limit), and the limit runs before the key check so that failed
-// guesses are limited too. answering 429 with Retry-After when the
-// client is over its limit. GET /status is never limited. When allow fails
+// guesses are limited too. A client over its limit gets 429 with
+// Retry-After. GET /status is never limited. When allow fails
 // (Redis is down) requests go through: the limit fails open, with a warning
 // in the log at the start and end of each outage, and degraded reports it.
 func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger, degraded *atomic.Bool) func(http.Handler) http.Handler {

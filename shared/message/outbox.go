@@ -139,5 +139,15 @@ type FailedRecord struct {
 	Reason    string    `bson:"reason"`
 }
 
+// FailedRecord is the failed index's entry for o, a FAILED outcome.
+func (o Outcome) FailedRecord() FailedRecord {
+	return FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}
+}
+
+// FailedRecord is the failed index's entry for m, a FAILED message.
+func (m Message) FailedRecord() FailedRecord {
+	return FailedRecord{MessageID: m.ID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}
+}
+
 // OutcomeReplayed marks a replay in the delivery log.
 const OutcomeReplayed = "replayed"

@@ -19,18 +19,14 @@ const failedColl = "failed"
 
 func (s *Store) failed() *mongo.Collection { return s.messages.Database().Collection(failedColl) }
 
-// addFailed records a dead-lettered message in the failed index.
-func (s *Store) addFailed(ctx context.Context, r message.FailedRecord) error {
+// IndexFailed records a dead-lettered message in the failed index, or
+// updates its entry there.
+func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
 	_, err := s.failed().ReplaceOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, r, options.Replace().SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("index failed message %s: %w", r.MessageID, err)
 	}
 	return nil
-}
-
-// IndexFailed implements processor.Store: addFailed for callers outside.
-func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
-	return s.addFailed(ctx, r)
 }
 
 // RemoveFailed drops a replayed message from the failed index.

@@ -94,24 +94,33 @@ func (s *Store) CompleteInbox(ctx context.Context, id, webhookMessageID string, 
 }
 
 // ReleaseInbox drops the claim on id taken with token, never a done marker
-// or another holder's claim.
+// (CompleteInbox gives it a token of its own) or another holder's claim.
 func (s *Store) ReleaseInbox(ctx context.Context, id, token string) error {
-	match := bson.D{{Key: "done", Value: false}, {Key: "token", Value: token}}
-	if err := s.deleteGuard(ctx, "inbox:"+id, match, func(g guardDoc) bool { return !g.Done && g.Token == token }); err != nil {
+	match := bson.D{{Key: "token", Value: token}}
+	if err := s.deleteGuard(ctx, "inbox:"+id, match, func(g guardDoc) bool { return g.Token == token }); err != nil {
 		return fmt.Errorf("release inbox in mongodb: %w", err)
 	}
 	return nil
 }
 
+// inboxGuard reads the durable inbox document of id; found is false when
+// there is none.
+func (s *Store) inboxGuard(ctx context.Context, id string) (cur guardDoc, found bool, err error) {
+	err = s.guards().FindOne(ctx, byID("inbox:"+id)).Decode(&cur)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return guardDoc{}, false, nil
+	}
+	return cur, err == nil, err
+}
+
 // PeekInbox returns what the durable inbox knows about id.
 func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, string, error) {
-	var cur guardDoc
-	err := s.guards().FindOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}}).Decode(&cur)
+	cur, found, err := s.inboxGuard(ctx, id)
 	switch {
-	case errors.Is(err, mongo.ErrNoDocuments):
-		return outbox.InboxNone, "", nil
 	case err != nil:
 		return outbox.InboxNone, "", fmt.Errorf("peek inbox in mongodb: %w", err)
+	case !found:
+		return outbox.InboxNone, "", nil
 	case cur.Done:
 		return outbox.InboxDone, cur.WebhookID, nil
 	case cur.ExpiresAt.After(time.Now()):
@@ -124,15 +133,11 @@ func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, st
 // TakenInbox reports whether the durable inbox holds a claim, live or
 // expired, of dispatch seq of id or a later one.
 func (s *Store) TakenInbox(ctx context.Context, id string, seq int) (bool, error) {
-	var cur guardDoc
-	err := s.guards().FindOne(ctx, bson.D{{Key: "_id", Value: "inbox:" + id}}).Decode(&cur)
-	switch {
-	case errors.Is(err, mongo.ErrNoDocuments):
-		return false, nil
-	case err != nil:
+	cur, found, err := s.inboxGuard(ctx, id)
+	if err != nil {
 		return false, fmt.Errorf("read taken marker in mongodb: %w", err)
 	}
-	return !cur.Done && cur.Seq >= seq, nil
+	return found && !cur.Done && cur.Seq >= seq, nil
 }
 
 // AcquireLease is the durable stand-in for the Redis relay lease.

@@ -162,7 +162,7 @@ func (s *Store) recordRound(ctx context.Context, outcomes []message.Outcome, idx
 	for _, i := range closing {
 		o := outcomes[i]
 		if o.Status == message.StatusFailed {
-			if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
+			if err := s.IndexFailed(ctx, o.FailedRecord()); err != nil {
 				errs[i] = fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
 				continue
 			}
@@ -277,7 +277,7 @@ func outcomeUpdate(o message.Outcome) (set, unset bson.D, err error) {
 // outbox entry, and the removal of this dispatch's entry.
 func (s *Store) closeDispatch(ctx context.Context, o message.Outcome) error {
 	if o.Status == message.StatusFailed {
-		if err := s.addFailed(ctx, message.FailedRecord{MessageID: o.MessageID, FailedAt: o.At, Reason: o.FailureReason}); err != nil {
+		if err := s.IndexFailed(ctx, o.FailedRecord()); err != nil {
 			return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
 		}
 	}

@@ -243,7 +243,7 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		// before dropping this one; if it failed, that it is in the failed
 		// index, written after the status.
 		if m.Status == message.StatusFailed {
-			if err := r.Store.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}); err != nil {
+			if err := r.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
 				return err
 			}
 		}

@@ -167,7 +167,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 			p.release(ctx, log, env.ID)
 			// The failed index is written after the status; a copy
 			// requeued because that write failed puts it right here.
-			if err := p.Store.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}); err != nil {
+			if err := p.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
 				return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("index failed message: %w", err)}
 			}
 		}

@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"strconv"
 	"time"
 )
 
@@ -10,13 +9,9 @@ import (
 // second with burst of slack, shared by every process. When it refuses, it
 // says when to retry.
 func (s *Store) Allow(ctx context.Context, client string, perSecond float64, burst int) (bool, time.Duration, error) {
-	interval := strconv.FormatFloat(1e6/perSecond, 'f', 3, 64)
-	us, err := gcraScript.Run(ctx, s.client, []string{s.key("inbound", client)}, interval, max(burst, 1), 0).Int64()
-	if err != nil {
-		return false, 0, err
+	wait, ok, err := s.gcra(ctx, s.key("inbound", client), gcraInterval(perSecond), max(burst, 1), 0)
+	if err != nil || ok {
+		return ok, 0, err
 	}
-	if us < 0 {
-		return false, time.Duration(-us) * time.Microsecond, nil
-	}
-	return true, 0, nil
+	return false, wait, nil
 }

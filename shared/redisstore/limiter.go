@@ -51,6 +51,22 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return math.floor(wait)
 `)
 
+// gcraInterval is the script's ARGV[1] for a rate of perSecond.
+func gcraInterval(perSecond float64) string { return strconv.FormatFloat(1e6/perSecond, 'f', 3, 64) }
+
+// gcra runs gcraScript on key and returns the wait and whether the token
+// was taken.
+func (s *Store) gcra(ctx context.Context, key, interval string, burst int, maxWait time.Duration) (time.Duration, bool, error) {
+	us, err := gcraScript.Run(ctx, s.client, []string{key}, interval, burst, maxWait.Microseconds()).Int64()
+	if err != nil {
+		return 0, false, err
+	}
+	if us < 0 {
+		return time.Duration(-us) * time.Microsecond, false, nil
+	}
+	return time.Duration(us) * time.Microsecond, true, nil
+}
+
 // probeInterval is how often a degraded limiter tries Redis again. In
 // between it uses the local limiter without waiting for Redis, so an outage
 // that times out (rather than refusing connections) adds no latency.
@@ -85,7 +101,7 @@ func NewLimiter(s *Store, name string, perSecond float64, burst int, fallback *r
 	if l.unlimited {
 		return l
 	}
-	l.interval = strconv.FormatFloat(1e6/perSecond, 'f', 3, 64)
+	l.interval = gcraInterval(perSecond)
 	if fallback == nil {
 		fallback = rate.NewLimiter(rate.Limit(perSecond), burst)
 	}
@@ -114,7 +130,7 @@ func (l *Limiter) Reserve(ctx context.Context, maxWait time.Duration) (wait time
 			return l.reserveLocal(maxWait)
 		}
 	}
-	us, err := gcraScript.Run(ctx, l.s.client, []string{l.key}, l.interval, l.burst, maxWait.Microseconds()).Int64()
+	wait, reserved, err = l.s.gcra(ctx, l.key, l.interval, l.burst, maxWait)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			// The caller gave up; that says nothing about Redis.
@@ -129,10 +145,7 @@ func (l *Limiter) Reserve(ctx context.Context, maxWait time.Duration) (wait time
 	if l.degraded.CompareAndSwap(true, false) {
 		l.logger.Info("rate limiter: redis available again", "limiter", l.key)
 	}
-	if us < 0 {
-		return time.Duration(-us) * time.Microsecond, false, nil
-	}
-	return time.Duration(us) * time.Microsecond, true, nil
+	return wait, reserved, nil
 }
 
 // reserveLocal is Reserve on the local limiter: a reservation that would
