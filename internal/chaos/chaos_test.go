@@ -59,8 +59,7 @@ func TestFaultsQuick(t *testing.T) {
 // minutes, so `go test ./...` passes over it.
 func TestChaos(t *testing.T) {
 	if !*long {
-		t.Log("run with make chaos")
-		return
+		t.Skip("a long scenario, run by make chaos (-chaos)")
 	}
 	n := *faults
 	if n == 0 {
@@ -93,8 +92,7 @@ func TestChaos(t *testing.T) {
 // -chaos (make chaos).
 func TestChaosScheduledBurst(t *testing.T) {
 	if !*long {
-		t.Log("run with make chaos")
-		return
+		t.Skip("a long scenario, run by make chaos (-chaos)")
 	}
 	sum := chaos.Run(t, chaos.Options{
 		Messages:      300,

@@ -142,8 +142,8 @@ func TestSendAtWaitsForItsTime(t *testing.T) {
 		t.Fatalf("create: %+v %v", m, err)
 	}
 	r := a.Relay(nil)
-	if s, _ := r.Pass(context.Background()); s.Published != 0 {
-		t.Fatalf("published a message before its sendAt: %+v", s)
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 0 {
+		t.Fatalf("published a message before its sendAt: %+v %v", s, err)
 	}
 	r.Now = func() time.Time { return at.Add(time.Second) }
 	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 {
@@ -391,8 +391,16 @@ func TestFailedIndexIsRepaired(t *testing.T) {
 	if res, err := svc.Replay(ctx, message.ReplayRequest{DryRun: true}); err != nil || res.Matched != 1 {
 		t.Fatalf("dry run: %+v %v, want the one FAILED message", res, err)
 	}
-	if _, err := svc.Replay(ctx, message.ReplayRequest{}); err != nil {
-		t.Fatal(err)
+	res, err := svc.Replay(ctx, message.ReplayRequest{})
+	if err != nil || res.Replayed != 1 || len(res.IDs) != 1 || res.IDs[0] != m.ID {
+		t.Fatalf("replay: %+v %v, want %s replayed alone", res, err, m.ID)
+	}
+	got, err := a.Store.GetMessage(ctx, m.ID)
+	if err != nil || got.Status != message.StatusUnsent {
+		t.Fatalf("replayed message: %+v %v, want UNSENT", got, err)
+	}
+	if has, err := a.Store.HasOutboxEntry(ctx, message.OutboxKey(m.ID, got.Seq)); err != nil || !has {
+		t.Fatalf("replayed message has no outbox entry at seq %d: %v", got.Seq, err)
 	}
 	if n, err := a.Store.CountFailed(ctx); err != nil || n != 0 {
 		t.Fatalf("failed index after the replay: %d %v, want 0", n, err)
