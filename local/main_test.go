@@ -55,11 +55,18 @@ func (s *sink) distinct() int {
 // startSystem runs the program as `make run` does and waits for its API.
 func startSystem(t *testing.T, env map[string]string) (api string, stop func()) {
 	t.Helper()
+	api, _, stop = startSystemLogged(t, env)
+	return api, stop
+}
+
+// startSystemLogged is startSystem, keeping the program's log in out.
+func startSystemLogged(t *testing.T, env map[string]string) (api string, out *logbuf.Buffer, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var out logbuf.Buffer
+	out = &logbuf.Buffer{}
 	go func() {
-		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, &out, io.Discard)
+		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, out, io.Discard)
 	}()
 	api = "http://" + env["API_ADDR"]
 	deadline := time.Now().Add(60 * time.Second)
@@ -81,7 +88,7 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return api, func() {
+	return api, out, func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -110,6 +117,55 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not return 10 s after a startup error")
+	}
+}
+
+// TestShutdownFinishesDeliveriesInFlight: a stop (SIGINT, SIGTERM) during
+// a webhook call lets the call finish and its outcome be recorded. The
+// embedded MongoDB, cut off by the stop signal, used to close under the
+// processor 3 s into the drain: the answer was lost and the message went
+// back to the queue.
+func TestShutdownFinishesDeliveriesInFlight(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls sync.Map
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, again := calls.LoadOrStore(r.Header.Get("webhook-id"), true); !again {
+			close(entered)
+		}
+		<-release
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer hook.Close()
+	env := testenv.Env(t, map[string]string{"WEBHOOK_URL": hook.URL, "WEBHOOK_TIMEOUT": "20s"})
+	api, out, stop := startSystemLogged(t, env)
+	resp, b := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"slow"}`, map[string]string{"Content-Type": "application/json"})
+	var m message.Message
+	if err := json.Unmarshal(b, &m); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST answered %d: %v %s", resp.StatusCode, err, b)
+	}
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the webhook was not called")
+	}
+	stopped := make(chan struct{})
+	go func() {
+		stop()
+		close(stopped)
+	}()
+	// Longer than the 3 s FerretDB gives its clients once it is stopped.
+	time.Sleep(4 * time.Second)
+	close(release)
+	<-stopped
+	if strings.Contains(out.String(), `"level":"ERROR"`) {
+		t.Errorf("errors logged during the shutdown:\n%s", out.String())
+	}
+
+	api, stop = startSystem(t, env)
+	defer stop()
+	resp, b = do(t, "GET", api+"/messages/"+m.ID, "", nil)
+	if err := json.Unmarshal(b, &m); err != nil || resp.StatusCode != http.StatusOK || m.Status != message.StatusSent || m.Attempts != 1 {
+		t.Fatalf("after the restart: %d %+v %v, want SENT after one attempt", resp.StatusCode, m, err)
 	}
 }
 

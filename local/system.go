@@ -47,11 +47,14 @@ func (s *system) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var g group
 	// On every return, stop the parts already running, then wait for
-	// them: they run until ctx ends, so waiting first would hang.
-	defer func() {
+	// them: they run until ctx ends, so waiting first would hang. Deferred
+	// again once the parts using the app start, so that they stop before
+	// the app and the embedded MongoDB close under them.
+	stopParts := func() {
 		cancel()
 		g.wait()
-	}()
+	}
+	defer stopParts()
 
 	// The demo receiver stands in for WEBHOOK_URL when none is set.
 	if s.role == "receiver" || (cfg.WebhookURL == "" && s.has("processor")) {
@@ -103,6 +106,7 @@ func (s *system) run(ctx context.Context) error {
 		return err
 	}
 	defer a.Close(context.WithoutCancel(ctx))
+	defer stopParts()
 	if s.role == "setup" {
 		s.logger.Info("setup done: exchange, queues and indexes declared")
 		return nil
@@ -183,7 +187,9 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 		s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
 		return uri, nil, nil
 	}
-	srv, err := embedded.Start(ctx, embedded.Config{
+	// The server outlives ctx, which ends at SIGINT or SIGTERM: the other
+	// parts still need it to finish their work, and run closes it last.
+	srv, err := embedded.Start(context.WithoutCancel(ctx), embedded.Config{
 		Addr:   cfg.EmbeddedMongoDBAddr,
 		Dir:    filepath.Join(cfg.DataDir, "mongodb"),
 		Sync:   cfg.EmbeddedMongoDBSync,
