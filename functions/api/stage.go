@@ -8,13 +8,14 @@ import (
 )
 
 // withStagePrefix makes Location headers right behind API Gateway's default
-// endpoint (https://<id>.execute-api.<region>.amazonaws.com/<stage>/...),
-// where every path a client sees starts with the stage, which the handler
-// never sees. Behind a custom domain the paths are left alone.
+// endpoint (https://<id>.execute-api.<region>.amazonaws.com/<stage>/...,
+// amazonaws.com.cn in the China regions), where every path a client sees
+// starts with the stage, which the handler never sees. Behind a custom
+// domain the paths are left alone.
 func withStagePrefix(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc, ok := core.GetAPIGatewayContextFromContext(r.Context())
-		if ok && rc.Stage != "" && strings.HasSuffix(r.Host, ".amazonaws.com") {
+		if ok && rc.Stage != "" && defaultEndpoint(r.Host) {
 			w = &stageWriter{ResponseWriter: w, prefix: "/" + rc.Stage}
 		}
 		next.ServeHTTP(w, r)
@@ -41,4 +42,11 @@ func (s *stageWriter) WriteHeader(code int) {
 func (s *stageWriter) Write(b []byte) (int, error) {
 	s.WriteHeader(http.StatusOK)
 	return s.ResponseWriter.Write(b)
+}
+
+// defaultEndpoint reports whether host is API Gateway's own name for a REST
+// API in any partition.
+func defaultEndpoint(host string) bool {
+	return strings.Contains(host, ".execute-api.") &&
+		(strings.HasSuffix(host, ".amazonaws.com") || strings.HasSuffix(host, ".amazonaws.com.cn"))
 }
