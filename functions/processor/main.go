@@ -25,6 +25,10 @@ func main() {
 	reserve := p.MaxInlineWait + a.Config.WebhookTimeout + 3*time.Second
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
 		defer emf.Flush()
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
+			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 5 s by the time a batch takes",
+				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)
+		}
 		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)
 		if err != nil {
 			a.Logger.Error("batch incomplete; Lambda will redeliver it", "summary", sum, "error", err)

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -800,5 +801,55 @@ func TestTemplateLogGroups(t *testing.T) {
 		if !found {
 			t.Errorf("%s has no log group with a retention: set LoggingConfig.LogGroup to an AWS::Logs::LogGroup with RetentionInDays, or add one named !Sub '/aws/lambda/${%s}'", fn, fn)
 		}
+	}
+}
+
+// TestTemplateWebhookTimeoutFitsTheProcessor: the processor starts a
+// delivery only with MaxInlineWait (2 s) + WEBHOOK_TIMEOUT + 3 s of its
+// invocation left (functions/processor/main.go). Every WebhookTimeout the
+// template accepts must leave at least half of the function's timeout for
+// starting deliveries; a longer one made every invocation refuse its whole
+// batch, which Amazon MQ then redelivered forever.
+func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
+	const slack = 5 * time.Second
+	s := samLoad(t)
+	param := samGet(s.root, "Parameters", "WebhookTimeout")
+	pattern, _ := samString(samGet(param, "AllowedPattern"))
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		t.Fatalf("WebhookTimeout's AllowedPattern %q: %v", pattern, err)
+	}
+	def, _ := samString(samGet(param, "Default"))
+	if !re.MatchString(def) {
+		t.Errorf("WebhookTimeout's default %q does not match its own pattern", def)
+	}
+	raw, _ := samString(s.property("ProcessorFunction", "Timeout"))
+	secs, err := strconv.Atoi(raw)
+	if err != nil {
+		t.Fatalf("ProcessorFunction's Timeout %q: %v", raw, err)
+	}
+	limit := time.Duration(secs)*time.Second/2 - slack
+	var candidates []string
+	for n := 1; n <= 600; n++ {
+		candidates = append(candidates, fmt.Sprintf("%ds", n), fmt.Sprintf("%dms", n*100))
+	}
+	candidates = append(candidates, "1m", "2m", "1m30s", "90000ms", "0s", "0ms")
+	accepted := 0
+	for _, c := range candidates {
+		if !re.MatchString(c) {
+			continue
+		}
+		accepted++
+		d, err := time.ParseDuration(c)
+		if err != nil || d <= 0 {
+			t.Errorf("WebhookTimeout accepts %q, which is no positive Go duration", c)
+			continue
+		}
+		if d > limit {
+			t.Errorf("WebhookTimeout accepts %s: with the processor's %d s timeout, at most %s leaves half of an invocation for deliveries", c, secs, limit)
+		}
+	}
+	if accepted < 30 {
+		t.Errorf("WebhookTimeout's pattern accepts only %d of the usual values", accepted)
 	}
 }
