@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
@@ -62,11 +64,16 @@ func startSystem(t *testing.T, env map[string]string) (api string, stop func()) 
 // startSystemLogged is startSystem, keeping the program's log in out.
 func startSystemLogged(t *testing.T, env map[string]string) (api string, out *logbuf.Buffer, stop func()) {
 	t.Helper()
+	return startRole(t, "all", env, &logbuf.Buffer{})
+}
+
+// startRole runs the program in role, logging to out, and waits for its API.
+func startRole(t *testing.T, role string, env map[string]string, out *logbuf.Buffer) (api string, _ *logbuf.Buffer, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	out = &logbuf.Buffer{}
 	go func() {
-		done <- run(ctx, []string{"all"}, func(k string) string { return env[k] }, out, io.Discard)
+		done <- run(ctx, []string{role}, func(k string) string { return env[k] }, out, io.Discard)
 	}()
 	api = "http://" + env["API_ADDR"]
 	deadline := time.Now().Add(60 * time.Second)
@@ -117,6 +124,57 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not return 10 s after a startup error")
+	}
+}
+
+// TestRolesStartedTogetherShareOneMongoDB: roles started together (bin/rms
+// mongodb & bin/rms api & ...) all find no embedded MongoDB and race to
+// start one. A role that loses waits for the winner's instead of exiting.
+func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+	addr := env["EMBEDDED_MONGODB_ADDR"]
+	// The winner, still starting: its address is taken, nothing answers.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	out := &logbuf.Buffer{}
+	started := make(chan *embedded.Server, 1)
+	go func() {
+		defer close(started)
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(out.String(), "another process is starting the embedded mongodb") {
+			if time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		ln.Close()
+		srv, err := embedded.Start(context.Background(), embedded.Config{Addr: addr, Dir: t.TempDir()})
+		if err != nil {
+			t.Errorf("start the winner's mongodb: %v", err)
+			return
+		}
+		started <- srv
+	}()
+	_, _, stop := startRole(t, "api", env, out)
+	stop()
+	srv := <-started
+	if srv == nil {
+		t.Fatalf("the api did not wait for another process's mongodb:\n%s", out.String())
+	}
+	defer srv.Close(context.Background())
+	if !strings.Contains(out.String(), "using the embedded mongodb already running") {
+		t.Errorf("the api did not use the winner's mongodb:\n%s", out.String())
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -195,11 +196,30 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 		Sync:   cfg.EmbeddedMongoDBSync,
 		Logger: s.logger.With("component", "embedded-mongodb"),
 	})
+	if errors.Is(err, embedded.ErrAddrInUse) && s.role != "mongodb" {
+		// Roles started together all find no server and race to start
+		// one; the losers use the winner's once it answers.
+		s.logger.Info("another process is starting the embedded mongodb; waiting for it", "addr", cfg.EmbeddedMongoDBAddr)
+		for deadline := time.Now().Add(startWait); time.Now().Before(deadline) && ctx.Err() == nil; {
+			if mongoAnswers(ctx, uri) {
+				s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
+				return uri, nil, nil
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
 	if err != nil {
 		return "", nil, err
 	}
 	return srv.URI(), srv, nil
 }
+
+// startWait is how long a role waits for an embedded MongoDB that another
+// process is starting at its address.
+const startWait = 30 * time.Second
 
 func mongoAnswers(ctx context.Context, uri string) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)

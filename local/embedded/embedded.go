@@ -60,6 +60,10 @@ type Server struct {
 	wg     sync.WaitGroup
 }
 
+// ErrAddrInUse is returned by Start when something else listens on the
+// address.
+var ErrAddrInUse = errors.New("address already in use")
+
 // Start starts the server and returns once it answers a ping. The server
 // runs until ctx is done or Close is called.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
@@ -110,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		logger.Warn("embedded mongodb: could not install the SQLite busy handler; concurrent writes wait up to 100 ms for each other (see local/embedded/busy.go)")
 	}
 	inUse := func(err error) error {
-		return fmt.Errorf("embedded mongodb: address %s is already in use (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port): %w", cfg.Addr, err)
+		return fmt.Errorf("embedded mongodb: %w: %s (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port): %w", ErrAddrInUse, cfg.Addr, err)
 	}
 	listen := cfg.Addr
 	var front net.Listener
