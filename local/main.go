@@ -3,7 +3,7 @@
 // and, when MONGODB_URI is empty, an embedded MongoDB. The same handlers run
 // in AWS Lambda (see functions/).
 //
-// Usage: rms [all|api|publisher|processor|mongodb|receiver|setup]
+// Usage: rms [all|api|publisher|processor|mongodb|receiver|setup|help]
 package main
 
 import (
@@ -34,6 +34,7 @@ roles:
   mongodb    the embedded MongoDB alone, on EMBEDDED_MONGODB_ADDR
   receiver   the demo webhook receiver alone, on RECEIVER_ADDR
   setup      declare the RabbitMQ exchange and queues and the MongoDB indexes, then exit
+  help       this text
 
 With MONGODB_URI empty, a role uses the embedded MongoDB at
 EMBEDDED_MONGODB_ADDR if one answers there, and starts one otherwise.
@@ -47,6 +48,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	role := "all"
 	if len(args) > 0 {
 		role = args[0]
+	}
+	switch role {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
 	}
 	if len(args) > 1 || !roles[role] {
 		fmt.Fprint(stderr, usage)

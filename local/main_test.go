@@ -108,6 +108,25 @@ func startRole(t *testing.T, role string, env map[string]string, out *logbuf.Buf
 	}
 }
 
+// TestUsage: help prints the usage and succeeds; an unknown role, or the
+// mongodb role with an external MongoDB configured, fails saying why.
+func TestUsage(t *testing.T) {
+	for _, arg := range []string{"-h", "--help", "help"} {
+		var out, errOut bytes.Buffer
+		if err := run(context.Background(), []string{arg}, func(string) string { return "" }, &out, &errOut); err != nil || !strings.Contains(out.String(), "usage: rms") {
+			t.Errorf("rms %s: %v, stdout %q", arg, err, out.String())
+		}
+	}
+	var errOut bytes.Buffer
+	if err := run(context.Background(), []string{"apii"}, func(string) string { return "" }, io.Discard, &errOut); err == nil || !strings.Contains(errOut.String(), "usage: rms") {
+		t.Errorf("rms apii: %v, stderr %q", err, errOut.String())
+	}
+	env := map[string]string{"MONGODB_URI": "mongodb://127.0.0.1:1/"}
+	if err := run(context.Background(), []string{"mongodb"}, func(k string) string { return env[k] }, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "MONGODB_URI") {
+		t.Errorf("rms mongodb with MONGODB_URI set: %v, want an error naming MONGODB_URI", err)
+	}
+}
+
 // TestStartupErrorEndsTheProcess: an error after a listener is up (here the
 // demo receiver, then a profiler address that cannot be used) ends run with
 // that error instead of waiting for a shutdown that never comes.

@@ -81,6 +81,9 @@ func (s *system) run(ctx context.Context) error {
 		g.serve(ctx, cancel, ln, pprofHandler())
 	}
 
+	if s.role == "mongodb" && cfg.MongoURI != "" {
+		return errors.New("the mongodb role runs the embedded MongoDB, and MONGODB_URI is set: unset it, or run no mongodb role")
+	}
 	if cfg.MongoURI == "" {
 		uri, srv, err := s.embeddedMongo(ctx, cfg)
 		if err != nil {
@@ -154,7 +157,7 @@ func (s *system) run(ctx context.Context) error {
 			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
 		}}
 		s.logger.Info("processor status listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health)))
+		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)))
 		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
 	}
 	return g.waitErr(ctx)

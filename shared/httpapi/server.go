@@ -57,10 +57,10 @@ func NewServer(o Options) http.Handler {
 }
 
 // NewStatusHandler returns a handler that serves GET /status alone, for a
-// role (the processor) that has no other HTTP routes. It logs to
-// slog.Default().
-func NewStatusHandler(h Health) http.Handler {
-	o := Options{Health: h}
+// role (the processor) that has no other HTTP routes. It logs to logger
+// (slog.Default() if nil).
+func NewStatusHandler(h Health, logger *slog.Logger) http.Handler {
+	o := Options{Health: h, Logger: logger}
 	o.setDefaults()
 	var only []route
 	for _, rt := range routes(o) {

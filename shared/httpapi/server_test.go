@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -248,7 +249,7 @@ func TestStatus(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor", Checks: tc.checks})
+			h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor", Checks: tc.checks}, nil)
 			w := serve(t, h, http.MethodGet, "/status", "")
 			if w.Code != tc.status {
 				t.Fatalf("status = %d, want %d; body: %s", w.Code, tc.status, w.Body)
@@ -314,10 +315,17 @@ func TestStatusReport(t *testing.T) {
 	}
 }
 
+// TestStatusHandlerServesOnlyStatus: the status handler serves GET /status
+// alone, and logs its requests to the logger it is given (the process's
+// configured one), not to slog.Default().
 func TestStatusHandlerServesOnlyStatus(t *testing.T) {
-	h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor"})
+	var logs syncBuffer
+	h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor"}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	readProblem(t, serve(t, h, http.MethodGet, "/messages", ""), http.StatusNotFound, "")
 	readProblem(t, serve(t, h, http.MethodDelete, "/status", ""), http.StatusMethodNotAllowed, "")
+	if n := strings.Count(logs.String(), `"msg":"http request"`); n != 2 {
+		t.Errorf("the given logger has %d request lines, want 2:\n%s", n, logs.String())
+	}
 }
 
 func TestNewServerNeedsServices(t *testing.T) {
