@@ -7,6 +7,9 @@ BIN       := bin/rms
 LOCALTAGS := ferretdb_no_postgresql
 GOTEST    := $(GO) test -race -count=1 -tags $(LOCALTAGS)
 FUZZTIME  ?= 10s
+# The tests and the chaos runs use the local RabbitMQ and
+# Redis whatever RABBITMQ_URI and REDIS_URI say; make run uses those.
+CHECK_LOCAL := env -u RABBITMQ_URI -u REDIS_URI scripts/check-services.sh
 
 .PHONY: run setup test fuzz vet build-local dev-deps clean help
 
@@ -24,7 +27,7 @@ build-local: ## build the local binary (bin/rms) with the embedded MongoDB
 	$(GO) build -tags $(LOCALTAGS) -trimpath -o $(BIN) ./local
 
 test: vet ## run every test with the race detector, plus short fuzz runs
-	@scripts/check-services.sh
+	@$(CHECK_LOCAL)
 	$(GOTEST) -timeout 30m ./...
 	$(MAKE) fuzz
 

@@ -13,6 +13,6 @@ CHAOS_FLAGS    ?=
 .PHONY: chaos
 
 chaos: ## long chaos runs: CHAOS_MESSAGES at CHAOS_RATE/s with a random fault every ~8 s, then a scheduled burst (CHAOS_SEED=n repeats)
-	@scripts/check-services.sh
+	@$(CHECK_LOCAL)
 	$(GO) test -tags $(LOCALTAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./internal/chaos/ \
 		-args -chaos -chaos.messages=$(CHAOS_MESSAGES) -chaos.rate=$(CHAOS_RATE) -chaos.seed=$(CHAOS_SEED) $(CHAOS_FLAGS)

@@ -6,8 +6,22 @@ set -u
 start=0
 [ "${1:-}" = "--start" ] && start=1
 
-rabbit_host=127.0.0.1 rabbit_port=5672
-redis_host=127.0.0.1 redis_port=6379
+# hostport URI DEFAULT_PORT: the host and port a RABBITMQ_URI or REDIS_URI
+# (amqp://user:pass@host:port/vhost, redis://host:port/0 or host:port) names.
+hostport() {
+  local u=$1 host port
+  u=${u#*://}; u=${u##*@}; u=${u%%/*}; u=${u%%\?*}
+  if [[ $u == \[* ]]; then host=${u%%]*}; host=${host#[}; port=${u#*]}; port=${port#:}
+  elif [[ $u == *:* ]]; then host=${u%:*}; port=${u##*:}
+  else host=$u; port=
+  fi
+  echo "${host:-127.0.0.1} ${port:-$2}"
+}
+rabbit_default=5672
+[[ ${RABBITMQ_URI:-} == amqps://* ]] && rabbit_default=5671
+read -r rabbit_host rabbit_port < <(hostport "${RABBITMQ_URI:-amqp://127.0.0.1:5672/}" $rabbit_default)
+read -r redis_host redis_port < <(hostport "${REDIS_URI:-127.0.0.1:6379}" 6379)
+local_host() { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ] || [ "$1" = ::1 ]; }
 
 up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -18,25 +32,25 @@ wait_up() { # host port seconds
 
 fail=0
 if ! up $rabbit_host $rabbit_port; then
-  if [ $start = 1 ] && command -v rabbitmq-server >/dev/null; then
+  if [ $start = 1 ] && local_host "$rabbit_host" && command -v rabbitmq-server >/dev/null; then
     echo "starting RabbitMQ: rabbitmq-server -detached"
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_up $rabbit_host $rabbit_port 60 || true
   fi
   if ! up $rabbit_host $rabbit_port; then
-    echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port. Start it with: rabbitmq-server -detached" >&2
+    echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port (RABBITMQ_URI). Start it with: rabbitmq-server -detached" >&2
     fail=1
   fi
 fi
 if ! up $redis_host $redis_port; then
-  if [ $start = 1 ] && command -v redis-server >/dev/null; then
+  if [ $start = 1 ] && local_host "$redis_host" && command -v redis-server >/dev/null; then
     echo "starting Redis"
     mkdir -p /var/lib/redis
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis >/dev/null 2>&1 || true
     wait_up $redis_host $redis_port 20 || true
   fi
   if ! up $redis_host $redis_port; then
-    echo "Redis is not answering on $redis_host:$redis_port. Start it with:" >&2
+    echo "Redis is not answering on $redis_host:$redis_port (REDIS_URI). Start it with:" >&2
     echo '  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis' >&2
     fail=1
   fi
