@@ -76,22 +76,24 @@ func TestGroupBatchesConcurrentCallsAndKeepsResultsApart(t *testing.T) {
 func TestGroupSkipsCallsWhoseContextEnded(t *testing.T) {
 	release := make(chan struct{})
 	var flushed sync.Map
+	entered := make(chan struct{})
 	g := &groupcommit.Group[string]{Flush: func(ctx context.Context, xs []string) []error {
 		for _, x := range xs {
 			flushed.Store(x, true)
 		}
 		if xs[0] == "first" {
+			close(entered)
 			<-release
 		}
 		return nil
 	}}
 	done := make(chan error)
 	go func() { done <- g.Do(context.Background(), "first") }()
-	time.Sleep(20 * time.Millisecond) // "first" is being written
+	<-entered // "first" is being written
 	ctx, cancel := context.WithCancel(context.Background())
 	late := make(chan error)
 	go func() { late <- g.Do(ctx, "cancelled") }()
-	time.Sleep(20 * time.Millisecond)
+	waitPending(t, g, 1)
 	cancel()
 	close(release)
 	if err := <-done; err != nil {
@@ -134,14 +136,16 @@ func TestGroupSurvivesAPanickingOrShortFlush(t *testing.T) {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	block := make(chan struct{})
+	entered := make(chan struct{})
 	g.Flush = func(_ context.Context, xs []int) []error {
 		if xs[0] == 0 {
+			close(entered)
 			<-block
 		}
 		return []error{nil}
 	}
 	wg.Go(func() { _ = g.Do(context.Background(), 0) })
-	time.Sleep(20 * time.Millisecond)
+	<-entered
 	for i := 3; i < 6; i++ {
 		wg.Go(func() {
 			if g.Do(context.Background(), i) != nil {
@@ -149,7 +153,7 @@ func TestGroupSurvivesAPanickingOrShortFlush(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitPending(t, g, 3) // one batch of 3 once the flush is free
 	close(block)
 	wg.Wait()
 	if failed.Load() != 3 {
@@ -160,17 +164,19 @@ func TestGroupSurvivesAPanickingOrShortFlush(t *testing.T) {
 func TestGroupCallerGivesUpWhileQueued(t *testing.T) {
 	release := make(chan struct{})
 	var flushed sync.Map
+	entered := make(chan struct{})
 	g := &groupcommit.Group[string]{Flush: func(_ context.Context, xs []string) []error {
 		for _, x := range xs {
 			flushed.Store(x, true)
 		}
 		if xs[0] == "first" {
+			close(entered)
 			<-release
 		}
 		return nil
 	}}
 	go func() { _ = g.Do(context.Background(), "first") }()
-	time.Sleep(20 * time.Millisecond)
+	<-entered
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -186,5 +192,15 @@ func TestGroupCallerGivesUpWhileQueued(t *testing.T) {
 	}
 	if _, ok := flushed.Load("gave up"); ok {
 		t.Fatal("a call whose caller gave up was written")
+	}
+}
+
+// waitPending waits until n calls wait for a batch of g.
+func waitPending[T any](t *testing.T, g *groupcommit.Group[T], n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); groupcommit.Pending(g) != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls pending, want %d", groupcommit.Pending(g), n)
+		}
 	}
 }

