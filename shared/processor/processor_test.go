@@ -177,6 +177,76 @@ func TestPermanentFailureIsDeadLettered(t *testing.T) {
 	}
 }
 
+// TestRetriesExhaustedAreDeadLettered: a retryable failure on the last
+// allowed attempt ends FAILED with the reason, notified on the dead-letter
+// queue, and the message is in the failed index.
+func TestRetriesExhaustedAreDeadLettered(t *testing.T) {
+	f := setup(t, 0, map[string]string{"MAX_RETRIES": "1", "RETRY_BASE_DELAY": "1s", "RETRY_MAX_DELAY": "1s"})
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	p := f.processor(t)
+	ctx := context.Background()
+	if r := p.Handle(ctx, body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("first attempt: %+v", r)
+	}
+	relay := f.a.Relay(nil)
+	relay.Now = func() time.Time { return time.Now().Add(time.Minute) }
+	if s, err := relay.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("publish the retry: %+v %v", s, err)
+	}
+	copies := testenv.Drain(t, f.env["RABBITMQ_QUEUE"])
+	if len(copies) != 1 {
+		t.Fatalf("%d copies queued for the retry, want 1", len(copies))
+	}
+	if r := p.Handle(ctx, copies[0], false); r.Action != processor.Ack || r.Outcome != message.OutcomeFailed {
+		t.Fatalf("last attempt: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusFailed || m.Attempts != 2 || m.FailureReason != "retries exhausted after 2 attempts" || m.LastError == "" {
+		t.Fatalf("after the last attempt: %+v", m)
+	}
+	dlq := testenv.Drain(t, f.env["RABBITMQ_DLQ"])
+	var n message.DeadLetter
+	if len(dlq) != 1 || json.Unmarshal(dlq[0], &n) != nil || n.MessageID != env.ID || n.Reason != m.FailureReason || n.Attempts != 2 {
+		t.Fatalf("dead-letter notifications %q, want one for %s with its reason", dlq, env.ID)
+	}
+	if c, err := f.a.Store.CountFailed(ctx); err != nil || c != 1 {
+		t.Fatalf("failed index holds %d (%v), want 1", c, err)
+	}
+	if calls := f.calls.Load(); calls != 2 {
+		t.Fatalf("webhook called %d times, want 2", calls)
+	}
+}
+
+// TestDeadLetterNotifyFailureRequeues: when the dead-letter notification
+// cannot be published, the message is not recorded FAILED (a FAILED record
+// without its notification could never be noticed): the copy is requeued
+// and its claim released, and the redelivered copy notifies and records.
+func TestDeadLetterNotifyFailureRequeues(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusBadRequest)
+	env := f.published(t)
+	p := f.processor(t)
+	ctx := context.Background()
+	testenv.DeleteQueues(t, "", f.env["RABBITMQ_DLQ"]) // publishes to it are returned as unroutable
+	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue || r.Err == nil {
+		t.Fatalf("with the dead-letter queue gone: %+v, want a requeue", r)
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusProcessing || m.Attempts != 0 {
+		t.Fatalf("after the failed notification: %s after %d attempts, want PROCESSING and none recorded", m.Status, m.Attempts)
+	}
+	testenv.App(t, f.env) // a process that starts declares the queue again
+	if r := p.Handle(ctx, body(env), true); r.Action != processor.Ack || r.Outcome != message.OutcomeFailed {
+		t.Fatalf("redelivered copy: %+v", r)
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusFailed {
+		t.Fatalf("after the redelivered copy: %s, want FAILED", m.Status)
+	}
+	if n := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"])); n != 1 {
+		t.Fatalf("%d dead-letter notifications, want 1", n)
+	}
+}
+
 // TestCopyOfAFailedMessageRestoresTheFailedIndex: the failed index is
 // written after the FAILED status. If that write is lost, the copy requeued
 // for it (or any later copy) puts the message back in the index, without a
