@@ -1,0 +1,85 @@
+package outbox_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// failedAt stores a message that failed at at, in the failed index.
+func failedAt(t *testing.T, a *app.App, at time.Time) string {
+	t.Helper()
+	ctx := context.Background()
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, at)
+	m.Status, m.Attempts, m.FailureReason, m.UpdatedAt = message.StatusFailed, 4, "retries exhausted after 4 attempts", at
+	e := message.NewOutboxEntry(m.ID, 0, at, at)
+	e.PublishedAt = &at
+	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
+		t.Fatal(err)
+	}
+	return m.ID
+}
+
+// TestReplaySelects: a bulk replay takes the listed FAILED messages (and
+// skips the others and unknown ids), or those failed since a time, at most
+// 1,000 ids per call; a replayed message is UNSENT with a fresh attempt
+// budget and an outbox entry, and leaves the failed index.
+func TestReplaySelects(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	svc := a.Service(nil)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	oldA, oldB := failedAt(t, a, now.Add(-2*time.Hour)), failedAt(t, a, now.Add(-2*time.Hour))
+	recent := failedAt(t, a, now.Add(-time.Minute))
+	unsent := accept(t, a, 1)[0]
+
+	replayed := func(res message.ReplayResult, err error, want ...string) {
+		t.Helper()
+		if err != nil || res.Replayed != len(want) || res.Matched != len(want) || !slices.Equal(res.IDs, want) {
+			t.Fatalf("replay: %+v %v, want %v replayed", res, err, want)
+		}
+		for _, id := range want {
+			m, err := a.Store.GetMessage(ctx, id)
+			if err != nil || m.Status != message.StatusUnsent || m.Attempts != 0 {
+				t.Fatalf("replayed %s: %+v %v, want UNSENT with no attempts", id, m, err)
+			}
+			if has, err := a.Store.HasOutboxEntry(ctx, message.OutboxKey(id, m.Seq)); err != nil || !has {
+				t.Fatalf("replayed %s has no outbox entry at seq %d: %v", id, m.Seq, err)
+			}
+		}
+	}
+
+	res, err := svc.Replay(ctx, message.ReplayRequest{IDs: []string{oldA, unsent, uuid.Must(uuid.NewV7()).String()}})
+	replayed(res, err, oldA)
+	since := now.Add(-time.Hour)
+	res, err = svc.Replay(ctx, message.ReplayRequest{IDs: []string{oldB}, Since: &since})
+	replayed(res, err)
+	res, err = svc.Replay(ctx, message.ReplayRequest{Since: &since})
+	replayed(res, err, recent)
+	if m, err := a.Store.GetMessage(ctx, oldB); err != nil || m.Status != message.StatusFailed {
+		t.Fatalf("%s, failed before since: %+v %v, want it still FAILED", oldB, m, err)
+	}
+	if n, err := a.Store.CountFailed(ctx); err != nil || n != 1 {
+		t.Fatalf("failed index holds %d (%v), want 1", n, err)
+	}
+
+	many := make([]string, 1001)
+	for i := range many {
+		many[i] = uuid.Must(uuid.NewV7()).String()
+	}
+	if _, err := svc.Replay(ctx, message.ReplayRequest{IDs: many}); message.ErrorCode(err) != message.EINVALID {
+		t.Fatalf("1,001 ids: %v, want EINVALID", err)
+	}
+	res, err = svc.Replay(ctx, message.ReplayRequest{})
+	replayed(res, err, oldB)
+}
