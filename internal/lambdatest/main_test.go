@@ -75,7 +75,7 @@ func setup(m *testing.M) (int, error) {
 	for i, name := range names {
 		bootstraps[name] = paths[i]
 	}
-	return m.Run(), nil
+	return testenv.Run(m), nil
 }
 
 // function is one Lambda function running under its own emulator.

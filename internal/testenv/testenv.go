@@ -18,6 +18,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
@@ -53,10 +54,34 @@ var (
 	mongoOnce sync.Once
 	mongoURI  string
 	mongoErr  error
+	mongoSrv  *embedded.Server
+	mongoDir  string
 )
 
+// Main runs the tests of a package that uses MongoURI or App, and exits
+// with their result: call it from TestMain.
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run runs m's tests, then stops the embedded MongoDB they shared, if one
+// was started, and removes its data.
+func Run(m *testing.M) int {
+	code := m.Run()
+	if mongoSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := mongoSrv.Close(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "testenv: stop the embedded mongodb:", err)
+		}
+		cancel()
+	}
+	if mongoDir != "" {
+		_ = os.RemoveAll(mongoDir)
+	}
+	return code
+}
+
 // MongoURI returns the URI of the embedded MongoDB shared by the tests of
-// this binary, starting it on first use.
+// this binary, starting it on first use. The package's TestMain should call
+// Main, which stops it at the end.
 func MongoURI(t testing.TB) string {
 	t.Helper()
 	mongoOnce.Do(func() {
@@ -65,13 +90,14 @@ func MongoURI(t testing.TB) string {
 			mongoErr = err
 			return
 		}
+		mongoDir = dir
 		quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 		srv, err := embedded.Start(context.Background(), embedded.Config{Addr: "127.0.0.1:0", Dir: dir, Logger: quiet})
 		if err != nil {
 			mongoErr = err
 			return
 		}
-		mongoURI = srv.URI()
+		mongoSrv, mongoURI = srv, srv.URI()
 	})
 	if mongoErr != nil {
 		t.Fatalf("start the embedded mongodb: %v", mongoErr)
@@ -110,7 +136,8 @@ func FreeAddr(t testing.TB) string {
 
 // Env returns the environment of a system isolated for this test: its own
 // database, queues, Redis key prefix and ports, and fast timings. Entries
-// in extra override it. The queues are deleted when the test ends.
+// in extra override it. The queues, and the keys under the key prefix it
+// chose, are deleted when the test ends.
 func Env(t testing.TB, extra map[string]string) map[string]string {
 	t.Helper()
 	RequireServices(t)
@@ -141,8 +168,27 @@ func Env(t testing.TB, extra map[string]string) map[string]string {
 	for k, v := range extra {
 		env[k] = v
 	}
-	t.Cleanup(func() { DeleteQueues(t, env["RABBITMQ_EXCHANGE"], env["RABBITMQ_QUEUE"], env["RABBITMQ_DLQ"]) })
+	t.Cleanup(func() {
+		DeleteQueues(t, env["RABBITMQ_EXCHANGE"], env["RABBITMQ_QUEUE"], env["RABBITMQ_DLQ"])
+		if env["REDIS_KEY_PREFIX"] == name+":" {
+			deleteKeys(t, env["REDIS_KEY_PREFIX"])
+		}
+	})
 	return env
+}
+
+// deleteKeys removes the keys of the local Redis that start with prefix.
+func deleteKeys(t testing.TB, prefix string) {
+	c := redis.NewClient(&redis.Options{Addr: RedisAddr})
+	defer c.Close()
+	ctx := context.Background()
+	iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Logf("delete test keys %s*: %v", prefix, err)
+	}
 }
 
 // Config loads the configuration of env.
