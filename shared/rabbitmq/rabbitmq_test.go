@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -459,9 +460,15 @@ func TestReconnect(t *testing.T) {
 			publishAll(t, c, before)
 			waitFor(t, 10*time.Second, "first deliveries", func() bool { return k.total.Load() >= 20 })
 
+			old := c.LocalAddrsForTest()
 			tc.kill(t, c)
-			waitFor(t, 5*time.Second, "the drop to be noticed", func() bool {
-				return c.Ping(context.Background()) != nil || c.ConsumerState() != rabbitmq.ConsumerConsuming
+			waitFor(t, 10*time.Second, "the old connections to be gone", func() bool {
+				for _, a := range c.LocalAddrsForTest() {
+					if slices.Contains(old, a) {
+						return false
+					}
+				}
+				return true
 			})
 
 			// Publishing waits for the reconnect within its context.
@@ -492,14 +499,12 @@ func TestReconnect(t *testing.T) {
 }
 
 // closeFromServer has the broker close the client's connections
-// (CONNECTION_FORCED), with rabbitmqctl. The management API is not enabled
-// on this machine; without rabbitmqctl the test drops the sockets instead.
+// (CONNECTION_FORCED), with rabbitmqctl (the management API is not enabled
+// on this machine).
 func closeFromServer(t *testing.T, c *rabbitmq.Client) {
 	t.Helper()
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
-		t.Log("rabbitmqctl not found; dropping the sockets instead")
-		c.DropConnectionsForTest()
-		return
+		t.Fatalf("rabbitmqctl is not on PATH (%v): it comes with RabbitMQ (apt-get install rabbitmq-server), and must run as a user that may manage the local broker", err)
 	}
 	addrs := c.LocalAddrsForTest()
 	if len(addrs) != 2 {
