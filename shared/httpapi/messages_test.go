@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -139,7 +140,18 @@ func TestCreateMessageIdempotency(t *testing.T) {
 		t.Errorf("code = %q, want %q", p.Code, message.EMISMATCH)
 	}
 
-	ts.msgs.inProgress["running"] = true
+	// A first request with key "running" whose message is not stored yet:
+	// its record, with the hash of the same request (read from the record
+	// of order-42, which was made with it).
+	ctx := context.Background()
+	rec, _, err := ts.a.Store.PutIdempotencyRecord(ctx, message.IdempotencyRecord{Key: "order-42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := message.IdempotencyRecord{Key: "running", RequestHash: rec.RequestHash, MessageID: "0190a0b0-0000-7000-8000-0000000000aa", CreatedAt: time.Now().UTC()}
+	if _, inserted, err := ts.a.Store.PutIdempotencyRecord(ctx, running); err != nil || !inserted {
+		t.Fatalf("store the running request's record: %v %v", inserted, err)
+	}
 	p = readProblem(t, ts.do(t, http.MethodPost, "/messages", body(phone, "hello"), "Idempotency-Key", "running"), http.StatusConflict, "")
 	if p.Code != message.EINPROGRESS {
 		t.Errorf("code = %q, want %q", p.Code, message.EINPROGRESS)
@@ -169,7 +181,7 @@ func TestServiceErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t)
-			ts.msgs.err = tc.err
+			ts.msgs.setErr(tc.err)
 			for _, req := range []struct{ method, path, body string }{
 				{http.MethodPost, "/messages", body(phone, "hi")},
 				{http.MethodGet, "/messages", ""},
@@ -206,8 +218,8 @@ func TestListMessages(t *testing.T) {
 		m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, fmt.Sprint("m", i))))
 		ids = append(ids, m.ID)
 	}
-	ts.msgs.setStatus(ids[1], message.StatusSent)
-	ts.msgs.setDeliveries(ids[4], []message.Delivery{{Attempt: 1, Outcome: message.OutcomeDelivered}})
+	ts.record(t, ids[1], message.StatusSent, message.Delivery{Attempt: 1, Outcome: message.OutcomeDelivered, StatusCode: 202})
+	ts.record(t, ids[4], message.StatusUnsent, message.Delivery{Attempt: 1, Outcome: message.OutcomeRetry, StatusCode: 503})
 
 	type page struct {
 		Items      []message.Message `json:"items"`
@@ -250,7 +262,7 @@ func TestListMessages(t *testing.T) {
 func TestGetMessage(t *testing.T) {
 	ts := newTestServer(t)
 	m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "hi")))
-	ts.msgs.setDeliveries(m.ID, []message.Delivery{{Attempt: 1, Outcome: message.OutcomeDelivered, StatusCode: 202}})
+	ts.record(t, m.ID, message.StatusSent, message.Delivery{Attempt: 1, Outcome: message.OutcomeDelivered, StatusCode: 202})
 
 	got := decodeJSON[message.Message](t, ts.do(t, http.MethodGet, "/messages/"+m.ID, ""))
 	if got.ID != m.ID || len(got.Deliveries) != 1 || got.Deliveries[0].StatusCode != 202 {
@@ -262,12 +274,12 @@ func TestGetMessage(t *testing.T) {
 		t.Errorf("problem = %+v", p)
 	}
 
-	calls := ts.msgs.getCalls
+	calls := ts.msgs.calls()
 	for _, id := range []string{"42", "not-a-uuid", "0190a0b0-0000-7000-8000-00000000000g", "0190a0b0x0000-7000-8000-000000000001"} {
 		readProblem(t, ts.do(t, http.MethodGet, "/messages/"+id, ""), http.StatusNotFound, "")
 	}
-	if ts.msgs.getCalls != calls {
-		t.Errorf("invalid IDs reached the service: %d calls", ts.msgs.getCalls-calls)
+	if n := ts.msgs.calls() - calls; n != 0 {
+		t.Errorf("invalid IDs reached the service: %d calls", n)
 	}
 }
 
@@ -292,6 +304,8 @@ func TestScheduler(t *testing.T) {
 			t.Errorf("%s %s: %v, want state %s", tc.method, tc.path, st, tc.want)
 		}
 	}
+	ts.sched.mu.Lock()
 	ts.sched.err = message.Errorf(message.EUNAVAILABLE, "scheduler API unreachable")
+	ts.sched.mu.Unlock()
 	readProblem(t, ts.do(t, http.MethodPost, "/scheduler/start", ""), http.StatusServiceUnavailable, "")
 }

@@ -79,7 +79,7 @@ func TestRoutesAreServed(t *testing.T) {
 			b = body(phone, "again")
 		}
 		if rt.Path == "/messages/{id}/retry" {
-			ts.msgs.setStatus(m.ID, message.StatusFailed)
+			ts.record(t, m.ID, message.StatusFailed, message.Delivery{Attempt: 1, Outcome: message.OutcomeFailed, StatusCode: 400})
 		}
 		if w := ts.do(t, rt.Method, path, b); w.Code >= 300 {
 			t.Errorf("%s %s: %d %s", rt.Method, path, w.Code, w.Body)
@@ -140,8 +140,11 @@ func TestAuth(t *testing.T) {
 
 func TestPanicRecovery(t *testing.T) {
 	ts := newTestServer(t)
-	ts.msgs.panicID = "0190a0b0-0000-7000-8000-00000000dead"
-	w := ts.do(t, http.MethodGet, "/messages/"+ts.msgs.panicID, "")
+	const boom = "0190a0b0-0000-7000-8000-00000000dead"
+	ts.msgs.mu.Lock()
+	ts.msgs.panicID = boom
+	ts.msgs.mu.Unlock()
+	w := ts.do(t, http.MethodGet, "/messages/"+boom, "")
 	p := readProblem(t, w, http.StatusInternalServerError, "")
 	if strings.Contains(w.Body.String(), "exploded") {
 		t.Errorf("panic value sent to the client: %s", w.Body)
@@ -329,7 +332,8 @@ func TestStatusHandlerServesOnlyStatus(t *testing.T) {
 }
 
 func TestNewServerNeedsServices(t *testing.T) {
-	for _, o := range []httpapi.Options{{Scheduler: &fakeScheduler{}}, {Messages: newFakeMessages()}} {
+	ts := newTestServer(t)
+	for _, o := range []httpapi.Options{{Scheduler: ts.sched}, {Messages: ts.msgs}} {
 		func() {
 			defer func() {
 				if recover() == nil {
