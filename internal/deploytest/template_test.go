@@ -833,7 +833,12 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 	for n := 1; n <= 600; n++ {
 		candidates = append(candidates, fmt.Sprintf("%ds", n), fmt.Sprintf("%dms", n*100))
 	}
-	candidates = append(candidates, "1m", "2m", "1m30s", "90000ms", "0s", "0ms")
+	candidates = append(candidates, "1m", "2m", "1m30s", "90000ms", "0s", "0ms", "0.0s", "30.5s", "30001ms", "-1s")
+	for _, c := range []string{"1ms", "750ms", "0.5s", "1.5s", "5s", "15000ms", "29.999s", "30s", "30000ms"} {
+		if !re.MatchString(c) {
+			t.Errorf("WebhookTimeout refuses %s, which fits the processor", c)
+		}
+	}
 	accepted := 0
 	for _, c := range candidates {
 		if !re.MatchString(c) {
