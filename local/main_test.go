@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,13 +69,32 @@ func startSystemLogged(t *testing.T, env map[string]string) (api string, out *lo
 }
 
 // startRole runs the program in role, logging to out, and waits for its API.
+// stop ends it and checks that it ended cleanly; it runs at the test's end
+// too, whatever happened, and only once.
 func startRole(t *testing.T, role string, env map[string]string, out *logbuf.Buffer) (api string, _ *logbuf.Buffer, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	finished := make(chan struct{})
+	var runErr error
 	go func() {
-		done <- run(ctx, []string{role}, func(k string) string { return env[k] }, out, io.Discard)
+		defer close(finished)
+		runErr = run(ctx, []string{role}, func(k string) string { return env[k] }, out, io.Discard)
 	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-finished:
+				if runErr != nil {
+					t.Errorf("run returned %v", runErr)
+				}
+			case <-time.After(60 * time.Second):
+				t.Error("system did not shut down within 60s")
+			}
+		})
+	}
+	t.Cleanup(stop)
 	api = "http://" + env["API_ADDR"]
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -86,8 +106,8 @@ func startRole(t *testing.T, role string, env map[string]string, out *logbuf.Buf
 			}
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("system exited early: %v\n%s", err, out.String())
+		case <-finished:
+			t.Fatalf("system exited early: %v\n%s", runErr, out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -95,17 +115,7 @@ func startRole(t *testing.T, role string, env map[string]string, out *logbuf.Buf
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return api, out, func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run returned %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Error("system did not shut down within 60s")
-		}
-	}
+	return api, out, stop
 }
 
 // TestUsage: help prints the usage and succeeds; an unknown role, or the
@@ -148,53 +158,92 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 
 // TestRolesStartedTogetherShareOneMongoDB: roles started together (bin/rms
 // mongodb & bin/rms api & ...) all find no embedded MongoDB and race to
-// start one. A role that loses waits for the winner's instead of exiting.
+// start one. A role that loses waits for the winner's instead of exiting,
+// and starts its own if the winner dies before it answers.
 func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
-	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
-	addr := env["EMBEDDED_MONGODB_ADDR"]
-	// The winner, still starting: its address is taken, nothing answers.
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
+	for _, winnerDies := range []bool{false, true} {
+		t.Run(fmt.Sprintf("winner dies %v", winnerDies), func(t *testing.T) {
+			env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+			// The winner, still starting: it holds the address, and
+			// nothing answers there until it forwards to a real server.
+			ln, err := net.Listen("tcp", env["EMBEDDED_MONGODB_ADDR"])
 			if err != nil {
-				return
+				t.Fatal(err)
 			}
-			c.Close()
-		}
-	}()
-	out := &logbuf.Buffer{}
-	started := make(chan *embedded.Server, 1)
-	go func() {
-		defer close(started)
-		deadline := time.Now().Add(time.Minute)
-		for !strings.Contains(out.String(), "another process is starting the embedded mongodb") {
-			if time.Now().After(deadline) {
-				return
+			t.Cleanup(func() { ln.Close() })
+			var backend atomic.Value // string: the address to forward to, once up
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go forward(c, backend.Load())
+				}
+			}()
+			out := &logbuf.Buffer{}
+			waiting := make(chan struct{})
+			go func() {
+				defer close(waiting)
+				for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+					if strings.Contains(out.String(), "another process is starting the embedded mongodb") {
+						return
+					}
+				}
+			}()
+			dir := t.TempDir()
+			winner := make(chan error, 1)
+			var srv *embedded.Server
+			go func() {
+				<-waiting
+				if winnerDies {
+					ln.Close()
+					winner <- nil
+					return
+				}
+				var err error
+				if srv, err = embedded.Start(context.Background(), embedded.Config{Addr: "127.0.0.1:0", Dir: dir}); err == nil {
+					backend.Store(strings.TrimSuffix(strings.TrimPrefix(srv.URI(), "mongodb://"), "/"))
+				}
+				winner <- err
+			}()
+			t.Cleanup(func() { // after the api's stop
+				if err := <-winner; err != nil {
+					t.Errorf("start the winner's mongodb: %v", err)
+				} else if srv != nil {
+					srv.Close(context.Background())
+				}
+			})
+			_, _, stop := startRole(t, "api", env, out)
+			stop()
+			want := "using the embedded mongodb already running"
+			if winnerDies {
+				want = "embedded mongodb started"
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		ln.Close()
-		srv, err := embedded.Start(context.Background(), embedded.Config{Addr: addr, Dir: t.TempDir()})
-		if err != nil {
-			t.Errorf("start the winner's mongodb: %v", err)
-			return
-		}
-		started <- srv
-	}()
-	_, _, stop := startRole(t, "api", env, out)
-	stop()
-	srv := <-started
-	if srv == nil {
-		t.Fatalf("the api did not wait for another process's mongodb:\n%s", out.String())
+			if !strings.Contains(out.String(), "waiting for it") || !strings.Contains(out.String(), want) {
+				t.Errorf("the api did not wait, then log %q:\n%s", want, out.String())
+			}
+		})
 	}
-	defer srv.Close(context.Background())
-	if !strings.Contains(out.String(), "using the embedded mongodb already running") {
-		t.Errorf("the api did not use the winner's mongodb:\n%s", out.String())
+}
+
+// forward copies between c and the server at backend (a host:port string),
+// or closes c while backend is not set.
+func forward(c net.Conn, backend any) {
+	defer c.Close()
+	addr, _ := backend.(string)
+	if addr == "" {
+		return
 	}
+	b, err := net.Dial("tcp", addr)
+	if err != nil {
+		return
+	}
+	defer b.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(b, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, b); done <- struct{}{} }()
+	<-done
 }
 
 // TestShutdownFinishesDeliveriesInFlight: a stop (SIGINT, SIGTERM) during
@@ -212,7 +261,10 @@ func TestShutdownFinishesDeliveriesInFlight(t *testing.T) {
 		<-release
 		w.WriteHeader(http.StatusOK)
 	}))
-	defer hook.Close()
+	t.Cleanup(hook.Close)
+	var releaseOnce sync.Once
+	releaseCall := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseCall) // before hook.Close, which waits for the call
 	env := testenv.Env(t, map[string]string{"WEBHOOK_URL": hook.URL, "WEBHOOK_TIMEOUT": "20s"})
 	api, out, stop := startSystemLogged(t, env)
 	resp, b := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"slow"}`, map[string]string{"Content-Type": "application/json"})
@@ -232,7 +284,7 @@ func TestShutdownFinishesDeliveriesInFlight(t *testing.T) {
 	}()
 	// Longer than the 3 s FerretDB gives its clients once it is stopped.
 	time.Sleep(4 * time.Second)
-	close(release)
+	releaseCall()
 	<-stopped
 	if strings.Contains(out.String(), `"level":"ERROR"`) {
 		t.Errorf("errors logged during the shutdown:\n%s", out.String())

@@ -87,6 +87,9 @@ func (s *system) run(ctx context.Context) error {
 	if cfg.MongoURI == "" {
 		uri, srv, err := s.embeddedMongo(ctx, cfg)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while it waited
+			}
 			return err
 		}
 		if srv != nil {
@@ -193,25 +196,34 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 	}
 	// The server outlives ctx, which ends at SIGINT or SIGTERM: the other
 	// parts still need it to finish their work, and run closes it last.
-	srv, err := embedded.Start(context.WithoutCancel(ctx), embedded.Config{
-		Addr:   cfg.EmbeddedMongoDBAddr,
-		Dir:    filepath.Join(cfg.DataDir, "mongodb"),
-		Sync:   cfg.EmbeddedMongoDBSync,
-		Logger: s.logger.With("component", "embedded-mongodb"),
-	})
+	start := func() (*embedded.Server, error) {
+		return embedded.Start(context.WithoutCancel(ctx), embedded.Config{
+			Addr:   cfg.EmbeddedMongoDBAddr,
+			Dir:    filepath.Join(cfg.DataDir, "mongodb"),
+			Sync:   cfg.EmbeddedMongoDBSync,
+			Logger: s.logger.With("component", "embedded-mongodb"),
+		})
+	}
+	srv, err := start()
 	if errors.Is(err, embedded.ErrAddrInUse) && s.role != "mongodb" {
 		// Roles started together all find no server and race to start
-		// one; the losers use the winner's once it answers.
+		// one; the losers use the winner's once it answers, or start
+		// their own if the winner died and freed the address.
 		s.logger.Info("another process is starting the embedded mongodb; waiting for it", "addr", cfg.EmbeddedMongoDBAddr)
-		for deadline := time.Now().Add(startWait); time.Now().Before(deadline) && ctx.Err() == nil; {
+		for deadline := time.Now().Add(startWait); errors.Is(err, embedded.ErrAddrInUse) && time.Now().Before(deadline); {
+			select {
+			case <-ctx.Done():
+				return "", nil, ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 			if mongoAnswers(ctx, uri) {
 				s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
 				return uri, nil, nil
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-			}
+			srv, err = start()
+		}
+		if errors.Is(err, embedded.ErrAddrInUse) {
+			err = fmt.Errorf("%w, and nothing there answered as MongoDB within %s", err, startWait)
 		}
 	}
 	if err != nil {

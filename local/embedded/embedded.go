@@ -113,9 +113,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if !hooked {
 		logger.Warn("embedded mongodb: could not install the SQLite busy handler; concurrent writes wait up to 100 ms for each other (see local/embedded/busy.go)")
 	}
-	inUse := func(err error) error {
-		return fmt.Errorf("embedded mongodb: %w: %s (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port): %w", ErrAddrInUse, cfg.Addr, err)
-	}
+	inUse := fmt.Errorf("embedded mongodb: %s: %w (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port)", cfg.Addr, ErrAddrInUse)
 	listen := cfg.Addr
 	var front net.Listener
 	if cfg.Sync != "normal" {
@@ -125,13 +123,25 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		front, err = net.Listen("tcp", cfg.Addr)
 		if err != nil {
 			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, inUse(err)
+				return nil, inUse
 			}
 			return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
 		}
 		// FerretDB itself listens on a loopback port of its own, which
 		// only the proxy uses.
 		listen = "127.0.0.1:0"
+	} else {
+		// ferretdb.New failing to listen leaks the backend it opened,
+		// whose resource tracker then panics when the garbage collector
+		// finds it (measured): so the address is tried here first.
+		l, err := net.Listen("tcp", cfg.Addr)
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return nil, inUse
+			}
+			return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
+		}
+		_ = l.Close()
 	}
 	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/", RawQuery: q.Encode()}).String()
 	fdb, err := ferretdb.New(&ferretdb.Config{
@@ -149,7 +159,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		// ferretdb.New formats the listen error with %s, so errors.Is
 		// cannot see the errno through it; the text is all there is.
 		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
-			return nil, inUse(err)
+			return nil, inUse
 		}
 		return nil, fmt.Errorf("embedded mongodb: start on %s with data in %s: %w", cfg.Addr, dir, err)
 	}
