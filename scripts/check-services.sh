@@ -21,7 +21,9 @@ rabbit_default=5672
 [[ ${RABBITMQ_URI:-} == amqps://* ]] && rabbit_default=5671
 read -r rabbit_host rabbit_port < <(hostport "${RABBITMQ_URI:-amqp://127.0.0.1:5672/}" $rabbit_default)
 read -r redis_host redis_port < <(hostport "${REDIS_URI:-127.0.0.1:6379}" 6379)
-local_host() { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ] || [ "$1" = ::1 ]; }
+# local HOST PORT DEFAULT_PORT: whether the service is the local default one
+# this script knows how to start.
+local_default() { { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ] || [ "$1" = ::1 ]; } && [ "$2" = "$3" ]; }
 
 up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -32,26 +34,34 @@ wait_up() { # host port seconds
 
 fail=0
 if ! up $rabbit_host $rabbit_port; then
-  if [ $start = 1 ] && local_host "$rabbit_host" && command -v rabbitmq-server >/dev/null; then
+  if [ $start = 1 ] && local_default "$rabbit_host" "$rabbit_port" 5672 && command -v rabbitmq-server >/dev/null; then
     echo "starting RabbitMQ: rabbitmq-server -detached"
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_up $rabbit_host $rabbit_port 60 || true
   fi
   if ! up $rabbit_host $rabbit_port; then
-    echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port (RABBITMQ_URI). Start it with: rabbitmq-server -detached" >&2
+    if local_default "$rabbit_host" "$rabbit_port" 5672; then
+      echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port. Start it with: rabbitmq-server -detached" >&2
+    else
+      echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port, where RABBITMQ_URI points" >&2
+    fi
     fail=1
   fi
 fi
 if ! up $redis_host $redis_port; then
-  if [ $start = 1 ] && local_host "$redis_host" && command -v redis-server >/dev/null; then
+  if [ $start = 1 ] && local_default "$redis_host" "$redis_port" 6379 && command -v redis-server >/dev/null; then
     echo "starting Redis"
     mkdir -p /var/lib/redis
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis >/dev/null 2>&1 || true
     wait_up $redis_host $redis_port 20 || true
   fi
   if ! up $redis_host $redis_port; then
-    echo "Redis is not answering on $redis_host:$redis_port (REDIS_URI). Start it with:" >&2
-    echo '  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis' >&2
+    if local_default "$redis_host" "$redis_port" 6379; then
+      echo "Redis is not answering on $redis_host:$redis_port. Start it with:" >&2
+      echo '  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis' >&2
+    else
+      echo "Redis is not answering on $redis_host:$redis_port, where REDIS_URI points" >&2
+    fi
     fail=1
   fi
 fi
