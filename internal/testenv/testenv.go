@@ -18,8 +18,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/redistest"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/local/embedded"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 )
@@ -27,12 +27,12 @@ import (
 // Addresses of the services on a developer's machine and in CI.
 const (
 	RabbitURI = "amqp://guest:guest@127.0.0.1:5672/"
-	RedisAddr = "127.0.0.1:6379"
+	RedisAddr = redistest.Addr
 )
 
 const (
 	startRabbit = "rabbitmq-server -detached"
-	startRedis  = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis`
+	startRedis  = redistest.Start
 )
 
 // RequireServices fails t unless RabbitMQ and Redis answer.
@@ -171,23 +171,21 @@ func Env(t testing.TB, extra map[string]string) map[string]string {
 	t.Cleanup(func() {
 		DeleteQueues(t, env["RABBITMQ_EXCHANGE"], env["RABBITMQ_QUEUE"], env["RABBITMQ_DLQ"])
 		if env["REDIS_KEY_PREFIX"] == name+":" {
-			deleteKeys(t, env["REDIS_KEY_PREFIX"])
+			if err := redistest.DeleteKeys(env["REDIS_KEY_PREFIX"]); err != nil {
+				t.Logf("delete the test's keys: %v", err)
+			}
 		}
 	})
 	return env
 }
 
-// deleteKeys removes the keys of the local Redis that start with prefix.
-func deleteKeys(t testing.TB, prefix string) {
-	c := redis.NewClient(&redis.Options{Addr: RedisAddr})
-	defer c.Close()
-	ctx := context.Background()
-	iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		c.Del(ctx, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Logf("delete test keys %s*: %v", prefix, err)
+// WaitFor polls cond until it holds, failing t if it does not within d.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s", d, what)
+		}
 	}
 }
 

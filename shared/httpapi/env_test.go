@@ -117,8 +117,6 @@ func (s *scheduler) Stop(ctx context.Context) (httpapi.SchedulerStatus, error) {
 	return s.Scheduler.Stop(ctx)
 }
 
-type syncBuffer = logbuf.Buffer
-
 // testServer is NewServer over the real message service and scheduler,
 // with its logs captured.
 type testServer struct {
@@ -126,7 +124,7 @@ type testServer struct {
 	a     *app.App
 	msgs  *service
 	sched *scheduler
-	logs  *syncBuffer
+	logs  *logbuf.Buffer
 }
 
 func newTestServer(t testing.TB, configure ...func(*httpapi.Options)) *testServer {
@@ -135,7 +133,7 @@ func newTestServer(t testing.TB, configure ...func(*httpapi.Options)) *testServe
 	// Created messages wait in the outbox (no fast path to the queue), so
 	// that they are UNSENT as the tests expect.
 	closed := func(context.Context) (bool, error) { return false, nil }
-	ts := &testServer{a: a, msgs: &service{Messages: a.Service(closed)}, sched: &scheduler{Scheduler: a.LocalScheduler()}, logs: &syncBuffer{}}
+	ts := &testServer{a: a, msgs: &service{Messages: a.Service(closed)}, sched: &scheduler{Scheduler: a.LocalScheduler()}, logs: &logbuf.Buffer{}}
 	o := httpapi.Options{
 		Messages:  ts.msgs,
 		Scheduler: ts.sched,

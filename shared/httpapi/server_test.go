@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -322,7 +323,7 @@ func TestStatusReport(t *testing.T) {
 // alone, and logs its requests to the logger it is given (the process's
 // configured one), not to slog.Default().
 func TestStatusHandlerServesOnlyStatus(t *testing.T) {
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor"}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	readProblem(t, serve(t, h, http.MethodGet, "/messages", ""), http.StatusNotFound, "")
 	readProblem(t, serve(t, h, http.MethodDelete, "/status", ""), http.StatusMethodNotAllowed, "")

@@ -80,6 +80,9 @@ func TestReplaySelects(t *testing.T) {
 	if _, err := svc.Replay(ctx, message.ReplayRequest{IDs: many}); message.ErrorCode(err) != message.EINVALID {
 		t.Fatalf("1,001 ids: %v, want EINVALID", err)
 	}
+	if res, err := svc.Replay(ctx, message.ReplayRequest{IDs: many[:1000], DryRun: true}); err != nil || res.Matched != 0 {
+		t.Fatalf("1,000 unknown ids: %+v %v, want none matched and no error", res, err)
+	}
 	res, err = svc.Replay(ctx, message.ReplayRequest{})
 	replayed(res, err, oldB)
 }

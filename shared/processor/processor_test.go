@@ -398,7 +398,7 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 
 	// Another process hears of the open circuit through Redis, where the
 	// breaker writes it in the background.
-	waitUntil(t, "the open circuit reaches Redis", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the open circuit reaches Redis", func() bool {
 		d, err := f.a.Redis.CircuitOpenFor(context.Background(), "webhook")
 		return err == nil && d > 0
 	})
@@ -437,15 +437,19 @@ func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
 // published later, delivers nothing.
 func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 	hold := make(chan struct{})
-	f := setupHeld(t, 0, hold, nil)
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	// The held call must outlive the other copy's handling: no timeout.
+	f := setupHeld(t, 0, hold, map[string]string{"WEBHOOK_TIMEOUT": "30s"})
+	t.Cleanup(release) // before the webhook's server closes
 	env := f.published(t)
 	holder := f.processor(t)
 	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
 	done := make(chan processor.Result)
 	go func() { done <- holder.Handle(context.Background(), body(env), false) }()
-	waitUntil(t, "the holder calls the webhook", func() bool { return f.calls.Load() == 1 })
+	testenv.WaitFor(t, 30*time.Second, "the holder calls the webhook", func() bool { return f.calls.Load() == 1 })
 	r := other.Handle(context.Background(), body(env), true)
-	close(hold)
+	release()
 	if r.Outcome != message.OutcomeDeferred {
 		t.Fatalf("redelivered copy: %+v", r)
 	}
@@ -515,16 +519,5 @@ func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
 	}
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("webhook called %d times, want 1", n)
-	}
-}
-
-// waitUntil polls cond for up to 30 s, failing the test with what if it
-// never holds.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
 	}
 }

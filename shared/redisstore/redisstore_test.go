@@ -11,16 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/redistest"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
 )
 
-const redisAddr = "127.0.0.1:6379"
+const redisAddr = redistest.Addr
 
 func TestMain(m *testing.M) {
 	// The tests against a closed port would print one line per failed dial.
@@ -42,22 +42,10 @@ func newStore(t *testing.T) *redisstore.Store {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
-		t.Fatalf("Redis is not reachable at %s (%v). Start it with:\n"+
-			"  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis", redisAddr, err)
+		t.Fatalf("Redis is not reachable at %s (%v). Start it with:\n  %s", redisAddr, err, redistest.Start)
 	}
-	t.Cleanup(func() { deleteKeys(prefix) })
+	t.Cleanup(func() { _ = redistest.DeleteKeys(prefix) })
 	return s
-}
-
-// deleteKeys removes what a test left behind.
-func deleteKeys(prefix string) {
-	c := redis.NewClient(&redis.Options{Addr: redisAddr})
-	defer c.Close()
-	ctx := context.Background()
-	iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
-	for iter.Next(ctx) {
-		c.Del(ctx, iter.Val())
-	}
 }
 
 // deadStore points at a closed port: every command fails.
