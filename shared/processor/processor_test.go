@@ -105,6 +105,18 @@ func (f *fixture) published(t *testing.T) message.Envelope {
 	return message.Envelope{ID: m.ID, Seq: 0}
 }
 
+// expectFailedAndCalls checks the size of the failed index and the number
+// of webhook calls so far.
+func (f *fixture) expectFailedAndCalls(t *testing.T, failed int64, calls int32) {
+	t.Helper()
+	if n, err := f.a.Store.CountFailed(context.Background()); err != nil || n != failed {
+		t.Fatalf("failed index holds %d (%v), want %d", n, err, failed)
+	}
+	if n := f.calls.Load(); n != calls {
+		t.Fatalf("webhook called %d times, want %d", n, calls)
+	}
+}
+
 func body(env message.Envelope) []byte {
 	b, _ := json.Marshal(env)
 	return b
@@ -210,12 +222,7 @@ func TestRetriesExhaustedAreDeadLettered(t *testing.T) {
 	if len(dlq) != 1 || json.Unmarshal(dlq[0], &n) != nil || n.MessageID != env.ID || n.Reason != m.FailureReason || n.Attempts != 2 {
 		t.Fatalf("dead-letter notifications %q, want one for %s with its reason", dlq, env.ID)
 	}
-	if c, err := f.a.Store.CountFailed(ctx); err != nil || c != 1 {
-		t.Fatalf("failed index holds %d (%v), want 1", c, err)
-	}
-	if calls := f.calls.Load(); calls != 2 {
-		t.Fatalf("webhook called %d times, want 2", calls)
-	}
+	f.expectFailedAndCalls(t, 1, 2)
 }
 
 // TestDeadLetterNotifyFailureRequeues: when the dead-letter notification
@@ -266,12 +273,7 @@ func TestCopyOfAFailedMessageRestoresTheFailedIndex(t *testing.T) {
 	if r := p.Handle(ctx, body(env), true); r.Action != processor.Ack || r.Outcome != "duplicate" {
 		t.Fatalf("copy: %+v", r)
 	}
-	if n, err := f.a.Store.CountFailed(ctx); err != nil || n != 1 {
-		t.Fatalf("failed index holds %d (%v), want 1", n, err)
-	}
-	if n := f.calls.Load(); n != 1 {
-		t.Fatalf("webhook called %d times, want 1", n)
-	}
+	f.expectFailedAndCalls(t, 1, 1)
 }
 
 func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
