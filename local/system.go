@@ -156,7 +156,7 @@ func (s *system) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("processor status on PROCESSOR_ADDR %s: %w", cfg.ProcessorAddr, err)
 		}
-		health := httpapi.Health{Service: "processor", Checks: a.Checks(), Info: func(context.Context) map[string]any {
+		health := httpapi.Health{Service: "processor", Checks: append(a.Checks(), a.WebhookCheck()), Info: func(context.Context) map[string]any {
 			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
 		}}
 		s.logger.Info("processor status listening", "addr", ln.Addr().String())

@@ -224,6 +224,18 @@ func (a *App) BreakerState() string {
 	return a.breaker.State()
 }
 
+// WebhookCheck reports the webhook as this process's circuit breaker sees
+// it: failing while the circuit is open (deliveries wait for the cool-down),
+// for the processor's status report. It makes no call to the webhook.
+func (a *App) WebhookCheck() httpapi.Check {
+	return httpapi.Check{Name: "webhook", Check: func(context.Context) error {
+		if st := a.BreakerState(); st == "open" {
+			return errors.New("circuit breaker open: the webhook failed too often; deliveries wait for the cool-down")
+		}
+		return nil
+	}}
+}
+
 // Checks returns the dependency checks of a status report.
 func (a *App) Checks() []httpapi.Check {
 	return []httpapi.Check{

@@ -378,6 +378,10 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	f := setup(t, 0, map[string]string{"BREAKER_MIN_REQUESTS": "2", "BREAKER_FAILURE_RATIO": "0.5", "BREAKER_COOLDOWN": "20s", "RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
 	f.code.Store(http.StatusInternalServerError)
 	p := f.processor(t)
+	webhook := f.a.WebhookCheck()
+	if err := webhook.Check(context.Background()); err != nil || webhook.Critical {
+		t.Fatalf("webhook check with the circuit closed: %v (critical %v), want ok and not critical", err, webhook.Critical)
+	}
 	for range 2 {
 		env := f.published(t)
 		if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
@@ -392,6 +396,9 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	}
 	if f.calls.Load() != calls {
 		t.Fatal("the webhook was called with the breaker open")
+	}
+	if err := webhook.Check(context.Background()); err == nil {
+		t.Fatal("webhook check with the circuit open: ok, want a failure (the status report's degraded)")
 	}
 	m := f.message(t, env.ID)
 	if m.Attempts != 0 || m.Status != message.StatusUnsent || m.NextAttemptAt == nil || m.NextAttemptAt.Sub(before) < 19*time.Second {
