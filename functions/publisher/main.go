@@ -1,6 +1,6 @@
 // Command publisher is the outbox publisher as an AWS Lambda function,
-// invoked by an EventBridge schedule: one bounded relay pass, with the
-// stale-message sweep, per invocation.
+// invoked by an EventBridge schedule: relay passes, with the stale-message
+// sweep, every PUBLISH_INTERVAL for PUBLISH_WINDOW (one pass if 0).
 package main
 
 import (
@@ -19,18 +19,19 @@ func main() {
 	a, emf := app.MustOpenLambda(context.Background(), "publisher", os.Getenv, os.Stdout)
 	// The schedule is the on/off switch in Lambda: being invoked means it
 	// is enabled, so the relay needs no gate.
-	// One invocation is one pass; the function's timeout bounds it, and
-	// ReservedConcurrentExecutions 1 keeps a second from starting.
+	// The schedule runs at most once a minute: passes go on every
+	// PUBLISH_INTERVAL for PUBLISH_WINDOW, so that retries and sendAt
+	// messages wait seconds rather than for the next run. The function's
+	// timeout bounds it, and ReservedConcurrentExecutions 1 keeps a second
+	// invocation from starting.
 	a.RelayLeaseTTL = time.Minute
 	relay := a.Relay(nil)
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
 		defer emf.Flush()
-		sum, err := relay.Pass(ctx)
-		if err != nil {
-			a.Logger.Error("relay pass failed", "summary", sum, "error", err)
-			return sum, err
-		}
-		a.Logger.Info("relay pass", "summary", sum)
-		return sum, nil
+		// A failed pass is logged where it fails; the invocation fails
+		// only if its last pass did.
+		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second)
+		a.Logger.Info("relay passes", "summary", sum, "failed", err != nil)
+		return sum, err
 	})
 }

@@ -858,3 +858,41 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 		t.Errorf("WebhookTimeout's pattern accepts only %d of the usual values", accepted)
 	}
 }
+
+// TestTemplatePublishWindowFitsThePublisher: the publisher's passes go on
+// for PUBLISH_WINDOW and start only with 5 s of the invocation left
+// (functions/publisher/main.go). Every window the template accepts must end
+// within the function's timeout, which itself ends before the default
+// schedule's next run, so that runs never overlap (reserved concurrency 1
+// would throttle the next one).
+func TestTemplatePublishWindowFitsThePublisher(t *testing.T) {
+	s := samLoad(t)
+	param := samGet(s.root, "Parameters", "PublishWindow")
+	pattern, _ := samString(samGet(param, "AllowedPattern"))
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		t.Fatalf("PublishWindow's AllowedPattern %q: %v", pattern, err)
+	}
+	if v := samCanon(s.env("PublisherFunction")["PUBLISH_WINDOW"]); v != `Ref("PublishWindow")` {
+		t.Errorf("PublisherFunction's PUBLISH_WINDOW is %s, want !Ref PublishWindow", v)
+	}
+	raw, _ := samString(s.property("PublisherFunction", "Timeout"))
+	timeout, err := strconv.Atoi(raw)
+	if err != nil {
+		t.Fatalf("PublisherFunction's Timeout %q: %v", raw, err)
+	}
+	if rate, _ := samString(samGet(s.root, "Parameters", "PublishRate", "Default")); rate != "rate(1 minute)" || timeout >= 60 {
+		t.Errorf("PublisherFunction's timeout %d s against the default schedule %s: runs could overlap", timeout, rate)
+	}
+	for n := 0; n <= 120; n++ {
+		c := fmt.Sprintf("%ds", n)
+		if re.MatchString(c) && time.Duration(n)*time.Second+5*time.Second > time.Duration(timeout)*time.Second {
+			t.Errorf("PublishWindow accepts %s, which with the 5 s reserve outlasts the %d s timeout", c, timeout)
+		}
+	}
+	for _, c := range []string{"0s", "40s"} {
+		if !re.MatchString(c) {
+			t.Errorf("PublishWindow refuses %s", c)
+		}
+	}
+}

@@ -74,3 +74,33 @@ func TestPublisherScheduleTick(t *testing.T) {
 		t.Errorf("second tick queued %d messages", q)
 	}
 }
+
+// TestPublisherWindow: with PUBLISH_WINDOW set, as the template sets it, one
+// invocation keeps making passes, so a message that falls due a second into
+// it is published by the same invocation, not the next minute's.
+func TestPublisherWindow(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"PUBLISH_WINDOW": "3s", "PUBLISH_INTERVAL": "200ms"})
+	a := testenv.App(t, env)
+	ctx := ctxFor(t)
+	at := time.Now().Add(1500 * time.Millisecond)
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	m, _, err := svc.Create(ctx, message.CreateRequest{To: "+905554444444", Content: "later", SendAt: &at}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publisher := startFunction(t, "publisher", env)
+	start := time.Now()
+	var sum outbox.Summary
+	if err := json.Unmarshal(publisher.invokeFile("publisher-schedule-tick.json"), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Published != 1 || sum.Failed != 0 {
+		t.Errorf("summary %+v, want the message published within the window", sum)
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("the invocation took %s, shorter than its 3 s window allows", took)
+	}
+	if got, err := a.Store.GetMessage(ctx, m.ID); err != nil || got.Status != message.StatusProcessing {
+		t.Errorf("after the invocation: %s, %v; want PROCESSING", got.Status, err)
+	}
+}

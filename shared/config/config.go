@@ -70,6 +70,7 @@ type Config struct {
 
 	// Outbox publisher.
 	PublishInterval       time.Duration // PUBLISH_INTERVAL
+	PublishWindow         time.Duration // PUBLISH_WINDOW: how long one Lambda invocation keeps publishing
 	BatchSize             int           // BATCH_SIZE
 	SchedulerInitialState string        // SCHEDULER_INITIAL_STATE: started or stopped
 	// ScheduleName names the EventBridge Scheduler schedule that triggers
@@ -176,6 +177,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.duration("INBOX_TTL", &c.InboxTTL)
 	r.int("DLQ_ALERT_THRESHOLD", &c.DLQAlertThreshold)
 	r.duration("PUBLISH_INTERVAL", &c.PublishInterval)
+	r.duration("PUBLISH_WINDOW", &c.PublishWindow)
 	r.int("BATCH_SIZE", &c.BatchSize)
 	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
 	r.str("SCHEDULE_NAME", &c.ScheduleName)
@@ -264,6 +266,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			bad(name, "must be a positive duration")
 		}
+	}
+	if c.PublishWindow < 0 {
+		bad("PUBLISH_WINDOW", "must not be negative")
 	}
 	if c.RetryMaxDelay < c.RetryBaseDelay {
 		bad("RETRY_MAX_DELAY", "must not be less than RETRY_BASE_DELAY")

@@ -132,6 +132,51 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	return sum, sweepErr
 }
 
+// RunFor makes a pass, then another every interval, until window has
+// passed since it started, ctx ends, or less than reserve is left before
+// ctx's deadline; window 0 makes one pass. It returns the passes' summaries
+// added up, and the last pass's error: a failed pass is logged and the next
+// one tries again. In Lambda, where the schedule runs at most once a minute,
+// it keeps retries and sendAt messages from waiting for the next run.
+func (r *Relay) RunFor(ctx context.Context, window, interval, reserve time.Duration) (Summary, error) {
+	start := time.Now()
+	var total Summary
+	for {
+		sum, err := r.Pass(ctx)
+		total.add(sum)
+		if err != nil && ctx.Err() == nil {
+			r.Logger.Error("relay pass failed", "summary", sum, "error", err)
+		}
+		next := time.Now().Add(interval)
+		if next.Sub(start) > window {
+			return total, err
+		}
+		if dl, ok := ctx.Deadline(); ok && dl.Sub(next) < reserve {
+			return total, err
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return total, err
+		case <-t.C:
+		}
+	}
+}
+
+// add counts o's figures into s; o's Skipped, if any, replaces s's.
+func (s *Summary) add(o Summary) {
+	s.Claimed += o.Claimed
+	s.Published += o.Published
+	s.Failed += o.Failed
+	s.Recovered += o.Recovered
+	s.DeadLettered += o.DeadLettered
+	s.Waiting += o.Waiting
+	if o.Skipped != "" {
+		s.Skipped = o.Skipped
+	}
+}
+
 // sweepDue says whether this pass sweeps, and if so starts the next wait.
 func (r *Relay) sweepDue() bool {
 	now := r.Now()

@@ -406,3 +406,44 @@ func TestFailedIndexIsRepaired(t *testing.T) {
 		t.Fatalf("failed index after the replay: %d %v, want 0", n, err)
 	}
 }
+
+// TestRunForPublishesWhatFallsDueMeanwhile: RunFor makes passes every
+// interval for its window, so a message that falls due during the window
+// is published in the same call; a window of 0 is one pass; the call ends
+// before ctx's deadline, keeping reserve.
+func TestRunForPublishesWhatFallsDueMeanwhile(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	at := time.Now().Add(time.Second)
+	m, _, err := svc.Create(ctx, message.CreateRequest{To: "+905551111111", Content: "soon", SendAt: &at}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	if s, err := r.RunFor(ctx, 0, 100*time.Millisecond, 0); err != nil || s.Published != 0 {
+		t.Fatalf("one pass before the message is due: %+v %v", s, err)
+	}
+	start := time.Now()
+	s, err := r.RunFor(ctx, 3*time.Second, 100*time.Millisecond, 0)
+	if err != nil || s.Published != 1 {
+		t.Fatalf("passes for 3 s: %+v %v, want the message published", s, err)
+	}
+	if took := time.Since(start); took < 2500*time.Millisecond {
+		t.Errorf("passes for 3 s ended after %s (the last one starts within 100 ms of the window's end)", took)
+	}
+	if got, _ := a.Store.GetMessage(ctx, m.ID); got.Status != message.StatusProcessing {
+		t.Errorf("after the passes: %s, want PROCESSING", got.Status)
+	}
+
+	// The deadline, less the reserve, ends it before the window does.
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start = time.Now()
+	if _, err := r.RunFor(dctx, time.Minute, 100*time.Millisecond, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("with 2 s to its deadline and 1 s reserved, passes went on for %s", took)
+	}
+}
