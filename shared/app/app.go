@@ -118,8 +118,12 @@ func (a *App) Retry() message.RetryPolicy {
 }
 
 // Service returns the message service behind the API. gate says whether the
-// publisher's schedule is started (the fast path publishes only then).
+// publisher's schedule is started (the fast path publishes only then, and
+// never with FAST_PATH=false).
 func (a *App) Service(gate outbox.Gate) *outbox.Service {
+	if !a.Config.FastPath {
+		gate = func(context.Context) (bool, error) { return false, nil }
+	}
 	return &outbox.Service{
 		Store:            a.Store,
 		Publisher:        a.Rabbit,

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
 func post(t *testing.T, url string) *http.Response {
@@ -120,5 +122,36 @@ func TestSchedulerRoutesAnswer503WhenTheStoreFails(t *testing.T) {
 			t.Errorf("%s %s with the store closed: %d, Retry-After %q; want 503 with Retry-After",
 				route.method, route.path, resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
+	}
+}
+
+// TestFastPath: with the scheduler started, the API publishes a new message
+// itself (PROCESSING, queued at once); with FAST_PATH=false it only stores
+// it UNSENT for the publisher, as with the scheduler stopped.
+func TestFastPath(t *testing.T) {
+	for _, tc := range []struct {
+		fastPath string
+		status   message.Status
+		queued   int
+	}{{"", message.StatusProcessing, 1}, {"false", message.StatusUnsent, 0}} {
+		t.Run("FAST_PATH="+tc.fastPath, func(t *testing.T) {
+			env := testenv.Env(t, map[string]string{"FAST_PATH": tc.fastPath, "SCHEDULER_INITIAL_STATE": "started"})
+			a := testenv.App(t, env)
+			sched := a.LocalScheduler()
+			srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+			defer srv.Close()
+			resp, err := http.Post(srv.URL+"/messages", "application/json", strings.NewReader(`{"to":"+905551111111","content":"hi"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var m message.Message
+			if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != http.StatusAccepted || m.Status != tc.status {
+				t.Fatalf("POST: %d %+v %v, want 202 and %s", resp.StatusCode, m, err, tc.status)
+			}
+			if n := testenv.QueueDepth(t, env["RABBITMQ_QUEUE"]); n != tc.queued {
+				t.Errorf("%d messages queued by the API, want %d", n, tc.queued)
+			}
+		})
 	}
 }

@@ -71,6 +71,7 @@ type Config struct {
 	// Outbox publisher.
 	PublishInterval       time.Duration // PUBLISH_INTERVAL
 	PublishWindow         time.Duration // PUBLISH_WINDOW: how long one Lambda invocation keeps publishing
+	FastPath              bool          // FAST_PATH: the API publishes new messages itself while the scheduler is started
 	BatchSize             int           // BATCH_SIZE
 	SchedulerInitialState string        // SCHEDULER_INITIAL_STATE: started or stopped
 	// ScheduleName names the EventBridge Scheduler schedule that triggers
@@ -128,6 +129,7 @@ func Default() Config {
 		InboxTTL:              24 * time.Hour,
 		DLQAlertThreshold:     100,
 		PublishInterval:       time.Second,
+		FastPath:              true,
 		BatchSize:             100,
 		SchedulerInitialState: "started",
 		ScheduleGroup:         "default",
@@ -178,6 +180,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.int("DLQ_ALERT_THRESHOLD", &c.DLQAlertThreshold)
 	r.duration("PUBLISH_INTERVAL", &c.PublishInterval)
 	r.duration("PUBLISH_WINDOW", &c.PublishWindow)
+	r.bool("FAST_PATH", &c.FastPath)
 	r.int("BATCH_SIZE", &c.BatchSize)
 	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
 	r.str("SCHEDULE_NAME", &c.ScheduleName)
@@ -503,6 +506,17 @@ func (r *reader) fail(name, v, want string) {
 func (r *reader) str(name string, dst *string) {
 	if v := r.getenv(name); v != "" {
 		*dst = v
+	}
+}
+
+func (r *reader) bool(name string, dst *bool) {
+	if v := r.getenv(name); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			r.fail(name, v, "true or false")
+			return
+		}
+		*dst = b
 	}
 }
 

@@ -38,6 +38,8 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 		"API_RATE_LIMIT":     "+Inf",
 		"RABBITMQ_PREFETCH":  "65536",
 		"INBOX_TTL":          "5m",
+		"FAST_PATH":          "sometimes",
+		"PUBLISH_WINDOW":     "-1s",
 	}
 	for name, value := range tests {
 		t.Run(name, func(t *testing.T) {
