@@ -4,7 +4,7 @@
 
 COMPOSE ?= docker compose -f local/compose.yaml
 
-.PHONY: docker-build docker-run docker-stop logs seed
+.PHONY: docker-build docker-run docker-infra docker-stop logs seed
 
 docker-build: ## build the container image (rms:local) with docker compose
 	$(COMPOSE) build
@@ -18,6 +18,11 @@ docker-run: ## start the whole system in containers (docker compose up -d --buil
 	@echo "  RabbitMQ management  http://127.0.0.1:15672  (guest/guest)"
 	@echo
 	@echo "  make seed (sample messages), make logs, make docker-stop"
+
+docker-infra: ## start only MongoDB, RabbitMQ and Redis in containers, on 127.0.0.1:27017, 5672 and 6379, for make run
+	$(COMPOSE) -f local/compose.infra.yaml up -d mongodb rabbitmq redis
+	@echo
+	@echo "  then: MONGODB_URI=mongodb://127.0.0.1:27017 make run"
 
 docker-stop: ## stop and remove the containers (data volumes stay)
 	$(COMPOSE) down

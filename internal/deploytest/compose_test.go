@@ -39,15 +39,19 @@ var composeLongRunning = []string{"mongodb", "rabbitmq", "redis", "api", "publis
 // local/compose.yaml` would, with env as the whole environment (no .env
 // file, nothing from the process), so the file's defaults apply. Loading
 // validates the file against the compose specification.
-func composeLoad(t *testing.T, env map[string]string) *types.Project {
+func composeLoad(t *testing.T, env map[string]string, overrides ...string) *types.Project {
 	t.Helper()
 	root := testenv.RepoRoot(t)
 	var list []string
 	for k, v := range env {
 		list = append(list, k+"="+v)
 	}
+	files := []string{filepath.Join(root, "local", "compose.yaml")}
+	for _, o := range overrides {
+		files = append(files, filepath.Join(root, "local", o))
+	}
 	opts, err := cli.NewProjectOptions(
-		[]string{filepath.Join(root, "local", "compose.yaml")},
+		files,
 		cli.WithWorkingDirectory(filepath.Join(root, "local")),
 		cli.WithEnv(list),
 	)
@@ -531,5 +535,42 @@ func TestComposeSeedScript(t *testing.T) {
 	script := filepath.Join(testenv.RepoRoot(t), "scripts", "seed.sh")
 	if out, err := exec.Command(bash, "-n", script).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n scripts/seed.sh: %v\n%s", err, out)
+	}
+}
+
+// TestComposeInfra: local/compose.infra.yaml (make docker-infra) publishes
+// MongoDB, RabbitMQ and Redis on their usual ports, on loopback only, each
+// once, so that make run finds them where it looks by default.
+func TestComposeInfra(t *testing.T) {
+	p := composeLoad(t, nil, "compose.infra.yaml")
+	for service, port := range map[string]uint32{"mongodb": 27017, "rabbitmq": 5672, "redis": 6379} {
+		seen := map[uint32]int{}
+		found := false
+		for _, pc := range composeService(t, p, service).Ports {
+			published, _ := strconv.ParseUint(pc.Published, 10, 16)
+			seen[uint32(published)]++
+			if pc.Target == port && uint32(published) == port {
+				found = true
+				if pc.HostIP != "127.0.0.1" {
+					t.Errorf("%s: port %d published on %q, want 127.0.0.1 only", service, port, pc.HostIP)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: port %d not published on the host", service, port)
+		}
+		for published, n := range seen {
+			if n > 1 {
+				t.Errorf("%s: host port %d published %d times", service, published, n)
+			}
+		}
+	}
+	// The Makefile target uses this file for these three services.
+	mk, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "mk", "docker.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mk), "-f local/compose.infra.yaml up -d mongodb rabbitmq redis") {
+		t.Error("mk/docker.mk has no docker-infra target starting mongodb, rabbitmq and redis with local/compose.infra.yaml")
 	}
 }
