@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/ebscheduler"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
@@ -26,11 +27,23 @@ func main() {
 	// invocation from starting.
 	a.RelayLeaseTTL = time.Minute
 	relay := a.Relay(nil)
+	// The passes after the first stop once the schedule is disabled (POST
+	// /scheduler/stop), read at most every few seconds: from EventBridge
+	// Scheduler with SCHEDULE_NAME set, else (under the Lambda emulator)
+	// from MongoDB, as in local mode.
+	on := a.LocalScheduler().Gate()
+	if a.Config.ScheduleName != "" {
+		s, err := ebscheduler.NewFromEnvironment(os.Getenv, a.Config.ScheduleName, a.Config.ScheduleGroup)
+		if err != nil {
+			app.Fatal(a.Logger, "scheduler client", err)
+		}
+		on = s.Gate()
+	}
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
 		defer emf.Flush()
 		// A failed pass is logged where it fails; the invocation fails
 		// only if its last pass did.
-		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second)
+		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, on)
 		a.Logger.Info("relay passes", "summary", sum, "failed", err != nil)
 		return sum, err
 	})

@@ -895,4 +895,25 @@ func TestTemplatePublishWindowFitsThePublisher(t *testing.T) {
 			t.Errorf("PublishWindow refuses %s", c)
 		}
 	}
+	// A run's later passes read the schedule's state (a stop ends the run):
+	// the publisher names the schedule the API toggles and may read it.
+	apiEnv, pubEnv := s.env("ApiFunction"), s.env("PublisherFunction")
+	for _, v := range []string{"SCHEDULE_NAME", "SCHEDULE_GROUP"} {
+		if samCanon(pubEnv[v]) != samCanon(apiEnv[v]) {
+			t.Errorf("PublisherFunction's %s is %s, the API's %s", v, samCanon(pubEnv[v]), samCanon(apiEnv[v]))
+		}
+	}
+	name, _ := samString(pubEnv["SCHEDULE_NAME"])
+	if fn, arg, ok := samIntrinsic(pubEnv["SCHEDULE_NAME"]); ok && fn == "Fn::Sub" {
+		name, _ = samString(arg)
+	}
+	if !s.grants("PublisherFunction", "scheduler:GetSchedule", func(r *yaml.Node) bool {
+		arn, ok := samString(r)
+		if fn, arg, isFn := samIntrinsic(r); isFn && fn == "Fn::Sub" {
+			arn, ok = samString(arg)
+		}
+		return ok && name != "" && strings.HasSuffix(arn, ":schedule/default/"+name)
+	}) {
+		t.Errorf("PublisherFunction may not scheduler:GetSchedule on its schedule %q", name)
+	}
 }

@@ -19,7 +19,7 @@ type DeadLetters interface {
 
 // Relay moves due outbox entries to the broker and recovers stale ones. One
 // Pass is complete in itself: the local publisher calls it on a ticker, the
-// publisher Lambda once per scheduled invocation.
+// publisher Lambda through RunFor, every second of its window.
 type Relay struct {
 	Store       Store
 	Publisher   Publisher
@@ -46,7 +46,9 @@ type Relay struct {
 	lastSweep time.Time
 }
 
-// Summary is what one pass did, for logs and the publisher Lambda's answer.
+// Summary is what one pass did, or RunFor's passes together (counted once
+// per pass: an entry a later pass takes again counts again; Skipped is why
+// the last skipped pass skipped), for logs and the publisher Lambda's answer.
 type Summary struct {
 	Skipped   string `json:"skipped,omitempty"`
 	Claimed   int    `json:"claimed"`
@@ -133,16 +135,31 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 }
 
 // RunFor makes a pass, then another every interval, until window has
-// passed since it started, ctx ends, or less than reserve is left before
-// ctx's deadline; window 0 makes one pass. It returns the passes' summaries
-// added up, and the last pass's error: a failed pass is logged and the next
-// one tries again. In Lambda, where the schedule runs at most once a minute,
-// it keeps retries and sendAt messages from waiting for the next run.
-func (r *Relay) RunFor(ctx context.Context, window, interval, reserve time.Duration) (Summary, error) {
+// passed since it started, ctx ends, less than reserve is left before ctx's
+// deadline, or on (if not nil) says the publisher was turned off; window 0
+// makes one pass. It returns the passes' summaries added up, and the last
+// pass's error: a failed pass is logged and the next one tries again. In
+// Lambda, where the schedule runs at most once a minute, it keeps retries
+// and sendAt messages from waiting for the next run; on reads the
+// schedule's state, so that a stop also ends the run under way.
+func (r *Relay) RunFor(ctx context.Context, window, interval, reserve time.Duration, on Gate) (Summary, error) {
 	start := time.Now()
 	var total Summary
-	for {
-		sum, err := r.Pass(ctx)
+	var err error // the last pass's
+	for first := true; ; first = false {
+		if !first && on != nil {
+			open, gerr := on(ctx)
+			if gerr != nil {
+				r.Logger.Warn("publisher state unknown; this run ends here", "error", gerr)
+				return total, err
+			}
+			if !open {
+				total.Skipped = "scheduler stopped"
+				return total, err
+			}
+		}
+		var sum Summary
+		sum, err = r.Pass(ctx)
 		total.add(sum)
 		if err != nil && ctx.Err() == nil {
 			r.Logger.Error("relay pass failed", "summary", sum, "error", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -421,11 +422,11 @@ func TestRunForPublishesWhatFallsDueMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := a.Relay(nil)
-	if s, err := r.RunFor(ctx, 0, 100*time.Millisecond, 0); err != nil || s.Published != 0 {
+	if s, err := r.RunFor(ctx, 0, 100*time.Millisecond, 0, nil); err != nil || s.Published != 0 {
 		t.Fatalf("one pass before the message is due: %+v %v", s, err)
 	}
 	start := time.Now()
-	s, err := r.RunFor(ctx, 3*time.Second, 100*time.Millisecond, 0)
+	s, err := r.RunFor(ctx, 3*time.Second, 100*time.Millisecond, 0, nil)
 	if err != nil || s.Published != 1 {
 		t.Fatalf("passes for 3 s: %+v %v, want the message published", s, err)
 	}
@@ -440,10 +441,23 @@ func TestRunForPublishesWhatFallsDueMeanwhile(t *testing.T) {
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	start = time.Now()
-	if _, err := r.RunFor(dctx, time.Minute, 100*time.Millisecond, time.Second); err != nil {
+	if _, err := r.RunFor(dctx, time.Minute, 100*time.Millisecond, time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took > 1500*time.Millisecond {
 		t.Errorf("with 2 s to its deadline and 1 s reserved, passes went on for %s", took)
+	}
+
+	// Turned off, the run ends after its next look, not at its window's
+	// end; the first pass is made anyway (the schedule invoked it).
+	var looks atomic.Int32
+	off := func(context.Context) (bool, error) { return looks.Add(1) < 3, nil }
+	start = time.Now()
+	s, err = r.RunFor(ctx, time.Minute, 100*time.Millisecond, 0, off)
+	if err != nil || s.Skipped != "scheduler stopped" || looks.Load() != 3 {
+		t.Fatalf("turned off after two looks: %+v %v, %d looks", s, err, looks.Load())
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("turned off, the run went on for %s", took)
 	}
 }
