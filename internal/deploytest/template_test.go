@@ -804,6 +804,30 @@ func TestTemplateLogGroups(t *testing.T) {
 	}
 }
 
+// parameterPattern returns the template parameter name and its
+// AllowedPattern, compiled.
+func (s *samTemplate) parameterPattern(t *testing.T, name string) (*yaml.Node, *regexp.Regexp) {
+	t.Helper()
+	param := samGet(s.root, "Parameters", name)
+	pattern, _ := samString(samGet(param, "AllowedPattern"))
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		t.Fatalf("%s's AllowedPattern %q: %v", name, pattern, err)
+	}
+	return param, re
+}
+
+// timeoutSeconds returns function fn's Timeout.
+func (s *samTemplate) timeoutSeconds(t *testing.T, fn string) int {
+	t.Helper()
+	raw, _ := samString(s.property(fn, "Timeout"))
+	secs, err := strconv.Atoi(raw)
+	if err != nil {
+		t.Fatalf("%s's Timeout %q: %v", fn, raw, err)
+	}
+	return secs
+}
+
 // TestTemplateWebhookTimeoutFitsTheProcessor: the processor starts a
 // delivery only with MaxInlineWait (2 s) + WEBHOOK_TIMEOUT + 3 s of its
 // invocation left (functions/processor/main.go). Every WebhookTimeout the
@@ -813,21 +837,12 @@ func TestTemplateLogGroups(t *testing.T) {
 func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 	const slack = 5 * time.Second
 	s := samLoad(t)
-	param := samGet(s.root, "Parameters", "WebhookTimeout")
-	pattern, _ := samString(samGet(param, "AllowedPattern"))
-	re, err := regexp.Compile(pattern)
-	if err != nil {
-		t.Fatalf("WebhookTimeout's AllowedPattern %q: %v", pattern, err)
-	}
+	param, re := s.parameterPattern(t, "WebhookTimeout")
 	def, _ := samString(samGet(param, "Default"))
 	if !re.MatchString(def) {
 		t.Errorf("WebhookTimeout's default %q does not match its own pattern", def)
 	}
-	raw, _ := samString(s.property("ProcessorFunction", "Timeout"))
-	secs, err := strconv.Atoi(raw)
-	if err != nil {
-		t.Fatalf("ProcessorFunction's Timeout %q: %v", raw, err)
-	}
+	secs := s.timeoutSeconds(t, "ProcessorFunction")
 	limit := time.Duration(secs)*time.Second/2 - slack
 	var candidates []string
 	for n := 1; n <= 600; n++ {
@@ -867,20 +882,11 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 // would throttle the next one).
 func TestTemplatePublishWindowFitsThePublisher(t *testing.T) {
 	s := samLoad(t)
-	param := samGet(s.root, "Parameters", "PublishWindow")
-	pattern, _ := samString(samGet(param, "AllowedPattern"))
-	re, err := regexp.Compile(pattern)
-	if err != nil {
-		t.Fatalf("PublishWindow's AllowedPattern %q: %v", pattern, err)
-	}
+	_, re := s.parameterPattern(t, "PublishWindow")
 	if v := samCanon(s.env("PublisherFunction")["PUBLISH_WINDOW"]); v != `Ref("PublishWindow")` {
 		t.Errorf("PublisherFunction's PUBLISH_WINDOW is %s, want !Ref PublishWindow", v)
 	}
-	raw, _ := samString(s.property("PublisherFunction", "Timeout"))
-	timeout, err := strconv.Atoi(raw)
-	if err != nil {
-		t.Fatalf("PublisherFunction's Timeout %q: %v", raw, err)
-	}
+	timeout := s.timeoutSeconds(t, "PublisherFunction")
 	if rate, _ := samString(samGet(s.root, "Parameters", "PublishRate", "Default")); rate != "rate(1 minute)" || timeout >= 60 {
 		t.Errorf("PublisherFunction's timeout %d s against the default schedule %s: runs could overlap", timeout, rate)
 	}
