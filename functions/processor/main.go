@@ -26,7 +26,7 @@ func main() {
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
 		defer emf.Flush()
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
-			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 5 s by the time a batch takes",
+			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 5 s by a batch's time at least",
 				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)
 		}
 		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)

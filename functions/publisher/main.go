@@ -19,18 +19,17 @@ import (
 func main() {
 	a, emf := app.MustOpenLambda(context.Background(), "publisher", os.Getenv, os.Stdout)
 	// The schedule is the on/off switch in Lambda: being invoked means it
-	// is enabled, so the relay needs no gate.
-	// The schedule runs at most once a minute: passes go on every
-	// PUBLISH_INTERVAL for PUBLISH_WINDOW, so that retries and sendAt
-	// messages wait seconds rather than for the next run. The function's
-	// timeout bounds it, and ReservedConcurrentExecutions 1 keeps a second
-	// invocation from starting.
-	a.RelayLeaseTTL = time.Minute
-	relay := a.Relay(nil)
-	// The passes after the first stop once the schedule is disabled (POST
+	// is enabled, so the first pass needs no gate. The schedule runs at
+	// most once a minute, so passes go on every PUBLISH_INTERVAL for
+	// PUBLISH_WINDOW: retries and sendAt messages wait seconds rather than
+	// for the next run. The function's timeout bounds that, and
+	// ReservedConcurrentExecutions 1 keeps a second invocation from
+	// starting. The later passes stop once the schedule is disabled (POST
 	// /scheduler/stop), read at most every few seconds: from EventBridge
 	// Scheduler with SCHEDULE_NAME set, else (under the Lambda emulator)
 	// from MongoDB, as in local mode.
+	a.RelayLeaseTTL = time.Minute
+	relay := a.Relay(nil)
 	on := a.LocalScheduler().Gate()
 	if a.Config.ScheduleName != "" {
 		s, err := ebscheduler.NewFromEnvironment(os.Getenv, a.Config.ScheduleName, a.Config.ScheduleGroup)

@@ -114,34 +114,28 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		logger.Warn("embedded mongodb: could not install the SQLite busy handler; concurrent writes wait up to 100 ms for each other (see local/embedded/busy.go)")
 	}
 	inUse := fmt.Errorf("embedded mongodb: %s: %w (set EMBEDDED_MONGODB_ADDR to another address, or 127.0.0.1:0 for any free port)", cfg.Addr, ErrAddrInUse)
+	if cfg.Sync != "normal" && !hooked {
+		return nil, errors.New("embedded mongodb: cannot count SQLite commits (the hooks did not install), so sync=full cannot tell when they are on disk; use EMBEDDED_MONGODB_SYNC=normal")
+	}
+	// The address is taken here in both modes: for full, the proxy serves
+	// it; for normal, it is only tried, because ferretdb.New failing to
+	// listen leaks the backend it opened, whose resource tracker then
+	// panics when the garbage collector finds it (measured).
+	front, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, inUse
+		}
+		return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
+	}
 	listen := cfg.Addr
-	var front net.Listener
-	if cfg.Sync != "normal" {
-		if !hooked {
-			return nil, errors.New("embedded mongodb: cannot count SQLite commits (the hooks did not install), so sync=full cannot tell when they are on disk; use EMBEDDED_MONGODB_SYNC=normal")
-		}
-		front, err = net.Listen("tcp", cfg.Addr)
-		if err != nil {
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, inUse
-			}
-			return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
-		}
+	if cfg.Sync == "normal" {
+		_ = front.Close()
+		front = nil
+	} else {
 		// FerretDB itself listens on a loopback port of its own, which
 		// only the proxy uses.
 		listen = "127.0.0.1:0"
-	} else {
-		// ferretdb.New failing to listen leaks the backend it opened,
-		// whose resource tracker then panics when the garbage collector
-		// finds it (measured): so the address is tried here first.
-		l, err := net.Listen("tcp", cfg.Addr)
-		if err != nil {
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, inUse
-			}
-			return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
-		}
-		_ = l.Close()
 	}
 	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/", RawQuery: q.Encode()}).String()
 	fdb, err := ferretdb.New(&ferretdb.Config{
