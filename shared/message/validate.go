@@ -18,6 +18,14 @@ type CreateRequest struct {
 // Validate checks r against the rules of the API: to in E.164 syntax,
 // content of 1..maxContent code points, sendAt (if given) in the future.
 func (r CreateRequest) Validate(now time.Time, maxContent int) error {
+	if err := r.ValidateShape(maxContent); err != nil {
+		return err
+	}
+	return r.ValidateSendAt(now)
+}
+
+// ValidateShape is Validate without the check that depends on the time.
+func (r CreateRequest) ValidateShape(maxContent int) error {
 	if r.To == "" {
 		return FieldError("to", "is required")
 	}
@@ -34,6 +42,11 @@ func (r CreateRequest) Validate(now time.Time, maxContent int) error {
 	if n > maxContent {
 		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
 	}
+	return nil
+}
+
+// ValidateSendAt checks that sendAt, if given, is after now.
+func (r CreateRequest) ValidateSendAt(now time.Time) error {
 	if r.SendAt != nil && !r.SendAt.After(now) {
 		return FieldError("sendAt", "must be in the future")
 	}

@@ -66,8 +66,14 @@ func (s *Service) fastPathPaused(now time.Time) bool {
 // Create implements httpapi.Messages.
 func (s *Service) Create(ctx context.Context, req message.CreateRequest, key string) (message.Message, bool, error) {
 	now := s.Now().UTC()
-	if err := req.Validate(now, s.MaxContentLength); err != nil {
+	if err := req.ValidateShape(s.MaxContentLength); err != nil {
 		return message.Message{}, false, err
+	}
+	// A sendAt that has passed since a first request was accepted must not
+	// turn its repeat into a 400: the key decides first.
+	late := req.ValidateSendAt(now)
+	if late != nil && key == "" {
+		return message.Message{}, false, late
 	}
 	id := s.NewID()
 	if key != "" {
@@ -79,8 +85,17 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 			}
 			return message.Message{}, false, err
 		}
+		if late != nil && rec.MessageID == id {
+			// A new request: its key is given back.
+			if err := s.Store.DeleteIdempotencyRecord(ctx, key, id); err != nil {
+				s.Logger.Warn("could not remove the key of a rejected request; a repeat gets 409 until it expires or IN_PROGRESS_WINDOW passes", "error", err)
+			}
+			return message.Message{}, false, late
+		}
 		// A first request that died midway left its key and ID: this
-		// repeat creates the message under that same ID.
+		// repeat creates the message under that same ID. That request
+		// passed these checks when it claimed the key, so a sendAt that
+		// has passed since means "send now".
 		id = rec.MessageID
 	}
 

@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -61,6 +62,53 @@ func TestIdempotencyKey(t *testing.T) {
 	if err != nil || replayed || done.ID != dead.MessageID {
 		t.Fatalf("completing a dead request: %+v %v %v", done, replayed, err)
 	}
+}
+
+// A repeat of a scheduled request whose sendAt has passed since it was
+// accepted is still a repeat (200 with the message), not a new request with
+// a sendAt in the past (400); a new request with such a sendAt gets the 400
+// and leaves no key behind.
+func TestIdempotentRepeatAfterSendAt(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(nil)
+	ctx := context.Background()
+	clock := time.Now().UTC().Truncate(time.Millisecond)
+	svc.Now = func() time.Time { return clock }
+	at := clock.Add(time.Second)
+	req := message.CreateRequest{To: "+905551111111", Content: "later", SendAt: &at}
+
+	m, _, err := svc.Create(ctx, req, "sched-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(2 * time.Second)
+	again, replayed, err := svc.Create(ctx, req, "sched-1")
+	if err != nil || !replayed || again.ID != m.ID {
+		t.Fatalf("repeat after sendAt: %+v %v %v", again, replayed, err)
+	}
+
+	if _, _, err := svc.Create(ctx, req, "sched-2"); errorField(err) != "sendAt" {
+		t.Fatalf("new request with a past sendAt: %v", err)
+	}
+	if _, _, err := svc.Create(ctx, req, ""); errorField(err) != "sendAt" {
+		t.Fatalf("same, without a key: %v", err)
+	}
+	// Its key was given back: the same key with a valid request is new.
+	later := clock.Add(time.Minute)
+	req.SendAt = &later
+	m2, replayed, err := svc.Create(ctx, req, "sched-2")
+	if err != nil || replayed || m2.ID == m.ID {
+		t.Fatalf("key of the rejected request, reused: %+v %v %v", m2, replayed, err)
+	}
+}
+
+// errorField returns the field of the *message.Error in err's chain.
+func errorField(err error) string {
+	var e *message.Error
+	if errors.As(err, &e) {
+		return e.Field
+	}
+	return ""
 }
 
 func TestCreateFastPathPublishes(t *testing.T) {
