@@ -397,7 +397,7 @@ func findEntries(ctx context.Context, c *mongo.Collection, filter bson.D, opts *
 
 // MarkProcessing moves the message of each entry from UNSENT to PROCESSING
 // if it is still at the entry's Seq, and returns the IDs of the messages
-// that do not exist. One unordered bulkWrite of per-_id updates: each
+// that do not exist or are at an earlier Seq than their entry. One unordered bulkWrite of per-_id updates: each
 // reaches SQLite by _id on FerretDB, where the condition on seq and status
 // is then checked in Go, not atomically, on the message read first. A real
 // MongoDB checks atomically, and one find by _id tells the missing ones.
@@ -409,7 +409,7 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 		{Key: "$set", Value: bson.D{{Key: "status", Value: message.StatusProcessing}, {Key: "updatedAt", Value: at}}},
 		{Key: "$unset", Value: bson.D{{Key: "nextAttemptAt", Value: ""}}},
 	}
-	var missing []string
+	var notReady []string
 	models := make([]mongo.WriteModel, 0, len(entries))
 	for _, e := range entries {
 		filter := bson.D{
@@ -425,11 +425,15 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 			}
 			err := s.messages.FindOne(ctx, byID(e.MessageID)).Decode(&cur)
 			if errors.Is(err, mongo.ErrNoDocuments) {
-				missing = append(missing, e.MessageID)
+				notReady = append(notReady, e.MessageID)
 				continue
 			}
 			if err != nil {
 				return nil, fmt.Errorf("mark messages processing: %w", err)
+			}
+			if cur.Seq < e.Seq {
+				notReady = append(notReady, e.MessageID)
+				continue
 			}
 			if cur.Seq != e.Seq || cur.Status != message.StatusUnsent {
 				continue
@@ -442,33 +446,34 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 		return nil, fmt.Errorf("mark messages processing: %w", err)
 	}
 	if s.ferret {
-		return missing, nil
+		return notReady, nil
 	}
 	ids := make([]string, len(entries))
 	for i, e := range entries {
 		ids[i] = e.MessageID
 	}
 	cur, err := s.messages.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
-		options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+		options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}, {Key: "seq", Value: 1}}))
 	if err != nil {
 		return nil, fmt.Errorf("mark messages processing: %w", err)
 	}
 	var found []struct {
-		ID string `bson:"_id"`
+		ID  string `bson:"_id"`
+		Seq int    `bson:"seq"`
 	}
 	if err := cur.All(ctx, &found); err != nil {
 		return nil, fmt.Errorf("mark messages processing: %w", err)
 	}
-	exists := make(map[string]bool, len(found))
+	seqs := make(map[string]int, len(found))
 	for _, f := range found {
-		exists[f.ID] = true
+		seqs[f.ID] = f.Seq
 	}
-	for _, id := range ids {
-		if !exists[id] {
-			missing = append(missing, id)
+	for _, e := range entries {
+		if seq, ok := seqs[e.MessageID]; !ok || seq < e.Seq {
+			notReady = append(notReady, e.MessageID)
 		}
 	}
-	return missing, nil
+	return notReady, nil
 }
 
 // MarkPublished sets publishedAt on the entries with these keys. Missing

@@ -44,9 +44,11 @@ type Store interface {
 	DueOutbox(ctx context.Context, now time.Time, limit int) ([]message.OutboxEntry, error)
 	// MarkProcessing moves the message of each entry from UNSENT to
 	// PROCESSING, if it is still at the entry's Seq. Entries whose message
-	// moved on or does not exist are left alone; it returns the IDs of the
-	// messages that do not exist.
-	MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) (missing []string, err error)
+	// moved on, is not there yet or does not exist are left alone; it
+	// returns the IDs of the messages not ready for their entry: those
+	// that do not exist, and those at an earlier Seq than their entry (a
+	// replay writes the entry of the next dispatch before the message).
+	MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) (notReady []string, err error)
 	// MarkPublished records that the entries with these keys were published
 	// and confirmed by the broker. A key that no longer exists is ignored.
 	MarkPublished(ctx context.Context, keys []string, at time.Time) error

@@ -225,17 +225,17 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[stri
 	// dispatch is in the queue yet: after the publish the processor may
 	// write the message at any moment, and the embedded MongoDB cannot make
 	// "set PROCESSING unless already SENT" atomic.
-	missing, err := r.Store.MarkProcessing(ctx, entries, now)
+	notReady, err := r.Store.MarkProcessing(ctx, entries, now)
 	if err != nil {
 		return 0, fmt.Errorf("mark processing: %w", err)
 	}
 	envs := make([]message.Envelope, 0, len(entries))
 	for _, e := range entries {
-		if slices.Contains(missing, e.MessageID) && now.Sub(e.CreatedAt) < createGrace {
-			// Its message is being stored right now (the entry goes
-			// first): publishing it would only make the processor drop
-			// the copy. It stays due for the next pass; this one goes
-			// on past it.
+		if slices.Contains(notReady, e.MessageID) && now.Sub(e.CreatedAt) < createGrace {
+			// Its message is being stored or replayed right now (the
+			// entry goes first): publishing it would only make the
+			// processor drop the copy. It stays due for the next pass;
+			// this one goes on past it.
 			waiting[e.Key] = true
 			continue
 		}

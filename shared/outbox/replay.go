@@ -79,9 +79,18 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 }
 
 // replay moves m from FAILED to UNSENT, due now, with its attempt count
-// reset; the delivery log keeps the history.
+// reset; the delivery log keeps the history. The next dispatch's outbox
+// entry is written first: a FAILED message has no entry left for the stale
+// sweep, so one moved to UNSENT without its entry (a failure or a crash
+// between the two writes) would never be published. An entry whose message
+// stays FAILED is dropped: the relay waits for it a while (see
+// Relay.Pass), then the processor acknowledges its copy without a delivery
+// and the stale sweep removes it.
 func (s *Service) replay(ctx context.Context, m message.Message) error {
 	now := s.Now().UTC()
+	if err := s.Store.EnsureOutbox(ctx, message.NewOutboxEntry(m.ID, m.Seq+1, now, now)); err != nil {
+		return storeError("replay message", err)
+	}
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: 0, At: now, NextAttemptAt: &now,
 		LastError: m.LastError, Replay: true,

@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
 // failedAt stores a message that failed at at, in the failed index.
@@ -85,4 +88,71 @@ func TestReplaySelects(t *testing.T) {
 	}
 	res, err = svc.Replay(ctx, message.ReplayRequest{})
 	replayed(res, err, oldB)
+}
+
+// nextEntryLost fails RecordOutcome as if the insert of the next
+// dispatch's outbox entry had failed after the message was written: it
+// writes the outcome, then removes that entry unless it was there before.
+type nextEntryLost struct {
+	outbox.Store
+	db *mongostore.Store
+}
+
+func (s nextEntryLost) RecordOutcome(ctx context.Context, o message.Outcome) error {
+	key := message.OutboxKey(o.MessageID, o.Seq+1)
+	had, err := s.db.HasOutboxEntry(ctx, key)
+	if err != nil {
+		return err
+	}
+	if err := s.Store.RecordOutcome(ctx, o); err != nil {
+		return err
+	}
+	if !had {
+		if err := s.Store.DeleteOutbox(ctx, key); err != nil {
+			return err
+		}
+	}
+	return errors.New("insert next outbox entry: connection reset")
+}
+
+// TestReplayFailingMidwayStrandsNothing: a FAILED message has no outbox
+// entry left, so a replay whose second write fails must not leave it
+// UNSENT without one (nothing would ever publish it). And while a replay
+// is between its writes, the relay waits for the message instead of
+// publishing a copy the processor would drop.
+func TestReplayFailingMidwayStrandsNothing(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	r := a.Relay(nil)
+
+	id := failedAt(t, a, now.Add(-time.Minute))
+	svc := a.Service(nil)
+	svc.Store = nextEntryLost{Store: svc.Store, db: a.Store}
+	if _, err := svc.Retry(ctx, id); err == nil {
+		t.Fatal("retry whose second write fails: no error")
+	}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("relay pass after the failed retry: %+v %v, want the message published", s, err)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[id] != 1 {
+		t.Fatalf("published %v, want %s once", seen, id)
+	}
+
+	// A replay that died after its first write: the entry of the next
+	// dispatch exists, the message is still FAILED at the old one.
+	half := failedAt(t, a, now.Add(-time.Minute))
+	if err := a.Store.EnsureOutbox(ctx, message.NewOutboxEntry(half, 1, now, now)); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 0 || s.Waiting != 1 {
+		t.Fatalf("pass during a replay: %+v %v, want the entry waiting", s, err)
+	}
+	if _, err := a.Service(nil).Retry(ctx, half); err != nil {
+		t.Fatalf("retry of the half-replayed message: %v", err)
+	}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("pass after the replay: %+v %v", s, err)
+	}
 }
