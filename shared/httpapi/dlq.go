@@ -1,12 +1,10 @@
 package httpapi
 
 import (
-	"encoding/json"
-	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -38,14 +36,29 @@ type replayBody struct {
 
 func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var b replayBody
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&b); err != nil && !errors.Is(err, io.EOF) {
-			writeError(w, r, log, decodeError(err, maxBody))
+		if !jsonContentType(w, r) {
 			return
 		}
-		req := message.ReplayRequest{DryRun: b.DryRun || r.URL.Query().Get("dryRun") == "true"}
+		var b replayBody
+		if err := decodeBody(w, r, maxBody, &b, true); err != nil && err != errEmptyBody {
+			writeError(w, r, log, err)
+			return
+		}
+		req := message.ReplayRequest{DryRun: b.DryRun}
+		if q := r.URL.Query().Get("dryRun"); q != "" {
+			dry, err := strconv.ParseBool(q)
+			if err != nil {
+				writeInvalid(w, r, "dryRun", "must be true or false")
+				return
+			}
+			req.DryRun = req.DryRun || dry
+		}
+		if b.IDs != nil && len(b.IDs) == 0 {
+			// Most likely an empty selection, not "everything": replaying
+			// every failure takes leaving ids out.
+			writeInvalid(w, r, "ids", "must list at least one id; leave it out to replay every failed message")
+			return
+		}
 		for _, id := range b.IDs {
 			if !validUUID(id) {
 				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")

@@ -48,13 +48,8 @@ var fieldTypes = map[string]string{
 
 func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ct := r.Header.Get("Content-Type"); ct != "" {
-			mt, _, err := mime.ParseMediaType(ct)
-			if err != nil || mt != "application/json" {
-				writeStatusProblem(w, r, http.StatusUnsupportedMediaType,
-					"Content-Type must be application/json")
-				return
-			}
+		if !jsonContentType(w, r) {
+			return
 		}
 		key := r.Header.Get("Idempotency-Key")
 		if utf8.RuneCountInString(key) > MaxIdempotencyKeyLength {
@@ -88,29 +83,54 @@ func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Ha
 	})
 }
 
-// decodeCreateRequest reads exactly one JSON object of known fields from
-// the body. Its errors are *message.Error: EINVALID naming the field where
-// it is known, or ETOOLARGE.
-func decodeCreateRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (message.CreateRequest, error) {
-	body := http.MaxBytesReader(w, r.Body, maxBody)
-	dec := json.NewDecoder(body)
+// jsonContentType answers 415 and returns false unless the request's
+// Content-Type, if it has one, is application/json.
+func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			writeStatusProblem(w, r, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+			return false
+		}
+	}
+	return true
+}
+
+// errEmptyBody is decodeBody's answer to an empty body, when one is allowed.
+var errEmptyBody = errors.New("empty body")
+
+// decodeBody reads exactly one JSON object of known fields from the body
+// into v. Its errors are *message.Error: EINVALID naming the field where it
+// is known, or ETOOLARGE; or errEmptyBody for an empty body if allowEmpty.
+func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, allowEmpty bool) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
-	var b createBody
-	if err := dec.Decode(&b); err != nil {
-		return message.CreateRequest{}, decodeError(err, maxBody)
+	if err := dec.Decode(v); err != nil {
+		if allowEmpty && errors.Is(err, io.EOF) {
+			return errEmptyBody
+		}
+		return decodeError(err, maxBody)
 	}
 	// Exactly one value: anything after it but white space is an error.
 	var extra json.RawMessage
 	switch err := dec.Decode(&extra); {
 	case err == io.EOF:
+		return nil
 	case err == nil:
-		return message.CreateRequest{}, message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
 	default:
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return message.CreateRequest{}, tooLarge(maxBody)
+			return tooLarge(maxBody)
 		}
-		return message.CreateRequest{}, message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+	}
+	return message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+}
+
+// decodeCreateRequest reads a create request from the body (see decodeBody).
+func decodeCreateRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (message.CreateRequest, error) {
+	var b createBody
+	if err := decodeBody(w, r, maxBody, &b, false); err != nil {
+		return message.CreateRequest{}, err
 	}
 	req := message.CreateRequest{To: b.To, Content: b.Content}
 	if b.SendAt != nil {

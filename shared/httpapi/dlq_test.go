@@ -1,0 +1,47 @@
+package httpapi_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+)
+
+// TestReplayInput: POST /dlq/replay takes the same care with its input as
+// POST /messages, and never reads a mistake as "replay everything".
+func TestReplayInput(t *testing.T) {
+	ts := newTestServer(t)
+	w := ts.do(t, "POST", "/messages", `{"to":"+905551111111","content":"x"}`)
+	id := decodeJSON[message.Message](t, w).ID
+	ts.record(t, id, message.StatusFailed, message.Delivery{Outcome: message.OutcomeFailed, StatusCode: 400})
+
+	for _, c := range []struct {
+		name, path, body string
+		headers          []string
+		status           int
+		field            string
+	}{
+		{name: "empty ids", path: "/dlq/replay", body: `{"ids":[]}`, status: 400, field: "ids"},
+		{name: "dryRun not a boolean", path: "/dlq/replay?dryRun=maybe", status: 400, field: "dryRun"},
+		{name: "text content type", path: "/dlq/replay", body: `{"dryRun":true}`, headers: []string{"Content-Type", "text/plain"}, status: 415},
+		{name: "data after the object", path: "/dlq/replay", body: `{"dryRun":true} {"ids":[]}`, status: 400},
+		{name: "unknown field", path: "/dlq/replay", body: `{"id":"x"}`, status: 400, field: "id"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			readProblem(t, ts.do(t, "POST", c.path, c.body, c.headers...), c.status, c.field)
+		})
+	}
+	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
+		t.Fatalf("after the rejected requests: %+v %v, want it still FAILED", m, err)
+	}
+
+	// Any spelling strconv.ParseBool takes is a dry run.
+	w = ts.do(t, "POST", "/dlq/replay?dryRun=1", "")
+	if res := decodeJSON[message.ReplayResult](t, w); w.Code != http.StatusOK || res.Matched != 1 || res.Replayed != 0 {
+		t.Fatalf("dry run: %d %+v", w.Code, res)
+	}
+	w = ts.do(t, "POST", "/dlq/replay", `{"ids":["`+id+`"]}`)
+	if res := decodeJSON[message.ReplayResult](t, w); w.Code != http.StatusOK || res.Replayed != 1 {
+		t.Fatalf("replay: %d %+v", w.Code, res)
+	}
+}
