@@ -34,6 +34,7 @@ test: vet ## run every test with the race detector, plus short fuzz runs
 fuzz: ## run each fuzz test for FUZZTIME
 	$(GO) test -tags $(LOCALTAGS) -run '^$$' -fuzz '^FuzzCreateMessage$$' -fuzztime $(FUZZTIME) ./shared/httpapi/
 	$(GO) test -tags $(LOCALTAGS) -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) ./shared/processor/
+	$(GO) test -run '^$$' -fuzz '^FuzzURL$$' -fuzztime $(FUZZTIME) ./shared/redact/
 
 vet: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

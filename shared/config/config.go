@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redact"
 )
 
 // Config is every setting of every role. Each field names its variable.
@@ -422,57 +424,12 @@ func (c Config) Redacted() Config {
 	c.WebhookSecret = mask(c.WebhookSecret)
 	c.APIKey = mask(c.APIKey)
 	c.RedisPassword = mask(c.RedisPassword)
-	c.MongoURI = redactURL(c.MongoURI)
-	c.RabbitURI = redactURL(c.RabbitURI)
-	c.RedisURI = redactURL(c.RedisURI)
-	// A webhook URL may carry a token in its query or user part.
-	c.WebhookURL = redactURL(c.WebhookURL)
+	c.MongoURI = redact.URL(c.MongoURI)
+	c.RabbitURI = redact.URL(c.RabbitURI)
+	c.RedisURI = redact.URL(c.RedisURI)
+	// A webhook URL may carry a token in its path, query or user part.
+	c.WebhookURL = redact.Endpoint(c.WebhookURL)
 	return c
-}
-
-// safeQuery lists the connection-string options whose values are kept when
-// a URL is logged; every other option's value is masked, since some carry
-// secrets (tlsCertificateKeyFilePassword, the session token in
-// authMechanismProperties, ...).
-var safeQuery = map[string]bool{
-	"appname": true, "authmechanism": true, "authsource": true, "connecttimeoutms": true,
-	"directconnection": true, "heartbeat": true, "maxpoolsize": true, "readpreference": true,
-	"replicaset": true, "retrywrites": true, "serverselectiontimeoutms": true, "ssl": true,
-	"tls": true, "w": true,
-}
-
-// redactURL returns a connection URL safe to log: the password masked, and
-// so is the user part of a redis:// URL that has no password (Redis reads
-// a lone name as the password), and the value of every query option not in
-// safeQuery. A plain host:port is returned as it is; a URL that does not
-// parse is not shown at all.
-func redactURL(s string) string {
-	if !strings.Contains(s, "://") {
-		return s
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return "REDACTED (not a valid URL)"
-	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "REDACTED")
-		} else if u.Scheme == "redis" || u.Scheme == "rediss" {
-			u.User = url.User("REDACTED")
-		}
-	}
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k, vs := range q {
-			if !safeQuery[strings.ToLower(k)] {
-				for i := range vs {
-					vs[i] = "REDACTED"
-				}
-			}
-		}
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
 
 // LogValue logs the configuration with secrets redacted and durations in

@@ -101,7 +101,9 @@ func TestRedactedHidesSecretsInEveryURLForm(t *testing.T) {
 		{"mongodb session token in the query", "mongodb+srv://cluster.example.net/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cret", "s3cret", "authMechanism=MONGODB-AWS"},
 		{"a URL that does not parse", "mongodb://user:s3cret@db:27017/%zz", "s3cret", "REDACTED"},
 		{"plain host:port", "cache:6379", "", "cache:6379"},
-		{"webhook token in the query", "https://hooks.example.com/in?token=s3cret", "s3cret", "hooks.example.com/in"},
+		{"webhook token in the query", "https://hooks.example.com/in?token=s3cret", "s3cret", "hooks.example.com"},
+		{"password with an unescaped slash", "mongodb://rms:S3cr/etPass@db/", "etPass", "db/"},
+		{"password with an unescaped hash", "amqps://rms:1234#abc@broker:5671/", "1234", "broker:5671"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := config.Default()

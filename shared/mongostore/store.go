@@ -39,6 +39,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redact"
 )
 
 var (
@@ -105,7 +106,7 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 	if database == "" {
 		return nil, errors.New("open mongodb: database name is empty")
 	}
-	shown := redactURI(uri)
+	shown := redact.URL(uri)
 	opts := options.Client().ApplyURI(uri)
 	if opts.AppName == nil {
 		opts.SetAppName(defaultAppName)
@@ -582,44 +583,10 @@ type schedulerDoc struct {
 	UpdatedAt time.Time              `bson:"updatedAt"`
 }
 
-// redactURI returns uri for error messages: the password replaced and the
-// query (which may hold key-file passwords or session tokens) left out.
-func redactURI(uri string) string {
-	scheme, rest, ok := strings.Cut(uri, "://")
-	if !ok {
-		return "(malformed URI)"
-	}
-	if i := strings.IndexByte(rest, '?'); i >= 0 {
-		rest = rest[:i]
-	}
-	hostEnd := strings.IndexByte(rest, '/')
-	if hostEnd < 0 {
-		hostEnd = len(rest)
-	}
-	if at := strings.LastIndexByte(rest[:hostEnd], '@'); at >= 0 {
-		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
-			rest = user + ":xxxxx@" + rest[at+1:]
-		}
-	}
-	return scheme + "://" + rest
-}
-
-// scrub returns err with any appearance of the URI's password replaced, in
+// scrub returns err with any appearance of the URI's password masked, in
 // case a driver error quotes it. errors.Is and errors.As still see err.
 func scrub(err error, uri string) error {
-	_, rest, _ := strings.Cut(uri, "://")
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		rest = rest[:i]
-	}
-	at := strings.LastIndexByte(rest, '@')
-	if at < 0 {
-		return err
-	}
-	_, pw, ok := strings.Cut(rest[:at], ":")
-	if !ok || len(pw) < 3 {
-		return err
-	}
-	msg := strings.ReplaceAll(err.Error(), pw, "xxxxx")
+	msg := redact.Scrub(err.Error(), uri)
 	if msg == err.Error() {
 		return err
 	}

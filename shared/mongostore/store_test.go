@@ -81,6 +81,21 @@ func TestOpenErrorsHidePassword(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "pa55word") {
 		t.Errorf("Open with a bad URI: err = %v, want an error without the password", err)
 	}
+
+	// Generated passwords hold characters that should have been
+	// percent-encoded; no part of them may show either way.
+	for _, bad := range []string{
+		"mongodb://rms:S3cr/etPass@127.0.0.1:1/?serverSelectionTimeoutMS=300",
+		"mongodb://rms:S3cr?etPass@127.0.0.1:1",
+		"mongodb://rms:S3cr#etPass@127.0.0.1:1/",
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		_, err := mongostore.Open(ctx, bad, "db")
+		cancel()
+		if err == nil || strings.Contains(err.Error(), "S3cr") || strings.Contains(err.Error(), "etPass") {
+			t.Errorf("Open(%s): err = %v, want an error without any part of the password", bad, err)
+		}
+	}
 }
 
 func TestCreateAndGetMessage(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redact"
 )
 
 // ErrClosed is returned by a Client's methods after Close.
@@ -61,13 +63,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // redactURI returns uri without its password, for logs and errors.
-func redactURI(uri string) string {
-	u, err := url.Parse(uri)
-	if err != nil {
-		return "(unparsable rabbitmq uri)"
-	}
-	return u.Redacted()
-}
+func redactURI(uri string) string { return redact.URL(uri) }
 
 // checkURI parses uri without letting its password reach an error message:
 // a *url.Error quotes the whole URL.

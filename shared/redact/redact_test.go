@@ -1,0 +1,82 @@
+package redact_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redact"
+)
+
+func TestURL(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:REDACTED@127.0.0.1:5672/"},
+		{"mongodb://rms:S3cr/etPass@db:27017/app", "mongodb://REDACTED@db:27017/app"},
+		{"mongodb://rms:S3cr?etPass@db", "mongodb://REDACTED@db"},
+		{"amqps://rms:1234#abc@broker:5671/", "amqps://REDACTED@broker:5671/"},
+		{"mongodb://rms:p@ss@db/", "mongodb://REDACTED@db/"},
+		{"redis://s3cret@cache:6379/0", "redis://REDACTED@cache:6379/0"},
+		{"rediss://app:s3cret@cache:6380", "rediss://app:REDACTED@cache:6380"},
+		{"mongodb://app@db/", "mongodb://app@db/"},
+		{"mongodb://db:27017/?tls=true&tlsCertificateKeyFilePassword=s3cret", "mongodb://db:27017/?tls=true&tlsCertificateKeyFilePassword=REDACTED"},
+		{"https://hooks.example.com/in?token=s3cret#frag", "https://hooks.example.com/in?token=REDACTED#REDACTED"},
+		{"mongodb://user:s3cret@db:27017/%zz", "mongodb://user:REDACTED@db:27017/%zz"},
+		{"cache:6379", "cache:6379"},
+		{"user:s3cret@cache:6379", "REDACTED@cache:6379"},
+		{"https://h.example/p?q=%zz", "https://h.example/p?REDACTED"},
+	} {
+		if got := redact.URL(c.in); got != c.want {
+			t.Errorf("URL(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestEndpoint(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"https://hooks.slack.com/services/T000/B000/XXXXXXXX", "https://hooks.slack.com/REDACTED"},
+		{"https://hooks.example.com/in?token=s3cret", "https://hooks.example.com/REDACTED?token=REDACTED"},
+		{"https://hooks.example.com/", "https://hooks.example.com/"},
+		{"http://127.0.0.1:9000", "http://127.0.0.1:9000"},
+		{"https://u:p@h.example/x", "https://u:REDACTED@h.example/REDACTED"},
+	} {
+		if got := redact.Endpoint(c.in); got != c.want {
+			t.Errorf("Endpoint(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestScrub(t *testing.T) {
+	uri := "mongodb://rms:S3cr/etPass@db/"
+	for _, msg := range []string{
+		"error parsing uri: mongodb://rms:S3cr/etPass@db/",
+		"dial tcp: lookup S3cr: no such host",
+		"parse password etPass failed",
+	} {
+		got := redact.Scrub(msg, uri)
+		for _, secret := range []string{"S3cr", "etPass"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("Scrub(%q) = %q still holds %q", msg, got, secret)
+			}
+		}
+	}
+	if got := redact.Scrub("dial db: refused", "mongodb://db/"); got != "dial db: refused" {
+		t.Errorf("no password, changed: %q", got)
+	}
+}
+
+// FuzzURL: whatever the string, its password never survives URL.
+func FuzzURL(f *testing.F) {
+	f.Add("amqp", "user", "p/a?s#s@w:rd", "host:5672/vhost?x=1")
+	f.Fuzz(func(t *testing.T, scheme, user, password, tail string) {
+		if len(password) < 4 || strings.ContainsAny(scheme+user+tail, "@") || strings.Contains(scheme, "://") {
+			return
+		}
+		raw := fmt.Sprintf("%s://%s:%s@%s", scheme, user, password, tail)
+		if strings.Contains(redact.URL(fmt.Sprintf("%s://%s:%s@%s", scheme, user, "\x00", tail)), password) {
+			return // the password's text is also in the rest of the string
+		}
+		if got := redact.URL(raw); strings.Contains(got, password) {
+			t.Fatalf("URL(%q) = %q holds the password", raw, got)
+		}
+	})
+}
