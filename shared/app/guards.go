@@ -52,12 +52,20 @@ func (g *guards) fallback(err error) bool {
 // Degraded reports whether the last guard operation had to fall back.
 func (g *guards) Degraded() bool { return g.down.Load() }
 
-func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
-	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl, takenTTL)
+func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl)
 	if g.fallback(err) {
 		return g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
 	}
 	return ok, st, wid, nil
+}
+
+// MarkTaken writes Redis's taken marker. With Redis down there is none to
+// write: the claim in the MongoDB stand-in, which records its dispatch,
+// answers for it (see Taken).
+func (g *guards) MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error {
+	g.fallback(g.redis.MarkTaken(ctx, id, seq, ttl))
+	return nil
 }
 
 func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {

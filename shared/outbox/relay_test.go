@@ -169,12 +169,15 @@ func TestSweepRecoversStaleMessages(t *testing.T) {
 		t.Fatalf("first pass: %+v %v", s, err)
 	}
 
-	// A processor takes the dispatch and dies: its claim expires, its
-	// taken marker stays.
+	// A processor takes the dispatch, starts the webhook call and dies:
+	// its claim expires, its taken marker stays.
 	take := func(seq int) {
 		t.Helper()
-		if ok, _, _, err := a.Redis.Claim(ctx, id, "dead-holder", seq, time.Millisecond, time.Hour); err != nil || !ok {
+		if ok, _, _, err := a.Redis.Claim(ctx, id, "dead-holder", seq, time.Millisecond); err != nil || !ok {
 			t.Fatalf("claim: %v %v", ok, err)
+		}
+		if err := a.Redis.MarkTaken(ctx, id, seq, time.Hour); err != nil {
+			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

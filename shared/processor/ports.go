@@ -37,9 +37,12 @@ type Inbox interface {
 	// found instead if the message is already claimed (InboxInProgress) or
 	// done (InboxDone, with the webhook's message ID).
 	// token is unique to the caller's attempt: only it releases the claim.
-	// A claim taken also marks dispatch seq of id taken for takenTTL (see
-	// outbox.Inbox.Taken).
-	Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
+	// seq is the dispatch of the copy at hand.
+	Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
+	// MarkTaken marks dispatch seq of id taken for ttl, right before its
+	// webhook call: the stale sweep counts an attempt only for a dispatch
+	// so marked (see outbox.Inbox.Taken).
+	MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error
 	// Complete marks id done for ttl, keeping the webhook's message ID.
 	// Written right after the webhook answers 2xx and before MongoDB, it
 	// shrinks the window in which a crash causes a second delivery.

@@ -66,8 +66,8 @@ type Processor struct {
 	// ClaimTTL bounds one delivery; InboxTTL is how long a done marker lives.
 	ClaimTTL time.Duration
 	InboxTTL time.Duration
-	// TakenTTL is how long a claim's taken marker lives: longer than the
-	// stale sweep needs to find a dispatch that was never answered.
+	// TakenTTL is how long a dispatch's taken marker lives: longer than
+	// the stale sweep needs to find a dispatch that was never answered.
 	TakenTTL time.Duration
 	// BreakerCooldown is how long a message waits while the circuit is open.
 	BreakerCooldown time.Duration
@@ -130,7 +130,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 
 	token := rand.Text()
 	ctx = context.WithValue(ctx, claimTokenKey{}, token)
-	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL, p.TakenTTL)
+	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL)
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
 		// failed too). Go on with the durable check alone: the status and
@@ -256,6 +256,13 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			case <-t.C:
 			}
 		}
+	}
+	// From here on the webhook may be called. Without the mark a crash in
+	// the call would not count as an attempt, and a message that brings
+	// its processor down would never run out of them: no call without it.
+	if err := p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL); err != nil {
+		p.release(ctx, log, m.ID)
+		return Result{Action: Requeue, MessageID: m.ID, Err: fmt.Errorf("mark taken: %w", err)}
 	}
 	var done func(error)
 	if p.Breaker != nil {

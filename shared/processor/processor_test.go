@@ -495,7 +495,7 @@ func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
 	f := setup(t, 0, nil)
 	env := f.published(t)
-	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
 		t.Fatalf("claim as the dead holder: %v %v", ok, err)
 	}
 	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
@@ -528,5 +528,38 @@ func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
 	}
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("webhook called %d times, want 1", n)
+	}
+}
+
+// readFails is a processor store whose message reads fail, as in a MongoDB
+// outage.
+type readFails struct{ processor.Store }
+
+func (readFails) GetMessage(context.Context, string) (message.Message, error) {
+	return message.Message{}, errors.New("server selection error: context deadline exceeded")
+}
+
+// TestTakenMarksOnlyDispatchesThatReachedTheWebhook: the stale sweep counts
+// an attempt for a dispatch marked taken. A copy requeued before any call
+// (its message could not be read) leaves no mark, so an outage of MongoDB
+// longer than STALE_DURATION charges nobody an attempt; a call leaves one.
+func TestTakenMarksOnlyDispatchesThatReachedTheWebhook(t *testing.T) {
+	f := setup(t, 0, nil)
+	ctx := context.Background()
+	env := f.published(t)
+	p := f.processor(t)
+	p.Store = readFails{p.Store}
+	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("with reads failing: %+v, want a requeue", r)
+	}
+	if taken, err := f.a.Redis.Taken(ctx, env.ID, env.Seq); err != nil || taken {
+		t.Fatalf("Taken after a requeue before any call = %v, %v; want false", taken, err)
+	}
+	f.code.Store(http.StatusServiceUnavailable)
+	if r := f.processor(t).Handle(ctx, body(env), true); r.Outcome != message.OutcomeRetry || f.calls.Load() != 1 {
+		t.Fatalf("with the webhook failing: %+v, %d calls", r, f.calls.Load())
+	}
+	if taken, err := f.a.Redis.Taken(ctx, env.ID, env.Seq); err != nil || !taken {
+		t.Fatalf("Taken after a call = %v, %v; want true", taken, err)
 	}
 }

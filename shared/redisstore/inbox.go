@@ -24,20 +24,24 @@ const (
 )
 
 // claimScript takes the claim, or returns what holds the key instead, in one
-// round trip: 1 if the claim was taken, else the existing value. A claim
-// taken also leaves the dispatch number in KEYS[2] (the taken marker) for
-// ARGV[4] ms, never lowering it: the stale sweep tells by it a dispatch
-// that a processor took and never finished from one that never reached a
-// processor.
+// round trip: 1 if the claim was taken, else the existing value.
 var claimScript = redis.NewScript(`
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-	local cur = tonumber(redis.call('GET', KEYS[2]) or '-1') or -1
-	if tonumber(ARGV[3]) >= cur then
-		redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-	end
 	return 1
 end
 return redis.call('GET', KEYS[1])
+`)
+
+// takeScript leaves the dispatch number ARGV[1] in the taken marker
+// KEYS[1] for ARGV[2] ms, never lowering it: the stale sweep tells by it a
+// dispatch whose webhook call may have started from one that never got
+// that far.
+var takeScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+if tonumber(ARGV[1]) >= cur then
+	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
 `)
 
 // releaseScript deletes the key only while it holds the caller's claim
@@ -51,17 +55,18 @@ return 0
 `)
 
 // Claim takes the in-progress claim on id for ttl as token (unique to the
-// caller's attempt), and marks dispatch seq of id taken for takenTTL. When
-// it does, claimed is true and state is InboxNone (nothing held the key).
-// The inbox of message id is the key <prefix>inbox:<id>, its taken marker
-// takenKey(id). Otherwise state says what holds it: InboxInProgress, or
-// InboxDone with the webhook's message ID.
-func (s *Store) Claim(ctx context.Context, id, token string, seq int, ttl, takenTTL time.Duration) (bool, outbox.InboxState, string, error) {
+// caller's attempt). When it does, claimed is true and state is InboxNone
+// (nothing held the key). The inbox of message id is the key
+// <prefix>inbox:<id>. Otherwise state says what holds it: InboxInProgress,
+// or InboxDone with the webhook's message ID. seq is for the MongoDB
+// stand-in's sake (see mongostore.Store.ClaimInbox); Redis keeps the
+// dispatch number in the taken marker (MarkTaken).
+func (s *Store) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	// The claim holds the caller's token: the client retries a script
 	// whose answer timed out, and a retry that finds its own claim must
 	// not take it for somebody else's.
 	mine := claimValue + ":" + token
-	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id), s.takenKey(id)}, mine, px(ttl), seq, px(takenTTL)).Result()
+	v, err := claimScript.Run(ctx, s.client, []string{s.key("inbox", id)}, mine, px(ttl)).Result()
 	if err != nil {
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: %w", id, err)
 	}
@@ -82,6 +87,15 @@ func (s *Store) Claim(ctx context.Context, id, token string, seq int, ttl, taken
 		// script; anything else is a server we do not understand.
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox %s: unexpected reply %T", id, v)
 	}
+}
+
+// MarkTaken marks dispatch seq of id taken for ttl: its webhook call is
+// about to start. A later dispatch's mark is never lowered.
+func (s *Store) MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error {
+	if err := takeScript.Run(ctx, s.client, []string{s.takenKey(id)}, seq, px(ttl)).Err(); err != nil {
+		return fmt.Errorf("mark %s taken: %w", id, err)
+	}
+	return nil
 }
 
 // Complete marks id done for ttl, keeping the webhook's message ID. It
@@ -119,14 +133,13 @@ func (s *Store) Peek(ctx context.Context, id string) (outbox.InboxState, string,
 }
 
 // takenKey is the taken marker's key of message id. Its hash tag is the
-// whole inbox key, so that a Redis Cluster keeps the two in one slot, as
-// the claim script that writes both needs.
+// whole inbox key, so that a Redis Cluster keeps the two in one slot.
 func (s *Store) takenKey(id string) string {
 	return s.prefix + "taken:{" + s.key("inbox", id) + "}"
 }
 
-// Taken reports whether a processor claimed dispatch seq of id (or a later
-// one) within the taken marker's lifetime.
+// Taken reports whether a processor was about to call the webhook for
+// dispatch seq of id (or a later one) within the taken marker's lifetime.
 func (s *Store) Taken(ctx context.Context, id string, seq int) (bool, error) {
 	v, err := s.client.Get(ctx, s.takenKey(id)).Int()
 	if err == redis.Nil {

@@ -90,7 +90,7 @@ func TestInboxClaimIsExclusive(t *testing.T) {
 	for i := range 16 {
 		wg.Go(func() {
 			<-start
-			ok, state, _, err := in.Claim(t.Context(), "m1", fmt.Sprint("holder-", i), 0, time.Minute, time.Minute)
+			ok, state, _, err := in.Claim(t.Context(), "m1", fmt.Sprint("holder-", i), 0, time.Minute)
 			if err != nil {
 				t.Errorf("claim: %v", err)
 				return
@@ -120,13 +120,13 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	if state, _, err := in.Peek(ctx, "m1"); err != nil || state != outbox.InboxNone {
 		t.Fatalf("Peek of unknown id = %v, %v; want InboxNone", state, err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("first claim = %v, %v", ok, err)
 	}
 	if err := in.Complete(ctx, "m1", "wh-42", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	ok, state, wid, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute)
+	ok, state, wid, err := in.Claim(ctx, "m1", "tok", 0, time.Minute)
 	if err != nil || ok || state != outbox.InboxDone || wid != "wh-42" {
 		t.Fatalf("claim after Complete = %v, %v, %q, %v; want false, InboxDone, wh-42", ok, state, wid, err)
 	}
@@ -142,7 +142,7 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	// Release drops the caller's own claim, so the next copy may claim;
 	// a release with another token (a holder whose claim expired and was
 	// taken over) leaves the claim.
-	if ok, _, _, err := in.Claim(ctx, "m2", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m2", "tok", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("claim m2 = %v, %v", ok, err)
 	}
 	if err := in.Release(ctx, "m2", "expired-holder"); err != nil {
@@ -154,7 +154,7 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 	if err := in.Release(ctx, "m2", "tok"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m2", "next", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m2", "next", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after Release = %v, %v; want claimed", ok, err)
 	}
 	// An empty webhook message ID is still a done marker.
@@ -169,34 +169,42 @@ func TestInboxCompleteAndRelease(t *testing.T) {
 func TestInboxClaimExpires(t *testing.T) {
 	ctx := t.Context()
 	in := newStore(t)
-	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Second, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Second); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
 	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 0, time.Minute, time.Minute); ok {
+	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 0, time.Minute); ok {
 		t.Fatal("second claim within ttl succeeded")
 	}
 	// The same token again is the same claim (the client's retry of a
 	// claim whose answer it did not get).
-	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Second, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Second); err != nil || !ok {
 		t.Fatalf("the holder's own claim again = %v, %v; want claimed", ok, err)
 	}
 	time.Sleep(1200 * time.Millisecond)
-	if ok, _, _, err := in.Claim(ctx, "m1", "other", 0, time.Minute, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "other", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("claim after ttl = %v, %v; want claimed", ok, err)
 	}
 }
 
 // TestInboxTakenMarker: a claim marks its dispatch taken, outliving the
 // claim itself; a claim refused marks nothing; and a copy of an older
-// dispatch does not lower the mark.
+// TestInboxTakenMarker: MarkTaken marks a dispatch, and every earlier one,
+// taken for its ttl, past the claim; a claim alone marks nothing; and a
+// mark of an older dispatch does not lower the mark.
 func TestInboxTakenMarker(t *testing.T) {
 	ctx := t.Context()
 	in := newStore(t)
 	if taken, err := in.Taken(ctx, "m1", 0); err != nil || taken {
 		t.Fatalf("Taken before any claim = %v, %v; want false", taken, err)
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 1, 50*time.Millisecond, time.Minute); err != nil || !ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 1, 50*time.Millisecond); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
+	}
+	if taken, err := in.Taken(ctx, "m1", 1); err != nil || taken {
+		t.Fatalf("Taken after a claim alone = %v, %v; want false", taken, err)
+	}
+	if err := in.MarkTaken(ctx, "m1", 1, time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // the claim expired; the mark stays
 	for seq, want := range map[int]bool{0: true, 1: true, 2: false} {
@@ -204,24 +212,18 @@ func TestInboxTakenMarker(t *testing.T) {
 			t.Errorf("Taken(m1, %d) = %v, %v; want %v", seq, taken, err, want)
 		}
 	}
-	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Minute, time.Minute); err != nil || !ok {
-		t.Fatalf("claim of the older dispatch = %v, %v", ok, err)
+	if err := in.MarkTaken(ctx, "m1", 0, time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if taken, _ := in.Taken(ctx, "m1", 1); !taken {
-		t.Error("a claim of an older dispatch lowered the mark")
-	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 5, time.Minute, time.Minute); ok {
-		t.Fatal("claim while another holds it succeeded")
-	}
-	if taken, _ := in.Taken(ctx, "m1", 5); taken {
-		t.Error("a refused claim marked its dispatch taken")
+		t.Error("a mark of an older dispatch lowered the mark")
 	}
 }
 
 func TestInboxRedisDown(t *testing.T) {
 	in := deadStore(t)
 	start := time.Now()
-	_, _, _, err := in.Claim(t.Context(), "m1", "tok", 0, time.Minute, time.Minute)
+	_, _, _, err := in.Claim(t.Context(), "m1", "tok", 0, time.Minute)
 	if err == nil {
 		t.Fatal("claim against a closed port succeeded")
 	}
