@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,7 +104,20 @@ var errEmptyBody = errors.New("empty body")
 // into v. Its errors are *message.Error: EINVALID naming the field where it
 // is known, or ETOOLARGE; or errEmptyBody for an empty body if allowEmpty.
 func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, allowEmpty bool) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return tooLarge(maxBody)
+		}
+		return message.Errorf(message.EINVALID, "body could not be read")
+	}
+	// encoding/json would replace what is not valid UTF-8 with U+FFFD, and
+	// the message would be stored changed without a word.
+	if !utf8.Valid(raw) || loneSurrogate(raw) {
+		return message.Errorf(message.EINVALID, "body must be valid UTF-8, without \\u escapes of lone UTF-16 surrogates")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if allowEmpty && errors.Is(err, io.EOF) {
@@ -124,6 +138,41 @@ func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, al
 		}
 	}
 	return message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+}
+
+// loneSurrogate reports whether a JSON text holds a \u escape of a UTF-16
+// surrogate that is not half of a pair. Backslashes occur only in strings,
+// and "\\" is skipped whole, so a scan needs no JSON state.
+func loneSurrogate(raw []byte) bool {
+	escape := func(i int) (rune, bool) { // the \uXXXX at i, if any
+		if i+6 > len(raw) || raw[i] != '\\' || raw[i+1] != 'u' {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(raw[i+2:i+6]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		r, ok := escape(i)
+		if !ok {
+			i++ // an escaped character, perhaps a backslash
+			continue
+		}
+		switch {
+		case 0xD800 <= r && r < 0xDC00:
+			if low, ok := escape(i + 6); !ok || low < 0xDC00 || low >= 0xE000 {
+				return true
+			}
+			i += 11
+		case 0xDC00 <= r && r < 0xE000:
+			return true
+		default:
+			i += 5
+		}
+	}
+	return false
 }
 
 // decodeCreateRequest reads a create request from the body (see decodeBody).
