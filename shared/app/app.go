@@ -52,8 +52,10 @@ type App struct {
 
 	breaker *sharedBreaker
 	guards  *guards
-	// lastAlert is when the dead-letter count was last checked (UnixNano).
+	// lastAlert is when the dead-letter count was last checked, lastWarn
+	// when it was last logged above its threshold (UnixNano).
 	lastAlert atomic.Int64
+	lastWarn  atomic.Int64
 	// inboundDegraded is set while the API's rate limit fails open.
 	inboundDegraded atomic.Bool
 }
@@ -250,10 +252,15 @@ func (a *App) Checks() []httpapi.Check {
 }
 
 // FailedMessages counts the FAILED messages and logs a warning when there
-// are more than DLQ_ALERT_THRESHOLD.
+// are more than DLQ_ALERT_THRESHOLD, at most once a minute: GET /status
+// calls it on every probe.
 func (a *App) FailedMessages(ctx context.Context) (int64, error) {
 	n, err := a.Store.CountFailed(ctx)
-	if err == nil && n > int64(a.Config.DLQAlertThreshold) {
+	if err != nil || n <= int64(a.Config.DLQAlertThreshold) {
+		return n, err
+	}
+	now := time.Now().UnixNano()
+	if last := a.lastWarn.Load(); now-last >= int64(time.Minute) && a.lastWarn.CompareAndSwap(last, now) {
 		a.Logger.Warn("dead-letter queue above its alert threshold", "failed_messages", n, "threshold", a.Config.DLQAlertThreshold)
 	}
 	return n, err

@@ -3,11 +3,16 @@ package app_test
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -153,5 +158,27 @@ func TestFastPath(t *testing.T) {
 				t.Errorf("%d messages queued by the API, want %d", n, tc.queued)
 			}
 		})
+	}
+}
+
+// TestDeadLetterAlertIsRateLimited: GET /status counts the failures on every
+// probe; the warning that they are above DLQ_ALERT_THRESHOLD is logged once
+// a minute, not once a probe, and the count still answers every time.
+func TestDeadLetterAlertIsRateLimited(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, map[string]string{"DLQ_ALERT_THRESHOLD": "0"}))
+	var logs logbuf.Buffer
+	a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	ctx := t.Context()
+	now := time.Now().UTC()
+	if err := a.Store.IndexFailed(ctx, message.FailedRecord{MessageID: uuid.Must(uuid.NewV7()).String(), FailedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if n, err := a.FailedMessages(ctx); err != nil || n != 1 {
+			t.Fatalf("FailedMessages = %d, %v; want 1", n, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "dead-letter queue above its alert threshold"); n != 1 {
+		t.Fatalf("%d warnings for 3 counts within a minute, want 1:\n%s", n, logs.String())
 	}
 }

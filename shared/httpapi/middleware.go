@@ -217,6 +217,16 @@ func sentKey(r *http.Request) string {
 	return r.Header.Get("X-API-Key")
 }
 
+// hasKey reports whether r carries the key matches checks for, as
+// "Authorization: Bearer <key>" or "X-API-Key: <key>".
+func hasKey(matches func(string) bool, r *http.Request) bool {
+	// Evaluate both so that which header was tried does not show in the
+	// timing.
+	okBearer := matches(bearerToken(r))
+	okHeader := matches(r.Header.Get("X-API-Key"))
+	return okBearer || okHeader
+}
+
 // requireAPIKey returns middleware that lets a request through only with
 // the key, sent as "Authorization: Bearer <key>" or "X-API-Key: <key>". An
 // empty key turns the check off.
@@ -227,11 +237,7 @@ func requireAPIKey(key string) func(http.Handler) http.Handler {
 	matches := keyMatcher(key)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// Evaluate both so that which header was tried does not show
-			// in the timing.
-			okBearer := matches(bearerToken(r))
-			okHeader := matches(r.Header.Get("X-API-Key"))
-			if !okBearer && !okHeader {
+			if !hasKey(matches, r) {
 				w.Header().Set("WWW-Authenticate", "Bearer")
 				writeStatusProblem(w, r, http.StatusUnauthorized,
 					"A valid API key is required: send Authorization: Bearer <key> or X-API-Key: <key>.")

@@ -302,6 +302,22 @@ func TestStatusReport(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("status took %s with a stuck check", d)
 	}
+	// Without the key: the same report, but no check's error text.
+	if strings.Contains(w.Body.String(), "é") || strings.Contains(w.Body.String(), `"error"`) {
+		t.Errorf("a caller without the key sees the checks' errors: %s", w.Body)
+	}
+	if n := strings.Count(ts.logs.String(), "status check failed"); n != 2 {
+		t.Errorf("%d failed checks logged, want 2 (redis and stuck):\n%s", n, ts.logs)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	r = httptest.NewRequest(http.MethodGet, "/status", nil).WithContext(ctx)
+	r.Header.Set("X-API-Key", "k")
+	w = httptest.NewRecorder()
+	ts.h.ServeHTTP(w, r)
+	if n := strings.Count(ts.logs.String(), "status check failed"); n != 2 {
+		t.Errorf("a second probe logged the same failures again within the minute: %d lines", n)
+	}
 	rep := decodeJSON[map[string]any](t, w)
 	if rep["status"] != "degraded" || rep["breaker"] != "closed" || rep["consumers"] != float64(2) || rep["service"] != "api" {
 		t.Errorf("report = %v", rep)

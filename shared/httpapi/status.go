@@ -3,7 +3,9 @@ package httpapi
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -26,12 +28,35 @@ type CheckResult struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// checkLogEvery is how often a check that keeps failing is logged.
+const checkLogEvery = time.Minute
+
 // handleStatus runs every check at once, each bounded by CheckTimeout and
 // the request's context, and answers the report: 200 when ok or degraded,
 // 503 when a critical check failed. h.Info's fields are merged at the top
-// level, but cannot replace service, status or checks.
-func handleStatus(h Health) http.Handler {
+// level, but cannot replace service, status or checks. The route is public
+// (load balancers and probes have no key), so when an API key is set, a
+// failed check's error text (host names, addresses, user names) goes only
+// to a caller with the key; every failure is logged, at most once a minute
+// per check, since probes call often.
+func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
+	matches := keyMatcher(apiKey)
+	var mu sync.Mutex
+	logged := map[string]time.Time{}
+	logFailure := func(name, err string) {
+		mu.Lock()
+		now := time.Now()
+		due := now.Sub(logged[name]) >= checkLogEvery
+		if due {
+			logged[name] = now
+		}
+		mu.Unlock()
+		if due {
+			log.Warn("status check failed", "check", name, "error", err)
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reveal := apiKey == "" || hasKey(matches, r)
 		ctx := r.Context()
 		results := make([]CheckResult, len(h.Checks))
 		done := make(chan struct{}, len(h.Checks))
@@ -48,10 +73,15 @@ func handleStatus(h Health) http.Handler {
 		overall := HealthOK
 		checks := make(map[string]CheckResult, len(h.Checks))
 		for i, c := range h.Checks {
-			checks[c.Name] = results[i]
 			if results[i].Status == HealthOK {
+				checks[c.Name] = results[i]
 				continue
 			}
+			logFailure(c.Name, results[i].Error)
+			if !reveal {
+				results[i].Error = ""
+			}
+			checks[c.Name] = results[i]
 			if c.Critical {
 				overall = HealthDown
 			} else if overall == HealthOK {
