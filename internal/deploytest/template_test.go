@@ -874,6 +874,56 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 	}
 }
 
+// TestTemplateStaleDurationFitsTheConfig: every StaleDuration the template
+// accepts passes the functions' configuration check with any WebhookTimeout
+// it accepts (30s at most) and the default INBOX_TTL; a deploy that
+// CloudFormation accepts must not give functions that refuse to start.
+func TestTemplateStaleDurationFitsTheConfig(t *testing.T) {
+	s := samLoad(t)
+	param, re := s.parameterPattern(t, "StaleDuration")
+	def, _ := samString(samGet(param, "Default"))
+	var candidates []string
+	for n := 0; n <= 800; n++ {
+		candidates = append(candidates, fmt.Sprintf("%dm", n), fmt.Sprintf("%ds", n), fmt.Sprintf("%dh", n/10))
+	}
+	candidates = append(candidates, "1h30m", "90s", "0s", "4m0s", "720m", "721m", "13h")
+	accepted := 0
+	for _, c := range candidates {
+		if !re.MatchString(c) {
+			continue
+		}
+		accepted++
+		d, err := time.ParseDuration(c)
+		if err != nil {
+			t.Errorf("StaleDuration accepts %q, which is no Go duration", c)
+			continue
+		}
+		cfg := config.Default()
+		cfg.WebhookTimeout, cfg.StaleDuration = 30*time.Second, d
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("StaleDuration accepts %s, which the functions refuse: %v", c, err)
+		}
+	}
+	for _, c := range []string{def, "2m", "4m", "10m", "1h", "12h", "720m"} {
+		if !re.MatchString(c) {
+			t.Errorf("StaleDuration refuses %s", c)
+		}
+	}
+	if accepted < 700 {
+		t.Errorf("StaleDuration's pattern accepts only %d of the usual values", accepted)
+	}
+}
+
+// TestTemplateHidesTheWebhookURL: a webhook URL often carries its token,
+// so its parameter is NoEcho, as the secrets' ARNs need not be.
+func TestTemplateHidesTheWebhookURL(t *testing.T) {
+	s := samLoad(t)
+	param, _ := s.parameterPattern(t, "WebhookUrl")
+	if v, _ := samString(samGet(param, "NoEcho")); v != "true" {
+		t.Errorf("WebhookUrl's NoEcho = %q, want true", v)
+	}
+}
+
 // TestTemplatePublishWindowFitsThePublisher: the publisher's passes go on
 // for PUBLISH_WINDOW and start only with 5 s of the invocation left
 // (functions/publisher/main.go). Every window the template accepts must end
