@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -12,7 +13,7 @@ import (
 
 func handleRetryMessage(log *slog.Logger, msgs Messages) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("id")
+		id := messageID(r)
 		if !validUUID(id) {
 			writeError(w, r, log, message.ErrNotFound)
 			return
@@ -59,11 +60,12 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 			writeInvalid(w, r, "ids", "must list at least one id; leave it out to replay every failed message")
 			return
 		}
-		for _, id := range b.IDs {
+		for i, id := range b.IDs {
 			if !validUUID(id) {
 				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")
 				return
 			}
+			b.IDs[i] = strings.ToLower(id)
 		}
 		req.IDs = b.IDs
 		since := r.URL.Query().Get("since")

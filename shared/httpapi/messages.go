@@ -292,7 +292,7 @@ func handleListMessages(log *slog.Logger, msgs Messages) http.Handler {
 
 func handleGetMessage(log *slog.Logger, msgs Messages) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("id")
+		id := messageID(r)
 		if !validUUID(id) {
 			// No message has such an ID: answer without asking the store.
 			writeError(w, r, log, message.ErrNotFound)
@@ -308,6 +308,10 @@ func handleGetMessage(log *slog.Logger, msgs Messages) http.Handler {
 }
 
 // validUUID reports whether s is a UUID in its 36-character text form.
+// messageID returns the {id} of r's path in the form IDs are stored in:
+// UUIDs are case-insensitive, the IDs this system makes lowercase.
+func messageID(r *http.Request) string { return strings.ToLower(r.PathValue("id")) }
+
 func validUUID(s string) bool {
 	if len(s) != 36 {
 		return false

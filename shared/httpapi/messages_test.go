@@ -113,6 +113,14 @@ func TestCreateMessageSendAt(t *testing.T) {
 	if !strings.Contains(w.Body.String(), `"sendAt":"2031-01-01T00:00:00Z"`) {
 		t.Errorf("sendAt not in RFC 3339: %s", w.Body)
 	}
+
+	// Kept to the millisecond, as stored: the 202 and a later read agree.
+	w = ts.do(t, http.MethodPost, "/messages", `{"to":"+905551111111","content":"hi","sendAt":"2031-01-01T03:00:00.123456789+03:00"}`)
+	m = decodeJSON[message.Message](t, w)
+	got := decodeJSON[message.Message](t, ts.do(t, http.MethodGet, "/messages/"+m.ID, ""))
+	if want := time.Date(2031, 1, 1, 0, 0, 0, 123e6, time.UTC); !m.SendAt.Equal(want) || !got.SendAt.Equal(want) {
+		t.Errorf("sendAt in the 202 %v, read back %v; want %v in both", m.SendAt, got.SendAt, want)
+	}
 }
 
 func TestCreateMessageSmallerLimit(t *testing.T) {
@@ -273,6 +281,10 @@ func TestGetMessage(t *testing.T) {
 	got := decodeJSON[message.Message](t, ts.do(t, http.MethodGet, "/messages/"+m.ID, ""))
 	if got.ID != m.ID || len(got.Deliveries) != 1 || got.Deliveries[0].StatusCode != 202 {
 		t.Errorf("got %+v", got)
+	}
+	// A UUID is the same in capitals.
+	if got := decodeJSON[message.Message](t, ts.do(t, http.MethodGet, "/messages/"+strings.ToUpper(m.ID), "")); got.ID != m.ID {
+		t.Errorf("by the uppercase ID: got %+v", got)
 	}
 
 	p := readProblem(t, ts.do(t, http.MethodGet, "/messages/0190a0b0-0000-7000-8000-0000000000ff", ""), http.StatusNotFound, "")

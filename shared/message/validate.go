@@ -79,7 +79,9 @@ func New(id string, r CreateRequest, now time.Time) Message {
 		UpdatedAt: now,
 	}
 	if r.SendAt != nil {
-		at := r.SendAt.UTC()
+		// To the millisecond, as MongoDB keeps it: the 202 shows what a
+		// later read shows.
+		at := r.SendAt.UTC().Truncate(time.Millisecond)
 		m.SendAt = &at
 		m.NextAttemptAt = &at
 	}
