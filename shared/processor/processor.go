@@ -40,7 +40,7 @@ type Result struct {
 	Action    Action
 	MessageID string
 	// Outcome is one of message.Outcome* or "duplicate", "stale_copy",
-	// "dead_lettered_malformed".
+	// "dead_lettered_malformed", "unfinished_create", "left_to_sweep".
 	Outcome string
 	Err     error
 }
@@ -219,6 +219,15 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	// backoff must not be shorter than that. If the holder is alive after
 	// all, its own outcome wins (see message.Outcome.Read), or its done
 	// marker lets the next dispatch record SENT without delivering again.
+	if p.Retry.Exhausted(m.Attempts + 1) {
+		// The lost dispatch was the last attempt allowed, so there is no
+		// retry to schedule; and with the holder perhaps alive after all,
+		// FAILED must not be written yet (only a replay undoes it, so its
+		// SENT would be refused). The stale sweep decides once the holder
+		// is surely done.
+		log.Info("copy of a dispatch whose consumer did not finish, with no attempts left; left to the stale sweep")
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "left_to_sweep"}
+	}
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts + 1, At: now, NextAttemptAt: &next,

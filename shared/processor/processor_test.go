@@ -507,6 +507,29 @@ func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
 	}
 }
 
+// TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep: with no attempt left
+// after the lost dispatch, the redelivered copy schedules no retry (that
+// would call the webhook once more than MAX_RETRIES allows) and writes no
+// FAILED (the holder may be alive and about to record SENT): it leaves the
+// message to the stale sweep.
+func TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep(t *testing.T) {
+	f := setup(t, 0, map[string]string{"MAX_RETRIES": "0"})
+	env := f.published(t)
+	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
+		t.Fatalf("claim as the dead holder: %v %v", ok, err)
+	}
+	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Action != processor.Ack || r.Outcome != "left_to_sweep" {
+		t.Fatalf("redelivered copy: %+v", r)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusProcessing || m.Attempts != 0 || m.Seq != 0 || f.calls.Load() != 0 {
+		t.Fatalf("after the copy: %s attempts %d seq %d, %d calls", m.Status, m.Attempts, m.Seq, f.calls.Load())
+	}
+	if has, err := f.a.Store.HasOutboxEntry(context.Background(), message.OutboxKey(env.ID, env.Seq)); err != nil || !has {
+		t.Fatalf("the dispatch's outbox entry, for the sweep: %v %v", has, err)
+	}
+}
+
 // TestBatchStartsNoRecordTooCloseToTheDeadline: with one record at a time,
 // the second record waits for the first one's delivery (1 s) and then has
 // less than the reserve left, so it is not started: the batch reports it
