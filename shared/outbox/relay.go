@@ -338,22 +338,25 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		return ignoreStale(r.Store.RecordOutcome(ctx, o))
 	}
 
-	// A dispatch that a processor took and never answered counts as an
-	// attempt: it may have reached the webhook. One that no processor
-	// took (none running, or the copy still waits behind a backlog, or it
-	// was lost before it reached one) does not: a long outage of the
-	// processors must not use up, and fail, messages nobody tried to
-	// deliver. When the inbox cannot tell, the dispatch counts, so that a
-	// message that brings its processor down still runs out of attempts.
-	// A fast-path entry of a message never attempted does not count
-	// either: the API may have died between storing it as published and
-	// publishing it.
-	counted := !(e.FastPath && m.Attempts == 0)
+	// A dispatch whose webhook call a processor started and never
+	// answered counts as an attempt: it may have reached the webhook. One
+	// that no processor got that far with (none running, or the copy
+	// still waits behind a backlog, or it was lost before it reached one)
+	// does not: a long outage of the processors must not use up, and
+	// fail, messages nobody tried to deliver. When the inbox cannot tell,
+	// the dispatch counts, so that a message that brings its processor
+	// down still runs out of attempts; except a fast-path entry of a
+	// message never attempted, since the API may have died between
+	// storing it as published and publishing it.
+	counted := true
 	why := fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)
-	if !counted {
-		why = fmt.Sprintf("no outcome recorded within %s of the fast path; published again without counting an attempt", r.StaleDuration)
-	} else if taken, err := r.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
-		log.Warn("inbox unavailable; counting the stale dispatch as an attempt", "error", err)
+	if taken, err := r.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
+		if e.FastPath && m.Attempts == 0 {
+			counted = false
+			why = fmt.Sprintf("no outcome recorded within %s of the fast path; published again without counting an attempt", r.StaleDuration)
+		} else {
+			log.Warn("inbox unavailable; counting the stale dispatch as an attempt", "error", err)
+		}
 	} else if !taken {
 		counted = false
 		why = fmt.Sprintf("no outcome recorded within %s and no processor took the message; published again without counting an attempt", r.StaleDuration)

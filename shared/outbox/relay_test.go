@@ -357,6 +357,27 @@ func TestSweepRecoversAnUnpublishedFastPathEntry(t *testing.T) {
 	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[m.ID] != 1 {
 		t.Fatalf("published %v, want %s once", seen, m.ID)
 	}
+
+	// The same, but a processor started the webhook call of the first
+	// dispatch and died: that counts, and with no retries allowed the
+	// message is dead-lettered, as a message that brings its processor
+	// down must run out of attempts.
+	m2 := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "crasher"}, now)
+	m2.Status = message.StatusProcessing
+	e2 := message.NewOutboxEntry(m2.ID, 0, now.Add(10*time.Second), now)
+	e2.PublishedAt, e2.FastPath = &now, true
+	if err := a.Store.CreateMessage(ctx, m2, e2); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Redis.MarkTaken(ctx, m2.ID, 0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
+		t.Fatalf("recovery pass of a taken fast-path dispatch: %+v %v", s, err)
+	}
+	if got, _ := a.Store.GetMessage(ctx, m2.ID); got.Status != message.StatusFailed || got.Attempts != 1 {
+		t.Fatalf("taken fast-path dispatch after recovery: %s, attempts %d", got.Status, got.Attempts)
+	}
 }
 
 // TestFailedIndexIsRepaired: the failed index is written after a message's
