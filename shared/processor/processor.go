@@ -335,9 +335,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			o.Status = message.StatusUnsent
 			o.NextAttemptAt = &next
 			o.LastError = reason
-			res := p.record(ctx, log, o, message.OutcomeRetry)
-			p.release(ctx, log, m.ID)
-			return res
+			return p.releaseIfRecorded(ctx, log, p.record(ctx, log, o, message.OutcomeRetry))
 		}
 		o.FailureReason = fmt.Sprintf("retries exhausted after %d attempts", attempt)
 	default:
@@ -356,11 +354,21 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 func (p *Processor) deadLetter(ctx context.Context, log *slog.Logger, o message.Outcome) Result {
 	n := message.DeadLetter{MessageID: o.MessageID, Reason: o.FailureReason, LastError: o.LastError, Attempts: o.Attempts, FailedAt: o.At}
 	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
-		p.release(ctx, log, o.MessageID)
-		return Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
+		return p.releaseIfRecorded(ctx, log, Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)})
 	}
-	res := p.record(ctx, log, o, message.OutcomeFailed)
-	p.release(ctx, log, o.MessageID)
+	return p.releaseIfRecorded(ctx, log, p.record(ctx, log, o, message.OutcomeFailed))
+}
+
+// releaseIfRecorded releases the claim of a call whose answer res
+// recorded. A call whose answer could not be recorded keeps its claim until
+// it expires: released, the requeued copy would call the webhook again at
+// once, with no backoff and no attempt counted, for as long as the writes
+// fail. Kept, a redelivered copy finds it and counts the call (see
+// handleClaimed).
+func (p *Processor) releaseIfRecorded(ctx context.Context, log *slog.Logger, res Result) Result {
+	if res.Action == Ack {
+		p.release(ctx, log, res.MessageID)
+	}
 	return res
 }
 

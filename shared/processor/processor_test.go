@@ -17,6 +17,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
@@ -227,8 +228,10 @@ func TestRetriesExhaustedAreDeadLettered(t *testing.T) {
 
 // TestDeadLetterNotifyFailureRequeues: when the dead-letter notification
 // cannot be published, the message is not recorded FAILED (a FAILED record
-// without its notification could never be noticed): the copy is requeued
-// and its claim released, and the redelivered copy notifies and records.
+// without its notification could never be noticed): the copy is requeued,
+// keeping its claim, so that the redelivered copy does not call the webhook
+// again at once but counts the call and puts the message back for after the
+// claim; the next dispatch gets the same answer, then notifies and records.
 func TestDeadLetterNotifyFailureRequeues(t *testing.T) {
 	f := setup(t, 0, nil)
 	f.code.Store(http.StatusBadRequest)
@@ -243,14 +246,50 @@ func TestDeadLetterNotifyFailureRequeues(t *testing.T) {
 		t.Fatalf("after the failed notification: %s after %d attempts, want PROCESSING and none recorded", m.Status, m.Attempts)
 	}
 	testenv.App(t, f.env) // a process that starts declares the queue again
-	if r := p.Handle(ctx, body(env), true); r.Action != processor.Ack || r.Outcome != message.OutcomeFailed {
-		t.Fatalf("redelivered copy: %+v", r)
+	if r := p.Handle(ctx, body(env), true); r.Action != processor.Ack || r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("redelivered copy: %+v, want a deferral", r)
 	}
-	if m := f.message(t, env.ID); m.Status != message.StatusFailed {
-		t.Fatalf("after the redelivered copy: %s, want FAILED", m.Status)
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusUnsent || m.Attempts != 1 || f.calls.Load() != 1 {
+		t.Fatalf("after the redelivered copy: %s after %d attempts, %d calls; want UNSENT, 1 and 1", m.Status, m.Attempts, f.calls.Load())
 	}
-	if n := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"])); n != 1 {
-		t.Fatalf("%d dead-letter notifications, want 1", n)
+	if n := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"])); n != 0 {
+		t.Fatalf("%d dead-letter notifications, want none yet", n)
+	}
+}
+
+// recordFails is a processor store whose outcome writes fail.
+type recordFails struct{ processor.Store }
+
+func (recordFails) RecordOutcomes(_ context.Context, os []message.Outcome) []error {
+	errs := make([]error, len(os))
+	for i := range errs {
+		errs[i] = errors.New("server selection error: context deadline exceeded")
+	}
+	return errs
+}
+
+// TestUnrecordedFailureKeepsTheClaim: a webhook call whose failure cannot
+// be recorded keeps its claim, so that the requeued copy does not call the
+// webhook again at once, with no backoff and no attempt counted.
+func TestUnrecordedFailureKeepsTheClaim(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	ctx := context.Background()
+	p := f.processor(t)
+	p.Store = recordFails{p.Store}
+	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("with outcome writes failing: %+v, want a requeue", r)
+	}
+	if st, _, err := f.a.Redis.Peek(ctx, env.ID); err != nil || st != outbox.InboxInProgress {
+		t.Fatalf("inbox after the unrecorded call: %v %v, want the claim kept", st, err)
+	}
+	if r := f.processor(t).Handle(ctx, body(env), true); r.Outcome != message.OutcomeDeferred || f.calls.Load() != 1 {
+		t.Fatalf("redelivered copy: %+v, %d calls; want a deferral and no second call", r, f.calls.Load())
+	}
+	if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusUnsent {
+		t.Fatalf("after the deferral: %s attempts %d; want UNSENT with the call counted", m.Status, m.Attempts)
 	}
 }
 
