@@ -57,8 +57,10 @@ func TestNewSchedulesSendAt(t *testing.T) {
 	now := time.Now().UTC()
 	at := now.Add(time.Hour)
 	m := message.New("id", message.CreateRequest{To: "+905551111111", Content: "x", SendAt: &at}, now)
-	if m.Status != message.StatusUnsent || m.NextAttemptAt == nil || !m.NextAttemptAt.Equal(at) {
-		t.Fatalf("want UNSENT waiting until %v, got %+v", at, m)
+	// To the millisecond, as MongoDB keeps it.
+	want := at.Truncate(time.Millisecond)
+	if m.Status != message.StatusUnsent || m.NextAttemptAt == nil || !m.NextAttemptAt.Equal(want) || !m.SendAt.Equal(want) {
+		t.Fatalf("want UNSENT waiting until %v, got %+v", want, m)
 	}
 }
 

@@ -85,10 +85,15 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 // between the two writes) would never be published. An entry whose message
 // stays FAILED is dropped: the relay waits for it a while (see
 // Relay.Pass), then the processor acknowledges its copy without a delivery
-// and the stale sweep removes it.
+// and the stale sweep removes it. A replay tried again replaces such an
+// entry, which the relay may have published meanwhile, with a due one.
 func (s *Service) replay(ctx context.Context, m message.Message) error {
 	now := s.Now().UTC()
-	if err := s.Store.EnsureOutbox(ctx, message.NewOutboxEntry(m.ID, m.Seq+1, now, now)); err != nil {
+	next := message.NewOutboxEntry(m.ID, m.Seq+1, now, now)
+	if err := s.Store.DeleteOutbox(ctx, next.Key); err != nil {
+		return storeError("replay message", err)
+	}
+	if err := s.Store.EnsureOutbox(ctx, next); err != nil {
 		return storeError("replay message", err)
 	}
 	o := message.Outcome{

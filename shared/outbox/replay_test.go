@@ -155,4 +155,21 @@ func TestReplayFailingMidwayStrandsNothing(t *testing.T) {
 	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
 		t.Fatalf("pass after the replay: %+v %v", s, err)
 	}
+
+	// The same, but the relay published the half-replayed entry after its
+	// wait (the processor acknowledged the copy: the message was FAILED).
+	// The replay tried again must not leave the message to an entry marked
+	// published, which only the stale sweep would pick up.
+	third := failedAt(t, a, now.Add(-time.Minute))
+	stray := message.NewOutboxEntry(third, 1, now, now)
+	stray.PublishedAt = &now
+	if err := a.Store.EnsureOutbox(ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Service(nil).Retry(ctx, third); err != nil {
+		t.Fatalf("retry after a stray entry was published: %v", err)
+	}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("pass after that retry: %+v %v", s, err)
+	}
 }
