@@ -335,7 +335,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			o.Status = message.StatusUnsent
 			o.NextAttemptAt = &next
 			o.LastError = reason
-			return p.releaseIfRecorded(ctx, log, p.record(ctx, log, o, message.OutcomeRetry))
+			return p.releaseIfRecorded(ctx, log, o, p.record(ctx, log, o, message.OutcomeRetry))
 		}
 		o.FailureReason = fmt.Sprintf("retries exhausted after %d attempts", attempt)
 	default:
@@ -354,21 +354,28 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 func (p *Processor) deadLetter(ctx context.Context, log *slog.Logger, o message.Outcome) Result {
 	n := message.DeadLetter{MessageID: o.MessageID, Reason: o.FailureReason, LastError: o.LastError, Attempts: o.Attempts, FailedAt: o.At}
 	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
-		return p.releaseIfRecorded(ctx, log, Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)})
+		return p.releaseIfRecorded(ctx, log, o, Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)})
 	}
-	return p.releaseIfRecorded(ctx, log, p.record(ctx, log, o, message.OutcomeFailed))
+	return p.releaseIfRecorded(ctx, log, o, p.record(ctx, log, o, message.OutcomeFailed))
 }
 
-// releaseIfRecorded releases the claim of a call whose answer res
+// releaseIfRecorded releases the claim of a call whose answer o res
 // recorded. A call whose answer could not be recorded keeps its claim until
 // it expires: released, the requeued copy would call the webhook again at
 // once, with no backoff and no attempt counted, for as long as the writes
 // fail. Kept, a redelivered copy finds it and counts the call (see
-// handleClaimed).
-func (p *Processor) releaseIfRecorded(ctx context.Context, log *slog.Logger, res Result) Result {
-	if res.Action == Ack {
-		p.release(ctx, log, res.MessageID)
+// handleClaimed). An answer recorded on the message but not in full (its
+// outbox entries or the failed index failed) is recorded for this purpose:
+// the message moved on, and the requeued copy, or the next dispatch's, must
+// find no claim in the way.
+func (p *Processor) releaseIfRecorded(ctx context.Context, log *slog.Logger, o message.Outcome, res Result) Result {
+	if res.Action != Ack {
+		m, err := p.Store.GetMessage(ctx, o.MessageID)
+		if err != nil || (m.Seq == o.Seq && !m.Status.Final()) {
+			return res
+		}
 	}
+	p.release(ctx, log, o.MessageID)
 	return res
 }
 

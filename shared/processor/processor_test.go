@@ -269,6 +269,42 @@ func (recordFails) RecordOutcomes(_ context.Context, os []message.Outcome) []err
 	return errs
 }
 
+// halfRecorded is a processor store whose outcome writes reach the message
+// but fail after it, as when the outbox entry's insert or delete fails.
+type halfRecorded struct{ processor.Store }
+
+func (s halfRecorded) RecordOutcomes(ctx context.Context, os []message.Outcome) []error {
+	errs := s.Store.RecordOutcomes(ctx, os)
+	for i := range errs {
+		if errs[i] == nil {
+			errs[i] = errors.New("record outcome: insert next outbox entry: connection reset")
+		}
+	}
+	return errs
+}
+
+// TestHalfRecordedFailureReleasesTheClaim: a failure whose retry reached the
+// message (its seq moved on) but not its outbox entries is recorded as far
+// as the claim goes: the claim is released, so that the next dispatch's
+// copy is not taken for a live holder's duplicate.
+func TestHalfRecordedFailureReleasesTheClaim(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	ctx := context.Background()
+	p := f.processor(t)
+	p.Store = halfRecorded{p.Store}
+	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("with the outcome half written: %+v, want a requeue", r)
+	}
+	if m := f.message(t, env.ID); m.Seq != 1 || m.Status != message.StatusUnsent {
+		t.Fatalf("after the half-written outcome: %s seq %d, want UNSENT at seq 1", m.Status, m.Seq)
+	}
+	if st, _, err := f.a.Redis.Peek(ctx, env.ID); err != nil || st != outbox.InboxNone {
+		t.Fatalf("inbox after the half-written outcome: %v %v, want the claim released", st, err)
+	}
+}
+
 // TestUnrecordedFailureKeepsTheClaim: a webhook call whose failure cannot
 // be recorded keeps its claim, so that the requeued copy does not call the
 // webhook again at once, with no backoff and no attempt counted.
