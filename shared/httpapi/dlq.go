@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -30,9 +31,11 @@ func handleRetryMessage(log *slog.Logger, msgs Messages) http.Handler {
 
 // replayBody is the optional body of POST /dlq/replay.
 type replayBody struct {
-	Since  *string  `json:"since"`
-	IDs    []string `json:"ids"`
-	DryRun bool     `json:"dryRun"`
+	Since *string `json:"since"`
+	// IDs is read apart: "ids":null and "ids":[] must not pass for an
+	// absent ids, which means every failure.
+	IDs    json.RawMessage `json:"ids"`
+	DryRun bool            `json:"dryRun"`
 }
 
 func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
@@ -54,20 +57,27 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 			}
 			req.DryRun = req.DryRun || dry
 		}
-		if b.IDs != nil && len(b.IDs) == 0 {
-			// Most likely an empty selection, not "everything": replaying
-			// every failure takes leaving ids out.
-			writeInvalid(w, r, "ids", "must list at least one id; leave it out to replay every failed message")
-			return
+		var ids []string
+		if b.IDs != nil {
+			if err := json.Unmarshal(b.IDs, &ids); err != nil {
+				writeInvalid(w, r, "ids", "must be an array of message ids")
+				return
+			}
+			if len(ids) == 0 {
+				// Most likely an empty selection, not "everything":
+				// replaying every failure takes leaving ids out.
+				writeInvalid(w, r, "ids", "must list at least one id; leave it out to replay every failed message")
+				return
+			}
 		}
-		for i, id := range b.IDs {
+		for i, id := range ids {
 			if !validUUID(id) {
 				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")
 				return
 			}
-			b.IDs[i] = strings.ToLower(id)
+			ids[i] = strings.ToLower(id)
 		}
-		req.IDs = b.IDs
+		req.IDs = ids
 		since := r.URL.Query().Get("since")
 		if b.Since != nil {
 			since = *b.Since

@@ -22,6 +22,8 @@ func TestReplayInput(t *testing.T) {
 		field            string
 	}{
 		{name: "empty ids", path: "/dlq/replay", body: `{"ids":[]}`, status: 400, field: "ids"},
+		{name: "null ids", path: "/dlq/replay", body: `{"ids":null}`, status: 400, field: "ids"},
+		{name: "ids not an array", path: "/dlq/replay", body: `{"ids":"x"}`, status: 400, field: "ids"},
 		{name: "dryRun not a boolean", path: "/dlq/replay?dryRun=maybe", status: 400, field: "dryRun"},
 		{name: "text content type", path: "/dlq/replay", body: `{"dryRun":true}`, headers: []string{"Content-Type", "text/plain"}, status: 415},
 		{name: "data after the object", path: "/dlq/replay", body: `{"dryRun":true} {"ids":[]}`, status: 400},
