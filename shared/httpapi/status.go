@@ -35,10 +35,11 @@ const checkLogEvery = time.Minute
 // the request's context, and answers the report: 200 when ok or degraded,
 // 503 when a critical check failed. h.Info's fields are merged at the top
 // level, but cannot replace service, status or checks. The route is public
-// (load balancers and probes have no key), so when an API key is set, a
-// failed check's error text (host names, addresses, user names) goes only
-// to a caller with the key; every failure is logged, at most once a minute
-// per check, since probes call often.
+// (load balancers and probes have no key), so a failed check's error text
+// (host names, addresses, user names) goes only to a caller with the API
+// key: to nobody when none is set, as in AWS, where API Gateway checks the
+// keys and the function never sees them. Every failure is logged, at most
+// once a minute per check, since probes call often.
 func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 	matches := keyMatcher(apiKey)
 	var mu sync.Mutex
@@ -56,7 +57,7 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 		}
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reveal := apiKey == "" || hasKey(matches, r)
+		reveal := apiKey != "" && hasKey(matches, r)
 		ctx := r.Context()
 		results := make([]CheckResult, len(h.Checks))
 		done := make(chan struct{}, len(h.Checks))
