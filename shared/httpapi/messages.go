@@ -307,11 +307,11 @@ func handleGetMessage(log *slog.Logger, msgs Messages) http.Handler {
 	})
 }
 
-// validUUID reports whether s is a UUID in its 36-character text form.
 // messageID returns the {id} of r's path in the form IDs are stored in:
 // UUIDs are case-insensitive, the IDs this system makes lowercase.
 func messageID(r *http.Request) string { return strings.ToLower(r.PathValue("id")) }
 
+// validUUID reports whether s is a UUID in its 36-character text form.
 func validUUID(s string) bool {
 	if len(s) != 36 {
 		return false

@@ -83,7 +83,7 @@ func userInfo(scheme, u string) string {
 	if name, _, hasPassword := strings.Cut(u, ":"); hasPassword {
 		return name + ":" + Mask
 	}
-	if scheme == "redis" || scheme == "rediss" {
+	if s := strings.ToLower(scheme); s == "redis" || s == "rediss" {
 		return Mask
 	}
 	return u

@@ -16,6 +16,7 @@ func TestURL(t *testing.T) {
 		{"amqps://rms:1234#abc@broker:5671/", "amqps://REDACTED@broker:5671/"},
 		{"mongodb://rms:p@ss@db/", "mongodb://REDACTED@db/"},
 		{"redis://s3cret@cache:6379/0", "redis://REDACTED@cache:6379/0"},
+		{"REDIS://s3cret@cache:6379/0", "REDIS://REDACTED@cache:6379/0"},
 		{"rediss://app:s3cret@cache:6380", "rediss://app:REDACTED@cache:6380"},
 		{"mongodb://app@db/", "mongodb://app@db/"},
 		{"mongodb://db:27017/?tls=true&tlsCertificateKeyFilePassword=s3cret", "mongodb://db:27017/?tls=true&tlsCertificateKeyFilePassword=REDACTED"},
@@ -67,12 +68,18 @@ func TestScrub(t *testing.T) {
 // FuzzURL: whatever the string, its password never survives URL.
 func FuzzURL(f *testing.F) {
 	f.Add("amqp", "user", "p/a?s#s@w:rd", "host:5672/vhost?x=1")
+	f.Add("Redis", "", "s3cret", "cache:6379")
 	f.Fuzz(func(t *testing.T, scheme, user, password, tail string) {
 		if len(password) < 4 || strings.ContainsAny(scheme+user+tail, "@") || strings.Contains(scheme, "://") {
 			return
 		}
-		raw := fmt.Sprintf("%s://%s:%s@%s", scheme, user, password, tail)
-		if strings.Contains(redact.URL(fmt.Sprintf("%s://%s:%s@%s", scheme, user, "\x00", tail)), password) {
+		// A redis:// URL's lone name is its password.
+		format := "%s://%s:%s@%s"
+		if user == "" && strings.EqualFold(scheme, "redis") {
+			format = "%s://%s%s@%s"
+		}
+		raw := fmt.Sprintf(format, scheme, user, password, tail)
+		if strings.Contains(redact.URL(fmt.Sprintf(format, scheme, user, "\x00", tail)), password) {
 			return // the password's text is also in the rest of the string
 		}
 		if got := redact.URL(raw); strings.Contains(got, password) {

@@ -186,8 +186,6 @@ func TestInboxClaimExpires(t *testing.T) {
 	}
 }
 
-// TestInboxTakenMarker: a claim marks its dispatch taken, outliving the
-// claim itself; a claim refused marks nothing; and a copy of an older
 // TestInboxTakenMarker: MarkTaken marks a dispatch, and every earlier one,
 // taken for its ttl, past the claim; a claim alone marks nothing; and a
 // mark of an older dispatch does not lower the mark.
