@@ -60,12 +60,18 @@ func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.
 	return ok, st, wid, nil
 }
 
-// MarkTaken writes Redis's taken marker. With Redis down there is none to
-// write: the claim in the MongoDB stand-in, which records its dispatch,
-// answers for it (see Taken).
+// MarkTaken writes Redis's taken marker. While Redis is down there is none
+// to write: the claim, taken in the MongoDB stand-in, records its dispatch
+// and answers for it (see Taken). If Redis fails between a claim it took
+// and this mark, the error stands: the processor makes no call without a
+// mark, and the copy, requeued, is claimed in the stand-in.
 func (g *guards) MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error {
-	g.fallback(g.redis.MarkTaken(ctx, id, seq, ttl))
-	return nil
+	wasDown := g.down.Load()
+	err := g.redis.MarkTaken(ctx, id, seq, ttl)
+	if !g.fallback(err) || wasDown {
+		return nil
+	}
+	return err
 }
 
 func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
