@@ -337,13 +337,20 @@ func TestSweepRecoversAnUnpublishedFastPathEntry(t *testing.T) {
 	a := testenv.App(t, env)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "orphan"}, now)
-	m.Status = message.StatusProcessing
-	e := message.NewOutboxEntry(m.ID, 0, now.Add(10*time.Second), now)
-	e.PublishedAt, e.FastPath = &now, true
-	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
-		t.Fatal(err)
+	// fastPathStored stores a message as the fast path does, just before
+	// it publishes it.
+	fastPathStored := func(content string) message.Message {
+		t.Helper()
+		m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: content}, now)
+		m.Status = message.StatusProcessing
+		e := message.NewOutboxEntry(m.ID, 0, now.Add(10*time.Second), now)
+		e.PublishedAt, e.FastPath = &now, true
+		if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
+	m := fastPathStored("orphan")
 	r := a.Relay(nil)
 	r.Now = func() time.Time { return now.Add(2 * time.Minute) }
 	s, err := r.Pass(ctx)
@@ -362,13 +369,7 @@ func TestSweepRecoversAnUnpublishedFastPathEntry(t *testing.T) {
 	// dispatch and died: that counts, and with no retries allowed the
 	// message is dead-lettered, as a message that brings its processor
 	// down must run out of attempts.
-	m2 := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "crasher"}, now)
-	m2.Status = message.StatusProcessing
-	e2 := message.NewOutboxEntry(m2.ID, 0, now.Add(10*time.Second), now)
-	e2.PublishedAt, e2.FastPath = &now, true
-	if err := a.Store.CreateMessage(ctx, m2, e2); err != nil {
-		t.Fatal(err)
-	}
+	m2 := fastPathStored("crasher")
 	if err := a.Redis.MarkTaken(ctx, m2.ID, 0, time.Hour); err != nil {
 		t.Fatal(err)
 	}
