@@ -854,24 +854,37 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 			t.Errorf("WebhookTimeout refuses %s, which fits the processor", c)
 		}
 	}
-	accepted := 0
-	for _, c := range candidates {
-		if !re.MatchString(c) {
-			continue
-		}
-		accepted++
-		d, err := time.ParseDuration(c)
-		if err != nil || d <= 0 {
-			t.Errorf("WebhookTimeout accepts %q, which is no positive Go duration", c)
-			continue
+	accepted := durationsAccepted(t, "WebhookTimeout", re, candidates)
+	for c, d := range accepted {
+		if d <= 0 {
+			t.Errorf("WebhookTimeout accepts %q, which is no positive duration", c)
 		}
 		if d > limit {
 			t.Errorf("WebhookTimeout accepts %s: with the processor's %d s timeout, at most %s leaves half of an invocation for deliveries", c, secs, limit)
 		}
 	}
-	if accepted < 30 {
-		t.Errorf("WebhookTimeout's pattern accepts only %d of the usual values", accepted)
+	if len(accepted) < 30 {
+		t.Errorf("WebhookTimeout's pattern accepts only %d of the usual values", len(accepted))
 	}
+}
+
+// durationsAccepted returns the candidates a parameter's pattern re
+// accepts, parsed; one that is no Go duration is reported, not returned.
+func durationsAccepted(t *testing.T, param string, re *regexp.Regexp, candidates []string) map[string]time.Duration {
+	t.Helper()
+	accepted := map[string]time.Duration{}
+	for _, c := range candidates {
+		if !re.MatchString(c) {
+			continue
+		}
+		d, err := time.ParseDuration(c)
+		if err != nil {
+			t.Errorf("%s accepts %q, which is no Go duration", param, c)
+			continue
+		}
+		accepted[c] = d
+	}
+	return accepted
 }
 
 // TestTemplateStaleDurationFitsTheConfig: every StaleDuration the template
@@ -887,17 +900,8 @@ func TestTemplateStaleDurationFitsTheConfig(t *testing.T) {
 		candidates = append(candidates, fmt.Sprintf("%dm", n), fmt.Sprintf("%ds", n), fmt.Sprintf("%dh", n/10))
 	}
 	candidates = append(candidates, "1h30m", "90s", "0s", "4m0s", "720m", "721m", "13h")
-	accepted := 0
-	for _, c := range candidates {
-		if !re.MatchString(c) {
-			continue
-		}
-		accepted++
-		d, err := time.ParseDuration(c)
-		if err != nil {
-			t.Errorf("StaleDuration accepts %q, which is no Go duration", c)
-			continue
-		}
+	accepted := durationsAccepted(t, "StaleDuration", re, candidates)
+	for c, d := range accepted {
 		cfg := config.Default()
 		cfg.WebhookTimeout, cfg.StaleDuration = 30*time.Second, d
 		if err := cfg.Validate(); err != nil {
@@ -909,8 +913,8 @@ func TestTemplateStaleDurationFitsTheConfig(t *testing.T) {
 			t.Errorf("StaleDuration refuses %s", c)
 		}
 	}
-	if accepted < 700 {
-		t.Errorf("StaleDuration's pattern accepts only %d of the usual values", accepted)
+	if len(accepted) < 700 {
+		t.Errorf("StaleDuration's pattern accepts only %d of the usual values", len(accepted))
 	}
 }
 

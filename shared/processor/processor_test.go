@@ -283,24 +283,31 @@ func (s halfRecorded) RecordOutcomes(ctx context.Context, os []message.Outcome) 
 	return errs
 }
 
+// failedCallRequeued delivers a message to a webhook answering 503 through
+// a processor whose store is wrap's, and checks that the copy is requeued.
+func failedCallRequeued(t *testing.T, wrap func(processor.Store) processor.Store) (*fixture, message.Envelope) {
+	t.Helper()
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	p := f.processor(t)
+	p.Store = wrap(p.Store)
+	if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("with the outcome not written in full: %+v, want a requeue", r)
+	}
+	return f, env
+}
+
 // TestHalfRecordedFailureReleasesTheClaim: a failure whose retry reached the
 // message (its seq moved on) but not its outbox entries is recorded as far
 // as the claim goes: the claim is released, so that the next dispatch's
 // copy is not taken for a live holder's duplicate.
 func TestHalfRecordedFailureReleasesTheClaim(t *testing.T) {
-	f := setup(t, 0, nil)
-	f.code.Store(http.StatusServiceUnavailable)
-	env := f.published(t)
-	ctx := context.Background()
-	p := f.processor(t)
-	p.Store = halfRecorded{p.Store}
-	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
-		t.Fatalf("with the outcome half written: %+v, want a requeue", r)
-	}
+	f, env := failedCallRequeued(t, func(s processor.Store) processor.Store { return halfRecorded{s} })
 	if m := f.message(t, env.ID); m.Seq != 1 || m.Status != message.StatusUnsent {
 		t.Fatalf("after the half-written outcome: %s seq %d, want UNSENT at seq 1", m.Status, m.Seq)
 	}
-	if st, _, err := f.a.Redis.Peek(ctx, env.ID); err != nil || st != outbox.InboxNone {
+	if st, _, err := f.a.Redis.Peek(context.Background(), env.ID); err != nil || st != outbox.InboxNone {
 		t.Fatalf("inbox after the half-written outcome: %v %v, want the claim released", st, err)
 	}
 }
@@ -309,15 +316,8 @@ func TestHalfRecordedFailureReleasesTheClaim(t *testing.T) {
 // be recorded keeps its claim, so that the requeued copy does not call the
 // webhook again at once, with no backoff and no attempt counted.
 func TestUnrecordedFailureKeepsTheClaim(t *testing.T) {
-	f := setup(t, 0, nil)
-	f.code.Store(http.StatusServiceUnavailable)
-	env := f.published(t)
+	f, env := failedCallRequeued(t, func(s processor.Store) processor.Store { return recordFails{s} })
 	ctx := context.Background()
-	p := f.processor(t)
-	p.Store = recordFails{p.Store}
-	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
-		t.Fatalf("with outcome writes failing: %+v, want a requeue", r)
-	}
 	if st, _, err := f.a.Redis.Peek(ctx, env.ID); err != nil || st != outbox.InboxInProgress {
 		t.Fatalf("inbox after the unrecorded call: %v %v, want the claim kept", st, err)
 	}
