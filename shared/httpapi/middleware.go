@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -253,7 +254,9 @@ func requireAPIKey(key string) func(http.Handler) http.Handler {
 func problemRouter(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, pattern := mux.Handler(r)
-		if pattern != "" {
+		// For a path not in its clean form ServeMux gives the pattern the
+		// clean path matches but a handler that redirects there.
+		if pattern != "" && isClean(r.URL.Path) {
 			if st := stateFrom(r.Context()); st != nil {
 				st.pattern = pattern
 			}
@@ -272,12 +275,27 @@ func problemRouter(mux *http.ServeMux) http.Handler {
 			w.Header().Set("Allow", allow)
 			writeStatusProblem(w, r, http.StatusMethodNotAllowed,
 				fmt.Sprintf("method %s is not allowed here; allowed: %s", r.Method, allow))
+		case http.StatusMovedPermanently, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+			// A path not in its clean form (//messages, /messages/./x):
+			// ServeMux's redirect to the clean one, as a problem rather
+			// than its HTML.
+			w.Header().Set("Location", rec.header.Get("Location"))
+			writeStatusProblem(w, r, rec.status, "the path is not in its clean form; send the request to the Location given")
 		default:
-			// A redirect to the cleaned path, or a bad CONNECT: let
-			// ServeMux answer it.
+			// A bad CONNECT: let ServeMux answer it.
 			mux.ServeHTTP(w, r)
 		}
 	})
+}
+
+// isClean reports whether ServeMux serves p as it is rather than
+// redirecting it: p is its own path.Clean, but for a trailing slash.
+func isClean(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // headerRecorder captures the header and status a handler writes and

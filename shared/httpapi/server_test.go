@@ -336,6 +336,23 @@ func TestStatusReport(t *testing.T) {
 	}
 }
 
+// TestUncleanPathRedirectIsAProblem: ServeMux sends a path not in its clean
+// form to the clean one; the answer is a problem like every other error,
+// with the redirect's status and Location, not ServeMux's HTML.
+func TestUncleanPathRedirectIsAProblem(t *testing.T) {
+	ts := newTestServer(t)
+	for _, c := range []struct{ method, path, want string }{
+		{http.MethodGet, "//messages", "/messages"},
+		{http.MethodPost, "/messages/./x/..", "/messages"},
+	} {
+		w := ts.do(t, c.method, c.path, "")
+		p := readProblem(t, w, w.Code, "")
+		if w.Code < 300 || w.Code > 399 || w.Header().Get("Location") != c.want || p.Status != w.Code {
+			t.Errorf("%s %s: %d, Location %q, problem %+v; want a redirect to %s", c.method, c.path, w.Code, w.Header().Get("Location"), p, c.want)
+		}
+	}
+}
+
 // TestStatusHandlerServesOnlyStatus: the status handler serves GET /status
 // alone, and logs its requests to the logger it is given (the process's
 // configured one), not to slog.Default().

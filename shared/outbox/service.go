@@ -88,7 +88,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		if late != nil && rec.MessageID == id {
 			// A new request: its key is given back.
 			if err := s.Store.DeleteIdempotencyRecord(ctx, key, id); err != nil {
-				s.Logger.Warn("could not remove the key of a rejected request; a repeat gets 409 until it expires or IN_PROGRESS_WINDOW passes", "error", err)
+				s.Logger.Warn("could not remove the key of a request rejected for its past sendAt; a repeat within IN_PROGRESS_WINDOW gets 409, a later one is accepted as due now", "error", err)
 			}
 			return message.Message{}, false, late
 		}
