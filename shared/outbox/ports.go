@@ -105,10 +105,13 @@ type Lease interface {
 	Acquire(ctx context.Context, name string, ttl time.Duration) (release func(context.Context), ok bool, err error)
 }
 
-// Inbox is the part of the processor's inbox the stale sweep needs: whether
-// a delivery of the message is in progress or done. See processor.Inbox.
+// Inbox is the part of the processor's inbox the stale sweep needs: the
+// claim, which it holds while it recovers a message so that no processor
+// delivers it meanwhile, or which tells it that a delivery is in progress or
+// done. See processor.Inbox.
 type Inbox interface {
-	Peek(ctx context.Context, id string) (state InboxState, webhookMessageID string, err error)
+	Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (claimed bool, state InboxState, webhookMessageID string, err error)
+	Release(ctx context.Context, id, token string) error
 	// Taken reports whether a processor claimed dispatch seq of message id
 	// (or a later one) lately: within longer than the stale duration.
 	Taken(ctx context.Context, id string, seq int) (bool, error)

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,10 @@ type Summary struct {
 // died, and the entry is published: the processor acknowledges the copy
 // and the stale sweep removes the entry.
 const createGrace = 30 * time.Second
+
+// sweepClaimTTL bounds the claim the stale sweep holds on a message while it
+// recovers it: a few writes, or until a sweep that died lets go.
+const sweepClaimTTL = 30 * time.Second
 
 const leaseName = "outbox-relay"
 
@@ -321,10 +326,24 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		return r.Store.DeleteOutbox(ctx, e.Key)
 	}
 
-	state, wid, err := r.Inbox.Peek(ctx, m.ID)
+	// The sweep takes the message's claim while it decides, as a
+	// processor does before a delivery: a processor that took the claim
+	// first is delivering (or its done marker tells the outcome), and one
+	// that comes after finds it held and leaves the copy alone, so the two
+	// never decide at once (a dead-letter written while the webhook
+	// answers 2xx).
+	token := rand.Text()
+	claimed, state, wid, err := r.Inbox.Claim(ctx, m.ID, token, m.Seq, sweepClaimTTL)
 	if err != nil {
 		log.Warn("inbox unavailable; recovering without it", "error", err)
 		state = InboxNone
+	}
+	if claimed {
+		defer func() {
+			if err := r.Inbox.Release(context.WithoutCancel(ctx), m.ID, token); err != nil {
+				log.Warn("inbox release failed; the sweep's claim will expire", "error", err)
+			}
+		}()
 	}
 	switch state {
 	case InboxInProgress:

@@ -486,3 +486,44 @@ func TestRunForPublishesWhatFallsDueMeanwhile(t *testing.T) {
 		t.Errorf("turned off, the run went on for %s", took)
 	}
 }
+
+// claimProbe is a dead-letter queue that, when notified, tries to claim the
+// message as a processor would, and keeps the answer.
+type claimProbe struct {
+	outbox.DeadLetters
+	a       *app.App
+	claimed *bool
+}
+
+func (p claimProbe) NotifyDeadLetter(ctx context.Context, n message.DeadLetter) error {
+	ok, _, _, err := p.a.Redis.Claim(ctx, n.MessageID, "processor", 0, time.Minute)
+	if err != nil {
+		return err
+	}
+	*p.claimed = ok
+	return p.DeadLetters.NotifyDeadLetter(ctx, n)
+}
+
+// TestSweepHoldsTheClaimWhileItRecovers: while the sweep dead-letters a
+// message, no processor can claim it (and deliver it, its 2xx then refused
+// by the FAILED status); once the sweep is done the claim is free again.
+func TestSweepHoldsTheClaimWhileItRecovers(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
+	a, id, r, advance := publishedOnce(t, env)
+	ctx := context.Background()
+	if err := a.Redis.MarkTaken(ctx, id, 0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	claimed := true
+	r.DeadLetters = claimProbe{DeadLetters: r.DeadLetters, a: a, claimed: &claimed}
+	advance(2 * time.Minute)
+	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
+		t.Fatalf("stale pass: %+v %v", s, err)
+	}
+	if claimed {
+		t.Fatal("a processor claimed the message while the sweep dead-lettered it")
+	}
+	if ok, _, _, err := a.Redis.Claim(ctx, id, "later", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim after the sweep: %v %v, want the sweep's claim released", ok, err)
+	}
+}
