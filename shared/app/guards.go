@@ -88,14 +88,6 @@ func (g *guards) Release(ctx context.Context, id, token string) error {
 	return nil
 }
 
-func (g *guards) Peek(ctx context.Context, id string) (outbox.InboxState, string, error) {
-	st, wid, err := g.redis.Peek(ctx, id)
-	if g.fallback(err) {
-		return g.mongo.PeekInbox(ctx, id)
-	}
-	return st, wid, nil
-}
-
 // Taken asks Redis, and with Redis down the MongoDB stand-in, which knows
 // only the claims taken while Redis was down: its "no" is no answer, so
 // that the sweep counts the dispatch rather than guess it was never taken.

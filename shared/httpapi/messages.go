@@ -127,17 +127,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, al
 	}
 	// Exactly one value: anything after it but white space is an error.
 	var extra json.RawMessage
-	switch err := dec.Decode(&extra); {
-	case err == io.EOF:
-		return nil
-	case err == nil:
-	default:
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return tooLarge(maxBody)
-		}
+	if err := dec.Decode(&extra); err != io.EOF {
+		return message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
 	}
-	return message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
+	return nil
 }
 
 // loneSurrogate reports whether a JSON text holds a \u escape of a UTF-16

@@ -74,20 +74,18 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 		overall := HealthOK
 		checks := make(map[string]CheckResult, len(h.Checks))
 		for i, c := range h.Checks {
-			if results[i].Status == HealthOK {
-				checks[c.Name] = results[i]
-				continue
-			}
-			logFailure(c.Name, results[i].Error)
-			if !reveal {
-				results[i].Error = ""
+			if results[i].Status != HealthOK {
+				logFailure(c.Name, results[i].Error)
+				if !reveal {
+					results[i].Error = ""
+				}
+				if c.Critical {
+					overall = HealthDown
+				} else if overall == HealthOK {
+					overall = HealthDegraded
+				}
 			}
 			checks[c.Name] = results[i]
-			if c.Critical {
-				overall = HealthDown
-			} else if overall == HealthOK {
-				overall = HealthDegraded
-			}
 		}
 
 		report := map[string]any{}

@@ -38,7 +38,10 @@ func TestCreateRequestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.req.Validate(now, message.DefaultMaxContentLength)
+			err := tt.req.ValidateShape(message.DefaultMaxContentLength)
+			if err == nil {
+				err = tt.req.ValidateSendAt(now)
+			}
 			if tt.field == "" {
 				if err != nil {
 					t.Fatalf("want valid, got %v", err)

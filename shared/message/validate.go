@@ -15,16 +15,10 @@ type CreateRequest struct {
 	SendAt  *time.Time `json:"sendAt,omitempty"`
 }
 
-// Validate checks r against the rules of the API: to in E.164 syntax,
-// content of 1..maxContent code points, sendAt (if given) in the future.
-func (r CreateRequest) Validate(now time.Time, maxContent int) error {
-	if err := r.ValidateShape(maxContent); err != nil {
-		return err
-	}
-	return r.ValidateSendAt(now)
-}
-
-// ValidateShape is Validate without the check that depends on the time.
+// ValidateShape checks r against the rules of the API that do not depend
+// on the time: to in E.164 syntax, content of 1..maxContent code points.
+// ValidateSendAt checks the rest. They are apart because an idempotent
+// repeat is looked up between the two (see outbox.Service.Create).
 func (r CreateRequest) ValidateShape(maxContent int) error {
 	if r.To == "" {
 		return FieldError("to", "is required")

@@ -398,10 +398,11 @@ func findEntries(ctx context.Context, c *mongo.Collection, filter bson.D, opts *
 
 // MarkProcessing moves the message of each entry from UNSENT to PROCESSING
 // if it is still at the entry's Seq, and returns the IDs of the messages
-// that do not exist or are at an earlier Seq than their entry. One unordered bulkWrite of per-_id updates: each
-// reaches SQLite by _id on FerretDB, where the condition on seq and status
-// is then checked in Go, not atomically, on the message read first. A real
-// MongoDB checks atomically, and one find by _id tells the missing ones.
+// that do not exist or are at an earlier Seq than their entry. One
+// unordered bulkWrite of per-_id updates: each reaches SQLite by _id on
+// FerretDB, where the condition on seq and status is then checked in Go,
+// not atomically, on the message read first. A real MongoDB checks
+// atomically, and one find by _id tells the messages not ready.
 func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) ([]string, error) {
 	if len(entries) == 0 {
 		return nil, nil

@@ -112,8 +112,9 @@ type Lease interface {
 type Inbox interface {
 	Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (claimed bool, state InboxState, webhookMessageID string, err error)
 	Release(ctx context.Context, id, token string) error
-	// Taken reports whether a processor claimed dispatch seq of message id
-	// (or a later one) lately: within longer than the stale duration.
+	// Taken reports whether a processor was about to call the webhook for
+	// dispatch seq of message id (or a later one) lately: within longer
+	// than the stale duration.
 	Taken(ctx context.Context, id string, seq int) (bool, error)
 }
 

@@ -354,7 +354,8 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 func (p *Processor) deadLetter(ctx context.Context, log *slog.Logger, o message.Outcome) Result {
 	n := message.DeadLetter{MessageID: o.MessageID, Reason: o.FailureReason, LastError: o.LastError, Attempts: o.Attempts, FailedAt: o.At}
 	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
-		return p.releaseIfRecorded(ctx, log, o, Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)})
+		// Nothing written: the claim stays (see releaseIfRecorded).
+		return Result{Action: Requeue, MessageID: o.MessageID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
 	}
 	return p.releaseIfRecorded(ctx, log, o, p.record(ctx, log, o, message.OutcomeFailed))
 }
