@@ -45,6 +45,8 @@ func (s *system) consume(ctx context.Context, a *app.App, p *processor.Processor
 		Prefetch:     a.Config.Prefetch,
 		Concurrency:  a.Config.ProcessorConcurrency,
 		DrainTimeout: a.Config.WebhookTimeout + 5*time.Second,
+		// A delivery cancelled by the drain still records its answer.
+		SettleTimeout: processor.RecordTimeout + 5*time.Second,
 	}
 	var pause backoff
 	return a.Rabbit.Consume(ctx, opts, func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {

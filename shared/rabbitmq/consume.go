@@ -67,8 +67,12 @@ type ConsumeOptions struct {
 	// Concurrency is the number of handlers running at once; default 1.
 	Concurrency int
 	// DrainTimeout bounds the wait for running handlers when Consume stops;
-	// default 30 s.
+	// default 30 s. Then their contexts are cancelled.
 	DrainTimeout time.Duration
+	// SettleTimeout bounds the wait, after that, for the cancelled handlers
+	// to return: one that was recording what a webhook answered finishes
+	// it rather than leave the answer unknown. Default 15 s.
+	SettleTimeout time.Duration
 }
 
 func (o ConsumeOptions) withDefaults(t Topology) ConsumeOptions {
@@ -83,6 +87,9 @@ func (o ConsumeOptions) withDefaults(t Topology) ConsumeOptions {
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
+	}
+	if o.SettleTimeout <= 0 {
+		o.SettleTimeout = 15 * time.Second
 	}
 	return o
 }
@@ -122,7 +129,8 @@ var consumerSeq atomic.Uint64
 // says. It blocks until ctx is cancelled or the Client is closed, and then
 // stops gracefully: it cancels the subscription, hands prefetched deliveries
 // that no handler started back to the queue, waits up to opts.DrainTimeout
-// for running handlers and settles what they return, and returns nil.
+// for running handlers and settles what they return, then cancels the
+// handlers' context and waits up to opts.SettleTimeout more, and returns nil.
 //
 // If the connection or channel drops, Consume re-subscribes with backoff.
 // Deliveries received on the dead channel can no longer be settled; the
@@ -188,6 +196,14 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 		c.log.Warn("consume: drain timeout; cancelling handlers still running, their deliveries go back to the queue",
 			"queue", opts.Queue, "drain_timeout", opts.DrainTimeout)
 		cancelHandlers()
+		settle := time.NewTimer(opts.SettleTimeout)
+		select {
+		case <-finished:
+		case <-settle.C:
+			c.log.Warn("consume: handlers still running after the settle timeout; closing their channel",
+				"queue", opts.Queue, "settle_timeout", opts.SettleTimeout)
+		}
+		settle.Stop()
 	}
 	// Closing the channel returns anything still unacknowledged.
 	if ch != nil {
@@ -298,6 +314,12 @@ func pump(ctx context.Context, deliveries <-chan amqp.Delivery, jobs chan<- amqp
 		case d, ok := <-deliveries:
 			if !ok {
 				return ctx.Err() != nil
+			}
+			if ctx.Err() != nil {
+				// Both were ready and select chose the delivery: a
+				// stopping consumer starts no new work.
+				_ = d.Nack(false, true)
+				return true
 			}
 			select {
 			case jobs <- d:

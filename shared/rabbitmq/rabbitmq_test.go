@@ -792,3 +792,74 @@ func TestDrainTimeoutCancelsStuckHandlers(t *testing.T) {
 	waitFor(t, 2*time.Second, "the handler to see its context cancelled", sawCancel.Load)
 	waitFor(t, 5*time.Second, "the message back in the queue", func() bool { return depth(t, conn, topo.Queue) == 1 })
 }
+
+// TestCancelledHandlersSettle: a handler still running at the drain timeout
+// sees its context cancelled, and Consume waits up to SettleTimeout for it
+// to return (a processor records the webhook's answer then) and settles
+// what it returns; one that never returns does not hold Consume past that.
+func TestCancelledHandlersSettle(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		after    time.Duration // how long the handler works on after the cancel
+		wantAck  bool
+		maxTotal time.Duration
+	}{
+		{name: "finishes within the settle timeout", after: 300 * time.Millisecond, wantAck: true, maxTotal: 3 * time.Second},
+		{name: "never finishes", after: time.Hour, wantAck: false, maxTotal: 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := adminConn(t)
+			topo := newTopology(t, conn)
+			c := dial(t, topo)
+			publishAll(t, c, envelopes("settle", 1))
+			started := make(chan struct{})
+			var returned atomic.Bool
+			stuck := make(chan struct{})
+			t.Cleanup(func() { close(stuck) })
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- c.Consume(ctx, rabbitmq.ConsumeOptions{DrainTimeout: 100 * time.Millisecond, SettleTimeout: time.Second},
+					func(hctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+						close(started)
+						<-hctx.Done()
+						select {
+						case <-time.After(tc.after):
+						case <-stuck:
+						}
+						returned.Store(true)
+						return rabbitmq.Ack
+					})
+			}()
+			<-started
+			begin := time.Now()
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Consume: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Consume did not return")
+			}
+			if d := time.Since(begin); d > tc.maxTotal {
+				t.Errorf("Consume took %s to return", d)
+			}
+			if got := returned.Load(); got != tc.wantAck {
+				t.Fatalf("handler returned before Consume: %v, want %v", got, tc.wantAck)
+			}
+			want := 1
+			if tc.wantAck {
+				want = 0
+			}
+			waitFor(t, 5*time.Second, "the queue to settle", func() bool { return depth(t, conn, topo.Queue) == want })
+			if tc.wantAck {
+				// The ack stays an ack: nothing comes back.
+				time.Sleep(300 * time.Millisecond)
+				if n := depth(t, conn, topo.Queue); n != 0 {
+					t.Fatalf("queue holds %d after the handler acked", n)
+				}
+			}
+		})
+	}
+}
