@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"errors"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -37,9 +38,13 @@ func NewLocalBreaker(s BreakerSettings) *LocalBreaker {
 		Interval:     s.Window,
 		BucketPeriod: max(s.Window/10, time.Second),
 		Timeout:      s.Cooldown,
+		// A delivery that stopped short of the call says nothing about
+		// the webhook, and in half-open state must give its slot back.
+		IsExcluded: func(err error) bool { return errors.Is(err, ErrNotCalled) },
 		ReadyToTrip: func(c gobreaker.Counts) bool {
-			return int(c.Requests) >= s.MinRequests &&
-				float64(c.TotalFailures) >= s.FailureRatio*float64(c.Requests)
+			calls := c.Requests - min(c.TotalExclusions, c.Requests)
+			return int(calls) >= s.MinRequests &&
+				float64(c.TotalFailures) >= s.FailureRatio*float64(calls)
 		},
 	}
 	if s.OnStateChange != nil {

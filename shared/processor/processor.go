@@ -45,9 +45,23 @@ type Result struct {
 	Err     error
 }
 
+// RecordTimeout bounds the writes that record a webhook call's answer (the
+// done marker, the outcome, a dead-letter notification). They run on after
+// the delivery's own context ends, so a consumer that stops waits for them
+// at least this long (rabbitmq.ConsumeOptions.SettleTimeout).
+const RecordTimeout = 10 * time.Second
+
+// releaseTimeout bounds the release of a claim.
+const releaseTimeout = 5 * time.Second
+
+// ErrNotCalled is what a delivery reports to its Breaker's done when it
+// stopped before calling the webhook: the breaker counts it neither as a
+// success nor as a failure.
+var ErrNotCalled = errors.New("the webhook was not called")
+
 // Breaker guards the webhook. Allow returns an error while the circuit is
 // open; otherwise the caller reports the call's failure (nil for success)
-// to done.
+// to done, or ErrNotCalled if it made no call after all.
 type Breaker interface {
 	Allow() (done func(err error), err error)
 	State() string
@@ -266,13 +280,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			}
 		}
 	}
-	// From here on the webhook may be called. Without the mark a crash in
-	// the call would not count as an attempt, and a message that brings
-	// its processor down would never run out of them: no call without it.
-	if err := p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL); err != nil {
-		p.release(ctx, log, m.ID)
-		return Result{Action: Requeue, MessageID: m.ID, Err: fmt.Errorf("mark taken: %w", err)}
-	}
+	// The breaker first: a message it holds back is never taken.
 	var done func(error)
 	if p.Breaker != nil {
 		d, err := p.Breaker.Allow()
@@ -282,8 +290,25 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 		}
 		done = d
 	}
+	// From here on the webhook may be called. Without the mark a crash in
+	// the call would not count as an attempt, and a message that brings
+	// its processor down would never run out of them: no call without it.
+	if err := p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL); err != nil {
+		if done != nil {
+			done(ErrNotCalled)
+		}
+		p.release(ctx, log, m.ID)
+		return Result{Action: Requeue, MessageID: m.ID, Err: fmt.Errorf("mark taken: %w", err)}
+	}
 
 	resp, sendErr := p.Sender.Send(ctx, m)
+	// The webhook has answered (or the call failed, perhaps after it
+	// reached the webhook): what it did must be recorded even if ctx ends
+	// now, at a drain timeout or close to a Lambda deadline. Abandoned,
+	// a 2xx would leave neither the done marker nor SENT behind, and the
+	// redelivered copy would call the webhook again.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
+	defer cancel()
 	class, reason := Classify(resp, sendErr)
 	if p.Timing != nil && sendErr == nil {
 		p.Timing("webhook", resp.Duration)
@@ -413,9 +438,14 @@ func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outc
 // claimTokenKey is the context key of the token Handle claimed with.
 type claimTokenKey struct{}
 
-// release drops the claim Handle took on id, if it is still Handle's.
+// release drops the claim Handle took on id, if it is still Handle's. It
+// does so even when ctx has ended (a cancelled rate-limit wait, a drain
+// timeout): a claim left behind makes the requeued copy count an attempt
+// for a call that was never made.
 func (p *Processor) release(ctx context.Context, log *slog.Logger, id string) {
 	token, _ := ctx.Value(claimTokenKey{}).(string)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
 	if err := p.Inbox.Release(ctx, id, token); err != nil {
 		log.Warn("inbox release failed; the claim will expire", "error", err)
 	}

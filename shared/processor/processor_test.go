@@ -472,6 +472,11 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	if f.calls.Load() != calls {
 		t.Fatal("the webhook was called with the breaker open")
 	}
+	// Not taken either: had the deferral failed to be written, the stale
+	// sweep would have counted an attempt for it.
+	if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
+		t.Fatalf("Taken with the breaker open = %v, %v; want false", taken, err)
+	}
 	if err := webhook.Check(context.Background()); err == nil {
 		t.Fatal("webhook check with the circuit open: ok, want a failure (the status report's degraded)")
 	}
@@ -659,5 +664,88 @@ func TestTakenMarksOnlyDispatchesThatReachedTheWebhook(t *testing.T) {
 	}
 	if taken, err := f.a.Redis.Taken(ctx, env.ID, env.Seq); err != nil || !taken {
 		t.Fatalf("Taken after a call = %v, %v; want true", taken, err)
+	}
+}
+
+// cancelAfterSend cancels the delivery's context the moment the webhook
+// has answered, as a drain timeout or a Lambda deadline can.
+type cancelAfterSend struct {
+	processor.Sender
+	cancel context.CancelFunc
+}
+
+func (s cancelAfterSend) Send(ctx context.Context, m message.Message) (message.WebhookResponse, error) {
+	resp, err := s.Sender.Send(ctx, m)
+	s.cancel()
+	return resp, err
+}
+
+// TestAnswerIsRecordedAfterTheDeliveryIsCancelled: a delivery cancelled
+// right after the webhook answered still records the answer, so that a
+// redelivered copy neither calls the webhook again nor counts the call as
+// lost.
+func TestAnswerIsRecordedAfterTheDeliveryIsCancelled(t *testing.T) {
+	for _, tc := range []struct {
+		code     int
+		outcome  string
+		status   message.Status
+		attempts int
+	}{
+		{code: http.StatusAccepted, outcome: message.OutcomeDelivered, status: message.StatusSent, attempts: 1},
+		{code: http.StatusServiceUnavailable, outcome: message.OutcomeRetry, status: message.StatusUnsent, attempts: 1},
+		{code: http.StatusBadRequest, outcome: message.OutcomeFailed, status: message.StatusFailed, attempts: 1},
+	} {
+		t.Run(http.StatusText(tc.code), func(t *testing.T) {
+			f := setup(t, 0, nil)
+			f.code.Store(int32(tc.code))
+			env := f.published(t)
+			p := f.processor(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			p.Sender = cancelAfterSend{Sender: p.Sender, cancel: cancel}
+			if r := p.Handle(ctx, body(env), false); r.Action != processor.Ack || r.Outcome != tc.outcome {
+				t.Fatalf("Handle: %+v, want an ack with %s", r, tc.outcome)
+			}
+			m := f.message(t, env.ID)
+			if m.Status != tc.status || m.Attempts != tc.attempts {
+				t.Fatalf("message: %s after %d attempts, want %s after %d", m.Status, m.Attempts, tc.status, tc.attempts)
+			}
+			// The broker's copy, had the ack been lost: no second call, and
+			// no attempt counted for the first one.
+			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Action != processor.Ack {
+				t.Fatalf("redelivered copy: %+v", r)
+			}
+			if m := f.message(t, env.ID); m.Attempts != tc.attempts {
+				t.Fatalf("after the redelivered copy: %d attempts, want %d", m.Attempts, tc.attempts)
+			}
+			if n := f.calls.Load(); n != 1 {
+				t.Fatalf("webhook called %d times, want 1", n)
+			}
+		})
+	}
+}
+
+// TestCancelledRateLimitWaitReleasesTheClaim: a delivery cancelled while it
+// waits for the outbound rate limit gives its claim back, so the copy the
+// broker hands out again is delivered, not taken for a dispatch lost in a
+// call and charged an attempt.
+func TestCancelledRateLimitWaitReleasesTheClaim(t *testing.T) {
+	f := setup(t, 0, map[string]string{"WEBHOOK_RATE_LIMIT": "1", "WEBHOOK_RATE_BURST": "1"})
+	p := f.processor(t)
+	first := f.published(t)
+	if r := p.Handle(context.Background(), body(first), false); r.Outcome != message.OutcomeDelivered {
+		t.Fatalf("first: %+v", r)
+	}
+	env := f.published(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("cancelled in the rate limit's wait: %+v, want a requeue", r)
+	}
+	if r := p.Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
+		t.Fatalf("the copy handed out again: %+v, want it delivered", r)
+	}
+	if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
+		t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
 	}
 }
