@@ -117,37 +117,41 @@ func (g *Group[T]) drain() {
 
 // flushOne writes the next batch. It returns false, giving up its flush
 // slot, when nothing is pending.
+//
+// Calls whose callers gave up are dropped as the batch is gathered and do
+// not count towards MaxBatch: during a slow or failing store, callers that
+// time out would otherwise fill the batches, and the queue behind them
+// would grow with every retrying client.
 func (g *Group[T]) flushOne() bool {
 	g.mu.Lock()
-	if len(g.pending) == 0 {
-		g.inFlight--
-		g.mu.Unlock()
-		return false
-	}
-	n := min(len(g.pending), g.maxBatch())
-	batch := make([]*call[T], n)
-	copy(batch, g.pending)
-	rest := copy(g.pending, g.pending[n:])
-	clear(g.pending[rest:])
-	g.pending = g.pending[:rest]
-	g.mu.Unlock()
-
-	live := make([]*call[T], 0, n)
-	items := make([]T, 0, n)
-	for _, c := range batch {
+	limit := g.maxBatch()
+	live := make([]*call[T], 0, min(len(g.pending), limit))
+	n := 0
+	for ; n < len(g.pending) && len(live) < limit; n++ {
+		c := g.pending[n]
 		if err := c.ctx.Err(); err != nil && c.state.CompareAndSwap(waiting, abandoned) {
 			c.err = err
 			close(c.done)
 			continue
 		}
-		if !c.state.CompareAndSwap(waiting, taken) {
-			continue // its caller has gone
-		}
-		live = append(live, c)
-		items = append(items, c.item)
+		if c.state.CompareAndSwap(waiting, taken) {
+			live = append(live, c)
+		} // else its caller has gone
 	}
+	rest := copy(g.pending, g.pending[n:])
+	clear(g.pending[rest:])
+	g.pending = g.pending[:rest]
 	if len(live) == 0 {
-		return true
+		// Only abandoned calls were left: nothing is pending now.
+		g.inFlight--
+		g.mu.Unlock()
+		return false
+	}
+	g.mu.Unlock()
+
+	items := make([]T, len(live))
+	for i, c := range live {
+		items[i] = c.item
 	}
 	if g.Observe != nil {
 		g.Observe(len(items))

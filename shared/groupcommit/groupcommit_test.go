@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,5 +204,56 @@ func waitPending[T any](t *testing.T, g *groupcommit.Group[T], n int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d calls pending, want %d", groupcommit.Pending(g), n)
 		}
+	}
+}
+
+// TestGroupAbandonedCallsDoNotFillBatches: calls whose callers gave up
+// while a slow flush ran are dropped as the next batch is gathered, and do
+// not take the places of live calls queued among them.
+func TestGroupAbandonedCallsDoNotFillBatches(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	var mu sync.Mutex
+	var batches [][]string
+	g := &groupcommit.Group[string]{MaxBatch: 2, Flush: func(_ context.Context, xs []string) []error {
+		mu.Lock()
+		batches = append(batches, slices.Clone(xs))
+		mu.Unlock()
+		if xs[0] == "first" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}}
+	go func() { _ = g.Do(context.Background(), "first") }()
+	<-entered
+	var live sync.WaitGroup
+	for i := range 3 {
+		// A caller that gives up, then one that waits, and so on.
+		ctx, cancel := context.WithCancel(context.Background())
+		gaveUp := make(chan error)
+		go func() { gaveUp <- g.Do(ctx, fmt.Sprint("gave up ", i)) }()
+		waitPending(t, g, 2*i+1)
+		live.Go(func() {
+			if err := g.Do(context.Background(), fmt.Sprint("live ", i)); err != nil {
+				t.Errorf("live call: %v", err)
+			}
+		})
+		waitPending(t, g, 2*i+2)
+		cancel()
+		if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+			t.Fatalf("call given up: %v", err)
+		}
+	}
+	close(release)
+	live.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	want := [][]string{{"first"}, {"live 0", "live 1"}, {"live 2"}}
+	if !reflect.DeepEqual(batches, want) {
+		t.Fatalf("batches %q, want %q", batches, want)
+	}
+	if n := groupcommit.Pending(g); n != 0 {
+		t.Fatalf("%d calls left pending", n)
 	}
 }
