@@ -74,6 +74,9 @@ const createGrace = 30 * time.Second
 // recovers it: a few writes, or until a sweep that died lets go.
 const sweepClaimTTL = 30 * time.Second
 
+// markTimeout bounds the write that records a batch the broker confirmed.
+const markTimeout = 10 * time.Second
+
 const leaseName = "outbox-relay"
 
 // Pass sweeps stale entries, then publishes due entries in batches until
@@ -111,13 +114,15 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 		}()
 	}
 
+	// The budget starts with the pass, sweep included: the lease must not
+	// expire under a running pass.
+	budget := r.Now().Add(r.LeaseTTL / 2)
 	// Sweep first, so that what it puts back in the outbox is published in
 	// this same pass.
 	var sweepErr error
 	if r.sweepDue() {
 		sweepErr = r.Sweep(ctx, &sum)
 	}
-	budget := r.Now().Add(r.LeaseTTL / 2)
 	if dl, ok := ctx.Deadline(); ok {
 		// Stop well before the deadline (a Lambda invocation's): the
 		// batch in flight must still be confirmed and recorded.
@@ -256,8 +261,12 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[stri
 	sum.Failed += len(envs) - len(keys)
 	if len(keys) > 0 {
 		// Only now is the entry recorded as published. A crash before this
-		// line leaves it due, and the next pass publishes it again.
-		if err := r.Store.MarkPublished(ctx, keys, r.Now().UTC()); err != nil {
+		// line leaves it due, and the next pass publishes it again. A pass
+		// stopped meanwhile (SIGTERM, a Lambda deadline) still records what
+		// the broker confirmed, rather than have it all published twice.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+		defer cancel()
+		if err := r.Store.MarkPublished(mctx, keys, r.Now().UTC()); err != nil {
 			return len(entries), fmt.Errorf("mark published: %w", err)
 		}
 		r.observe("published", len(keys))

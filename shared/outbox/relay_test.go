@@ -527,3 +527,69 @@ func TestSweepHoldsTheClaimWhileItRecovers(t *testing.T) {
 		t.Fatalf("claim after the sweep: %v %v, want the sweep's claim released", ok, err)
 	}
 }
+
+// cancelAfterPublish stops the pass the moment the broker has confirmed a
+// batch, as SIGTERM or a Lambda deadline can.
+type cancelAfterPublish struct {
+	outbox.Publisher
+	cancel context.CancelFunc
+}
+
+func (p cancelAfterPublish) PublishConfirmed(ctx context.Context, envs []message.Envelope) ([]message.Envelope, error) {
+	confirmed, err := p.Publisher.PublishConfirmed(ctx, envs)
+	p.cancel()
+	return confirmed, err
+}
+
+// TestStoppedPassRecordsWhatWasConfirmed: a pass stopped right after the
+// broker confirmed a batch still marks the batch published, so the next
+// pass does not publish it all again.
+func TestStoppedPassRecordsWhatWasConfirmed(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	accept(t, a, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := a.Relay(nil)
+	r.Publisher = cancelAfterPublish{Publisher: r.Publisher, cancel: cancel}
+	if s, err := r.Pass(ctx); err != nil || s.Published != 3 {
+		t.Fatalf("stopped pass: %+v %v", s, err)
+	}
+	if s, err := a.Relay(nil).Pass(context.Background()); err != nil || s.Published != 0 {
+		t.Fatalf("next pass: %+v %v, want nothing published again", s, err)
+	}
+	if n := len(testenv.Drain(t, env["RABBITMQ_QUEUE"])); n != 3 {
+		t.Fatalf("queue holds %d copies, want 3", n)
+	}
+}
+
+// slowSweep makes the stale sweep's scan take a whole lease on the relay's
+// clock.
+type slowSweep struct {
+	outbox.Store
+	advance func()
+}
+
+func (s slowSweep) StaleOutbox(ctx context.Context, before time.Time, limit int) ([]message.OutboxEntry, error) {
+	s.advance()
+	return s.Store.StaleOutbox(ctx, before, limit)
+}
+
+// TestPassBudgetCountsTheSweep: the time a pass may publish for starts
+// with the pass, so a sweep that took the lease's time leaves none, and the
+// lease cannot expire under a pass still publishing.
+func TestPassBudgetCountsTheSweep(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	accept(t, a, 3)
+	r := a.Relay(nil)
+	var offset atomic.Int64
+	r.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	r.Store = slowSweep{Store: r.Store, advance: func() { offset.Add(int64(r.LeaseTTL)) }}
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 0 {
+		t.Fatalf("pass whose sweep took the lease's time: %+v %v, want nothing published", s, err)
+	}
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 3 {
+		t.Fatalf("next pass: %+v %v", s, err)
+	}
+}
