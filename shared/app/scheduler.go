@@ -23,6 +23,9 @@ type StoreScheduler struct {
 	mu       sync.Mutex
 	cached   message.SchedulerState
 	cachedAt time.Time
+	// sets counts the changes made through this process, so that a read
+	// begun before one does not replace what it wrote.
+	sets uint64
 }
 
 // gateCacheTTL bounds how long the API's fast path trusts the state it last
@@ -66,6 +69,7 @@ func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) 
 	}
 	s.mu.Lock()
 	s.cached, s.cachedAt = state, time.Now()
+	s.sets++
 	s.mu.Unlock()
 	return s.Status(ctx)
 }
@@ -74,7 +78,7 @@ func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) 
 func (s *StoreScheduler) Gate() outbox.Gate {
 	return func(ctx context.Context) (bool, error) {
 		s.mu.Lock()
-		state, fresh := s.cached, time.Since(s.cachedAt) < gateCacheTTL
+		state, fresh, sets := s.cached, time.Since(s.cachedAt) < gateCacheTTL, s.sets
 		s.mu.Unlock()
 		if !fresh {
 			var err error
@@ -82,7 +86,13 @@ func (s *StoreScheduler) Gate() outbox.Gate {
 				return false, err
 			}
 			s.mu.Lock()
-			s.cached, s.cachedAt = state, time.Now()
+			if s.sets == sets {
+				s.cached, s.cachedAt = state, time.Now()
+			} else {
+				// A start or stop through this process landed while
+				// the read ran: it is newer than what was read.
+				state = s.cached
+			}
 			s.mu.Unlock()
 		}
 		return state == message.SchedulerStarted, nil

@@ -1,0 +1,63 @@
+package app_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
+)
+
+// heldRead makes its first read of the scheduler state wait, having read,
+// until release closes.
+type heldRead struct {
+	outbox.Store
+	held    atomic.Bool
+	reading chan struct{}
+	release chan struct{}
+}
+
+func (h *heldRead) SchedulerState(ctx context.Context, def message.SchedulerState) (message.SchedulerState, time.Time, error) {
+	state, at, err := h.Store.SchedulerState(ctx, def)
+	if h.held.CompareAndSwap(false, true) {
+		close(h.reading)
+		<-h.release
+	}
+	return state, at, err
+}
+
+// TestGateSeesAStopMadeDuringItsRead: a stop made through this process
+// while the fast path's gate was reading the state is seen by the next
+// request at once, not replaced by the older state the read brought back.
+func TestGateSeesAStopMadeDuringItsRead(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	sched := a.LocalScheduler()
+	if _, err := sched.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // past the gate's cache
+	held := &heldRead{Store: sched.Store, reading: make(chan struct{}), release: make(chan struct{})}
+	sched.Store = held
+	gate := sched.Gate()
+	during := make(chan bool)
+	go func() {
+		open, err := gate(ctx)
+		if err != nil {
+			t.Errorf("gate: %v", err)
+		}
+		during <- open
+	}()
+	<-held.reading
+	if _, err := sched.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(held.release)
+	<-during // begun before the stop: either answer is right
+	if open, err := gate(ctx); err != nil || open {
+		t.Fatalf("gate right after the stop = %v, %v; want closed", open, err)
+	}
+}
