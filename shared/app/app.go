@@ -285,17 +285,27 @@ func (a *App) alertDeadLetters() {
 // Lambda function adapts it.
 func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler {
 	var mw []func(http.Handler) http.Handler
+	checks := a.Checks()
 	if r := a.Config.APIRateLimit; r > 0 {
 		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
 			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)
 		}
 		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger, &a.inboundDegraded))
+		// Redis can answer PING and still fail the limit's script (an
+		// ACL without EVAL, a key of the wrong type): the report says
+		// when the limit is off.
+		checks = append(checks, httpapi.Check{Name: "api_rate_limit", Check: func(context.Context) error {
+			if a.inboundDegraded.Load() {
+				return errors.New("the API rate limit cannot reach Redis and lets every request through")
+			}
+			return nil
+		}})
 	}
 	return httpapi.NewServer(httpapi.Options{
 		Middleware: mw,
 		Messages:   a.Service(gate),
 		Scheduler:  sched,
-		Health: httpapi.Health{Service: "api", Checks: a.Checks(), Info: func(ctx context.Context) map[string]any {
+		Health: httpapi.Health{Service: "api", Checks: checks, Info: func(ctx context.Context) map[string]any {
 			n, err := a.FailedMessages(ctx)
 			if err != nil {
 				return map[string]any{"failedMessages": nil}

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/redistest"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -180,5 +182,51 @@ func TestDeadLetterAlertIsRateLimited(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "dead-letter queue above its alert threshold"); n != 1 {
 		t.Fatalf("%d warnings for 3 counts within a minute, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestStatusReportsARateLimitFailingOpen: when Redis answers PING but the
+// rate limit's script fails (here a key of the wrong type), requests go
+// through and GET /status says degraded until the limit works again.
+func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"API_RATE_LIMIT": "100", "API_RATE_BURST": "100"})
+	a := testenv.App(t, env)
+	sched := a.LocalScheduler()
+	srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+	defer srv.Close()
+	status := func() string {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Status string }
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		return body.Status
+	}
+	if s := status(); s != "ok" {
+		t.Fatalf("status before: %s, want ok", s)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: redistest.Addr})
+	defer rdb.Close()
+	key := env["REDIS_KEY_PREFIX"] + "inbound:ip:127.0.0.1"
+	if err := rdb.RPush(t.Context(), key, "not a rate").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if resp := post(t, srv.URL); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("with the limit failing: %d, want 202 (it fails open)", resp.StatusCode)
+	}
+	if s := status(); s != "degraded" {
+		t.Fatalf("status with the limit failing open: %s, want degraded", s)
+	}
+	if err := rdb.Del(t.Context(), key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	post(t, srv.URL)
+	if s := status(); s != "ok" {
+		t.Fatalf("status once the limit works again: %s, want ok", s)
 	}
 }
