@@ -6,9 +6,13 @@
 # embedded MongoDB under /data.
 #
 #   docker build -t rms:local .
-#   docker run --rm -p 127.0.0.1:8080:8080 \
-#     -e RABBITMQ_URI=amqp://guest:guest@host.docker.internal:5672/ \
+#   docker run --rm -p 127.0.0.1:8080:8080 --add-host=host.docker.internal:host-gateway \
+#     -e RABBITMQ_URI=amqp://rms:<password>@host.docker.internal:5672/ \
 #     -e REDIS_URI=host.docker.internal:6379 rms:local
+#
+# RabbitMQ's guest user may only connect from loopback, which a container is
+# not: give the broker a user of its own (rabbitmqctl add_user, then
+# set_permissions), and let RabbitMQ and Redis listen beyond 127.0.0.1.
 
 # The build runs on the builder's own platform and cross-compiles, which is
 # fast and needs no emulation: the binary is pure Go (FerretDB's SQLite
