@@ -13,7 +13,7 @@ import (
 // as a failure nor as a call, and gives its half-open slot back.
 func TestBreakerIgnoresDeliveriesThatMadeNoCall(t *testing.T) {
 	b := processor.NewLocalBreaker(processor.BreakerSettings{
-		Name: "test", FailureRatio: 0.5, MinRequests: 2, Window: time.Minute, Cooldown: 50 * time.Millisecond,
+		Name: "test", FailureRatio: 0.5, MinRequests: 2, Window: time.Minute, Cooldown: time.Second,
 	})
 	call := func(result error) {
 		t.Helper()
@@ -36,7 +36,7 @@ func TestBreakerIgnoresDeliveriesThatMadeNoCall(t *testing.T) {
 	if s := b.State(); s != "open" {
 		t.Fatalf("after two failures in three calls: %s, want open", s)
 	}
-	time.Sleep(60 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	// Half-open lets three trial calls through; ones not made give their
 	// slot back.
 	for range 10 {

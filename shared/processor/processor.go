@@ -45,10 +45,12 @@ type Result struct {
 	Err     error
 }
 
-// RecordTimeout bounds the writes that record a webhook call's answer (the
-// done marker, the outcome, a dead-letter notification). They run on after
-// the delivery's own context ends, so a consumer that stops waits for them
-// at least this long (rabbitmq.ConsumeOptions.SettleTimeout).
+// RecordTimeout bounds each write that records a webhook call's answer
+// (the done marker, the outcome, a dead-letter notification). They run on
+// after the delivery's own context ends, so a consumer that stops waits for
+// them a little longer (rabbitmq.ConsumeOptions.SettleTimeout). In Lambda
+// the invocation's deadline still ends the process; there the reserve
+// before a record starts (HandleRabbitMQEvent) leaves them their time.
 const RecordTimeout = 10 * time.Second
 
 // releaseTimeout bounds the release of a claim.
@@ -113,7 +115,9 @@ func (p *Processor) outcomes() *groupcommit.Group[message.Outcome] {
 			// transaction at a time, and the outcomes that arrive
 			// meanwhile make the next batch larger.
 			MaxInFlight: 1,
-			Timeout:     30 * time.Second,
+			// A caller waits for a flush that took its outcome: this
+			// bounds that wait as RecordTimeout bounds the rest.
+			Timeout: RecordTimeout,
 		}
 	})
 	return p.outcomeGroup
@@ -293,20 +297,28 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	// From here on the webhook may be called. Without the mark a crash in
 	// the call would not count as an attempt, and a message that brings
 	// its processor down would never run out of them: no call without it.
-	if err := p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL); err != nil {
+	//
+	// A delivery stopped by now (a drain timeout) makes no call either:
+	// the call would fail at once, and be counted as an attempt and as a
+	// failure of the webhook.
+	err := ctx.Err()
+	if err == nil {
+		err = p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL)
+	}
+	if err != nil {
 		if done != nil {
 			done(ErrNotCalled)
 		}
 		p.release(ctx, log, m.ID)
-		return Result{Action: Requeue, MessageID: m.ID, Err: fmt.Errorf("mark taken: %w", err)}
+		return Result{Action: Requeue, MessageID: m.ID, Err: fmt.Errorf("before the webhook call: %w", err)}
 	}
 
 	resp, sendErr := p.Sender.Send(ctx, m)
 	// The webhook has answered (or the call failed, perhaps after it
 	// reached the webhook): what it did must be recorded even if ctx ends
-	// now, at a drain timeout or close to a Lambda deadline. Abandoned,
-	// a 2xx would leave neither the done marker nor SENT behind, and the
-	// redelivered copy would call the webhook again.
+	// now, at a consumer's drain timeout. Abandoned, a 2xx would leave
+	// neither the done marker nor SENT behind, and the redelivered copy
+	// would call the webhook again.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
 	class, reason := Classify(resp, sendErr)

@@ -725,27 +725,52 @@ func TestAnswerIsRecordedAfterTheDeliveryIsCancelled(t *testing.T) {
 	}
 }
 
-// TestCancelledRateLimitWaitReleasesTheClaim: a delivery cancelled while it
-// waits for the outbound rate limit gives its claim back, so the copy the
-// broker hands out again is delivered, not taken for a dispatch lost in a
-// call and charged an attempt.
-func TestCancelledRateLimitWaitReleasesTheClaim(t *testing.T) {
-	f := setup(t, 0, map[string]string{"WEBHOOK_RATE_LIMIT": "1", "WEBHOOK_RATE_BURST": "1"})
-	p := f.processor(t)
-	first := f.published(t)
-	if r := p.Handle(context.Background(), body(first), false); r.Outcome != message.OutcomeDelivered {
-		t.Fatalf("first: %+v", r)
-	}
-	env := f.published(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
-		t.Fatalf("cancelled in the rate limit's wait: %+v, want a requeue", r)
-	}
-	if r := p.Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
-		t.Fatalf("the copy handed out again: %+v, want it delivered", r)
-	}
-	if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
-		t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
+// limiterThen answers every reservation with wait, after calling then.
+type limiterThen struct {
+	wait time.Duration
+	then func()
+}
+
+func (l limiterThen) Reserve(context.Context, time.Duration) (time.Duration, bool, error) {
+	l.then()
+	return l.wait, true, nil
+}
+
+// TestCancelledBeforeTheCallReleasesTheClaim: a delivery cancelled before
+// its webhook call (in the rate limit's wait, or just before the call)
+// makes no call and gives its claim back, so the copy the broker hands out
+// again is delivered, not taken for a dispatch lost in a call and charged
+// an attempt.
+func TestCancelledBeforeTheCallReleasesTheClaim(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait time.Duration
+	}{
+		{name: "in the rate limit's wait", wait: time.Minute},
+		{name: "just before the call", wait: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t, 0, nil)
+			env := f.published(t)
+			p := f.processor(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			p.Limiter = limiterThen{wait: tc.wait, then: cancel}
+			if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
+				t.Fatalf("cancelled: %+v, want a requeue", r)
+			}
+			if n := f.calls.Load(); n != 0 {
+				t.Fatalf("webhook called %d times by a cancelled delivery", n)
+			}
+			if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
+				t.Fatalf("Taken after a cancelled delivery = %v, %v; want false", taken, err)
+			}
+			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
+				t.Fatalf("the copy handed out again: %+v, want it delivered", r)
+			}
+			if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
+				t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
+			}
+		})
 	}
 }
