@@ -292,11 +292,11 @@ func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler
 		}
 		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger, &a.inboundDegraded))
 		// Redis can answer PING and still fail the limit's script (an
-		// ACL without EVAL, a key of the wrong type): the report says
-		// when the limit is off.
-		checks = append(checks, httpapi.Check{Name: "api_rate_limit", Check: func(context.Context) error {
-			if a.inboundDegraded.Load() {
-				return errors.New("the API rate limit cannot reach Redis and lets every request through")
+		// ACL without EVAL, a key of the wrong type): the report runs
+		// the script on a key of its own.
+		checks = append(checks, httpapi.Check{Name: "api_rate_limit", Check: func(ctx context.Context) error {
+			if _, _, err := allow(ctx, "status-probe"); err != nil {
+				return fmt.Errorf("the API rate limit fails, so it lets every request through: %w", err)
 			}
 			return nil
 		}})

@@ -186,8 +186,8 @@ func TestDeadLetterAlertIsRateLimited(t *testing.T) {
 }
 
 // TestStatusReportsARateLimitFailingOpen: when Redis answers PING but the
-// rate limit's script fails (here a key of the wrong type), requests go
-// through and GET /status says degraded until the limit works again.
+// rate limit's script fails (here on keys of the wrong type), requests go
+// through and GET /status says degraded, until the script works again.
 func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
 	env := testenv.Env(t, map[string]string{"API_RATE_LIMIT": "100", "API_RATE_BURST": "100"})
 	a := testenv.App(t, env)
@@ -212,9 +212,14 @@ func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: redistest.Addr})
 	defer rdb.Close()
-	key := env["REDIS_KEY_PREFIX"] + "inbound:ip:127.0.0.1"
-	if err := rdb.RPush(t.Context(), key, "not a rate").Err(); err != nil {
-		t.Fatal(err)
+	keys := []string{env["REDIS_KEY_PREFIX"] + "inbound:ip:127.0.0.1", env["REDIS_KEY_PREFIX"] + "inbound:status-probe"}
+	for _, key := range keys {
+		if err := rdb.Del(t.Context(), key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.RPush(t.Context(), key, "not a rate").Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if resp := post(t, srv.URL); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("with the limit failing: %d, want 202 (it fails open)", resp.StatusCode)
@@ -222,10 +227,9 @@ func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
 	if s := status(); s != "degraded" {
 		t.Fatalf("status with the limit failing open: %s, want degraded", s)
 	}
-	if err := rdb.Del(t.Context(), key).Err(); err != nil {
+	if err := rdb.Del(t.Context(), keys...).Err(); err != nil {
 		t.Fatal(err)
 	}
-	post(t, srv.URL)
 	if s := status(); s != "ok" {
 		t.Fatalf("status once the limit works again: %s, want ok", s)
 	}

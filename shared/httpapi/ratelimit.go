@@ -35,6 +35,10 @@ func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger, degraded *at
 			}
 			ok, wait, err := allow(r.Context(), clientKey(r, isKey))
 			if err != nil {
+				if r.Context().Err() != nil {
+					// The client went away: that says nothing about Redis.
+					return
+				}
 				if degraded.CompareAndSwap(false, true) {
 					logger.Warn("inbound rate limit unavailable; letting requests through", "error", err)
 				}
