@@ -193,7 +193,7 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 	select {
 	case <-finished:
 	case <-timer.C:
-		c.log.Warn("consume: drain timeout; cancelling handlers still running, their deliveries go back to the queue",
+		c.log.Warn("consume: drain timeout; cancelling handlers still running",
 			"queue", opts.Queue, "drain_timeout", opts.DrainTimeout)
 		cancelHandlers()
 		settle := time.NewTimer(opts.SettleTimeout)
