@@ -100,6 +100,9 @@ type managedConn struct {
 	blockWhy  string
 	lastErr   error
 	downSince time.Time
+	// missingSince is when redeclare was first asked for since it last
+	// ran; redeclared is when it last ran.
+	missingSince, redeclared time.Time
 }
 
 func newManagedConn(parent context.Context, uri, name string, topo Topology, log *slog.Logger) *managedConn {
@@ -291,6 +294,61 @@ func (m *managedConn) declare(ctx context.Context, conn *amqp.Connection) error 
 	}
 	_ = ch.Close()
 	return nil
+}
+
+// redeclareAfter is how long refusals that point at a missing queue or
+// exchange go on before a connection declares the topology again, and
+// redeclareEvery how often it does so at most. The wait matters: a quorum
+// queue deleted and declared again at once can leave its consumers
+// attached to neither queue, uncancelled (seen on RabbitMQ 3.10), where a
+// second's wait lets the broker cancel them first, so that they subscribe
+// again.
+const (
+	redeclareAfter = 2 * time.Second
+	redeclareEvery = 5 * time.Second
+)
+
+// redeclare declares the topology again on the live connection once the
+// refusals have gone on for redeclareAfter, at most once every
+// redeclareEvery. The topology is declared at each connect; a queue or
+// exchange deleted while the connection stays up (by hand, by a broker
+// policy) would otherwise refuse every publish and subscription until the
+// process restarts. Messages in a deleted queue are gone, but not from the
+// outbox: the stale sweep publishes them again.
+func (m *managedConn) redeclare(ctx context.Context) {
+	m.mu.Lock()
+	conn := m.conn
+	now := time.Now()
+	if m.missingSince.IsZero() {
+		m.missingSince = now
+	}
+	due := now.Sub(m.missingSince) >= redeclareAfter && now.Sub(m.redeclared) >= redeclareEvery
+	if due {
+		m.missingSince, m.redeclared = time.Time{}, now
+	}
+	m.mu.Unlock()
+	if !due || conn == nil || conn.IsClosed() {
+		return
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = Declare(ctx, ch, m.topo)
+		_ = ch.Close()
+	}
+	if err != nil {
+		m.log.Warn("rabbitmq: declaring the topology again failed", "err", err)
+		return
+	}
+	m.log.Warn("rabbitmq: a queue or exchange was missing; declared the topology again",
+		"exchange", m.topo.Exchange, "queue", m.topo.Queue, "dlq", m.topo.DeadLetterQueue)
+}
+
+// missingTopology reports whether err says that a queue or exchange does not
+// exist: a 404 from the broker, or a message returned as unroutable.
+func missingTopology(err error) bool {
+	var amqpErr *amqp.Error
+	var unroutable *unroutableError
+	return errors.As(err, &unroutable) || errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound
 }
 
 // get returns the live connection, waiting for a reconnect within ctx.

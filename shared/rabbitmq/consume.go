@@ -240,6 +240,10 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 			if !subscribed && permanent(err) {
 				return nil, fmt.Errorf("consume queue %q: %w", opts.Queue, err)
 			}
+			if missingTopology(err) {
+				// The queue went away after Consume started.
+				mc.redeclare(ctx)
+			}
 			c.log.Warn("consume: subscribe failed; retrying", "queue", opts.Queue, "attempt", attempt+1, "err", err)
 			continue
 		}

@@ -176,6 +176,11 @@ func (c *Client) publish(ctx context.Context, exchange, key string, msgs []outgo
 	if lastErr != nil {
 		errs = append(errs, lastErr)
 	}
+	if missingTopology(errors.Join(errs...)) {
+		// The caller publishes again later (the outbox keeps what was
+		// refused): by then the queue or exchange is back.
+		c.pub.redeclare(ctx)
+	}
 	n := 0
 	for _, a := range acked {
 		if !a {
@@ -187,6 +192,12 @@ func (c *Client) publish(ctx context.Context, exchange, key string, msgs []outgo
 }
 
 var errConfirmsOutstanding = errors.New("gave up waiting for confirms")
+
+// unroutableError is the refusal of messages the broker returned because no
+// queue was bound for them.
+type unroutableError struct{ msg string }
+
+func (e *unroutableError) Error() string { return e.msg }
 
 // attemptResult is what one channel made of a publish.
 type attemptResult struct {
@@ -335,8 +346,8 @@ drain:
 
 	var refusals []error
 	if unroutable > 0 {
-		refusals = append(refusals, fmt.Errorf("%d returned by the broker as unroutable (%d %s): is the queue for routing key %q declared and bound to exchange %q?",
-			unroutable, sample.ReplyCode, sample.ReplyText, key, exchange))
+		refusals = append(refusals, &unroutableError{fmt.Sprintf("%d returned by the broker as unroutable (%d %s): is the queue for routing key %q declared and bound to exchange %q?",
+			unroutable, sample.ReplyCode, sample.ReplyText, key, exchange)})
 	}
 	if nacked > 0 {
 		refusals = append(refusals, fmt.Errorf("%d nacked by the broker", nacked))

@@ -863,3 +863,66 @@ func TestCancelledHandlersSettle(t *testing.T) {
 		})
 	}
 }
+
+// deleteQueue deletes queue behind the Client's back, as an operator or a
+// broker policy might.
+func deleteQueue(t *testing.T, conn *amqp.Connection, queue string) {
+	t.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatalf("delete queue %s: %v", queue, err)
+	}
+}
+
+// TestQueueDeletedWhileConnectedIsDeclaredAgain: a queue deleted while the
+// Client's connections stay up is declared again once the refusals it
+// causes have gone on for a while, so publishing and consuming resume
+// without a restart.
+func TestQueueDeletedWhileConnectedIsDeclaredAgain(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	k := startConsumer(t, c, rabbitmq.ConsumeOptions{}, nil)
+	publishAll(t, c, envelopes("before", 1))
+	waitFor(t, 10*time.Second, "the first message consumed", func() bool { return k.total.Load() == 1 })
+
+	// publishUntil publishes until the broker takes it, as the relay does
+	// pass after pass.
+	publishUntil := func(what string, publish func(context.Context) error) {
+		t.Helper()
+		refused := 0
+		waitFor(t, 30*time.Second, what, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := publish(ctx); err != nil {
+				refused++
+				time.Sleep(200 * time.Millisecond)
+				return false
+			}
+			return true
+		})
+		if refused == 0 {
+			t.Fatalf("%s: the first publish was taken, with the queue deleted", what)
+		}
+	}
+
+	deleteQueue(t, conn, topo.Queue)
+	envs := envelopes("after", 3)
+	publishUntil("a publish taken once the queue is back", func(ctx context.Context) error {
+		_, err := c.PublishConfirmed(ctx, envs)
+		return err
+	})
+	waitFor(t, 30*time.Second, "the messages after the queue came back consumed", func() bool {
+		return k.count("after-0000")+k.count("after-0001")+k.count("after-0002") == 3
+	})
+
+	deleteQueue(t, conn, topo.DeadLetterQueue)
+	n := message.DeadLetter{MessageID: "dead", Reason: "test", FailedAt: time.Now().UTC()}
+	publishUntil("a dead-letter notice taken once its queue is back", func(ctx context.Context) error {
+		return c.NotifyDeadLetter(ctx, n)
+	})
+}
