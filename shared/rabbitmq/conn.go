@@ -100,9 +100,9 @@ type managedConn struct {
 	blockWhy  string
 	lastErr   error
 	downSince time.Time
-	// missingSince is when redeclare was first asked for since it last
-	// ran; redeclared is when it last ran.
-	missingSince, redeclared time.Time
+	// missingSince is when the refusals redeclare hears of began,
+	// missingLast when it last heard of one, redeclared when it last ran.
+	missingSince, missingLast, redeclared time.Time
 }
 
 func newManagedConn(parent context.Context, uri, name string, topo Topology, log *slog.Logger) *managedConn {
@@ -319,12 +319,14 @@ func (m *managedConn) redeclare(ctx context.Context) {
 	m.mu.Lock()
 	conn := m.conn
 	now := time.Now()
-	if m.missingSince.IsZero() {
+	if now.Sub(m.missingLast) > redeclareEvery {
+		// The first refusal in a while: a new spell of them begins.
 		m.missingSince = now
 	}
+	m.missingLast = now
 	due := now.Sub(m.missingSince) >= redeclareAfter && now.Sub(m.redeclared) >= redeclareEvery
 	if due {
-		m.missingSince, m.redeclared = time.Time{}, now
+		m.redeclared = now
 	}
 	m.mu.Unlock()
 	if !due || conn == nil || conn.IsClosed() {
