@@ -164,21 +164,12 @@ func TestGroupSurvivesAPanickingOrShortFlush(t *testing.T) {
 }
 
 func TestGroupCallerGivesUpWhileQueued(t *testing.T) {
-	release := make(chan struct{})
 	var flushed sync.Map
-	entered := make(chan struct{})
-	g := &groupcommit.Group[string]{Flush: func(_ context.Context, xs []string) []error {
+	g, release := heldGroup(0, func(xs []string) {
 		for _, x := range xs {
 			flushed.Store(x, true)
 		}
-		if xs[0] == "first" {
-			close(entered)
-			<-release
-		}
-		return nil
-	}}
-	go func() { _ = g.Do(context.Background(), "first") }()
-	<-entered
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -197,6 +188,24 @@ func TestGroupCallerGivesUpWhileQueued(t *testing.T) {
 	}
 }
 
+// heldGroup returns a group whose flushes tell record their batch, with a
+// call "first" in a flush that holds until release is closed.
+func heldGroup(maxBatch int, record func([]string)) (g *groupcommit.Group[string], release chan struct{}) {
+	release = make(chan struct{})
+	entered := make(chan struct{})
+	g = &groupcommit.Group[string]{MaxBatch: maxBatch, Flush: func(_ context.Context, xs []string) []error {
+		record(xs)
+		if xs[0] == "first" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}}
+	go func() { _ = g.Do(context.Background(), "first") }()
+	<-entered
+	return g, release
+}
+
 // waitPending waits until n calls wait for a batch of g.
 func waitPending[T any](t *testing.T, g *groupcommit.Group[T], n int) {
 	t.Helper()
@@ -211,22 +220,13 @@ func waitPending[T any](t *testing.T, g *groupcommit.Group[T], n int) {
 // while a slow flush ran are dropped as the next batch is gathered, and do
 // not take the places of live calls queued among them.
 func TestGroupAbandonedCallsDoNotFillBatches(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{})
 	var mu sync.Mutex
 	var batches [][]string
-	g := &groupcommit.Group[string]{MaxBatch: 2, Flush: func(_ context.Context, xs []string) []error {
+	g, release := heldGroup(2, func(xs []string) {
 		mu.Lock()
 		batches = append(batches, slices.Clone(xs))
 		mu.Unlock()
-		if xs[0] == "first" {
-			close(entered)
-			<-release
-		}
-		return nil
-	}}
-	go func() { _ = g.Do(context.Background(), "first") }()
-	<-entered
+	})
 	var live sync.WaitGroup
 	for i := range 3 {
 		// A caller that gives up, then one that waits, and so on.
