@@ -69,13 +69,18 @@ func TestScrub(t *testing.T) {
 func FuzzURL(f *testing.F) {
 	f.Add("amqp", "user", "p/a?s#s@w:rd", "host:5672/vhost?x=1")
 	f.Add("Redis", "", "s3cret", "cache:6379")
+	f.Add("Redis", "", "000:", "0") // user "000", empty password: not a lone name
 	f.Fuzz(func(t *testing.T, scheme, user, password, tail string) {
 		if len(password) < 4 || strings.ContainsAny(scheme+user+tail, "@") || strings.Contains(scheme, "://") {
 			return
 		}
-		// A redis:// URL's lone name is its password.
+		// A redis:// URL's lone name is its password; with a colon in it,
+		// it is a user name and a password, and not this case.
 		format := "%s://%s:%s@%s"
 		if user == "" && strings.EqualFold(scheme, "redis") {
+			if strings.Contains(password, ":") {
+				return
+			}
 			format = "%s://%s%s@%s"
 		}
 		raw := fmt.Sprintf(format, scheme, user, password, tail)
