@@ -56,8 +56,6 @@ type App struct {
 	// when it was last logged above its threshold (UnixNano).
 	lastAlert atomic.Int64
 	lastWarn  atomic.Int64
-	// inboundDegraded is set while the API's rate limit fails open.
-	inboundDegraded atomic.Bool
 }
 
 // Open connects to MongoDB (cfg.MongoURI must be set), RabbitMQ and Redis,
@@ -290,7 +288,7 @@ func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler
 		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
 			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)
 		}
-		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger, &a.inboundDegraded))
+		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger))
 		// Redis can answer PING and still fail the limit's script (an
 		// ACL without EVAL, a key of the wrong type): the report runs
 		// the script on a key of its own.

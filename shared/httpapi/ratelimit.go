@@ -24,9 +24,10 @@ type AllowFunc func(ctx context.Context, client string) (ok bool, retryAfter tim
 // guesses are limited too. A client over its limit gets 429 with
 // Retry-After. GET /status is never limited. When allow fails
 // (Redis is down) requests go through: the limit fails open, with a warning
-// in the log at the start and end of each outage, and degraded reports it.
-func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger, degraded *atomic.Bool) func(http.Handler) http.Handler {
+// in the log at the start and end of each outage.
+func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger) func(http.Handler) http.Handler {
 	isKey := keyMatcher(apiKey)
+	var degraded atomic.Bool
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && r.URL.Path == "/status" {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,10 +15,10 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 )
 
-// TestRateLimitDegradedOnlyByItsStore: the limit reports itself degraded
-// when its store fails, not when a client went away during the check, and
-// recovers with the store.
-func TestRateLimitDegradedOnlyByItsStore(t *testing.T) {
+// TestRateLimitFailsOpenOnlyForItsStore: the limit says it fails open
+// (once per outage) when its store fails, not when a client went away
+// during the check, and says when the store answers again.
+func TestRateLimitFailsOpenOnlyForItsStore(t *testing.T) {
 	var storeDown atomic.Bool
 	allow := func(ctx context.Context, _ string) (bool, time.Duration, error) {
 		if err := ctx.Err(); err != nil {
@@ -28,26 +29,33 @@ func TestRateLimitDegradedOnlyByItsStore(t *testing.T) {
 		}
 		return true, 0, nil
 	}
-	var degraded atomic.Bool
-	h := httpapi.RateLimit(allow, "", slog.New(slog.NewTextHandler(&logbuf.Buffer{}, nil)), &degraded)(
+	logs := &logbuf.Buffer{}
+	h := httpapi.RateLimit(allow, "", slog.New(slog.NewTextHandler(logs, nil)))(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	serve := func(ctx context.Context) int {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequestWithContext(ctx, http.MethodPost, "/messages", nil))
 		return w.Code
 	}
+	const down, up = "inbound rate limit unavailable", "inbound rate limit available again"
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
 	serve(gone)
-	if degraded.Load() {
-		t.Fatal("a client that went away marked the limit degraded")
+	if strings.Contains(logs.String(), down) {
+		t.Fatalf("a client that went away made the limit fail open: %s", logs)
 	}
 	storeDown.Store(true)
-	if code := serve(context.Background()); code != http.StatusNoContent || !degraded.Load() {
-		t.Fatalf("with the store down: %d, degraded %v; want it let through and degraded", code, degraded.Load())
+	for range 2 {
+		if code := serve(context.Background()); code != http.StatusNoContent {
+			t.Fatalf("with the store down: %d, want the request let through", code)
+		}
+	}
+	if n := strings.Count(logs.String(), down); n != 1 {
+		t.Fatalf("the outage logged %d times, want once: %s", n, logs)
 	}
 	storeDown.Store(false)
-	if serve(context.Background()); degraded.Load() {
-		t.Fatal("still degraded once the store answers")
+	serve(context.Background())
+	if !strings.Contains(logs.String(), up) {
+		t.Fatalf("no word that the limit works again: %s", logs)
 	}
 }

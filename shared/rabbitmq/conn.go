@@ -288,12 +288,8 @@ func (m *managedConn) declare(ctx context.Context, conn *amqp.Connection) error 
 	if err != nil {
 		return fmt.Errorf("open channel to declare topology: %w", err)
 	}
-	if err := Declare(ctx, ch, m.topo); err != nil {
-		// Closing the connection (which the caller does) ends ch too.
-		return err
-	}
-	_ = ch.Close()
-	return nil
+	defer ch.Close()
+	return Declare(ctx, ch, m.topo)
 }
 
 // redeclareAfter is how long refusals that point at a missing queue or
@@ -332,12 +328,7 @@ func (m *managedConn) redeclare(ctx context.Context) {
 	if !due || conn == nil || conn.IsClosed() {
 		return
 	}
-	ch, err := conn.Channel()
-	if err == nil {
-		err = Declare(ctx, ch, m.topo)
-		_ = ch.Close()
-	}
-	if err != nil {
+	if err := m.declare(ctx, conn); err != nil {
 		m.log.Warn("rabbitmq: declaring the topology again failed", "err", err)
 		return
 	}
