@@ -48,7 +48,7 @@ func (s *system) consume(ctx context.Context, a *app.App, p *processor.Processor
 		// A delivery cancelled by the drain still records its answer.
 		SettleTimeout: processor.RecordTimeout + 5*time.Second,
 	}
-	var pause backoff
+	var pause processor.Backoff
 	return a.Rabbit.Consume(ctx, opts, func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
 		res := p.Handle(ctx, d.Body, d.Redelivered)
 		if res.Action == processor.Requeue {
@@ -56,37 +56,12 @@ func (s *system) consume(ctx context.Context, a *app.App, p *processor.Processor
 			// while before handing the copy back, so that the consumer
 			// stops taking new work instead of spinning through the queue.
 			s.logger.Warn("processing deferred; message returned to the queue", "message_id", res.MessageID, "error", res.Err)
-			pause.sleep(ctx)
+			pause.Wait(ctx)
 			return rabbitmq.NackRequeue
 		}
-		pause.reset()
+		pause.Reset()
 		return rabbitmq.Ack
 	})
-}
-
-// backoff is a shared, growing pause between failures.
-type backoff struct {
-	mu sync.Mutex
-	d  time.Duration
-}
-
-func (b *backoff) sleep(ctx context.Context) {
-	b.mu.Lock()
-	b.d = min(max(2*b.d, 100*time.Millisecond), 5*time.Second)
-	d := b.d
-	b.mu.Unlock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-func (b *backoff) reset() {
-	b.mu.Lock()
-	b.d = 0
-	b.mu.Unlock()
 }
 
 // group runs the parts of a process; the first to fail stops the others.

@@ -23,13 +23,18 @@ func main() {
 	// A record is started only with enough time left for the longest wait
 	// for the rate limiter, one webhook call and the record of its outcome.
 	reserve := p.MaxInlineWait + a.Config.WebhookTimeout + 3*time.Second
+	// A batch that a store failed waits before it goes back, up to 30 s:
+	// the event source mapping invokes one batch at a time, so the wait
+	// holds off the whole consumer during an outage.
+	batches := &processor.Batches{Processor: p, Concurrency: a.Config.ProcessorConcurrency, Reserve: reserve,
+		Pause: processor.Backoff{Max: 30 * time.Second}}
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
 		defer emf.Flush()
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
 			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 5 s by a batch's time at least",
 				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)
 		}
-		sum, err := p.HandleRabbitMQEvent(ctx, ev, a.Config.ProcessorConcurrency, reserve)
+		sum, err := batches.Handle(ctx, ev)
 		if err != nil {
 			a.Logger.Error("batch incomplete; Lambda will redeliver it", "summary", sum, "error", err)
 			return sum, err

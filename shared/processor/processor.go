@@ -69,8 +69,8 @@ type Breaker interface {
 	State() string
 }
 
-// Processor is the per-message delivery logic. All fields but Logger,
-// Limiter and Breaker are required.
+// Processor is the per-message delivery logic. Limiter, Breaker, Observe
+// and Timing may be nil; the other fields are required.
 type Processor struct {
 	Store       Store
 	Inbox       Inbox

@@ -618,19 +618,101 @@ func TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep(t *testing.T) {
 func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
 	f := setup(t, time.Second, nil)
 	p := f.processor(t)
-	ev := events.RabbitMQEvent{EventSource: "aws:rmq", MessagesByQueue: map[string][]events.RabbitMQMessage{}}
-	for range 2 {
-		env := f.published(t)
-		ev.MessagesByQueue["q::/"] = append(ev.MessagesByQueue["q::/"], events.RabbitMQMessage{Data: base64.StdEncoding.EncodeToString(body(env))})
-	}
+	ev := rabbitMQEvent(f.published(t), f.published(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
 	sum, err := p.HandleRabbitMQEvent(ctx, ev, 1, 2*time.Second)
-	if !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotRecorded != 1 || sum.Outcomes[message.OutcomeDelivered] != 1 {
+	if !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotStarted != 1 || sum.NotRecorded != 0 || sum.Outcomes[message.OutcomeDelivered] != 1 {
 		t.Fatalf("summary %+v, error %v; want one delivered and one not started", sum, err)
 	}
 	if n := f.calls.Load(); n != 1 {
 		t.Fatalf("webhook called %d times, want 1", n)
+	}
+}
+
+// rabbitMQEvent is an Amazon MQ event holding envs' bodies.
+func rabbitMQEvent(envs ...message.Envelope) events.RabbitMQEvent {
+	ev := events.RabbitMQEvent{EventSource: "aws:rmq", MessagesByQueue: map[string][]events.RabbitMQMessage{}}
+	for _, env := range envs {
+		ev.MessagesByQueue["q::/"] = append(ev.MessagesByQueue["q::/"], events.RabbitMQMessage{Data: base64.StdEncoding.EncodeToString(body(env))})
+	}
+	return ev
+}
+
+// TestFailedBatchWaitsBeforeItGoesBack: a batch whose records could not be
+// recorded (MongoDB is failing) waits before Lambda gets it back, longer
+// each time, and never past a second before the invocation's deadline; a
+// batch whose stores answered starts the wait over, and so does one cut
+// short only by the deadline.
+func TestFailedBatchWaitsBeforeItGoesBack(t *testing.T) {
+	f := setup(t, 0, nil)
+	ev := rabbitMQEvent(f.published(t))
+	p := f.processor(t)
+	failing := f.processor(t)
+	failing.Store = readFails{failing.Store}
+	b := &processor.Batches{Processor: failing, Concurrency: 4, Reserve: time.Second, Pause: processor.Backoff{Max: time.Minute}}
+	handle := func(timeout time.Duration) (processor.BatchSummary, error, time.Duration, time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		start := time.Now()
+		sum, err := b.Handle(ctx, ev)
+		dl, _ := ctx.Deadline()
+		return sum, err, time.Since(start), time.Until(dl)
+	}
+
+	for i, least := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
+		sum, err, took, _ := handle(time.Minute)
+		if !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotRecorded != 1 {
+			t.Fatalf("failed batch %d: %+v, %v", i+1, sum, err)
+		}
+		if took < least {
+			t.Fatalf("failed batch %d came back after %v, want at least %v", i+1, took, least)
+		}
+	}
+	for range 10 {
+		b.Pause.Next() // to the minute
+	}
+	if _, err, took, left := handle(3 * time.Second); err == nil || took < 1500*time.Millisecond || left < 500*time.Millisecond {
+		t.Fatalf("with a minute's pause due and 3 s to go: came back after %v, %v before the deadline (%v); want about 2 s and 1 s", took, left, err)
+	}
+
+	b.Processor = p
+	if sum, err, _, _ := handle(time.Minute); err != nil || sum.Outcomes[message.OutcomeDelivered] != 1 {
+		t.Fatalf("with the store back: %+v, %v", sum, err)
+	}
+	if d := b.Pause.Next(); d != 100*time.Millisecond {
+		t.Fatalf("after a batch whose stores answered, the next pause is %v, want 100ms", d)
+	}
+
+	b.Processor = failing
+	handle(time.Minute)
+	b.Reserve = time.Hour
+	if sum, err, _, _ := handle(time.Minute); !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotStarted != 1 {
+		t.Fatalf("with no time to start a record: %+v, %v", sum, err)
+	}
+	if d := b.Pause.Next(); d != 100*time.Millisecond {
+		t.Fatalf("after a batch cut short by the deadline only, the next pause is %v, want 100ms", d)
+	}
+}
+
+// TestBackoffGrowsAndStartsOver: the pause doubles from 100 ms to its
+// maximum, and Reset starts it over.
+func TestBackoffGrowsAndStartsOver(t *testing.T) {
+	b := processor.Backoff{Max: time.Second}
+	var got []time.Duration
+	for range 6 {
+		got = append(got, b.Next())
+	}
+	b.Reset()
+	got = append(got, b.Next())
+	want := []time.Duration{100, 200, 400, 800, 1000, 1000, 100}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("pauses %v, want %v ms", got, want)
+		}
+	}
+	if d := (&processor.Backoff{}).Next(); d != 100*time.Millisecond {
+		t.Fatalf("first pause with no maximum set: %v", d)
 	}
 }
 
