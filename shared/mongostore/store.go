@@ -35,6 +35,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
@@ -107,16 +109,7 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 		return nil, errors.New("open mongodb: database name is empty")
 	}
 	shown := redact.URL(uri)
-	opts := options.Client().ApplyURI(uri)
-	if opts.AppName == nil {
-		opts.SetAppName(defaultAppName)
-	}
-	if opts.ConnectTimeout == nil {
-		opts.SetConnectTimeout(defaultConnectTimeout)
-	}
-	if opts.ServerSelectionTimeout == nil {
-		opts.SetServerSelectionTimeout(defaultServerSelectionTimeout)
-	}
+	opts := clientOptions(uri)
 	client, err := mongo.Connect(opts)
 	if err != nil {
 		return nil, scrub(fmt.Errorf("open mongodb %s: %w", shown, err), uri)
@@ -143,6 +136,36 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 		scheduler:   db.Collection(schedulerColl),
 		ferret:      ferret,
 	}, nil
+}
+
+// clientOptions are the URI's options with the defaults of this store.
+//
+// Reads always go to the primary, whatever the URI asks: the processor reads
+// a message milliseconds after the API wrote it, and a replica may not have
+// it yet (DocumentDB's replicas lag up to about 100 ms), which would make a
+// fresh message look unknown or a finished one look unfinished.
+//
+// Writes wait for a majority of the replica set unless the URI sets w: an
+// accepted message must survive a failover. MongoDB 5 and later default to
+// majority already, but not with an arbiter among too few data-bearing
+// members, nor before 5.0; there w:1 lets a rollback drop a write the client
+// was told had succeeded.
+func clientOptions(uri string) *options.ClientOptions {
+	opts := options.Client().ApplyURI(uri)
+	if opts.AppName == nil {
+		opts.SetAppName(defaultAppName)
+	}
+	if opts.ConnectTimeout == nil {
+		opts.SetConnectTimeout(defaultConnectTimeout)
+	}
+	if opts.ServerSelectionTimeout == nil {
+		opts.SetServerSelectionTimeout(defaultServerSelectionTimeout)
+	}
+	opts.SetReadPreference(readpref.Primary())
+	if opts.WriteConcern == nil {
+		opts.SetWriteConcern(writeconcern.Majority())
+	}
+	return opts
 }
 
 // byID is a filter on _id alone: the one form FerretDB answers from an
