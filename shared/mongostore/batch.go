@@ -101,15 +101,23 @@ func insertEach(ctx context.Context, c *mongo.Collection, docs []any) []error {
 }
 
 // spread sets errs from the error of an insertMany or bulkWrite: each write
-// the server named gets its own error, and an error about the whole command
-// goes to every write.
+// the server named gets its own error, a write concern error goes to every
+// other write (each was applied, but not confirmed as durable), and an
+// error about the whole command goes to every write. The whole exception
+// never goes to one write: it reads as a duplicate key when any write in
+// the batch was one.
 func spread(err error, errs []error) {
 	var bwe mongo.BulkWriteException
-	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
+	if !errors.As(err, &bwe) || (bwe.WriteConcernError == nil && len(bwe.WriteErrors) == 0) {
 		for i := range errs {
 			errs[i] = err
 		}
 		return
+	}
+	if bwe.WriteConcernError != nil {
+		for i := range errs {
+			errs[i] = bwe.WriteConcernError
+		}
 	}
 	for _, we := range bwe.WriteErrors {
 		if we.Index >= 0 && we.Index < len(errs) {
