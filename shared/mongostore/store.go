@@ -192,6 +192,13 @@ func (s *Store) Ping(ctx context.Context) error {
 // lacks, TTL indexes among them.
 const codeNotImplemented = 238
 
+// The server's errors for dropping an index, or from a collection, that is
+// not there.
+const (
+	codeNamespaceNotFound = 26
+	codeIndexNotFound     = 27
+)
+
 // EnsureIndexes creates the indexes a real MongoDB needs. Creating an index
 // that exists with the same keys and options is a no-op, so it is safe to
 // call at every start. FerretDB creates the ordinary indexes but uses none of
@@ -209,15 +216,23 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 			Keys:    bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: -1}},
 			Options: options.Index().SetName("status_1__id_-1"),
 		}},
-		// DueOutbox (publishedAt null, dueAt <= now) and StaleOutbox.
+		// DueOutbox (publishedAt null, dueAt <= now, in dueAt and _id
+		// order: with _id in the index, a batch reads its entries in
+		// order instead of sorting every due entry, which a backlog after
+		// an outage would make slow) and StaleOutbox (publishedAt order).
 		{coll: s.outbox, model: mongo.IndexModel{
-			Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}},
-			Options: options.Index().SetName("publishedAt_1_dueAt_1"),
+			Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}, {Key: "_id", Value: 1}},
+			Options: options.Index().SetName("publishedAt_1_dueAt_1__id_1"),
 		}},
 		// StaleOutbox over the fast path's entries.
 		{coll: s.inflight, model: mongo.IndexModel{
 			Keys:    bson.D{{Key: "publishedAt", Value: 1}},
 			Options: options.Index().SetName("publishedAt_1"),
+		}},
+		// ListFailed, oldest first, for the replays.
+		{coll: s.failed(), model: mongo.IndexModel{
+			Keys:    bson.D{{Key: "failedAt", Value: 1}},
+			Options: options.Index().SetName("failedAt_1"),
 		}},
 		{coll: s.idempotency, ttl: true, model: mongo.IndexModel{
 			Keys: bson.D{{Key: "createdAt", Value: 1}},
@@ -235,6 +250,18 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		}
 		if err != nil {
 			return fmt.Errorf("ensure index %s on %s: %w", *indexName(ix.model), ix.coll.Name(), err)
+		}
+	}
+	// Indexes that one above replaced: every write would keep them up to
+	// date for nothing.
+	for _, old := range []struct {
+		coll *mongo.Collection
+		name string
+	}{{s.outbox, "publishedAt_1_dueAt_1"}} {
+		err := old.coll.Indexes().DropOne(ctx, old.name)
+		var ce mongo.CommandError
+		if err != nil && !(errors.As(err, &ce) && (ce.Code == codeIndexNotFound || ce.Code == codeNamespaceNotFound)) {
+			return fmt.Errorf("drop superseded index %s on %s: %w", old.name, old.coll.Name(), err)
 		}
 	}
 	return nil
@@ -386,7 +413,9 @@ func (s *Store) StaleOutbox(ctx context.Context, before time.Time, limit int) ([
 		return nil, nil
 	}
 	filter := bson.D{{Key: "publishedAt", Value: bson.D{{Key: "$lte", Value: before}}}}
-	opts := options.Find().SetSort(bson.D{{Key: "publishedAt", Value: 1}, {Key: "_id", Value: 1}}).SetLimit(int64(limit))
+	// publishedAt alone, which both collections' indexes give in order:
+	// entries published together tie, and any of them will do.
+	opts := options.Find().SetSort(bson.D{{Key: "publishedAt", Value: 1}}).SetLimit(int64(limit))
 	var all []message.OutboxEntry
 	for _, c := range []*mongo.Collection{s.outbox, s.inflight} {
 		entries, err := findEntries(ctx, c, filter, opts)

@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/mongostore"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
@@ -56,6 +60,54 @@ func TestOpenAndPing(t *testing.T) {
 	// though FerretDB refuses the TTL index.
 	if err := s.EnsureIndexes(t.Context()); err != nil {
 		t.Fatalf("ensure indexes again: %v", err)
+	}
+}
+
+// TestEnsureIndexesCoverTheScans: the relay's due entries are read in the
+// order of an index (publishedAt, dueAt, _id), the failures for a replay in
+// failedAt order, and the index the first replaced is dropped.
+func TestEnsureIndexesCoverTheScans(t *testing.T) {
+	ctx := t.Context()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	db := client.Database(fmt.Sprintf("ix%d", dbSeq.Add(1)))
+	if _, err := db.Collection("outbox").Indexes().CreateOne(ctx, mongo.IndexModel{
+		Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}},
+		Options: options.Index().SetName("publishedAt_1_dueAt_1"),
+	}); err != nil {
+		t.Fatalf("the index of an earlier version: %v", err)
+	}
+	s, err := mongostore.Open(ctx, uri, db.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	for range 2 {
+		if err := s.EnsureIndexes(ctx); err != nil {
+			t.Fatalf("ensure indexes: %v", err)
+		}
+	}
+	for coll, want := range map[string][]string{
+		"outbox":          {`{"_id": {"$numberInt":"1"}}`, `{"publishedAt": {"$numberInt":"1"},"dueAt": {"$numberInt":"1"},"_id": {"$numberInt":"1"}}`},
+		"outbox_inflight": {`{"_id": {"$numberInt":"1"}}`, `{"publishedAt": {"$numberInt":"1"}}`},
+		"failed":          {`{"_id": {"$numberInt":"1"}}`, `{"failedAt": {"$numberInt":"1"}}`},
+	} {
+		specs, err := db.Collection(coll).Indexes().ListSpecifications(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, sp := range specs {
+			got = append(got, sp.KeysDocument.String())
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("indexes of %s: %v, want %v", coll, got, want)
+		}
 	}
 }
 
