@@ -928,6 +928,54 @@ func TestTemplateHidesTheWebhookURL(t *testing.T) {
 	}
 }
 
+// TestTemplateSecretArnsAreComplete: a secret's ARN parameter takes the
+// complete ARN, with the six characters Secrets Manager appends to the
+// name. SAM grants the event source mapping secretsmanager:GetSecretValue on
+// the ARN exactly as given, and a partial one matches no secret: the
+// mapping would fail with EVENT_SOURCE_AUTHZ_ERROR after a clean deploy.
+func TestTemplateSecretArnsAreComplete(t *testing.T) {
+	s := samLoad(t)
+	const complete = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rms/mongodb-uri-AbC123"
+	n := 0
+	for _, p := range samEntries(samGet(s.root, "Parameters")) {
+		if !strings.HasSuffix(p.key, "SecretArn") {
+			continue
+		}
+		n++
+		_, re := s.parameterPattern(t, p.key)
+		if !re.MatchString(complete) {
+			t.Errorf("%s refuses the complete ARN %s", p.key, complete)
+		}
+		for _, partial := range []string{
+			"arn:aws:secretsmanager:eu-west-1:123456789012:secret:rms/mongodb-uri",
+			"arn:aws:secretsmanager:eu-west-1:123456789012:secret:rms",
+		} {
+			if re.MatchString(partial) {
+				t.Errorf("%s accepts the partial ARN %s", p.key, partial)
+			}
+		}
+		_, optional := samString(samGet(p.val, "Default"))
+		if re.MatchString("") != optional {
+			t.Errorf("%s: the empty value matches %v; want %v (it has a default: %v)", p.key, re.MatchString(""), optional, optional)
+		}
+	}
+	if n != 5 {
+		t.Errorf("%d secret ARN parameters, want 5", n)
+	}
+}
+
+// TestTemplateProcessorConcurrencyIsAParameter: the processor's deliveries
+// at a time, the lever of its throughput, is set from the stack.
+func TestTemplateProcessorConcurrencyIsAParameter(t *testing.T) {
+	s := samLoad(t)
+	if v := samCanon(s.env("ProcessorFunction")["PROCESSOR_CONCURRENCY"]); v != `Ref("ProcessorConcurrency")` {
+		t.Errorf("ProcessorFunction's PROCESSOR_CONCURRENCY = %s, want !Ref ProcessorConcurrency", v)
+	}
+	if samGet(s.root, "Parameters", "ProcessorConcurrency") == nil {
+		t.Error("no ProcessorConcurrency parameter")
+	}
+}
+
 // TestTemplatePublishWindowFitsThePublisher: the publisher's passes go on
 // for PUBLISH_WINDOW and start only with 5 s of the invocation left
 // (functions/publisher/main.go). Every window the template accepts must end
