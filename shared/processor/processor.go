@@ -102,6 +102,15 @@ type Processor struct {
 
 	outcomesOnce sync.Once
 	outcomeGroup *groupcommit.Group[message.Outcome]
+
+	// handling holds the dispatches (OutboxKey) this process is
+	// delivering. Two copies of one dispatch (the fast path's and the
+	// relay's) can both come back marked redelivered, after a reconnect or
+	// in a Lambda batch handed back; the second, finding the first's claim,
+	// would take it for a dead consumer's and charge an attempt. A copy of
+	// a dispatch in flight here is a duplicate: the first records the
+	// outcome, or is handed back itself.
+	handling sync.Map
 }
 
 // outcomes returns the group that records the outcomes of concurrent
@@ -145,6 +154,11 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) R
 		return p.deadLetterMalformed(ctx, body, err)
 	}
 	log := p.Logger.With("message_id", env.ID, "seq", env.Seq)
+	key := message.OutboxKey(env.ID, env.Seq)
+	if _, busy := p.handling.LoadOrStore(key, struct{}{}); busy {
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+	}
+	defer p.handling.Delete(key)
 
 	token := rand.Text()
 	ctx = context.WithValue(ctx, claimTokenKey{}, token)

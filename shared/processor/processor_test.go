@@ -639,6 +639,54 @@ func rabbitMQEvent(envs ...message.Envelope) events.RabbitMQEvent {
 	return ev
 }
 
+// TestBatchDeliversTwoCopiesOfADispatchOnce: a batch handed back and
+// redelivered holds both copies of a dispatch published twice (by the fast
+// path and the relay), both marked redelivered. One delivery serves both;
+// the second copy does not take the first's claim for a dead consumer's and
+// charge an attempt.
+func TestBatchDeliversTwoCopiesOfADispatchOnce(t *testing.T) {
+	f := setup(t, 300*time.Millisecond, nil)
+	env := f.published(t)
+	again := env
+	again.PublishedAt = env.PublishedAt.Add(time.Second)
+	ev := rabbitMQEvent(env, again)
+	for i := range ev.MessagesByQueue["q::/"] {
+		ev.MessagesByQueue["q::/"][i].Redelivered = true
+	}
+	sum, err := f.processor(t).HandleRabbitMQEvent(context.Background(), ev, 4, time.Second)
+	if err != nil || sum.Outcomes[message.OutcomeDelivered] != 1 || sum.Outcomes["duplicate"] != 1 {
+		t.Fatalf("summary %+v, error %v; want one delivered, one duplicate", sum, err)
+	}
+	m := f.message(t, env.ID)
+	if m.Status != message.StatusSent || m.Attempts != 1 || len(m.Deliveries) != 1 || f.calls.Load() != 1 {
+		t.Fatalf("after the batch: %s, %d attempts, deliveries %+v, %d calls; want SENT after one call", m.Status, m.Attempts, m.Deliveries, f.calls.Load())
+	}
+}
+
+// TestTwoRedeliveredCopiesInOneProcessAreDeliveredOnce: the same, for a
+// consumer that gets both copies back after a reconnect.
+func TestTwoRedeliveredCopiesInOneProcessAreDeliveredOnce(t *testing.T) {
+	f := setup(t, 300*time.Millisecond, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	results := make(chan processor.Result, 2)
+	for range 2 {
+		go func() { results <- p.Handle(context.Background(), body(env), true) }()
+	}
+	got := map[string]int{}
+	for range 2 {
+		r := <-results
+		if r.Action != processor.Ack {
+			t.Fatalf("copy: %+v", r)
+		}
+		got[r.Outcome]++
+	}
+	m := f.message(t, env.ID)
+	if got[message.OutcomeDelivered] != 1 || got["duplicate"] != 1 || m.Attempts != 1 || len(m.Deliveries) != 1 || f.calls.Load() != 1 {
+		t.Fatalf("outcomes %v; message %s, %d attempts, deliveries %+v, %d calls; want one delivery", got, m.Status, m.Attempts, m.Deliveries, f.calls.Load())
+	}
+}
+
 // TestFailedBatchWaitsBeforeItGoesBack: a batch whose records could not be
 // recorded (MongoDB is failing) waits before Lambda gets it back, longer
 // each time, and never past a second before the invocation's deadline; a
