@@ -33,6 +33,18 @@ type guardDoc struct {
 	ExpiresAt time.Time `bson:"expiresAt"`
 	// Seq is the dispatch an inbox claim was taken for.
 	Seq int `bson:"seq,omitempty"`
+	// PurgeAt is when a real MongoDB's TTL index deletes the guard, long
+	// after it expires: an expired claim is still a taken marker (see
+	// TakenInbox) until the stale sweep has dealt with its dispatch.
+	PurgeAt time.Time `bson:"purgeAt"`
+}
+
+// guardKeep is how long a guard outlives its expiry: longer than a taken
+// marker is read (twice the longest STALE_DURATION, 12h, plus a claim).
+const guardKeep = 48 * time.Hour
+
+func newGuard(id, token string, expiresAt time.Time) guardDoc {
+	return guardDoc{ID: id, Token: token, ExpiresAt: expiresAt, PurgeAt: expiresAt.Add(guardKeep)}
 }
 
 func (s *Store) guards() *mongo.Collection { return s.messages.Database().Collection(guardsColl) }
@@ -70,7 +82,9 @@ func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, gu
 // taken marker (see TakenInbox).
 func (s *Store) ClaimInbox(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	now := time.Now()
-	ok, cur, err := s.take(ctx, guardDoc{ID: "inbox:" + id, Token: token, ExpiresAt: now.Add(ttl), Seq: seq}, now)
+	doc := newGuard("inbox:"+id, token, now.Add(ttl))
+	doc.Seq = seq
+	ok, cur, err := s.take(ctx, doc, now)
 	switch {
 	case err != nil:
 		return false, outbox.InboxNone, "", fmt.Errorf("claim inbox in mongodb: %w", err)
@@ -85,7 +99,8 @@ func (s *Store) ClaimInbox(ctx context.Context, id, token string, seq int, ttl t
 
 // CompleteInbox marks id done for ttl.
 func (s *Store) CompleteInbox(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
-	doc := guardDoc{ID: "inbox:" + id, Token: newToken(), Done: true, WebhookID: webhookMessageID, ExpiresAt: time.Now().Add(ttl)}
+	doc := newGuard("inbox:"+id, newToken(), time.Now().Add(ttl))
+	doc.Done, doc.WebhookID = true, webhookMessageID
 	_, err := s.guards().ReplaceOne(ctx, bson.D{{Key: "_id", Value: doc.ID}}, doc, options.Replace().SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("complete inbox in mongodb: %w", err)
@@ -143,7 +158,7 @@ func (s *Store) TakenInbox(ctx context.Context, id string, seq int) (bool, error
 // AcquireLease is the durable stand-in for the Redis relay lease.
 func (s *Store) AcquireLease(ctx context.Context, name string, ttl time.Duration) (func(context.Context), bool, error) {
 	now := time.Now()
-	doc := guardDoc{ID: "lease:" + name, Token: newToken(), ExpiresAt: now.Add(ttl)}
+	doc := newGuard("lease:"+name, newToken(), now.Add(ttl))
 	ok, _, err := s.take(ctx, doc, now)
 	if err != nil || !ok {
 		return nil, false, err

@@ -203,8 +203,9 @@ const (
 // that exists with the same keys and options is a no-op, so it is safe to
 // call at every start. FerretDB creates the ordinary indexes but uses none of
 // them (only _id equality reaches SQLite), and it answers NotImplemented for
-// the TTL index: that error is ignored, because the caller checks an
-// idempotency record's age in code and deletes expired ones itself.
+// the TTL indexes: that error is ignored, because the caller checks an
+// idempotency record's age in code and deletes expired ones itself, and the
+// guards, written only while Redis is down, are few.
 func (s *Store) EnsureIndexes(ctx context.Context) error {
 	indexes := []struct {
 		coll  *mongo.Collection
@@ -233,6 +234,12 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		{coll: s.failed(), model: mongo.IndexModel{
 			Keys:    bson.D{{Key: "failedAt", Value: 1}},
 			Options: options.Index().SetName("failedAt_1"),
+		}},
+		// The guards written while Redis was down, once no one reads
+		// them.
+		{coll: s.guards(), ttl: true, model: mongo.IndexModel{
+			Keys:    bson.D{{Key: "purgeAt", Value: 1}},
+			Options: options.Index().SetName("purgeAt_ttl").SetExpireAfterSeconds(0),
 		}},
 		{coll: s.idempotency, ttl: true, model: mongo.IndexModel{
 			Keys: bson.D{{Key: "createdAt", Value: 1}},

@@ -111,6 +111,46 @@ func TestEnsureIndexesCoverTheScans(t *testing.T) {
 	}
 }
 
+// TestGuardsArePurgedLongAfterTheyExpire: every guard written while Redis
+// is down (a claim, a done marker, a lease) carries the time a real
+// MongoDB's TTL index deletes it, two days after it expires: an expired
+// claim is read as a taken marker for up to twice STALE_DURATION.
+func TestGuardsArePurgedLongAfterTheyExpire(t *testing.T) {
+	ctx := t.Context()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	db := client.Database(fmt.Sprintf("guards%d", dbSeq.Add(1)))
+	s, err := mongostore.Open(ctx, uri, db.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if ok, _, _, err := s.ClaimInbox(ctx, "m1", "tok", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if err := s.CompleteInbox(ctx, "m2", "wh", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := s.AcquireLease(ctx, "relay", time.Minute); err != nil || !ok {
+		t.Fatalf("lease: %v %v", ok, err)
+	}
+	for _, id := range []string{"inbox:m1", "inbox:m2", "lease:relay"} {
+		var doc struct {
+			ExpiresAt time.Time `bson:"expiresAt"`
+			PurgeAt   time.Time `bson:"purgeAt"`
+		}
+		if err := db.Collection("guards").FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc); err != nil {
+			t.Fatalf("guard %s: %v", id, err)
+		}
+		if d := doc.PurgeAt.Sub(doc.ExpiresAt); d != 48*time.Hour {
+			t.Errorf("guard %s is purged %v after it expires, want 48h", id, d)
+		}
+	}
+}
+
 func TestOpenErrorsHidePassword(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
