@@ -133,7 +133,7 @@ func (a *App) Service(gate outbox.Gate) *outbox.Service {
 		Logger:           a.Logger,
 		MaxContentLength: a.Config.MaxContentLength,
 		FastPathGrace:    fastPathGrace,
-		IdempotencyTTL:   24 * time.Hour,
+		IdempotencyTTL:   mongostore.IdempotencyTTL,
 		InProgressWindow: 30 * time.Second,
 		FastPathTimeout:  time.Second,
 		Observe:          a.Observe,

@@ -72,8 +72,11 @@ const (
 
 	// DefaultListLimit is the page size of ListMessages when Filter.Limit is 0.
 	DefaultListLimit = 50
-	// idempotencyTTL is how long a real MongoDB keeps idempotency records.
-	idempotencyTTL = 24 * time.Hour
+	// IdempotencyTTL is how long an idempotency key is remembered: the
+	// service checks a record's age against it, and a real MongoDB's TTL
+	// index deletes records older. A change here needs the index changed
+	// too (collMod): creating it again with another expiry fails.
+	IdempotencyTTL = 24 * time.Hour
 )
 
 // Store is a MongoDB store. It is safe for concurrent use.
@@ -244,7 +247,7 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		{coll: s.idempotency, ttl: true, model: mongo.IndexModel{
 			Keys: bson.D{{Key: "createdAt", Value: 1}},
 			Options: options.Index().SetName("createdAt_ttl").
-				SetExpireAfterSeconds(int32(idempotencyTTL / time.Second)),
+				SetExpireAfterSeconds(int32(IdempotencyTTL / time.Second)),
 		}},
 	}
 	// One createIndexes per index: FerretDB fails a whole command that
