@@ -36,7 +36,7 @@ func main() {
 		}
 		sched = s
 	}
-	adapter := httpadapter.New(withStagePrefix(a.APIHandler(sched, sched.Gate())))
+	adapter := httpadapter.New(withPathPrefix(a.APIHandler(sched, sched.Gate()), a.Config.APIBasePath))
 	lambda.Start(func(ctx context.Context, req events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
 		defer emf.Flush()
 		return adapter.ProxyWithContext(ctx, req)

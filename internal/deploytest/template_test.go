@@ -976,6 +976,36 @@ func TestTemplateProcessorConcurrencyIsAParameter(t *testing.T) {
 	}
 }
 
+// TestTemplateApiBasePathFitsTheConfig: every base path the template takes
+// is one the API function's configuration takes and strips as given.
+func TestTemplateApiBasePathFitsTheConfig(t *testing.T) {
+	s := samLoad(t)
+	_, re := s.parameterPattern(t, "ApiBasePath")
+	if v := samCanon(s.env("ApiFunction")["API_BASE_PATH"]); v != `Ref("ApiBasePath")` {
+		t.Errorf("ApiFunction's API_BASE_PATH = %s, want !Ref ApiBasePath", v)
+	}
+	for _, v := range []string{"", "api", "api/v1", "a.b~c-d_e"} {
+		if !re.MatchString(v) {
+			t.Errorf("ApiBasePath refuses %q", v)
+			continue
+		}
+		c, err := config.Load(func(k string) string {
+			if k == "API_BASE_PATH" {
+				return v
+			}
+			return ""
+		})
+		if want := strings.TrimSuffix("/"+v, "/"); err != nil || c.APIBasePath != want {
+			t.Errorf("API_BASE_PATH=%q: %q, %v; want %q", v, c.APIBasePath, err, want)
+		}
+	}
+	for _, v := range []string{"/api", "api/", "api v1", "api//v1"} {
+		if re.MatchString(v) {
+			t.Errorf("ApiBasePath accepts %q", v)
+		}
+	}
+}
+
 // TestTemplatePublishWindowFitsThePublisher: the publisher's passes go on
 // for PUBLISH_WINDOW and start only with 5 s of the invocation left
 // (functions/publisher/main.go). Every window the template accepts must end

@@ -12,6 +12,7 @@ import (
 	"math"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -82,6 +83,12 @@ type Config struct {
 	// in MongoDB.
 	ScheduleName  string // SCHEDULE_NAME
 	ScheduleGroup string // SCHEDULE_GROUP
+	// APIBasePath is the base path that maps the API under a custom
+	// domain in API Gateway (https://api.example.com/<base path>/...).
+	// API Gateway passes it in the request path; the API function strips
+	// it and puts it in front of Location headers. Empty: mapped at the
+	// root. It has a leading slash and no trailing one.
+	APIBasePath string // API_BASE_PATH
 
 	// HTTP.
 	APIAddr       string // API_ADDR
@@ -187,6 +194,12 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("SCHEDULER_INITIAL_STATE", &c.SchedulerInitialState)
 	r.str("SCHEDULE_NAME", &c.ScheduleName)
 	r.str("SCHEDULE_GROUP", &c.ScheduleGroup)
+	r.str("API_BASE_PATH", &c.APIBasePath)
+	if trimmed := strings.Trim(c.APIBasePath, "/"); trimmed != "" {
+		c.APIBasePath = "/" + trimmed
+	} else {
+		c.APIBasePath = ""
+	}
 	r.str("API_ADDR", &c.APIAddr)
 	r.str("PROCESSOR_ADDR", &c.ProcessorAddr)
 	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
@@ -299,6 +312,9 @@ func (c Config) Validate() error {
 	if c.SchedulerInitialState != "started" && c.SchedulerInitialState != "stopped" {
 		bad("SCHEDULER_INITIAL_STATE", "must be started or stopped")
 	}
+	if c.APIBasePath != "" && !basePath.MatchString(c.APIBasePath) {
+		bad("API_BASE_PATH", "must be path segments of letters, digits and ._~-, like api or api/v1")
+	}
 	if c.APIRateLimit < 0 {
 		bad("API_RATE_LIMIT", "must not be negative")
 	}
@@ -318,6 +334,10 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// basePath is what API Gateway accepts as a base path mapping, with the
+// leading slash Load adds.
+var basePath = regexp.MustCompile(`^(/[A-Za-z0-9._~-]+)+$`)
 
 // Needs lists, for each process of a deployment, the settings whose
 // defaults only fit one machine (loopback addresses, the embedded MongoDB,

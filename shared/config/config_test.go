@@ -40,6 +40,7 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 		"INBOX_TTL":          "5m",
 		"FAST_PATH":          "sometimes",
 		"PUBLISH_WINDOW":     "-1s",
+		"API_BASE_PATH":      "api/v 1",
 	}
 	for name, value := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -48,6 +49,17 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 				t.Fatalf("want an error naming %s, got %v", name, err)
 			}
 		})
+	}
+}
+
+// TestAPIBasePathForms: a base path is written as API Gateway shows it,
+// with or without slashes around it; the result has a leading slash only.
+func TestAPIBasePathForms(t *testing.T) {
+	for in, want := range map[string]string{"": "", "/": "", "api": "/api", "/api/": "/api", "api/v1": "/api/v1"} {
+		c, err := config.Load(env(map[string]string{"API_BASE_PATH": in}))
+		if err != nil || c.APIBasePath != want {
+			t.Errorf("API_BASE_PATH=%q: %q, %v; want %q", in, c.APIBasePath, err, want)
+		}
 	}
 }
 
