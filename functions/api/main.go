@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"os"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
@@ -39,6 +40,7 @@ func main() {
 	adapter := httpadapter.New(withPathPrefix(a.APIHandler(sched, sched.Gate()), a.Config.APIBasePath))
 	lambda.Start(func(ctx context.Context, req events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
 		defer emf.Flush()
+		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		return adapter.ProxyWithContext(ctx, req)
 	})
 }

@@ -30,6 +30,7 @@ func main() {
 		Pause: processor.Backoff{Max: 30 * time.Second}}
 	lambda.Start(func(ctx context.Context, ev events.RabbitMQEvent) (processor.BatchSummary, error) {
 		defer emf.Flush()
+		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
 			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 5 s by a batch's time at least",
 				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)

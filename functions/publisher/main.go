@@ -40,6 +40,7 @@ func main() {
 	}
 	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
 		defer emf.Flush()
+		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		// A failed pass is logged where it fails; the invocation fails
 		// only if its last pass did.
 		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, on)

@@ -348,7 +348,7 @@ func MustOpenLambda(ctx context.Context, function string, getenv func(string) st
 	if err != nil {
 		Fatal(logger, "cold start", err)
 	}
-	emf := &metrics.EMF{Namespace: "ReliableMessaging", Function: function, W: w, Now: time.Now}
+	emf := &metrics.EMF{Namespace: "ReliableMessaging", Function: function, Stack: cfg.StackName, W: w, Now: time.Now}
 	a.Observe = emf.Add
 	return a, emf
 }

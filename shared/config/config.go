@@ -89,6 +89,9 @@ type Config struct {
 	// it and puts it in front of Location headers. Empty: mapped at the
 	// root. It has a leading slash and no trailing one.
 	APIBasePath string // API_BASE_PATH
+	// StackName names the deployment in the Lambda functions' metrics
+	// (their Stack dimension); the template sets it.
+	StackName string // STACK_NAME
 
 	// HTTP.
 	APIAddr       string // API_ADDR
@@ -195,6 +198,7 @@ func Load(getenv func(string) string) (Config, error) {
 	r.str("SCHEDULE_NAME", &c.ScheduleName)
 	r.str("SCHEDULE_GROUP", &c.ScheduleGroup)
 	r.str("API_BASE_PATH", &c.APIBasePath)
+	r.str("STACK_NAME", &c.StackName)
 	if trimmed := strings.Trim(c.APIBasePath, "/"); trimmed != "" {
 		c.APIBasePath = "/" + trimmed
 	} else {

@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"maps"
@@ -19,8 +20,11 @@ type EMF struct {
 	Namespace string
 	// Function is the value of the "Function" dimension.
 	Function string
-	W        io.Writer
-	Now      func() time.Time
+	// Stack, if set, is the value of a "Stack" dimension, so that the
+	// metrics of two stacks in one account and region stay apart.
+	Stack string
+	W     io.Writer
+	Now   func() time.Time
 
 	mu     sync.Mutex
 	counts map[string]int
@@ -50,6 +54,11 @@ func (e *EMF) Flush() error {
 	names := slices.Sorted(maps.Keys(counts))
 	defs := make([]map[string]string, len(names))
 	line := map[string]any{"Function": e.Function}
+	dims := []string{"Function"}
+	if e.Stack != "" {
+		line["Stack"] = e.Stack
+		dims = []string{"Stack", "Function"}
+	}
 	for i, n := range names {
 		defs[i] = map[string]string{"Name": n, "Unit": "Count"}
 		line[n] = counts[n]
@@ -58,7 +67,7 @@ func (e *EMF) Flush() error {
 		"Timestamp": e.Now().UnixMilli(),
 		"CloudWatchMetrics": []any{map[string]any{
 			"Namespace":  e.Namespace,
-			"Dimensions": [][]string{{"Function"}},
+			"Dimensions": [][]string{dims},
 			"Metrics":    defs,
 		}},
 	}
@@ -68,4 +77,17 @@ func (e *EMF) Flush() error {
 	}
 	_, err = e.W.Write(append(b, '\n'))
 	return err
+}
+
+// FlushBefore flushes once, margin before ctx's deadline, so that an
+// invocation that runs out of time still reports what it counted: Lambda
+// ends a timed-out invocation before its deferred calls run. Call stop when
+// the invocation ends (before the last Flush).
+func (e *EMF) FlushBefore(ctx context.Context, margin time.Duration) (stop func()) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return func() {}
+	}
+	t := time.AfterFunc(time.Until(dl)-margin, func() { _ = e.Flush() })
+	return func() { t.Stop() }
 }

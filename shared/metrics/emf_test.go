@@ -2,7 +2,9 @@ package metrics_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -51,5 +53,78 @@ func TestEMFLine(t *testing.T) {
 	buf.Reset()
 	if err := e.Flush(); err != nil || buf.Len() != 0 {
 		t.Fatal("a flush resets the counters")
+	}
+}
+
+// TestEMFStackDimension: with a stack named, the metrics carry it as a
+// dimension along with the function.
+func TestEMFStackDimension(t *testing.T) {
+	var buf bytes.Buffer
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "api", Stack: "rms-prod", W: &buf, Now: time.Now}
+	e.Add("accepted", 1)
+	if err := e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var line struct {
+		AWS struct {
+			CloudWatchMetrics []struct{ Dimensions [][]string }
+		} `json:"_aws"`
+		Stack, Function string
+	}
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatal(err)
+	}
+	if line.Stack != "rms-prod" || line.Function != "api" || len(line.AWS.CloudWatchMetrics) != 1 ||
+		!slices.Equal(line.AWS.CloudWatchMetrics[0].Dimensions[0], []string{"Stack", "Function"}) {
+		t.Fatalf("unexpected EMF line %s", buf.String())
+	}
+}
+
+// lockedBuffer is a buffer a timer's goroutine writes while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
+}
+
+// TestEMFFlushBefore: the counts reach the log shortly before the
+// invocation's deadline, for an invocation that would be cut off there; an
+// invocation that ends first stops the early flush.
+func TestEMFFlushBefore(t *testing.T) {
+	var w lockedBuffer
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: &w, Now: time.Now}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	stop := e.FlushBefore(ctx, 100*time.Millisecond)
+	defer stop()
+	e.Add("delivered", 3)
+	<-ctx.Done()
+	if w.Len() == 0 {
+		t.Fatal("nothing flushed by the deadline")
+	}
+
+	var quiet lockedBuffer
+	e = &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: &quiet, Now: time.Now}
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	e.FlushBefore(ctx, 100*time.Millisecond)()
+	e.Add("delivered", 1)
+	<-ctx.Done()
+	if quiet.Len() != 0 {
+		t.Fatal("flushed after stop")
+	}
+	if stop := e.FlushBefore(context.Background(), time.Second); stop == nil {
+		t.Fatal("no stop without a deadline")
 	}
 }
