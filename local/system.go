@@ -59,7 +59,12 @@ func (s *system) run(ctx context.Context) error {
 
 	// The demo receiver stands in for WEBHOOK_URL when none is set.
 	if s.role == "receiver" || (cfg.WebhookURL == "" && s.has("processor")) {
-		key, _ := config.DecodeWebhookSecret(cfg.WebhookSecret) // validated by Load
+		// During a rotation the demo receiver verifies with the newest
+		// secret, the last one.
+		var key []byte
+		if keys, _ := config.DecodeWebhookSecrets(cfg.WebhookSecret); len(keys) > 0 { // validated by Load
+			key = keys[len(keys)-1]
+		}
 		ln, err := net.Listen("tcp", cfg.ReceiverAddr)
 		if err != nil {
 			return fmt.Errorf("demo receiver on RECEIVER_ADDR %s: %w", cfg.ReceiverAddr, err)

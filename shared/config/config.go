@@ -51,7 +51,7 @@ type Config struct {
 	// Webhook.
 	WebhookURL       string        // WEBHOOK_URL
 	WebhookTimeout   time.Duration // WEBHOOK_TIMEOUT
-	WebhookSecret    string        // WEBHOOK_SECRET: whsec_ + base64
+	WebhookSecret    string        // WEBHOOK_SECRET: whsec_ + base64, several separated by spaces during a rotation
 	WebhookRateLimit float64       // WEBHOOK_RATE_LIMIT: requests per second, 0 = unlimited
 	WebhookRateBurst int           // WEBHOOK_RATE_BURST
 
@@ -264,7 +264,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.WebhookSecret != "" {
-		if _, err := DecodeWebhookSecret(c.WebhookSecret); err != nil {
+		if _, err := DecodeWebhookSecrets(c.WebhookSecret); err != nil {
 			bad("WEBHOOK_SECRET", "%v", err)
 		}
 	}
@@ -421,6 +421,22 @@ func RedisAddr(uri string) (string, error) {
 		return uri + ":6379", nil
 	}
 	return uri, nil
+}
+
+// DecodeWebhookSecrets returns the keys of WEBHOOK_SECRET: one or more
+// Standard Webhooks secrets separated by spaces. Two are for a rotation:
+// every delivery carries a signature made with each, so that a receiver
+// verifies with either while it moves from the old secret to the new.
+func DecodeWebhookSecrets(s string) ([][]byte, error) {
+	var keys [][]byte
+	for i, f := range strings.Fields(s) {
+		key, err := DecodeWebhookSecret(f)
+		if err != nil {
+			return nil, fmt.Errorf("secret %d: %w", i+1, err)
+		}
+		keys = append(keys, key)
+	}
+	return keys, nil
 }
 
 // DecodeWebhookSecret returns the key bytes of a Standard Webhooks secret

@@ -63,6 +63,25 @@ func TestAPIBasePathForms(t *testing.T) {
 	}
 }
 
+// TestWebhookSecretRotation: WEBHOOK_SECRET takes several secrets
+// separated by spaces, each of which must be valid.
+func TestWebhookSecretRotation(t *testing.T) {
+	const a, b = "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "whsec_ZmVkY2JhOTg3NjU0MzIxMA=="
+	if _, err := config.Load(env(map[string]string{"WEBHOOK_SECRET": a + " " + b})); err != nil {
+		t.Fatalf("two secrets: %v", err)
+	}
+	if keys, err := config.DecodeWebhookSecrets(" " + a + "  " + b + " "); err != nil || len(keys) != 2 {
+		t.Fatalf("two secrets with extra spaces: %d keys, %v", len(keys), err)
+	}
+	_, err := config.Load(env(map[string]string{"WEBHOOK_SECRET": a + " whsec_"}))
+	if err == nil || !strings.Contains(err.Error(), "WEBHOOK_SECRET") || !strings.Contains(err.Error(), "secret 2") {
+		t.Fatalf("a bad second secret: %v", err)
+	}
+	if strings.Contains(err.Error(), "MDEy") {
+		t.Fatalf("the error shows a secret: %v", err)
+	}
+}
+
 func TestRedisURIForms(t *testing.T) {
 	tests := []struct {
 		uri  string

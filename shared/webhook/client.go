@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
@@ -41,7 +42,8 @@ type Options struct {
 	// Timeout bounds one call, the answer's body included.
 	Timeout time.Duration
 	// Secret, if set, is a Standard Webhooks secret (whsec_ + base64) and
-	// every delivery carries a webhook-signature.
+	// every delivery carries a webhook-signature. Several secrets,
+	// separated by spaces, give one signature each (a rotation).
 	Secret string
 	// Now is the clock for webhook-timestamp and Retry-After dates.
 	Now func() time.Time
@@ -56,7 +58,7 @@ type Client struct {
 	url     string
 	host    string
 	timeout time.Duration
-	key     []byte
+	keys    [][]byte
 	now     func() time.Time
 	http    *http.Client
 }
@@ -74,10 +76,8 @@ func New(o Options) (*Client, error) {
 	if c.now == nil {
 		c.now = time.Now
 	}
-	if o.Secret != "" {
-		if c.key, err = config.DecodeWebhookSecret(o.Secret); err != nil {
-			return nil, fmt.Errorf("webhook: secret: %w", err)
-		}
+	if c.keys, err = config.DecodeWebhookSecrets(o.Secret); err != nil {
+		return nil, fmt.Errorf("webhook: %w", err)
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	// Every call goes to one host, often from many goroutines at once:
@@ -126,8 +126,12 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 	req.Header.Set("User-Agent", UserAgent)
 	req.Header.Set(HeaderID, m.ID)
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
-	if c.key != nil {
-		req.Header.Set(HeaderSignature, Sign(c.key, m.ID, ts, body))
+	if len(c.keys) > 0 {
+		sigs := make([]string, len(c.keys))
+		for i, key := range c.keys {
+			sigs[i] = Sign(key, m.ID, ts, body)
+		}
+		req.Header.Set(HeaderSignature, strings.Join(sigs, " "))
 	}
 
 	start := time.Now()

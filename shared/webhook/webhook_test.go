@@ -111,6 +111,30 @@ func TestSendBodyHeadersAndSignature(t *testing.T) {
 	}
 }
 
+// TestSendSignsWithEverySecretOfARotation: with two secrets, a delivery
+// carries one signature made with each, so a receiver that holds either
+// the old or the new secret verifies it.
+func TestSendSignsWithEverySecretOfARotation(t *testing.T) {
+	srv, got := recordServer(t, accepted)
+	newKey := []byte("fedcba9876543210fedcba9876543210")
+	c := newClient(t, webhook.Options{URL: srv.URL, Secret: secret + "  whsec_" + base64.StdEncoding.EncodeToString(newKey)})
+	if _, err := c.Send(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if n := len(strings.Fields(r.header.Get("webhook-signature"))); n != 2 {
+		t.Fatalf("webhook-signature %q: %d signatures, want 2", r.header.Get("webhook-signature"), n)
+	}
+	for _, k := range [][]byte{key, newKey} {
+		if err := webhook.Verify(k, r.header, r.body, time.Now(), webhook.DefaultTolerance); err != nil {
+			t.Errorf("verify with one of the secrets: %v", err)
+		}
+	}
+	if err := webhook.Verify([]byte("another key, not one of the two"), r.header, r.body, time.Now(), webhook.DefaultTolerance); !errors.Is(err, webhook.ErrNoMatch) {
+		t.Errorf("verify with neither: %v", err)
+	}
+}
+
 func TestSendWithoutSecret(t *testing.T) {
 	srv, got := recordServer(t, accepted)
 	c := newClient(t, webhook.Options{URL: srv.URL})
@@ -334,6 +358,7 @@ func TestNewRejects(t *testing.T) {
 		{URL: "http://"},
 		{URL: "http://example.com", Secret: "not-a-secret"},
 		{URL: "http://example.com", Secret: "whsec_c2hvcnQ="},
+		{URL: "http://example.com", Secret: secret + " not-a-secret"},
 	} {
 		if _, err := webhook.New(o); err == nil {
 			t.Errorf("New(%+v) succeeded", o)
