@@ -1,10 +1,14 @@
 package processor_test
 
 import (
+	"context"
 	"errors"
+	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
@@ -50,5 +54,55 @@ func TestBreakerIgnoresDeliveriesThatMadeNoCall(t *testing.T) {
 	}
 	if s := b.State(); s != "closed" {
 		t.Fatalf("after three good trial calls: %s, want closed", s)
+	}
+}
+
+// reportingBreaker lets every call through and keeps what each delivery
+// reported to done.
+type reportingBreaker struct {
+	mu  sync.Mutex
+	got []error
+}
+
+func (b *reportingBreaker) Allow() (func(error), error) {
+	return func(err error) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.got = append(b.got, err)
+	}, nil
+}
+
+func (b *reportingBreaker) State() string { return "closed" }
+
+// TestBreakerIgnoresCallsCutShortByTheirCaller: a call that this side cut
+// short (a consumer's drain timeout, a Lambda deadline) says nothing about
+// the webhook's health; enough of them would otherwise trip the breaker,
+// and through Redis hold off every processor. A call the webhook failed
+// still counts.
+func TestBreakerIgnoresCallsCutShortByTheirCaller(t *testing.T) {
+	f := setup(t, time.Second, nil)
+	b := &reportingBreaker{}
+	p := f.processor(t)
+	p.Breaker = b
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	r := p.Handle(ctx, body(f.published(t)), false)
+	if r.Outcome != message.OutcomeRetry || f.calls.Load() != 1 {
+		t.Fatalf("call cut short: %+v, %d calls", r, f.calls.Load())
+	}
+
+	f2 := setup(t, 0, nil)
+	f2.code.Store(http.StatusServiceUnavailable)
+	p2 := f2.processor(t)
+	p2.Breaker = b
+	if r := p2.Handle(context.Background(), body(f2.published(t)), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("503: %+v", r)
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.got) != 2 || !errors.Is(b.got[0], processor.ErrNotCalled) || b.got[1] == nil || errors.Is(b.got[1], processor.ErrNotCalled) {
+		t.Fatalf("reported to the breaker: %v; want ErrNotCalled for the call cut short, a failure for the 503", b.got)
 	}
 }

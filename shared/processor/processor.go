@@ -57,13 +57,14 @@ const RecordTimeout = 10 * time.Second
 const releaseTimeout = 5 * time.Second
 
 // ErrNotCalled is what a delivery reports to its Breaker's done when it
-// stopped before calling the webhook: the breaker counts it neither as a
-// success nor as a failure.
-var ErrNotCalled = errors.New("the webhook was not called")
+// stopped before calling the webhook, or was stopped during the call (a
+// drain timeout, a Lambda deadline): the breaker counts it neither as a
+// success nor as a failure, as it says nothing about the webhook.
+var ErrNotCalled = errors.New("the webhook was not called, or the call was cut short by its caller")
 
 // Breaker guards the webhook. Allow returns an error while the circuit is
 // open; otherwise the caller reports the call's failure (nil for success)
-// to done, or ErrNotCalled if it made no call after all.
+// to done, or ErrNotCalled if it made no call after all or cut it short.
 type Breaker interface {
 	Allow() (done func(err error), err error)
 	State() string
@@ -328,6 +329,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	}
 
 	resp, sendErr := p.Sender.Send(ctx, m)
+	cutShort := sendErr != nil && ctx.Err() != nil
 	// The webhook has answered (or the call failed, perhaps after it
 	// reached the webhook): what it did must be recorded even if ctx ends
 	// now, at a consumer's drain timeout. Abandoned, a 2xx would leave
@@ -344,10 +346,14 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	}
 	if done != nil {
 		// Only failures that say something about the webhook's health trip
-		// the breaker: a permanent 4xx is about the message.
-		if class == ClassRetryable {
+		// the breaker: a permanent 4xx is about the message, a call this
+		// side cut short is about this side.
+		switch {
+		case cutShort:
+			done(ErrNotCalled)
+		case class == ClassRetryable:
 			done(errors.New(reason))
-		} else {
+		default:
 			done(nil)
 		}
 	}
