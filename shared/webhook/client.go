@@ -170,7 +170,12 @@ func encode(v any) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
-// messageID returns the string "messageId" of a JSON object answer, if any.
+// maxMessageID is the longest receiver's messageId kept: it is stored with
+// the message and in the inbox's done marker for a day, and ids are short.
+const maxMessageID = 256
+
+// messageID returns the string "messageId" of a JSON object answer, if any
+// and at most maxMessageID bytes long.
 func messageID(body []byte) string {
 	var a struct {
 		MessageID any `json:"messageId"`
@@ -179,6 +184,9 @@ func messageID(body []byte) string {
 		return ""
 	}
 	s, _ := a.MessageID.(string)
+	if len(s) > maxMessageID {
+		return ""
+	}
 	return s
 }
 

@@ -279,6 +279,8 @@ func TestAnswers(t *testing.T) {
 	}{
 		{"messageId", 202, nil, `{"message":"Accepted","messageId":"abc"}`, "abc", 0},
 		{"messageId not a string", 200, nil, `{"messageId":42}`, "", 0},
+		{"messageId of 256 bytes", 200, nil, `{"messageId":"` + strings.Repeat("a", 256) + `"}`, strings.Repeat("a", 256), 0},
+		{"messageId too long to keep", 200, nil, `{"messageId":"` + strings.Repeat("a", 257) + `"}`, "", 0},
 		{"not JSON", 200, nil, `OK`, "", 0},
 		{"retry-after seconds", 429, map[string]string{"Retry-After": "120"}, ``, "", 2 * time.Minute},
 		{"retry-after date", 503, map[string]string{"Retry-After": now.Add(90 * time.Second).Format(http.TimeFormat)}, ``, "", 90 * time.Second},
