@@ -976,6 +976,25 @@ func TestTemplateProcessorConcurrencyIsAParameter(t *testing.T) {
 	}
 }
 
+// TestTemplateStacksSharingARedisKeepApart: every function's Redis keys
+// and metrics carry the stack's name.
+func TestTemplateStacksSharingARedisKeepApart(t *testing.T) {
+	s := samLoad(t)
+	globals := samEntries(samGet(s.globals(), "Environment", "Variables"))
+	want := map[string]string{"REDIS_KEY_PREFIX": `Fn::Sub("${AWS::StackName}:")`, "STACK_NAME": `Ref("AWS::StackName")`}
+	for _, v := range globals {
+		if w, ok := want[v.key]; ok {
+			if got := samCanon(v.val); got != w {
+				t.Errorf("Globals: %s = %s, want %s", v.key, got, w)
+			}
+			delete(want, v.key)
+		}
+	}
+	for k := range want {
+		t.Errorf("Globals: %s is not set", k)
+	}
+}
+
 // TestTemplateApiBasePathFitsTheConfig: every base path the template takes
 // is one the API function's configuration takes and strips as given.
 func TestTemplateApiBasePathFitsTheConfig(t *testing.T) {
