@@ -90,6 +90,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded mongodb: create data directory: %w", err)
 	}
+	// SQLite names its files by their real path. Through a symbolic link
+	// the group commit would not know them for this directory's, and would
+	// fsync none of them.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return nil, fmt.Errorf("embedded mongodb: data directory %q: %w", cfg.Dir, err)
+	}
+	if strings.ContainsAny(dir, "?#%") {
+		return nil, fmt.Errorf("embedded mongodb: data directory %q (really %q): the characters ? # %% cannot be used in it (FerretDB puts the path in a URI unescaped)", cfg.Dir, dir)
+	}
 
 	// FerretDB wants a SQLite URI naming a directory: the trailing slash is
 	// required. url.URL escapes characters such as spaces in the path.

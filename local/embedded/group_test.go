@@ -103,10 +103,36 @@ func startFull(t *testing.T, dir string) (*Server, *mongo.Collection) {
 // only after the fsync that follows its commit, and that fsync covers the
 // WAL file the commit went to and, since the insert created a database (a
 // new file), the directory.
+//
+// The data directory may be reached through a symbolic link: SQLite names
+// its files by their real path, which must still be recognised as the
+// directory's.
 func TestFullSyncAnswersAfterFsync(t *testing.T) {
-	// Characters that are special to filepath.Glob must not hide the WAL.
-	dir := filepath.Join(t.TempDir(), "data [x]*")
-	gate := installFsyncGate(t, dir)
+	t.Run("directory", func(t *testing.T) {
+		// Characters that are special to filepath.Glob must not hide the WAL.
+		dir := filepath.Join(t.TempDir(), "data [x]*")
+		answersAfterFsync(t, dir, dir)
+	})
+	t.Run("symbolic link", func(t *testing.T) {
+		real, err := filepath.EvalSymlinks(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		real = filepath.Join(real, "data")
+		if err := os.Mkdir(real, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(t.TempDir(), "link")
+		if err := os.Symlink(real, link); err != nil {
+			t.Fatal(err)
+		}
+		answersAfterFsync(t, link, real)
+	})
+}
+
+// answersAfterFsync starts a server on dir, whose files are in realDir.
+func answersAfterFsync(t *testing.T, dir, realDir string) {
+	gate := installFsyncGate(t, realDir)
 	_, coll := startFull(t, dir)
 
 	gate.arm(nil)
@@ -134,7 +160,7 @@ func TestFullSyncAnswersAfterFsync(t *testing.T) {
 	var wal, dirSynced bool
 	for _, c := range calls {
 		wal = wal || c == "t2.sqlite-wal"
-		dirSynced = dirSynced || c == filepath.Base(dir)
+		dirSynced = dirSynced || c == filepath.Base(realDir)
 	}
 	if !wal || !dirSynced {
 		t.Fatalf("fsync calls %q: want the WAL file and the directory", calls)
