@@ -56,7 +56,12 @@ var (
 
 // commitState is one connection's commit in progress. Only the goroutine
 // using the connection runs its hooks.
-type commitState struct{ committing bool }
+type commitState struct {
+	committing bool
+	// written is the connection's count of pages written (to the WAL, in
+	// WAL mode) as its commit began.
+	written int32
+}
 
 // commitStates maps a connection's sqlite3* handle to its *commitState.
 var commitStates sync.Map
@@ -84,6 +89,7 @@ func installCommitHooks(tls *libc.TLS, db uintptr) {
 	commitStates.Store(db, &commitState{})
 	sqlite3.Xsqlite3_commit_hook(tls, db, cFunc(commitStarted), db)
 	sqlite3.Xsqlite3_rollback_hook(tls, db, cFunc(commitRolledBack), db)
+	sqlite3.Xsqlite3_trace_v2(tls, db, sqlite3.SQLITE_TRACE_PROFILE, cFunc(statementEnded), db)
 }
 
 // dbFilename is the path of the connection's main database file, or "" for
@@ -103,14 +109,40 @@ func dbFilename(tls *libc.TLS, db uintptr) string {
 func cFunc(f any) uintptr { return (*[2]uintptr)(unsafe.Pointer(&f))[1] }
 
 // commitStarted is the commit hook: 0 lets the commit go on.
-func commitStarted(_ *libc.TLS, db uintptr) int32 {
+func commitStarted(tls *libc.TLS, db uintptr) int32 {
 	if v, ok := commitStates.Load(db); ok {
 		if st := v.(*commitState); !st.committing {
 			st.committing = true
+			st.written = pagesWritten(tls, db)
 			inflight.Add(1)
 		}
 	}
 	return 0
+}
+
+// statementEnded is the profile trace callback, which SQLite runs as a
+// statement ends, before the WAL hook of a commit the statement made. A
+// commit that wrote no page (a write transaction that changed nothing: a
+// DELETE or UPDATE of rows another connection had just deleted, which
+// FerretDB runs when two clients race for one document) gets no WAL hook.
+// It ends here instead: left in flight, it would make every answer wait for
+// an fsync round until the connection's next commit, perhaps forever.
+func statementEnded(tls *libc.TLS, _ uint32, db uintptr, _ uintptr, _ uintptr) int32 {
+	if v, ok := commitStates.Load(db); ok {
+		if st := v.(*commitState); st.committing && pagesWritten(tls, db) == st.written {
+			commitEnded(db)
+		}
+	}
+	return 0
+}
+
+// pagesWritten is the connection's count of pages written to disk (to the
+// WAL, in WAL mode), SQLITE_DBSTATUS_CACHE_WRITE.
+func pagesWritten(tls *libc.TLS, db uintptr) int32 {
+	p := tls.Alloc(8)
+	defer tls.Free(8)
+	sqlite3.Xsqlite3_db_status(tls, db, sqlite3.SQLITE_DBSTATUS_CACHE_WRITE, p, p+4, 0)
+	return int32(binary.NativeEndian.Uint32(libc.GoBytes(p, 4)))
 }
 
 // commitEnded ends the connection's commit in flight, if any.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"database/sql"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -304,5 +306,54 @@ func TestProxyPassesRepliesOfEverySize(t *testing.T) {
 	}
 	if len(all) != len(sizes)+1 { // and startFull's "first"
 		t.Fatalf("found %d documents, want %d", len(all), len(sizes)+1)
+	}
+}
+
+// TestCommitsThatWriteNothingEnd: a write transaction that changes nothing
+// (a DELETE of rows already gone, as FerretDB runs when two clients race
+// for one document) commits without writing to the WAL, so no WAL hook ends
+// it. It must still leave the commits in flight, or every answer would wait
+// for an fsync round until the connection's next real commit. Commits that
+// write end as before, in explicit transactions too.
+func TestCommitsThatWriteNothingEnd(t *testing.T) {
+	installBusyHandler()
+	ctx := t.Context()
+	q := url.Values{"_pragma": {"busy_timeout(10000)", "journal_mode(wal)"}}
+	dsn := (&url.URL{Scheme: "file", Path: filepath.ToSlash(filepath.Join(t.TempDir(), "noop.db")), RawQuery: q.Encode()}).String()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	before := inflight.Load()
+	for _, tc := range []struct {
+		stmts  []string
+		writes bool
+	}{
+		{[]string{`CREATE TABLE t (n INTEGER)`}, true},
+		{[]string{`DELETE FROM t WHERE n = 1`}, false},
+		{[]string{`BEGIN IMMEDIATE`, `COMMIT`}, false},
+		{[]string{`INSERT INTO t VALUES (1)`}, true},
+		{[]string{`BEGIN IMMEDIATE`, `DELETE FROM t WHERE n = 2`, `COMMIT`}, false},
+		{[]string{`BEGIN IMMEDIATE`, `UPDATE t SET n = 3 WHERE n = 1`, `COMMIT`}, true},
+		{[]string{`UPDATE t SET n = 4 WHERE n = 99`}, false},
+	} {
+		committed := commits.Load()
+		for _, stmt := range tc.stmts {
+			if _, err := conn.ExecContext(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+		if n := inflight.Load(); n != before {
+			t.Errorf("after %q: %d commits in flight, want %d", tc.stmts, n, before)
+		}
+		if counted := commits.Load() > committed; counted != tc.writes {
+			t.Errorf("after %q: a commit counted: %v, want %v", tc.stmts, counted, tc.writes)
+		}
 	}
 }
