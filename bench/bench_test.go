@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -43,5 +44,16 @@ func TestReportJSONKeepsOrder(t *testing.T) {
 	r.set("c", "x")
 	if got, want := r.json(), `{"b_ms":1.235,"a":null,"c":"x"}`; got != want {
 		t.Fatalf("json = %s; want %s", got, want)
+	}
+}
+
+// TestSettingsFromEnvironment: a run names the configuration it inherited
+// from the caller's environment, leaving out what the bench sets itself
+// and what is not configuration.
+func TestSettingsFromEnvironment(t *testing.T) {
+	env := map[string]string{"PROCESSOR_CONCURRENCY": "64", "BATCH_SIZE": "200", "MONGODB_URI": "mongodb://x/", "HOME": "/root"}
+	got := settingsFromEnvironment(func(k string) string { return env[k] }, map[string]string{"MONGODB_URI": "mongodb://bench/"})
+	if want := []string{"BATCH_SIZE", "PROCESSOR_CONCURRENCY"}; !slices.Equal(got, want) {
+		t.Fatalf("settings %v, want %v", got, want)
 	}
 }

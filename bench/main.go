@@ -22,8 +22,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"syscall"
 	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 )
 
 func main() {
@@ -137,6 +140,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	b.rep.set("latency_offered_msgs_per_s", o.Rate)
 	b.rep.set("latency_duration_s", o.Duration.Seconds())
 	b.rep.set("machine_loadavg_1m_start", loadAverage())
+	// The caller's settings reach the processes (see stack.start): a run
+	// with any of them is not a run of the defaults, and says so.
+	sync := getenv("EMBEDDED_MONGODB_SYNC")
+	if sync == "" {
+		sync = "full"
+	}
+	b.rep.set("embedded_mongodb_sync", sync)
+	if sync != "full" {
+		b.rep.title += "; EMBEDDED_MONGODB_SYNC=" + sync + " (not durable)"
+	}
 
 	runErr := b.run(ctx)
 	b.summarizeLogs()
@@ -228,4 +241,18 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.rawLimits(ctx)
 	return ctx.Err()
+}
+
+// settingsFromEnvironment names the configuration variables set in the
+// caller's environment that reach the processes (all but owned), sorted.
+func settingsFromEnvironment(getenv func(string) string, owned map[string]string) []string {
+	names := []string{}
+	_, _ = config.Load(func(k string) string {
+		if _, own := owned[k]; !own && getenv(k) != "" {
+			names = append(names, k)
+		}
+		return ""
+	})
+	slices.Sort(names)
+	return slices.Compact(names)
 }

@@ -131,6 +131,11 @@ func (b *bench) startSystem(ctx context.Context) error {
 	for k, v := range addrs {
 		s.env[k] = v
 	}
+	settings := settingsFromEnvironment(b.getenv, s.env)
+	b.rep.set("settings_from_environment", settings)
+	if len(settings) > 0 {
+		b.rep.title += "; settings from the environment: " + strings.Join(settings, ", ")
+	}
 	if b.opts.Profile != "" {
 		s.pprof = map[string]string{}
 		for _, role := range append([]string{"mongodb"}, projectRoles...) {
