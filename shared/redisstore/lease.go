@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,7 +34,16 @@ func (s *Store) Acquire(ctx context.Context, name string, ttl time.Duration) (fu
 		return func(context.Context) {}, false, fmt.Errorf("acquire lease %s: %w", name, err)
 	}
 	if !ok {
-		return func(context.Context) {}, false, nil
+		// The client retries a command whose answer timed out: the
+		// first try may have set the key, and the retry then found it
+		// set. Ours, it is held.
+		held, err := s.client.Get(ctx, key).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return func(context.Context) {}, false, fmt.Errorf("acquire lease %s: %w", name, err)
+		}
+		if held != token {
+			return func(context.Context) {}, false, nil
+		}
 	}
 	release := func(ctx context.Context) {
 		// An error leaves the lease to expire after ttl, which is the

@@ -1,10 +1,12 @@
 package redisstore_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -406,5 +408,103 @@ func TestLimiterHonoursContext(t *testing.T) {
 	}
 	if l.Degraded() {
 		t.Fatal("a cancelled caller marked the limiter degraded")
+	}
+}
+
+// replyHeldOnce is a proxy to upstream that holds back Redis's answer to
+// the first SET it passes for hold: longer than the client's read timeout,
+// so the client gives up on it and retries the command, which Redis has
+// already carried out.
+func replyHeldOnce(t *testing.T, upstream string, hold time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var armed atomic.Bool
+	armed.Store(true)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var holdNext atomic.Bool
+			go func() {
+				defer u.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 && bytes.Contains(bytes.ToUpper(buf[:n]), []byte("SET")) && armed.CompareAndSwap(true, false) {
+						holdNext.Store(true)
+					}
+					if n > 0 {
+						if _, err := u.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := u.Read(buf)
+					if n > 0 && holdNext.Swap(false) {
+						time.Sleep(hold)
+					}
+					if n > 0 {
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestLeaseTakenByARetriedCommand: when the answer to the SET that took the
+// lease is lost to a timeout and the client retries, the retry finds the
+// key set, by this very caller: the lease is held, not lost to nobody for
+// its whole TTL.
+func TestLeaseTakenByARetriedCommand(t *testing.T) {
+	ctx := t.Context()
+	prefix := "test:" + rand.Text()[:12] + ":"
+	t.Cleanup(func() { _ = redistest.DeleteKeys(prefix) })
+	slow, err := redisstore.Open(ctx, config.RedisOptions{Addr: replyHeldOnce(t, redisAddr, 800*time.Millisecond)}, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	direct, err := redisstore.Open(ctx, config.RedisOptions{Addr: redisAddr}, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+
+	release, ok, err := slow.Acquire(ctx, "relay", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("acquire whose first answer timed out = %v, %v; want the lease", ok, err)
+	}
+	if _, ok, _ := direct.Acquire(ctx, "relay", time.Minute); ok {
+		t.Fatal("a second holder took the lease")
+	}
+	release(ctx)
+	if _, ok, _ := direct.Acquire(ctx, "relay", time.Minute); !ok {
+		t.Fatal("the lease was not released")
 	}
 }
