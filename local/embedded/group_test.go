@@ -2,9 +2,9 @@ package embedded
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io"
-	"database/sql"
 	"log/slog"
 	"net/url"
 	"os"

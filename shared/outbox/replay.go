@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -62,7 +63,10 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 			}
 			continue
 		}
-		if req.Since != nil && len(req.IDs) > 0 && m.UpdatedAt.Before(*req.Since) {
+		// MongoDB keeps times to the millisecond, and so compares since
+		// in the index's listing: the check by id does too, or a message
+		// failed in since's millisecond would be in one and not the other.
+		if req.Since != nil && len(req.IDs) > 0 && m.UpdatedAt.Before(req.Since.Truncate(time.Millisecond)) {
 			continue
 		}
 		res.Matched++

@@ -69,6 +69,12 @@ func TestReplaySelects(t *testing.T) {
 	replayed(res, err)
 	res, err = svc.Replay(ctx, message.ReplayRequest{Since: &since})
 	replayed(res, err, recent)
+	// A since within the millisecond of a failure takes it, by id as in
+	// the listing: stored times keep milliseconds only.
+	sameMilli := failedAt(t, a, now.Add(-30*time.Minute))
+	within := now.Add(-30*time.Minute + 500*time.Microsecond)
+	res, err = svc.Replay(ctx, message.ReplayRequest{IDs: []string{sameMilli}, Since: &within})
+	replayed(res, err, sameMilli)
 	if m, err := a.Store.GetMessage(ctx, oldB); err != nil || m.Status != message.StatusFailed {
 		t.Fatalf("%s, failed before since: %+v %v, want it still FAILED", oldB, m, err)
 	}
