@@ -9,6 +9,20 @@ import (
 	"time"
 )
 
+// openWAL opens a SQLite database file of the test's own in WAL mode,
+// through the driver FerretDB uses, so that its connections get the hooks.
+func openWAL(t *testing.T, name string) *sql.DB {
+	t.Helper()
+	q := url.Values{"_pragma": {"busy_timeout(10000)", "journal_mode(wal)"}}
+	dsn := (&url.URL{Scheme: "file", Path: filepath.ToSlash(filepath.Join(t.TempDir(), name)), RawQuery: q.Encode()}).String()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // TestBusyHandler holds SQLite's write lock on one connection while a second
 // connection writes: the second one must wait in busyWait (not in SQLite's
 // default handler) and succeed once the lock is free.
@@ -18,13 +32,7 @@ func TestBusyHandler(t *testing.T) {
 		t.Fatal("new SQLite connections do not get busyWait: modernc.org/sqlite's conn no longer has the fields connHandle reads (db uintptr, tls *libc.TLS)")
 	}
 	ctx := t.Context()
-	q := url.Values{"_pragma": {"busy_timeout(10000)", "journal_mode(wal)"}}
-	dsn := (&url.URL{Scheme: "file", Path: filepath.ToSlash(filepath.Join(t.TempDir(), "busy.db")), RawQuery: q.Encode()}).String()
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openWAL(t, "busy.db")
 	if _, err := db.ExecContext(ctx, `CREATE TABLE t (n INTEGER)`); err != nil {
 		t.Fatal(err)
 	}

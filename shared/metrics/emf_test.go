@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/metrics"
 )
 
@@ -80,29 +81,11 @@ func TestEMFStackDimension(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a buffer a timer's goroutine writes while the test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Len()
-}
-
 // TestEMFFlushBefore: the counts reach the log shortly before the
 // invocation's deadline, for an invocation that would be cut off there; an
 // invocation that ends first stops the early flush.
 func TestEMFFlushBefore(t *testing.T) {
-	var w lockedBuffer
+	var w logbuf.Buffer
 	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: &w, Now: time.Now}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -110,18 +93,18 @@ func TestEMFFlushBefore(t *testing.T) {
 	defer stop()
 	e.Add("delivered", 3)
 	<-ctx.Done()
-	if w.Len() == 0 {
+	if w.String() == "" {
 		t.Fatal("nothing flushed by the deadline")
 	}
 
-	var quiet lockedBuffer
+	var quiet logbuf.Buffer
 	e = &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: &quiet, Now: time.Now}
 	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	e.FlushBefore(ctx, 100*time.Millisecond)()
 	e.Add("delivered", 1)
 	<-ctx.Done()
-	if quiet.Len() != 0 {
+	if quiet.String() != "" {
 		t.Fatal("flushed after stop")
 	}
 	if stop := e.FlushBefore(context.Background(), time.Second); stop == nil {

@@ -63,17 +63,24 @@ func TestOpenAndPing(t *testing.T) {
 	}
 }
 
+// rawDatabase is a fresh database of the embedded MongoDB, through a
+// client of the test's own, for what the store's API does not show.
+func rawDatabase(t *testing.T, prefix string) *mongo.Database {
+	t.Helper()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	return client.Database(fmt.Sprintf("%s%d", prefix, dbSeq.Add(1)))
+}
+
 // TestEnsureIndexesCoverTheScans: the relay's due entries are read in the
 // order of an index (publishedAt, dueAt, _id), the failures for a replay in
 // failedAt order, and the index the first replaced is dropped.
 func TestEnsureIndexesCoverTheScans(t *testing.T) {
 	ctx := t.Context()
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	db := client.Database(fmt.Sprintf("ix%d", dbSeq.Add(1)))
+	db := rawDatabase(t, "ix")
 	if _, err := db.Collection("outbox").Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys:    bson.D{{Key: "publishedAt", Value: 1}, {Key: "dueAt", Value: 1}},
 		Options: options.Index().SetName("publishedAt_1_dueAt_1"),
@@ -117,12 +124,7 @@ func TestEnsureIndexesCoverTheScans(t *testing.T) {
 // claim is read as a taken marker for up to twice STALE_DURATION.
 func TestGuardsArePurgedLongAfterTheyExpire(t *testing.T) {
 	ctx := t.Context()
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	db := client.Database(fmt.Sprintf("guards%d", dbSeq.Add(1)))
+	db := rawDatabase(t, "guards")
 	s, err := mongostore.Open(ctx, uri, db.Name())
 	if err != nil {
 		t.Fatal(err)

@@ -436,45 +436,38 @@ func replyHeldOnce(t *testing.T, upstream string, hold time.Duration) string {
 				continue
 			}
 			var holdNext atomic.Bool
-			go func() {
-				defer u.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 && bytes.Contains(bytes.ToUpper(buf[:n]), []byte("SET")) && armed.CompareAndSwap(true, false) {
-						holdNext.Store(true)
-					}
-					if n > 0 {
-						if _, err := u.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
+			go pipe(u, c, func(chunk []byte) {
+				if bytes.Contains(bytes.ToUpper(chunk), []byte("SET")) && armed.CompareAndSwap(true, false) {
+					holdNext.Store(true)
 				}
-			}()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := u.Read(buf)
-					if n > 0 && holdNext.Swap(false) {
-						time.Sleep(hold)
-					}
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
+			})
+			go pipe(c, u, func([]byte) {
+				if holdNext.Swap(false) {
+					time.Sleep(hold)
 				}
-			}()
+			})
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// pipe copies src to dst, calling before with each chunk first, until
+// either side fails; then it closes dst.
+func pipe(dst, src net.Conn, before func(chunk []byte)) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			before(buf[:n])
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // TestLeaseTakenByARetriedCommand: when the answer to the SET that took the
