@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -17,6 +18,12 @@ import (
 // cool-down. Counting stays local; gobreaker's distributed breaker would
 // cost a Redis lock and two round trips on every delivery. While Redis is
 // down each process falls back to its own breaker.
+//
+// When the shared circuit closes, a process that saw it open goes half-open
+// as the one that tripped does: trialCalls calls at a time until one
+// succeeds (closed) or fails (open again, for everyone). Otherwise every
+// other process would go from holding off straight to its full concurrency
+// against a webhook that may still be down.
 type sharedBreaker struct {
 	local    *processor.LocalBreaker
 	redis    *redisstore.Store
@@ -27,7 +34,13 @@ type sharedBreaker struct {
 	openUntil time.Time // zero while the shared circuit is known closed
 	checked   time.Time
 	checking  bool
+	trial     bool // half-open after the shared circuit closed
+	trials    int  // trial calls in flight
 }
+
+// trialCalls is how many calls a half-open process makes at a time, as
+// gobreaker's MaxRequests in the local breaker.
+const trialCalls = 3
 
 var _ processor.Breaker = (*sharedBreaker)(nil)
 
@@ -38,12 +51,53 @@ func (b *sharedBreaker) Allow() (func(error), error) {
 	if b.sharedOpen() {
 		return nil, gobreaker.ErrOpenState
 	}
-	return b.local.Allow()
+	b.mu.Lock()
+	if !b.trial {
+		b.mu.Unlock()
+		return b.local.Allow()
+	}
+	if b.trials >= trialCalls {
+		b.mu.Unlock()
+		return nil, gobreaker.ErrTooManyRequests
+	}
+	b.trials++
+	b.mu.Unlock()
+	done, err := b.local.Allow()
+	if err != nil {
+		b.trialDone(processor.ErrNotCalled)
+		return nil, err
+	}
+	return func(err error) {
+		done(err)
+		b.trialDone(err)
+	}, nil
+}
+
+// trialDone ends a trial call: a success closes the circuit here, a failure
+// opens it again for every process; a call not made gives its place back.
+func (b *sharedBreaker) trialDone(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.trials--
+	if !b.trial || errors.Is(err, processor.ErrNotCalled) {
+		return
+	}
+	b.trial = false
+	if err != nil {
+		b.openUntil = b.now().Add(b.cooldown)
+		b.opened()
+	}
 }
 
 func (b *sharedBreaker) State() string {
 	if b.sharedOpen() {
 		return "open"
+	}
+	b.mu.Lock()
+	trial := b.trial
+	b.mu.Unlock()
+	if trial {
+		return "half-open"
 	}
 	return b.local.State()
 }
@@ -77,9 +131,13 @@ func (b *sharedBreaker) sharedOpen() bool {
 		// a moment earlier must not find itself before it and see the
 		// circuit open (it did, about one delivery in 40,000 under load,
 		// each held for the whole cool-down).
+		wasOpen := !b.openUntil.IsZero()
 		b.openUntil = time.Time{}
 		if d > 0 {
 			b.openUntil = now.Add(d)
+			b.trial = false
+		} else if wasOpen {
+			b.trial = true
 		}
 	}
 	return now.Before(b.openUntil)

@@ -96,3 +96,79 @@ func TestSharedBreakerClosedUnderConcurrency(t *testing.T) {
 		t.Fatalf("%d of %d calls refused with the circuit closed", refused.Load(), calls.Load())
 	}
 }
+
+// TestSharedBreakerHalfOpensWhenTheSharedCircuitCloses: a process that saw
+// the shared circuit open does not go back to full traffic when it closes:
+// it makes three trial calls at a time, like the process that tripped.
+// A trial that succeeds closes the circuit here; one that fails opens it
+// again for every process; one not made gives its place back.
+func TestSharedBreakerHalfOpensWhenTheSharedCircuitCloses(t *testing.T) {
+	base := time.Now()
+	var clock atomic.Int64
+	b, store := newSharedBreaker(t, func() time.Time { return base.Add(time.Duration(clock.Load())) })
+	step := func() { clock.Add(int64(app.SharedCheckEvery)) }
+	openThenClose := func() {
+		t.Helper()
+		if err := store.OpenCircuit(t.Context(), "webhook", 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		step()
+		if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
+			t.Fatalf("with the shared circuit open: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the key expires
+		step()
+	}
+
+	openThenClose()
+	var trials []func(error)
+	for range 3 {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatalf("trial call %d: %v", len(trials)+1, err)
+		}
+		trials = append(trials, done)
+	}
+	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		t.Fatalf("a fourth call while three trials run: %v", err)
+	}
+	if got := b.State(); got != "half-open" {
+		t.Fatalf("State() = %q, want half-open", got)
+	}
+	trials[0](processor.ErrNotCalled)
+	done, err := b.Allow()
+	if err != nil {
+		t.Fatalf("after a trial not made: %v", err)
+	}
+	done(nil)
+	for i := range 10 {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatalf("call %d after a trial succeeded: %v", i, err)
+		}
+		done(nil)
+	}
+	trials[1](nil)
+	trials[2](nil)
+
+	openThenClose()
+	done, err = b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(errors.New("HTTP 503"))
+	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
+		t.Fatalf("after a failed trial: %v, want open", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		d, err := store.CircuitOpenFor(t.Context(), "webhook")
+		if err == nil && d > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a failed trial did not open the shared circuit: %v %v", d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
