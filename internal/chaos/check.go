@@ -311,10 +311,13 @@ func explain(a, q Call, faults []Fault, m message.Message) (why, loose string) {
 	// A kill while the webhook handled a, or just after it answered: the
 	// answer never reached the processor, or its done marker was not
 	// written yet. (A late answer whose client hung up because of a kill
-	// is a crash too.)
+	// is a crash too.) A kill sent just before the webhook saw the call
+	// counts too: the request was on its way, written by the processor
+	// before the signal landed (the fault's time is taken before it is
+	// sent), and no other processor runs until the killed one restarts.
 	var later *Fault
 	for _, f := range faults {
-		if !f.killsProcessor() || f.At.Before(a.Start) || f.At.After(q.Start) {
+		if !f.killsProcessor() || f.At.Before(a.Start.Add(-measureTolerance)) || f.At.After(q.Start) {
 			continue
 		}
 		if !f.At.After(a.End.Add(crashSlack)) {

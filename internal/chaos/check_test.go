@@ -65,6 +65,8 @@ func TestAnalyzeDuplicates(t *testing.T) {
 			Fault{Kind: KillPublisher, At: at(300)}), 0, 0, 0, 1, 0, 0},
 		{"kill before the first answer's call", input(message.StatusSent, []Call{call(CallOK, 1000, 1005), call(CallOK, 20000, 20005)}, kill(500)),
 			0, 0, 0, 1, 0, 0},
+		{"kill sent as the request was on its way", input(message.StatusSent, []Call{call(CallOK, 1000, 1000), call(CallOK, 20000, 20005)}, kill(990)),
+			1, 1, 0, 0, 0, 0},
 		{"late answer", input(message.StatusSent, []Call{call(CallLateOK, 0, 1010), call(CallOK, 1300, 1305)}), 1, 0, 1, 0, 0, 0},
 		{"late answer cut short by a kill", input(message.StatusSent, []Call{call(CallLateOK, 0, 700), call(CallOK, 20000, 20005)}, kill(699)),
 			1, 1, 0, 0, 0, 0},
