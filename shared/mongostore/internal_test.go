@@ -2,6 +2,7 @@ package mongostore
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -21,6 +22,7 @@ func TestClientOptionsReadThePrimaryAndWriteToAMajority(t *testing.T) {
 		{"mongodb://h:27017/?replicaSet=rs0&readPreference=secondaryPreferred&retryWrites=false", "majority"},
 		{"mongodb://h:27017/?readPreference=nearest&w=1", 1},
 		{"mongodb://h:27017/?w=2&journal=true", 2},
+		{"mongodb://h:27017/?journal=true", "majority"},
 	} {
 		opts := clientOptions(tc.uri)
 		if opts.ReadPreference == nil || opts.ReadPreference.Mode() != readpref.PrimaryMode {
@@ -31,6 +33,9 @@ func TestClientOptionsReadThePrimaryAndWriteToAMajority(t *testing.T) {
 		}
 		if tc.w == "majority" && !opts.WriteConcern.Acknowledged() {
 			t.Errorf("%s: unacknowledged writes", tc.uri)
+		}
+		if j := strings.Contains(tc.uri, "journal=true"); j && (opts.WriteConcern.Journal == nil || !*opts.WriteConcern.Journal) {
+			t.Errorf("%s: the journal setting was lost", tc.uri)
 		}
 	}
 }

@@ -165,8 +165,14 @@ func clientOptions(uri string) *options.ClientOptions {
 		opts.SetServerSelectionTimeout(defaultServerSelectionTimeout)
 	}
 	opts.SetReadPreference(readpref.Primary())
-	if opts.WriteConcern == nil {
+	switch {
+	case opts.WriteConcern == nil:
 		opts.SetWriteConcern(writeconcern.Majority())
+	case opts.WriteConcern.W == nil:
+		// journal=true alone makes a write concern without w.
+		wc := *opts.WriteConcern
+		wc.W = writeconcern.Majority().W
+		opts.SetWriteConcern(&wc)
 	}
 	return opts
 }
