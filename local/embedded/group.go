@@ -52,6 +52,11 @@ import (
 var (
 	commits  atomic.Uint64
 	inflight atomic.Int64
+	// walEnded counts the commits the WAL hook found in flight, for tests:
+	// a commit that wrote frames must still be in flight there, never
+	// ended early by statementEnded (that would let an answer out before
+	// the fsync that covers it).
+	walEnded atomic.Uint64
 )
 
 // commitState is one connection's commit in progress. Only the goroutine
@@ -130,7 +135,7 @@ func commitStarted(tls *libc.TLS, db uintptr) int32 {
 func statementEnded(tls *libc.TLS, _ uint32, db uintptr, _ uintptr, _ uintptr) int32 {
 	if v, ok := commitStates.Load(db); ok {
 		if st := v.(*commitState); st.committing && pagesWritten(tls, db) == st.written {
-			commitEnded(db)
+			_ = commitEnded(db)
 		}
 	}
 	return 0
@@ -145,18 +150,21 @@ func pagesWritten(tls *libc.TLS, db uintptr) int32 {
 	return int32(binary.NativeEndian.Uint32(libc.GoBytes(p, 4)))
 }
 
-// commitEnded ends the connection's commit in flight, if any.
-func commitEnded(db uintptr) {
+// commitEnded ends the connection's commit in flight, if any, and says
+// whether there was one.
+func commitEnded(db uintptr) bool {
 	if v, ok := commitStates.Load(db); ok {
 		if st := v.(*commitState); st.committing {
 			st.committing = false
 			inflight.Add(-1)
+			return true
 		}
 	}
+	return false
 }
 
 // commitRolledBack is the rollback hook.
-func commitRolledBack(_ *libc.TLS, db uintptr) { commitEnded(db) }
+func commitRolledBack(_ *libc.TLS, db uintptr) { _ = commitEnded(db) }
 
 // walAutocheckpoint is SQLite's default wal_autocheckpoint. A WAL hook
 // replaces the one that checkpoints, so walCommitted checkpoints as it did.
@@ -168,7 +176,9 @@ const walAutocheckpoint = 1000
 // no commit in flight sees this one counted.
 func walCommitted(tls *libc.TLS, _ uintptr, db uintptr, zDb uintptr, nFrame int32) int32 {
 	commits.Add(1)
-	commitEnded(db)
+	if commitEnded(db) {
+		walEnded.Add(1)
+	}
 	if nFrame >= walAutocheckpoint {
 		sqlite3.Xsqlite3_wal_checkpoint(tls, db, zDb)
 	}

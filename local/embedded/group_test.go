@@ -335,7 +335,7 @@ func TestCommitsThatWriteNothingEnd(t *testing.T) {
 		{[]string{`BEGIN IMMEDIATE`, `UPDATE t SET n = 3 WHERE n = 1`, `COMMIT`}, true},
 		{[]string{`UPDATE t SET n = 4 WHERE n = 99`}, false},
 	} {
-		committed := commits.Load()
+		committed, ended := commits.Load(), walEnded.Load()
 		for _, stmt := range tc.stmts {
 			if _, err := conn.ExecContext(ctx, stmt); err != nil {
 				t.Fatalf("%s: %v", stmt, err)
@@ -346,6 +346,11 @@ func TestCommitsThatWriteNothingEnd(t *testing.T) {
 		}
 		if counted := commits.Load() > committed; counted != tc.writes {
 			t.Errorf("after %q: a commit counted: %v, want %v", tc.stmts, counted, tc.writes)
+		}
+		// A commit that wrote is ended by the WAL hook, after the fsync
+		// round can see it counted, never before by the statement's end.
+		if byWAL := walEnded.Load() > ended; byWAL != tc.writes {
+			t.Errorf("after %q: the WAL hook ended the commit: %v, want %v", tc.stmts, byWAL, tc.writes)
 		}
 	}
 }
