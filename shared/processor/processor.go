@@ -105,13 +105,21 @@ type Processor struct {
 	outcomeGroup *groupcommit.Group[message.Outcome]
 
 	// handling holds the dispatches (OutboxKey) this process is
-	// delivering. Two copies of one dispatch (the fast path's and the
-	// relay's) can both come back marked redelivered, after a reconnect or
-	// in a Lambda batch handed back; the second, finding the first's claim,
-	// would take it for a dead consumer's and charge an attempt. A copy of
-	// a dispatch in flight here is a duplicate: the first records the
-	// outcome, or is handed back itself.
+	// delivering, each a *delivering. Two copies of one dispatch (the fast
+	// path's and the relay's) can both come back marked redelivered, after
+	// a reconnect or in a Lambda batch handed back; the second, finding the
+	// first's claim, would take it for a dead consumer's and charge an
+	// attempt. A copy of a dispatch in flight here waits for the first and
+	// ends as it did: a duplicate, or handed back too (the first one's own
+	// hand-back may fail, on a channel that closed under it).
 	handling sync.Map
+}
+
+// delivering is a dispatch in flight in this process: done closes when it
+// ends, with its action set.
+type delivering struct {
+	done   chan struct{}
+	action Action
 }
 
 // outcomes returns the group that records the outcomes of concurrent
@@ -149,17 +157,31 @@ func (p *Processor) observe(event string) {
 
 // Handle processes one queued copy: body is the envelope as published,
 // redelivered says whether the broker delivered this copy before.
-func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) Result {
+func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (res Result) {
 	env, err := DecodeEnvelope(body)
 	if err != nil {
 		return p.deadLetterMalformed(ctx, body, err)
 	}
 	log := p.Logger.With("message_id", env.ID, "seq", env.Seq)
 	key := message.OutboxKey(env.ID, env.Seq)
-	if _, busy := p.handling.LoadOrStore(key, struct{}{}); busy {
+	mine := &delivering{done: make(chan struct{})}
+	if v, busy := p.handling.LoadOrStore(key, mine); busy {
+		first := v.(*delivering)
+		select {
+		case <-first.done:
+		case <-ctx.Done():
+			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the copy in flight here: %w", ctx.Err())}
+		}
+		if first.action == Requeue {
+			return Result{Action: Requeue, MessageID: env.ID, Err: errors.New("the copy in flight here was handed back")}
+		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}
-	defer p.handling.Delete(key)
+	defer func() {
+		mine.action = res.Action
+		p.handling.Delete(key)
+		close(mine.done)
+	}()
 
 	token := rand.Text()
 	ctx = context.WithValue(ctx, claimTokenKey{}, token)

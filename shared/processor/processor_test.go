@@ -687,6 +687,48 @@ func TestTwoRedeliveredCopiesInOneProcessAreDeliveredOnce(t *testing.T) {
 	}
 }
 
+// readHeld is a processor store whose message reads wait for release,
+// then fail, as in a MongoDB outage; entered is told of each read.
+type readHeld struct {
+	processor.Store
+	entered chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s readHeld) GetMessage(context.Context, string) (message.Message, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return message.Message{}, errors.New("server selection error: context deadline exceeded")
+}
+
+// TestASecondCopyEndsAsTheFirst: a copy of a dispatch already in flight in
+// this process waits for the first and ends as it did. When the first is
+// handed back (MongoDB failed), so is the second: acknowledged as a
+// duplicate, it would be gone if the first one's hand-back failed too, on
+// a channel that closed under it.
+func TestASecondCopyEndsAsTheFirst(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	entered, release := make(chan struct{}, 2), make(chan struct{})
+	p.Store = readHeld{Store: p.Store, entered: entered, release: release}
+	results := make(chan processor.Result, 2)
+	go func() { results <- p.Handle(context.Background(), body(env), true) }()
+	<-entered
+	go func() { results <- p.Handle(context.Background(), body(env), true) }()
+	select {
+	case r := <-results:
+		t.Fatalf("the second copy ended while the first was in flight: %+v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	for range 2 {
+		if r := <-results; r.Action != processor.Requeue {
+			t.Fatalf("a copy of a dispatch handed back: %+v, want it handed back too", r)
+		}
+	}
+}
+
 // TestFailedBatchWaitsBeforeItGoesBack: a batch whose records could not be
 // recorded (MongoDB is failing) waits before Lambda gets it back, longer
 // each time, and never past a second before the invocation's deadline; a
