@@ -34,8 +34,9 @@ type sharedBreaker struct {
 	openUntil time.Time // zero while the shared circuit is known closed
 	checked   time.Time
 	checking  bool
-	trial     bool // half-open after the shared circuit closed
-	trials    int  // trial calls in flight
+	trial     bool      // half-open after the shared circuit closed
+	trials    int       // trial calls in flight
+	ownOpen   time.Time // until when a failed trial here opened the circuit
 }
 
 // trialCalls is how many calls a half-open process makes at a time, as
@@ -84,7 +85,9 @@ func (b *sharedBreaker) trialDone(err error) {
 	}
 	b.trial = false
 	if err != nil {
-		b.openUntil = b.now().Add(b.cooldown)
+		// Open here at once, whatever Redis says until it has the key.
+		b.ownOpen = b.now().Add(b.cooldown)
+		b.openUntil = b.ownOpen
 		b.opened()
 	}
 }
@@ -96,10 +99,10 @@ func (b *sharedBreaker) State() string {
 	b.mu.Lock()
 	trial := b.trial
 	b.mu.Unlock()
-	if trial {
-		return "half-open"
+	if local := b.local.State(); !trial || local == "open" {
+		return local
 	}
-	return b.local.State()
+	return "half-open"
 }
 
 // sharedOpen says whether another process opened the circuit. One caller at
@@ -133,10 +136,15 @@ func (b *sharedBreaker) sharedOpen() bool {
 		// each held for the whole cool-down).
 		wasOpen := !b.openUntil.IsZero()
 		b.openUntil = time.Time{}
-		if d > 0 {
+		switch {
+		case d > 0:
 			b.openUntil = now.Add(d)
 			b.trial = false
-		} else if wasOpen {
+		case now.Before(b.ownOpen):
+			// A failed trial here opened it; the write to Redis may
+			// not have landed yet.
+			b.openUntil = b.ownOpen
+		case wasOpen:
 			b.trial = true
 		}
 	}
