@@ -16,7 +16,10 @@ trap 'rm -f "$log"' EXIT
 "$go" test "$@" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] && exit 0
-if grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
+# The race's signature: the target's FAIL line followed by that one bare
+# line and nothing else of the target's own, and no failing input.
+report=$(sed -n "/^--- FAIL: ${name} /,/^FAIL\$/p" "$log" | sed '1d;$d')
+if [ "$(echo "$report" | sed 's/^[[:space:]]*//')" = "context deadline exceeded" ] && ! grep -q 'Failing input written' "$log"; then
   echo "fuzz: ${name} stopped with Go's fuzztime race (golang/go#75804) and wrote no failing input; running its corpus again"
   if "$go" test "$@" -run "^${name}\$" "$pkg"; then
     echo "fuzz: ${name}: the corpus passes: the race was not a finding"
