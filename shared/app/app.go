@@ -197,6 +197,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		Breaker:         a.breaker,
 		Retry:           a.Retry(),
 		ClaimTTL:        a.Config.ClaimTTL(),
+		CallReserve:     a.Config.WebhookTimeout + processor.RecordTimeout/2,
 		InboxTTL:        a.Config.InboxTTL,
 		TakenTTL:        2*a.Config.StaleDuration + a.Config.ClaimTTL(),
 		BreakerCooldown: a.Config.BreakerCooldown,

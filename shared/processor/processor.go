@@ -83,6 +83,13 @@ type Processor struct {
 	// ClaimTTL bounds one delivery; InboxTTL is how long a done marker lives.
 	ClaimTTL time.Duration
 	InboxTTL time.Duration
+	// CallReserve is how much of its claim a delivery must have left to
+	// start the webhook call: the call's own timeout and the time to
+	// record its answer. A delivery held up before the call (a slow read,
+	// the rate limit's wait) makes no call that could outlive its claim,
+	// after which another consumer could take the message for a dead one's
+	// and call again. Zero: no check.
+	CallReserve time.Duration
 	// TakenTTL is how long a dispatch's taken marker lives: longer than
 	// the stale sweep needs to find a dispatch that was never answered.
 	TakenTTL time.Duration
@@ -184,7 +191,9 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 	}()
 
 	token := rand.Text()
-	ctx = context.WithValue(ctx, claimTokenKey{}, token)
+	// The claim runs from before it is asked for: a retried command may
+	// have taken it on its first try.
+	ctx = context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
 	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL)
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
@@ -339,6 +348,9 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	// the call would fail at once, and be counted as an attempt and as a
 	// failure of the webhook.
 	err := ctx.Err()
+	if c, _ := ctx.Value(claimKey{}).(claim); err == nil && p.CallReserve > 0 && c.until.Sub(p.Now()) < p.CallReserve {
+		err = errClaimRunningOut
+	}
 	if err == nil {
 		err = p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL)
 	}
@@ -489,18 +501,28 @@ func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outc
 	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
 }
 
-// claimTokenKey is the context key of the token Handle claimed with.
-type claimTokenKey struct{}
+// claimKey is the context key of the claim Handle took: its token, and
+// when it expires at the latest.
+type claimKey struct{}
+
+type claim struct {
+	token string
+	until time.Time
+}
+
+// errClaimRunningOut stops a delivery whose claim could expire during its
+// webhook call (see Processor.CallReserve).
+var errClaimRunningOut = errors.New("too little of the inbox claim is left for the webhook call")
 
 // release drops the claim Handle took on id, if it is still Handle's. It
 // does so even when ctx has ended (a cancelled rate-limit wait, a drain
 // timeout): a claim left behind makes the requeued copy count an attempt
 // for a call that was never made.
 func (p *Processor) release(ctx context.Context, log *slog.Logger, id string) {
-	token, _ := ctx.Value(claimTokenKey{}).(string)
+	c, _ := ctx.Value(claimKey{}).(claim)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := p.Inbox.Release(ctx, id, token); err != nil {
+	if err := p.Inbox.Release(ctx, id, c.token); err != nil {
 		log.Warn("inbox release failed; the claim will expire", "error", err)
 	}
 }

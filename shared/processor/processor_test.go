@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -936,6 +937,58 @@ func TestCancelledBeforeTheCallReleasesTheClaim(t *testing.T) {
 			}
 			if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
 				t.Fatalf("Taken after a cancelled delivery = %v, %v; want false", taken, err)
+			}
+			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
+				t.Fatalf("the copy handed out again: %+v, want it delivered", r)
+			}
+			if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
+				t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
+			}
+		})
+	}
+}
+
+// TestNoCallThatCouldOutliveItsClaim: a delivery held up before its call
+// (here by the rate limit's wait) until less than CallReserve of its claim
+// is left makes no call: the claim could expire during it, and another
+// consumer take the message for a dead one's and call again. It gives the
+// claim back and counts no attempt, so the copy handed out again is
+// delivered.
+func TestNoCallThatCouldOutliveItsClaim(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait time.Duration
+		call bool
+	}{
+		{name: "enough left", wait: 200 * time.Millisecond, call: true},
+		{name: "too little left", wait: 1200 * time.Millisecond, call: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t, 0, nil)
+			env := f.published(t)
+			p := f.processor(t)
+			// The App's reserve covers the call, and leaves time before it
+			// for the rate limit's longest wait and a read.
+			if wt := f.a.Config.WebhookTimeout; p.CallReserve <= wt || p.ClaimTTL-p.CallReserve < p.MaxInlineWait+time.Second {
+				t.Fatalf("CallReserve %s with WEBHOOK_TIMEOUT %s, a claim of %s and inline waits up to %s", p.CallReserve, wt, p.ClaimTTL, p.MaxInlineWait)
+			}
+			p.ClaimTTL, p.CallReserve = 2*time.Second, time.Second
+			p.Limiter = limiterThen{wait: tc.wait, then: func() {}}
+			r := p.Handle(context.Background(), body(env), false)
+			if tc.call {
+				if r.Outcome != message.OutcomeDelivered || f.calls.Load() != 1 {
+					t.Fatalf("with %s of the claim left: %+v after %d calls, want delivered", p.ClaimTTL-tc.wait, r, f.calls.Load())
+				}
+				return
+			}
+			if r.Action != processor.Requeue || !strings.Contains(r.Err.Error(), "claim") {
+				t.Fatalf("with %s of the claim left: %+v, want a requeue for the claim", p.ClaimTTL-tc.wait, r)
+			}
+			if n := f.calls.Load(); n != 0 {
+				t.Fatalf("webhook called %d times with too little of the claim left", n)
+			}
+			if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
+				t.Fatalf("Taken = %v, %v; want false", taken, err)
 			}
 			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
 				t.Fatalf("the copy handed out again: %+v, want it delivered", r)
