@@ -182,3 +182,34 @@ func TestSharedBreakerHalfOpensWhenTheSharedCircuitCloses(t *testing.T) {
 		t.Fatalf("after a failed trial, Redis read without the key: %v, want open", err)
 	}
 }
+
+// TestSharedBreakerStateDuringATrial: State says open, not half-open, while
+// this process's own breaker is open during a trial the shared circuit's
+// closing started: its calls are refused, as an open circuit's are.
+func TestSharedBreakerStateDuringATrial(t *testing.T) {
+	base := time.Now()
+	var clock atomic.Int64
+	b, store := newSharedBreaker(t, func() time.Time { return base.Add(time.Duration(clock.Load())) })
+	for i := range 20 { // the local breaker trips (MinRequests 20, ratio 0.5)
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatalf("failing call %d: %v", i, err)
+		}
+		done(errors.New("HTTP 503"))
+	}
+	if err := store.OpenCircuit(t.Context(), "webhook", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(int64(app.SharedCheckEvery))
+	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
+		t.Fatalf("with the shared circuit open: %v", err)
+	}
+	time.Sleep(400 * time.Millisecond) // the key expires: a trial starts
+	clock.Add(int64(app.SharedCheckEvery))
+	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
+		t.Fatalf("a trial with the local breaker open: %v, want it refused as open", err)
+	}
+	if got := b.State(); got != "open" {
+		t.Fatalf("State() = %q during a trial with the local breaker open, want open", got)
+	}
+}
