@@ -167,10 +167,13 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 		items[i] = NewMessage{Message: c.msg, Entry: c.entry}
 	}
 	errs := s.Store.CreateMessages(ctx, items)
-	var fast []message.OutboxEntry
+	var fast, unsure []message.OutboxEntry
 	accepted := 0
 	for i, c := range calls {
 		if errs != nil && errs[i] != nil {
+			if c.entry.FastPath && message.ErrorCode(errs[i]) != message.ECONFLICT {
+				unsure = append(unsure, c.entry)
+			}
 			continue
 		}
 		accepted++
@@ -179,10 +182,30 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 		}
 	}
 	s.observe("accepted", accepted)
+	if len(unsure) > 0 {
+		// A write that failed may have been applied all the same (a
+		// timeout, a write concern error): the message may exist, behind
+		// an entry stored as published that nobody will publish. Hand the
+		// entries to the relay, as for an unconfirmed publish, rather
+		// than leave the message to the stale sweep. One whose message
+		// was not stored is published, found to have none, and dropped.
+		s.markUnpublished(ctx, unsure, "the create failed")
+	}
 	if len(fast) > 0 {
 		s.publishNow(ctx, fast)
 	}
 	return errs
+}
+
+// markUnpublished hands fast-path entries to the relay (see
+// Store.MarkUnpublished). If that fails too, the sweep publishes them after
+// STALE_DURATION.
+func (s *Service) markUnpublished(ctx context.Context, entries []message.OutboxEntry, why string) {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.Store.MarkUnpublished(mctx, entries); err != nil {
+		s.Logger.Warn("mark unpublished failed; the stale sweep will publish these messages", "messages", len(entries), "why", why, "error", err)
+	}
 }
 
 // claimKey records an Idempotency-Key. It returns the record to go on with,
@@ -271,13 +294,8 @@ func (s *Service) publishNow(ctx context.Context, entries []message.OutboxEntry)
 		"messages", len(left), "pause", fastPathPause, "error", err)
 	// The outbox entries were stored as published. Published entries are
 	// the stale sweep's: clearing the mark lets the relay publish them
-	// after the grace period instead. If this fails too, the sweep
-	// publishes them after STALE_DURATION.
-	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := s.Store.MarkUnpublished(mctx, left); err != nil {
-		s.Logger.Warn("mark unpublished failed; the stale sweep will publish these messages", "messages", len(left), "error", err)
-	}
+	// after the grace period instead.
+	s.markUnpublished(ctx, left, "the broker did not confirm")
 }
 
 func (s *Service) observe(event string, n int) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
 func TestIdempotencyKey(t *testing.T) {
@@ -204,5 +205,41 @@ func TestConcurrentCreatesShareWrites(t *testing.T) {
 		if m, err := a.Store.GetMessage(context.Background(), id); err != nil || m.Status != message.StatusProcessing {
 			t.Fatalf("message %s: %+v %v", id, m, err)
 		}
+	}
+}
+
+// appliedButFailed stores a batch and reports it failed, as a write that
+// timed out after the server applied it.
+type appliedButFailed struct{ outbox.Store }
+
+func (s appliedButFailed) CreateMessages(ctx context.Context, items []outbox.NewMessage) []error {
+	errs := s.Store.CreateMessages(ctx, items)
+	for i := range errs {
+		if errs[i] == nil {
+			errs[i] = context.DeadlineExceeded
+		}
+	}
+	return errs
+}
+
+// TestFastPathCreateThatFailedButWasStored: a fast-path create whose write
+// was applied though it failed is answered with an error, but its message
+// does not wait for the stale sweep: the relay publishes it after the
+// grace period, as one the broker did not confirm.
+func TestFastPathCreateThatFailedButWasStored(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	svc := a.Service(nil)
+	svc.Store = appliedButFailed{a.Store}
+	if _, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "unsure"}, ""); err == nil {
+		t.Fatal("create whose write failed: no error")
+	}
+	if n := len(testenv.Drain(t, env["RABBITMQ_QUEUE"])); n != 0 {
+		t.Fatalf("%d copies of a failed create published at once", n)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return time.Now().Add(time.Minute) } // past the grace period, well before STALE_DURATION
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("relay pass: %+v %v, want the stored message published", s, err)
 	}
 }
