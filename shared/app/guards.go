@@ -88,13 +88,18 @@ func (g *guards) Release(ctx context.Context, id, token string) error {
 	return nil
 }
 
-// Taken asks Redis, and with Redis down the MongoDB stand-in, which knows
-// only the claims taken while Redis was down: its "no" is no answer, so
-// that the sweep counts the dispatch rather than guess it was never taken.
+// Taken asks Redis, and the MongoDB stand-in, which knows only the claims
+// taken while Redis was down: a dispatch taken there has no mark in Redis
+// (MarkTaken writes none while Redis is down), even once Redis is back.
+// With Redis down the stand-in's "no" is no answer, so that the sweep counts
+// the dispatch rather than guess it was never taken.
 func (g *guards) Taken(ctx context.Context, id string, seq int) (bool, error) {
 	taken, err := g.redis.Taken(ctx, id, seq)
 	if !g.fallback(err) {
-		return taken, nil
+		if taken {
+			return true, nil
+		}
+		return g.mongo.TakenInbox(ctx, id, seq)
 	}
 	if taken, merr := g.mongo.TakenInbox(ctx, id, seq); merr == nil && taken {
 		return true, nil

@@ -38,8 +38,17 @@ func (s *Store) CreateMessages(ctx context.Context, items []outbox.NewMessage) [
 		at   []int
 	}{{s.outbox, pending, pendingAt}, {s.inflight, inflight, inflightAt}} {
 		for j, err := range insertEach(ctx, g.c, g.docs) {
-			if err != nil && !isDuplicateKey(err) {
-				i := g.at[j]
+			i := g.at[j]
+			if err != nil && isDuplicateKey(err) {
+				// The entry of a first request that died before its
+				// message was stored, repeated with its Idempotency-Key:
+				// this one replaces it, so that the message is published
+				// now and not after a stale sweep, and so that the sweep,
+				// finding no message behind the old one, does not drop
+				// the new one (see DropOutbox).
+				err = replaceEntry(ctx, g.c, items[i].Entry)
+			}
+			if err != nil {
 				errs[i] = fmt.Errorf("insert outbox entry %s: %w", items[i].Entry.Key, err)
 			}
 		}

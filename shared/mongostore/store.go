@@ -610,6 +610,42 @@ func (s *Store) EnsureOutbox(ctx context.Context, e message.OutboxEntry) error {
 	return nil
 }
 
+// ReplaceOutbox stores e as the pending entry of its key, replacing the
+// one there (due or published), then removes an in-flight entry of that key.
+// The key never goes without an entry: a write that fails leaves the old one.
+func (s *Store) ReplaceOutbox(ctx context.Context, e message.OutboxEntry) error {
+	if err := replaceEntry(ctx, s.outbox, e); err != nil {
+		return err
+	}
+	if _, err := s.inflight.DeleteOne(ctx, byID(e.Key)); err != nil {
+		return fmt.Errorf("delete in-flight outbox entry %s: %w", e.Key, err)
+	}
+	return nil
+}
+
+// replaceEntry writes e over the entry of its key in c, or inserts it. A
+// duplicate key (two upserts racing on a real MongoDB) means the other one
+// wrote an entry: the key has one either way.
+func replaceEntry(ctx context.Context, c *mongo.Collection, e message.OutboxEntry) error {
+	if _, err := c.ReplaceOne(ctx, byID(e.Key), e, options.Replace().SetUpsert(true)); err != nil && !isDuplicateKey(err) {
+		return fmt.Errorf("replace outbox entry %s: %w", e.Key, err)
+	}
+	return nil
+}
+
+// DropOutbox removes entry e, pending or in flight, if it is still the one
+// read: an entry written again since under its key (by an Idempotency-Key's
+// repeat, see CreateMessages) has another createdAt and stays.
+func (s *Store) DropOutbox(ctx context.Context, e message.OutboxEntry) error {
+	filter := bson.D{{Key: "_id", Value: e.Key}, {Key: "createdAt", Value: e.CreatedAt}}
+	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
+		if _, err := c.DeleteOne(ctx, filter); err != nil {
+			return fmt.Errorf("delete outbox entry %s: %w", e.Key, err)
+		}
+	}
+	return nil
+}
+
 // DeleteOutbox removes the entry with this key, pending or in flight, if
 // any.
 func (s *Store) DeleteOutbox(ctx context.Context, key string) error {

@@ -62,6 +62,12 @@ type Store interface {
 	EnsureOutbox(ctx context.Context, e message.OutboxEntry) error
 	// DeleteOutbox removes the entry with this key, if any.
 	DeleteOutbox(ctx context.Context, key string) error
+	// ReplaceOutbox stores e as the pending entry of its key, in place of
+	// any entry of that key, in one write.
+	ReplaceOutbox(ctx context.Context, e message.OutboxEntry) error
+	// DropOutbox removes entry e if it was not written again since it was
+	// read (its createdAt is unchanged).
+	DropOutbox(ctx context.Context, e message.OutboxEntry) error
 	// RecordOutcome applies one outcome: see processor.Store's
 	// RecordOutcomes.
 	RecordOutcome(ctx context.Context, o message.Outcome) error

@@ -305,9 +305,11 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 	m, err := r.Store.GetMessage(ctx, e.MessageID)
 	if message.ErrorCode(err) == message.ENOTFOUND {
 		// An entry whose message was never stored: its create request
-		// failed between the two inserts and was never acknowledged.
+		// failed between the two inserts and was never acknowledged. A
+		// repeat with its Idempotency-Key may be storing it right now: it
+		// writes the entry again first, and that one stays.
 		log.Warn("dropping outbox entry of a message that was never stored")
-		return r.Store.DeleteOutbox(ctx, e.Key)
+		return r.Store.DropOutbox(ctx, e)
 	}
 	if err != nil {
 		return err
@@ -354,9 +356,19 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 			}
 		}()
 	}
-	switch state {
-	case InboxInProgress:
+	if state == InboxInProgress {
 		return nil // a processor is on it right now
+	}
+	// A processor may have recorded an outcome between the read above and
+	// the claim: decide on the message as it is under the claim. The next
+	// pass tidies up after an outcome found here.
+	if m, err = r.Store.GetMessage(ctx, e.MessageID); err != nil {
+		return err
+	}
+	if m.Status.Final() || m.Seq != e.Seq {
+		return nil
+	}
+	switch state {
 	case InboxDone:
 		// Delivered, but the outcome was never written.
 		o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,

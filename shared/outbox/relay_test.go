@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -591,5 +592,160 @@ func TestPassBudgetCountsTheSweep(t *testing.T) {
 	}
 	if s, err := r.Pass(context.Background()); err != nil || s.Published != 3 {
 		t.Fatalf("next pass: %+v %v", s, err)
+	}
+}
+
+// entriesOnly stores the entries of a batch and dies before its messages.
+type entriesOnly struct{ outbox.Store }
+
+func (s entriesOnly) CreateMessages(ctx context.Context, items []outbox.NewMessage) []error {
+	errs := make([]error, len(items))
+	for i, it := range items {
+		if err := s.Store.EnsureOutbox(ctx, it.Entry); err != nil {
+			return []error{err}
+		}
+		errs[i] = errors.New("the process died")
+	}
+	return errs
+}
+
+// missingThen runs then once, when the message read is found missing.
+type missingThen struct {
+	outbox.Store
+	then func()
+}
+
+func (s *missingThen) GetMessage(ctx context.Context, id string) (message.Message, error) {
+	m, err := s.Store.GetMessage(ctx, id)
+	if message.ErrorCode(err) == message.ENOTFOUND && s.then != nil {
+		s.then()
+		s.then = nil
+	}
+	return m, err
+}
+
+// TestSweepKeepsTheEntryOfARepeatedCreate: a create died between its entry
+// and its message; the client repeats it with its Idempotency-Key just as
+// the stale sweep finds the entry without a message. The sweep drops the
+// old entry but not the repeat's, and the repeated message is published at
+// once, not after a stale sweep.
+func TestSweepKeepsTheEntryOfARepeatedCreate(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"STALE_DURATION": "1m"})
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	stopped := func(context.Context) (bool, error) { return false, nil }
+	req := message.CreateRequest{To: "+905551111111", Content: "hello"}
+	start := time.Now().Add(-10 * time.Minute)
+	first := a.Service(stopped)
+	first.Now = func() time.Time { return start }
+	first.Store = entriesOnly{a.Store}
+	if _, _, err := first.Create(ctx, req, "key-1"); err == nil {
+		t.Fatal("the create that died succeeded")
+	}
+	r := a.Relay(nil)
+	clock := start.Add(time.Minute)
+	r.Now = func() time.Time { return clock }
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 { // the orphan, once past the grace period
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+	testenv.Drain(t, env["RABBITMQ_QUEUE"])
+
+	var repeated message.Message
+	sweepStore := &missingThen{Store: a.Store, then: func() {
+		m, _, err := a.Service(stopped).Create(ctx, req, "key-1")
+		if err != nil {
+			t.Errorf("the repeat: %v", err)
+		}
+		repeated = m
+	}}
+	r.Store = sweepStore
+	clock = start.Add(5 * time.Minute)
+	if _, err := r.Pass(ctx); err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	if sweepStore.then != nil || repeated.ID == "" {
+		t.Fatal("the sweep never found the entry without its message")
+	}
+	r.Store = a.Store
+	clock = time.Now()
+	if s, err := r.Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("pass after the repeat: %+v %v, want the repeated message published", s, err)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[repeated.ID] != 1 {
+		t.Fatalf("queued %v, want %s once", seen, repeated.ID)
+	}
+}
+
+// outcomeBeforeClaim records a processor's outcome just before the sweep
+// takes its claim, once.
+type outcomeBeforeClaim struct {
+	outbox.Inbox
+	before func()
+}
+
+func (c *outcomeBeforeClaim) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	if c.before != nil {
+		c.before()
+		c.before = nil
+	}
+	return c.Inbox.Claim(ctx, id, token, seq, ttl)
+}
+
+// TestSweepDecidesOnTheMessageUnderItsClaim: a processor records its
+// outcome between the sweep's read of a stale message and the sweep's
+// claim (a copy behind a backlog, delivered at last). The sweep leaves the
+// outcome alone: no second dead-letter, no reason of its own.
+func TestSweepDecidesOnTheMessageUnderItsClaim(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
+	a, id, r, advance := publishedOnce(t, env)
+	ctx := context.Background()
+	advance(2 * time.Minute)
+	const reason = "permanent failure: HTTP 410 Gone"
+	r.Inbox = &outcomeBeforeClaim{Inbox: r.Inbox, before: func() {
+		if err := a.Redis.MarkTaken(ctx, id, 0, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().UTC()
+		o := message.Outcome{MessageID: id, Seq: 0, Status: message.StatusFailed, Attempts: 1, At: at,
+			LastError: "HTTP 410 Gone", FailureReason: reason,
+			Delivery: &message.Delivery{At: at, Attempt: 1, StatusCode: 410, Outcome: message.OutcomeFailed}}
+		if err := a.Store.RecordOutcome(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}}
+	s, err := r.Pass(ctx)
+	if err != nil || s.DeadLettered != 0 || s.Recovered != 0 {
+		t.Fatalf("sweep: %+v %v, want it to leave the recorded outcome alone", s, err)
+	}
+	m, err := a.Store.GetMessage(ctx, id)
+	if err != nil || m.Status != message.StatusFailed || m.FailureReason != reason || len(m.Deliveries) != 1 {
+		t.Fatalf("message: %s %q with %d deliveries (%v), want the processor's FAILED alone", m.Status, m.FailureReason, len(m.Deliveries), err)
+	}
+	advance(time.Second)
+	if _, err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Store.HasOutboxEntry(ctx, message.OutboxKey(id, 0)); err != nil || ok {
+		t.Fatalf("the finished dispatch's entry after the next pass: %v %v, want it gone", ok, err)
+	}
+}
+
+// TestSweepCountsADispatchTakenWhileRedisWasDown: a processor claimed a
+// message in the MongoDB stand-in while Redis was unreachable, called the
+// webhook and died. Redis, back, has no mark of it; the sweep still counts
+// the attempt.
+func TestSweepCountsADispatchTakenWhileRedisWasDown(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m"})
+	a, id, r, advance := publishedOnce(t, env)
+	ctx := context.Background()
+	if ok, _, _, err := a.Store.ClaimInbox(ctx, id, "dead-holder", 0, time.Millisecond); err != nil || !ok {
+		t.Fatalf("claim in the stand-in: %v %v", ok, err)
+	}
+	advance(2 * time.Minute)
+	if s, err := r.Pass(ctx); err != nil || s.DeadLettered != 1 {
+		t.Fatalf("sweep: %+v %v, want the taken dispatch counted (and, with no retries, dead-lettered)", s, err)
+	}
+	if m, err := a.Store.GetMessage(ctx, id); err != nil || m.Status != message.StatusFailed || m.Attempts != 1 {
+		t.Fatalf("message: %s after %d attempts (%v), want FAILED after 1", m.Status, m.Attempts, err)
 	}
 }

@@ -90,14 +90,13 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 // stays FAILED is dropped: the relay waits for it a while (see
 // Relay.Pass), then the processor acknowledges its copy without a delivery
 // and the stale sweep removes it. A replay tried again replaces such an
-// entry, which the relay may have published meanwhile, with a due one.
+// entry, which the relay may have published meanwhile, with a due one, in
+// one write: a replay that read the message FAILED before another one moved
+// it on must not take away the entry the message now waits on.
 func (s *Service) replay(ctx context.Context, m message.Message) error {
 	now := s.Now().UTC()
 	next := message.NewOutboxEntry(m.ID, m.Seq+1, now, now)
-	if err := s.Store.DeleteOutbox(ctx, next.Key); err != nil {
-		return storeError("replay message", err)
-	}
-	if err := s.Store.EnsureOutbox(ctx, next); err != nil {
+	if err := s.Store.ReplaceOutbox(ctx, next); err != nil {
 		return storeError("replay message", err)
 	}
 	o := message.Outcome{

@@ -179,3 +179,62 @@ func TestReplayFailingMidwayStrandsNothing(t *testing.T) {
 		t.Fatalf("pass after that retry: %+v %v", s, err)
 	}
 }
+
+// failingEntry is a replay that read the message before another replay
+// moved it on, and whose write of the next entry fails (its client hung
+// up, MongoDB blinked).
+type failingEntry struct {
+	outbox.Store
+	read message.Message
+}
+
+func (s failingEntry) GetMessage(context.Context, string) (message.Message, error) {
+	return s.read, nil
+}
+
+func (s failingEntry) ReplaceOutbox(context.Context, message.OutboxEntry) error {
+	return errors.New("connection reset")
+}
+
+func (s failingEntry) EnsureOutbox(context.Context, message.OutboxEntry) error {
+	return errors.New("connection reset")
+}
+
+// TestOverlappingReplaysKeepTheEntry: of two replays of one message (a
+// double click, a client's retry after its own timeout), the one that read
+// it FAILED before the other moved it on, then failed, leaves the entry the
+// message now waits on: the relay publishes it.
+func TestOverlappingReplaysKeepTheEntry(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	id := failedAt(t, a, time.Now().UTC().Add(-time.Minute))
+	if err := a.Store.DeleteOutbox(ctx, message.OutboxKey(id, 0)); err != nil {
+		t.Fatal(err)
+	}
+	read, err := a.Store.GetMessage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Service(nil).Retry(ctx, id); err != nil {
+		t.Fatalf("first replay: %v", err)
+	}
+	late := a.Service(nil)
+	late.Store = failingEntry{Store: a.Store, read: read}
+	if _, err := late.Retry(ctx, id); err == nil {
+		t.Fatal("the late replay whose write failed succeeded")
+	}
+	m, err := a.Store.GetMessage(ctx, id)
+	if err != nil || m.Status != message.StatusUnsent || m.Seq != 1 {
+		t.Fatalf("message after the replays: %s at seq %d (%v), want UNSENT at 1", m.Status, m.Seq, err)
+	}
+	if ok, err := a.Store.HasOutboxEntry(ctx, message.OutboxKey(id, 1)); err != nil || !ok {
+		t.Fatalf("the entry of dispatch 1: %v %v, want it kept", ok, err)
+	}
+	if s, err := a.Relay(nil).Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("relay pass: %+v %v, want the replayed message published", s, err)
+	}
+	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[id] != 1 {
+		t.Fatalf("queued %v, want %s once", seen, id)
+	}
+}
