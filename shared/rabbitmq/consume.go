@@ -253,7 +253,8 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 		c.log.Info("consuming", "queue", opts.Queue, "prefetch", opts.Prefetch, "concurrency", opts.Concurrency)
 		closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 
-		if stopped := pump(ctx, deliveries, jobs); stopped {
+		stopped, reason := pump(ctx, deliveries, closes, jobs)
+		if stopped {
 			c.state.Store(int32(stateStopped))
 			if err := ch.Cancel(tag, false); err != nil {
 				c.log.Debug("consume: cancel subscription", "err", err)
@@ -266,13 +267,15 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 			}
 			return ch, nil
 		}
-		var reason error = errors.New("subscription cancelled by the broker")
-		select {
-		case e, ok := <-closes:
-			if ok && e != nil {
-				reason = e
+		if reason == nil {
+			reason = errors.New("subscription cancelled by the broker")
+			select {
+			case e, ok := <-closes:
+				if ok && e != nil {
+					reason = e
+				}
+			default:
 			}
-		default:
 		}
 		c.log.Warn("consume: subscription lost; re-subscribing", "queue", opts.Queue, "err", reason)
 		_ = ch.Close()
@@ -311,28 +314,39 @@ func permanent(err error) bool {
 }
 
 // pump hands deliveries to the workers until ctx ends (true) or the
-// deliveries stop because the channel or subscription ended (false).
-func pump(ctx context.Context, deliveries <-chan amqp.Delivery, jobs chan<- amqp.Delivery) (stopped bool) {
+// deliveries stop because the channel or subscription ended (false, with
+// the channel's error if it closed with one).
+//
+// A delivery waiting for a free worker when its channel closes is dropped:
+// the broker has already put it back, and handed to a worker it would be
+// delivered once more than needed (its ack would fail on the dead channel),
+// while the consumer put off subscribing again until a worker was free.
+func pump(ctx context.Context, deliveries <-chan amqp.Delivery, closes <-chan *amqp.Error, jobs chan<- amqp.Delivery) (stopped bool, reason error) {
 	for {
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
-				return ctx.Err() != nil
+				return ctx.Err() != nil, nil
 			}
 			if ctx.Err() != nil {
 				// Both were ready and select chose the delivery: a
 				// stopping consumer starts no new work.
 				_ = d.Nack(false, true)
-				return true
+				return true, nil
 			}
 			select {
 			case jobs <- d:
+			case e, ok := <-closes:
+				if ok && e != nil {
+					return false, e
+				}
+				return false, errors.New("channel closed")
 			case <-ctx.Done():
 				_ = d.Nack(false, true)
-				return true
+				return true, nil
 			}
 		case <-ctx.Done():
-			return true
+			return true, nil
 		}
 	}
 }

@@ -923,3 +923,49 @@ func TestQueueDeletedWhileConnectedIsDeclaredAgain(t *testing.T) {
 		return c.NotifyDeadLetter(ctx, n)
 	})
 }
+
+// TestDropHandsOutNothingFromTheDeadChannel: when the connection drops
+// while every worker is busy, the delivery waiting for a worker is not
+// handed out from the dead channel (the broker has put it back; its ack
+// would fail). The consumer subscribes again at once, not when a worker is
+// free, and every later copy comes from the new channel, redelivered.
+func TestDropHandsOutNothingFromTheDeadChannel(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	publishAll(t, c, envelopes("held", 3))
+	var mu sync.Mutex
+	var dropped time.Time
+	var late []string // copies of the dead channel handed out after the drop
+	busy := make(chan struct{})
+	var once sync.Once
+	k := startConsumer(t, c, rabbitmq.ConsumeOptions{Concurrency: 1, Prefetch: 3}, func(ctx context.Context, d rabbitmq.Delivery) rabbitmq.Action {
+		mu.Lock()
+		if !dropped.IsZero() && !d.Redelivered {
+			late = append(late, d.MessageID)
+		}
+		mu.Unlock()
+		once.Do(func() {
+			close(busy)
+			time.Sleep(3 * time.Second) // the only worker is busy through the drop
+		})
+		return rabbitmq.Ack
+	})
+	<-busy
+	time.Sleep(300 * time.Millisecond) // the next delivery waits for the worker
+	mu.Lock()
+	dropped = time.Now()
+	mu.Unlock()
+	c.DropConnectionsForTest()
+	waitFor(t, 2*time.Second, "the consumer noticing the drop while its worker is busy", func() bool {
+		return c.ConsumerState() != rabbitmq.ConsumerConsuming
+	})
+	waitFor(t, 15*time.Second, "every message handled", func() bool {
+		return k.count("held-0000") > 0 && k.count("held-0001") > 0 && k.count("held-0002") > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(late) > 0 {
+		t.Fatalf("handed out from the dead channel after the drop: %v", late)
+	}
+}
