@@ -527,9 +527,18 @@ func (p *Processor) release(ctx context.Context, log *slog.Logger, id string) {
 	}
 }
 
+// notify sends a dead-letter notification within RecordTimeout: the local
+// consumer's context has no deadline, and a broker that blocks publishers
+// (a memory alarm) must not hold the worker for as long as it lasts.
+func (p *Processor) notify(ctx context.Context, n message.DeadLetter) error {
+	ctx, cancel := context.WithTimeout(ctx, RecordTimeout)
+	defer cancel()
+	return p.DeadLetters.NotifyDeadLetter(ctx, n)
+}
+
 func (p *Processor) deadLetterMalformed(ctx context.Context, body []byte, cause error) Result {
 	n := message.DeadLetter{Reason: "malformed queue message: " + cause.Error(), FailedAt: p.Now(), Body: printable(body)}
-	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+	if err := p.notify(ctx, n); err != nil {
 		return Result{Action: Requeue, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
 	}
 	p.Logger.Warn("malformed queue message dead-lettered", "error", cause)
@@ -539,7 +548,7 @@ func (p *Processor) deadLetterMalformed(ctx context.Context, body []byte, cause 
 
 func (p *Processor) deadLetterUnknown(ctx context.Context, body []byte, env message.Envelope) Result {
 	n := message.DeadLetter{MessageID: env.ID, Reason: "unknown message id", FailedAt: p.Now(), Body: printable(body)}
-	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
+	if err := p.notify(ctx, n); err != nil {
 		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("notify dead-letter queue: %w", err)}
 	}
 	p.Logger.Warn("queue message for an unknown id dead-lettered", "message_id", env.ID)

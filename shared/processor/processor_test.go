@@ -352,12 +352,42 @@ func TestCopyOfAFailedMessageRestoresTheFailedIndex(t *testing.T) {
 	f.expectFailedAndCalls(t, 1, 1)
 }
 
+// deadlines passes notifications on and records whether each had a
+// deadline.
+type deadlines struct {
+	processor.DeadLetters
+	mu   sync.Mutex
+	left []time.Duration // 0: none
+}
+
+func (d *deadlines) NotifyDeadLetter(ctx context.Context, n message.DeadLetter) error {
+	var left time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	d.mu.Lock()
+	d.left = append(d.left, left)
+	d.mu.Unlock()
+	return d.DeadLetters.NotifyDeadLetter(ctx, n)
+}
+
+// TestMalformedAndUnknownAreDeadLettered: a queue message that is not an
+// envelope, or names no stored message, is dead-lettered with a reason,
+// within RecordTimeout even when the consumer's context has no deadline
+// (a broker blocked by a memory alarm must not hold the worker for good).
 func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
 	f := setup(t, 0, nil)
 	p := f.processor(t)
+	dl := &deadlines{DeadLetters: p.DeadLetters}
+	p.DeadLetters = dl
 	for _, b := range []string{`not json`, `{"id":"0195f0a2-7b1c-7cde-8f00-123456789abc","seq":0}`} {
 		if r := p.Handle(context.Background(), []byte(b), false); r.Action != processor.Ack {
 			t.Fatalf("Handle(%s): %+v", b, r)
+		}
+	}
+	for i, left := range dl.left {
+		if left <= 0 || left > processor.RecordTimeout {
+			t.Fatalf("notification %d had %s left (0: no deadline), want at most RecordTimeout", i, left)
 		}
 	}
 	dlq := testenv.Drain(t, f.env["RABBITMQ_DLQ"])
