@@ -223,7 +223,7 @@ func TestDeclareIsIdempotentAndExplainsConflicts(t *testing.T) {
 	if err == nil {
 		t.Fatal("Declare over a classic queue of the same name succeeded")
 	}
-	for _, want := range []string{"PRECONDITION_FAILED", "delete", conflict.Queue} {
+	for _, want := range []string{"PRECONDITION_FAILED", "delete", "policy", conflict.Queue} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Declare error %q does not mention %q", err, want)
 		}

@@ -88,7 +88,8 @@ func declare(ch *amqp.Channel, t Topology) error {
 func explainDeclare(kind, name, want string, err error) error {
 	var amqpErr *amqp.Error
 	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
-		fix := fmt.Sprintf("delete it (rabbitmqctl delete_queue %s; move its messages first if they matter) or configure another queue name", name)
+		fix := fmt.Sprintf("delete it (rabbitmqctl delete_queue %s; move its messages first if they matter) or configure another queue name; "+
+			"set a delivery limit or any other queue setting with a policy, not a queue argument", name)
 		if kind == "exchange" {
 			fix = fmt.Sprintf("delete it (rabbitmqadmin delete exchange name=%s, or the management UI) or configure another exchange name", name)
 		}
