@@ -65,15 +65,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // redactURI returns uri without its password, for logs and errors.
 func redactURI(uri string) string { return redact.URL(uri) }
 
-// checkURI parses uri without letting its password reach an error message:
-// a *url.Error quotes the whole URL.
+// checkURI parses uri without letting its password reach an error message.
+// The parser's own errors quote the URL, or the part of it that did not
+// parse, which may be a piece of the password ("invalid port \":secr\"" for
+// a password with a slash in it), so none of their text is kept.
 func checkURI(uri string) error {
 	if _, err := amqp.ParseURI(uri); err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("parse rabbitmq uri %s: %v", redactURI(uri), err)
+		return fmt.Errorf("parse rabbitmq uri %s: not a valid amqp:// or amqps:// URI (percent-encode reserved characters such as / @ : %% in the user name and password)", redactURI(uri))
 	}
 	return nil
 }

@@ -969,3 +969,25 @@ func TestDropHandsOutNothingFromTheDeadChannel(t *testing.T) {
 		t.Fatalf("handed out from the dead channel after the drop: %v", late)
 	}
 }
+
+// TestDialKeepsABadURIsPasswordOutOfItsError: a URI that does not parse
+// is refused with an error that names the URI without its password, and
+// quotes no piece of it either.
+func TestDialKeepsABadURIsPasswordOutOfItsError(t *testing.T) {
+	for _, uri := range []string{
+		"amqp://user:secr/et@127.0.0.1:5672/",   // the slash ends the host: an "invalid port"
+		"amqp://user:secret%zz@127.0.0.1:5672/", // an invalid escape
+		"amqp://user:secret@127.0.0.1:port/",
+	} {
+		_, err := rabbitmq.Dial(context.Background(), uri, rabbitmq.Topology{Exchange: "x", Queue: "q", DeadLetterQueue: "d"}, nil)
+		if err == nil {
+			t.Fatalf("Dial(%q) succeeded", uri)
+		}
+		if strings.Contains(err.Error(), "secr") {
+			t.Errorf("Dial error quotes the password: %v", err)
+		}
+		if !strings.Contains(err.Error(), "not a valid") {
+			t.Errorf("Dial error does not say what is wrong: %v", err)
+		}
+	}
+}
