@@ -156,6 +156,53 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 	}
 }
 
+// TestMisconfiguredDependencyEndsStartAtOnce: a setting that waiting for
+// the dependency will not fix (here a password the broker refuses) ends
+// the start at once with an error naming the variable, instead of two
+// minutes of "dependencies not ready".
+func TestMisconfiguredDependencyEndsStartAtOnce(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"RABBITMQ_URI": "amqp://guest:Wrong-Secret@127.0.0.1:5672/"})
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), []string{"publisher"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "RABBITMQ_URI") || !strings.Contains(err.Error(), "403") {
+			t.Fatalf("run: %v, want the broker's refusal, naming RABBITMQ_URI", err)
+		}
+		if strings.Contains(err.Error(), "Wrong-Secret") {
+			t.Fatalf("the error quotes the password: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run still waiting 30 s after the broker refused its password")
+	}
+}
+
+// TestStopWhileWaitingForADependencyIsNoError: Ctrl-C while a process
+// waits for its broker to come up ends it cleanly (exit status 0).
+func TestStopWhileWaitingForADependencyIsNoError(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"RABBITMQ_URI": "amqp://guest:guest@" + testenv.FreeAddr(t) + "/"})
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &logbuf.Buffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"publisher"}, func(k string) string { return env[k] }, out, io.Discard)
+	}()
+	testenv.WaitFor(t, 30*time.Second, "the process waiting for its broker", func() bool {
+		return strings.Contains(out.String(), "dependencies not ready")
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run stopped while waiting: %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return 30 s after it was stopped")
+	}
+}
+
 // TestRolesStartedTogetherShareOneMongoDB: roles started together (bin/rms
 // mongodb & bin/rms api & ...) all find no embedded MongoDB and race to
 // start one. A role that loses waits for the winner's instead of exiting,

@@ -115,6 +115,9 @@ func (s *system) run(ctx context.Context) error {
 
 	a, err := s.open(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while it waited
+		}
 		return err
 	}
 	defer a.Close(context.WithoutCancel(ctx))
@@ -174,11 +177,13 @@ func (s *system) run(ctx context.Context) error {
 // open connects to the dependencies, waiting for them (up to two minutes)
 // when they are not up yet: a process started before its broker or
 // database comes up on its own, as containers and process managers expect.
+// A setting that waiting will not fix (wrong credentials, a URI the driver
+// refuses) ends it at once, naming the variable.
 func (s *system) open(ctx context.Context, cfg config.Config) (*app.App, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		a, err := app.Open(ctx, cfg, s.logger)
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+		if err == nil || errors.Is(err, app.ErrMisconfigured) || ctx.Err() != nil || time.Now().After(deadline) {
 			return a, err
 		}
 		s.logger.Warn("dependencies not ready; trying again in 2s", "error", err)

@@ -73,6 +73,9 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	defer cancel()
 	var err error
 	if a.Store, err = mongostore.Open(ctx, cfg.MongoURI, cfg.MongoDatabase); err != nil {
+		if errors.Is(err, mongostore.ErrBadURI) {
+			return nil, fmt.Errorf("MONGODB_URI: connect to mongodb: %w (%w)", err, ErrMisconfigured)
+		}
 		return nil, fmt.Errorf("connect to mongodb: %w", err)
 	}
 	if err := a.Store.EnsureIndexes(ctx); err != nil {
@@ -82,6 +85,9 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	topo := rabbitmq.Topology{Exchange: cfg.Exchange, Queue: cfg.Queue, DeadLetterQueue: cfg.DeadLetterQueue}
 	if a.Rabbit, err = rabbitmq.Dial(ctx, cfg.RabbitURI, topo, logger); err != nil {
 		a.Close(ctx)
+		if rabbitmq.Permanent(err) {
+			return nil, fmt.Errorf("RABBITMQ_URI: connect to rabbitmq: %w (%w)", err, ErrMisconfigured)
+		}
 		return nil, fmt.Errorf("connect to rabbitmq: %w", err)
 	}
 	redisstore.SetClientLogger(logger)
@@ -95,6 +101,12 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	}
 	return a, nil
 }
+
+// ErrMisconfigured marks an Open error that waiting for the dependency
+// will not fix: a URI its driver refuses, credentials or a virtual host the
+// broker refuses, a queue that exists with other arguments. The error names
+// the variable to change.
+var ErrMisconfigured = errors.New("retrying will not help: fix the setting")
 
 // openTimeout bounds Open.
 const openTimeout = 30 * time.Second

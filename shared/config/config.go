@@ -223,6 +223,20 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
+// userInfoSpillsOver reports whether uri has an @ after the end of its
+// authority (the first / ? or # after "://"): a user name or password with
+// one of those characters not percent-encoded. The logs mask everything up to
+// a URL's last @ as its user part, but the drivers take the host from before
+// it: a piece of the password would be dialled as the host, and logged.
+func userInfoSpillsOver(uri string) bool {
+	_, rest, ok := strings.Cut(uri, "://")
+	if !ok {
+		return false
+	}
+	end := strings.IndexAny(rest, "/?#")
+	return end >= 0 && strings.Contains(rest[end:], "@")
+}
+
 // Validate checks the values, naming the variable of the first bad one.
 func (c Config) Validate() error {
 	var errs []error
@@ -240,6 +254,11 @@ func (c Config) Validate() error {
 	}
 	if u, err := url.Parse(c.RabbitURI); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
 		bad("RABBITMQ_URI", "must be an amqp:// or amqps:// URL")
+	}
+	for name, uri := range map[string]string{"MONGODB_URI": c.MongoURI, "RABBITMQ_URI": c.RabbitURI} {
+		if userInfoSpillsOver(uri) {
+			bad(name, "has an @ after the host: percent-encode a / ? # or @ in the user name or password (%%2F %%3F %%23 %%40)")
+		}
 	}
 	for name, v := range map[string]string{"RABBITMQ_EXCHANGE": c.Exchange, "RABBITMQ_QUEUE": c.Queue, "RABBITMQ_DLQ": c.DeadLetterQueue} {
 		if v == "" {

@@ -52,6 +52,30 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 	}
 }
 
+// TestUnencodedPasswordIsRefused: a MongoDB or RabbitMQ URI whose password
+// has a / ? or # not percent-encoded, followed later by an @, is refused
+// without quoting it: the drivers would dial a piece of the password as the
+// host. Encoded, or with an @ in the password alone, it is fine.
+func TestUnencodedPasswordIsRefused(t *testing.T) {
+	for name, uri := range map[string]string{
+		"RABBITMQ_URI": "amqp://guest:p@Secret9/x@127.0.0.1:5672/",
+		"MONGODB_URI":  "mongodb://app:Secret9?x@127.0.0.1:27017/",
+	} {
+		_, err := config.Load(env(map[string]string{name: uri}))
+		if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "Secret9") {
+			t.Errorf("%s=%s: %v, want an error naming the variable without the password", name, uri, err)
+		}
+	}
+	for name, uri := range map[string]string{
+		"RABBITMQ_URI": "amqp://guest:p%40Secret9%2Fx@127.0.0.1:5672/vhost",
+		"MONGODB_URI":  "mongodb://app:p@ss@127.0.0.1:27017/?authSource=admin",
+	} {
+		if _, err := config.Load(env(map[string]string{name: uri})); err != nil {
+			t.Errorf("%s=%s: %v", name, uri, err)
+		}
+	}
+}
+
 // TestAPIBasePathForms: a base path is written as API Gateway shows it,
 // with or without slashes around it; the result has a leading slash only.
 func TestAPIBasePathForms(t *testing.T) {

@@ -65,13 +65,34 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // redactURI returns uri without its password, for logs and errors.
 func redactURI(uri string) string { return redact.URL(uri) }
 
+// errBadURI marks a URI that does not parse.
+var errBadURI = errors.New("not a valid amqp:// or amqps:// URI")
+
+// Permanent reports whether err, from Dial, is one that dialling again will
+// not fix: a URI that does not parse, credentials or a virtual host the
+// broker refuses, or a queue that exists with other arguments.
+func Permanent(err error) bool {
+	if errors.Is(err, errBadURI) {
+		return true
+	}
+	var ae *amqp.Error
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.Code {
+	case amqp.AccessRefused, amqp.NotAllowed, amqp.PreconditionFailed:
+		return true
+	}
+	return false
+}
+
 // checkURI parses uri without letting its password reach an error message.
 // The parser's own errors quote the URL, or the part of it that did not
 // parse, which may be a piece of the password ("invalid port \":secr\"" for
 // a password with a slash in it), so none of their text is kept.
 func checkURI(uri string) error {
 	if _, err := amqp.ParseURI(uri); err != nil {
-		return fmt.Errorf("parse rabbitmq uri %s: not a valid amqp:// or amqps:// URI (percent-encode reserved characters such as / @ : %% in the user name and password)", redactURI(uri))
+		return fmt.Errorf("parse rabbitmq uri %s: %w (percent-encode reserved characters such as / @ : %% in the user name and password)", redactURI(uri), errBadURI)
 	}
 	return nil
 }
