@@ -16,8 +16,9 @@ CHECK_LOCAL := env -u RABBITMQ_URI -u REDIS_URI scripts/check-services.sh
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-run: build-local ## run the whole system in the foreground (Ctrl-C stops it)
+run: ## run the whole system in the foreground (Ctrl-C stops it)
 	@scripts/check-services.sh
+	@$(MAKE) --no-print-directory build-local
 	$(BIN) all
 
 setup: build-local ## declare the RabbitMQ exchange and queues and the MongoDB indexes (idempotent), then exit
