@@ -95,6 +95,10 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	}
 	release, ok, err := r.Lease.Acquire(ctx, leaseName, r.LeaseTTL)
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// Stopped (a shutdown, the pass's own deadline): no outage of
+		// Redis to report, and nothing this pass could do.
+		return sum, fmt.Errorf("take the relay lease: %w", err)
 	case err != nil:
 		// Redis is down. Carry on without the lease rather than stall the
 		// outbox: a second relay running at the same time can publish a

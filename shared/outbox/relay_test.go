@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -747,5 +750,22 @@ func TestSweepCountsADispatchTakenWhileRedisWasDown(t *testing.T) {
 	}
 	if m, err := a.Store.GetMessage(ctx, id); err != nil || m.Status != message.StatusFailed || m.Attempts != 1 {
 		t.Fatalf("message: %s after %d attempts (%v), want FAILED after 1", m.Status, m.Attempts, err)
+	}
+}
+
+// TestStoppedPassReportsNoRedisOutage: a pass whose context has ended
+// (a shutdown) stops at the lease without logging that Redis is down.
+func TestStoppedPassReportsNoRedisOutage(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	r := a.Relay(nil)
+	out := &logbuf.Buffer{}
+	r.Logger = slog.New(slog.NewTextHandler(out, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.Pass(ctx); err == nil {
+		t.Fatal("a pass stopped before it began: no error")
+	}
+	if strings.Contains(out.String(), "lease unavailable") {
+		t.Fatalf("a stopped pass reported Redis down:\n%s", out)
 	}
 }
