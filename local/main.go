@@ -16,12 +16,26 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopOnSignal(os.Stderr)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "rms:", err)
 		os.Exit(1)
 	}
+}
+
+// stopOnSignal returns a context that ends at the first SIGINT or SIGTERM.
+// Then it says so on stderr and gives the signals back their default
+// action: the stop finishes the deliveries in flight and records them,
+// which can take WEBHOOK_TIMEOUT and more, and a second Ctrl-C ends the
+// process at once for someone who will not wait.
+func stopOnSignal(stderr io.Writer) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, func() {
+		stop()
+		fmt.Fprintln(stderr, "rms: stopping: finishing the deliveries in flight (Ctrl-C again to stop at once)")
+	})
+	return ctx, stop
 }
 
 const usage = `usage: rms [role]

@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -500,4 +504,62 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg func() s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestSecondSignalStopsAtOnce: the first SIGTERM (or Ctrl-C) ends the
+// run's context and says that a second one stops at once; the second ends
+// the process though its stop has not finished. The process is this test
+// binary again, run as signalHelper, which never finishes its stop.
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "RMS_SIGNAL_HELPER=1")
+	stderr := &logbuf.Buffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	testenv.WaitFor(t, 30*time.Second, "the helper ready", func() bool { return strings.Contains(stderr.String(), "ready") })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the notice on stderr", func() bool { return strings.Contains(stderr.String(), "Ctrl-C again") })
+	select {
+	case err := <-exited:
+		t.Fatalf("the helper exited on the first signal: %v\n%s", err, stderr)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Fatalf("the helper ended with %v, want killed by the second SIGTERM", err)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("the second SIGTERM did not end the process")
+	}
+}
+
+// TestMain runs the signal helper when TestSecondSignalStopsAtOnce starts
+// this binary as one, and the tests otherwise.
+func TestMain(m *testing.M) {
+	if os.Getenv("RMS_SIGNAL_HELPER") == "1" {
+		signalHelper()
+	}
+	os.Exit(m.Run())
+}
+
+// signalHelper is the process TestSecondSignalStopsAtOnce signals: a run
+// whose stop never finishes.
+func signalHelper() {
+	ctx, stop := stopOnSignal(os.Stderr)
+	defer stop()
+	fmt.Fprintln(os.Stderr, "ready")
+	<-ctx.Done()
+	time.Sleep(time.Hour) // deliveries in flight that never finish
 }
