@@ -40,6 +40,10 @@ type replayBody struct {
 
 func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, ok := queryParams(w, r, "dryRun", "since")
+		if !ok {
+			return
+		}
 		if !jsonContentType(w, r) {
 			return
 		}
@@ -49,8 +53,8 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 			return
 		}
 		req := message.ReplayRequest{DryRun: b.DryRun}
-		if q := r.URL.Query().Get("dryRun"); q != "" {
-			dry, err := strconv.ParseBool(q)
+		if v := q.Get("dryRun"); v != "" {
+			dry, err := strconv.ParseBool(v)
 			if err != nil {
 				writeInvalid(w, r, "dryRun", "must be true or false")
 				return
@@ -70,15 +74,25 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 				return
 			}
 		}
-		for i, id := range ids {
+		// An id listed twice (perhaps once in capitals) is one message.
+		// Counted twice, a dry run would promise more than the real run
+		// replays, since the real run finds the message no longer FAILED
+		// the second time.
+		seen := make(map[string]bool, len(ids))
+		unique := ids[:0]
+		for _, id := range ids {
 			if !validUUID(id) {
 				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")
 				return
 			}
-			ids[i] = strings.ToLower(id)
+			id = strings.ToLower(id)
+			if !seen[id] {
+				seen[id] = true
+				unique = append(unique, id)
+			}
 		}
-		req.IDs = ids
-		since := r.URL.Query().Get("since")
+		req.IDs = unique
+		since := q.Get("since")
 		if b.Since != nil {
 			since = *b.Since
 		}

@@ -1,9 +1,14 @@
 package httpapi_test
 
 import (
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
+	"github.com/google/uuid"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
@@ -45,5 +50,61 @@ func TestReplayInput(t *testing.T) {
 	w = ts.do(t, "POST", "/dlq/replay", `{"ids":["`+id+`"]}`)
 	if res := decodeJSON[message.ReplayResult](t, w); w.Code != http.StatusOK || res.Replayed != 1 {
 		t.Fatalf("replay: %d %+v", w.Code, res)
+	}
+}
+
+// TestReplayThousandIDs: POST /dlq/replay takes the 1,000 ids the README
+// promises, even pretty-printed one a line, which the 16 KiB limit of the
+// other routes would refuse; its own limit still holds.
+func TestReplayThousandIDs(t *testing.T) {
+	ts := newTestServer(t)
+	id := decodeJSON[message.Message](t, ts.do(t, "POST", "/messages", `{"to":"+905551111111","content":"x"}`)).ID
+	ts.record(t, id, message.StatusFailed, message.Delivery{Outcome: message.OutcomeFailed, StatusCode: 400})
+	ids := []string{strings.ToUpper(id)}
+	for len(ids) < 1000 {
+		ids = append(ids, uuid.NewString())
+	}
+	b, err := json.MarshalIndent(map[string]any{"ids": ids, "dryRun": true}, "", "    ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) <= int(httpapi.DefaultMaxBodyBytes) {
+		t.Fatalf("the body is %d bytes: it tests nothing", len(b))
+	}
+	w := ts.do(t, "POST", "/dlq/replay", string(b))
+	if res := decodeJSON[message.ReplayResult](t, w); w.Code != http.StatusOK || res.Matched != 1 || len(res.IDs) != 1 || res.IDs[0] != id {
+		t.Fatalf("dry run of 1,000 ids: %d %+v", w.Code, res)
+	}
+	big := `{"ids":["` + id + `"],"dryRun":true}` + strings.Repeat(" ", int(httpapi.DefaultMaxReplayBodyBytes))
+	readProblem(t, ts.do(t, "POST", "/dlq/replay", big), http.StatusRequestEntityTooLarge, "")
+}
+
+// TestReplayDuplicateIDs: an id listed twice, in any case, is one message,
+// so a dry run counts what the real run replays.
+func TestReplayDuplicateIDs(t *testing.T) {
+	ts := newTestServer(t)
+	id := decodeJSON[message.Message](t, ts.do(t, "POST", "/messages", `{"to":"+905551111111","content":"x"}`)).ID
+	ts.record(t, id, message.StatusFailed, message.Delivery{Outcome: message.OutcomeFailed, StatusCode: 400})
+	for _, c := range []struct {
+		name   string
+		ids    []string
+		dryRun bool
+	}{
+		{"dry run, same case", []string{id, id}, true},
+		{"dry run, other case", []string{strings.ToUpper(id), id}, true},
+		{"real run", []string{id, strings.ToUpper(id)}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b, _ := json.Marshal(map[string]any{"ids": c.ids, "dryRun": c.dryRun})
+			w := ts.do(t, "POST", "/dlq/replay", string(b))
+			res := decodeJSON[message.ReplayResult](t, w)
+			replayed := 1
+			if c.dryRun {
+				replayed = 0
+			}
+			if w.Code != http.StatusOK || res.Matched != 1 || res.Replayed != replayed || len(res.IDs) != 1 || res.IDs[0] != id {
+				t.Fatalf("%d %+v; want matched 1, replayed %d, ids [%s]", w.Code, res, replayed, id)
+			}
+		})
 	}
 }

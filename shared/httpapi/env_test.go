@@ -26,14 +26,18 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // service is the real message service (outbox.Service on the embedded
 // MongoDB, RabbitMQ and Redis) with what the HTTP layer's error paths need
 // to be reached: an error every call returns instead, an ID whose Get
-// panics, and a count of Get calls.
+// panics, a count of Get calls, and a List that waits for its context to
+// end (a store that hangs) and records the context's deadline.
 type service struct {
 	httpapi.Messages
 
-	mu       sync.Mutex
-	err      error
-	panicID  string
-	getCalls int
+	mu           sync.Mutex
+	err          error
+	panicID      string
+	getCalls     int
+	hangList     bool
+	listDeadline time.Time
+	listHasDL    bool
 }
 
 func (s *service) failure() error {
@@ -76,10 +80,29 @@ func (s *service) calls() int {
 }
 
 func (s *service) List(ctx context.Context, f message.Filter) (message.Page, error) {
+	s.mu.Lock()
+	s.listDeadline, s.listHasDL = ctx.Deadline()
+	hang := s.hangList
+	s.mu.Unlock()
 	if err := s.failure(); err != nil {
 		return message.Page{}, err
 	}
+	if hang {
+		// Ten seconds at most, so that a test of the deadline fails
+		// rather than hangs when there is none.
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+		}
+	}
 	return s.Messages.List(ctx, f)
+}
+
+// lastListDeadline is the deadline of the context the last List call had.
+func (s *service) lastListDeadline() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listDeadline, s.listHasDL
 }
 
 // scheduler is the real MongoDB-backed scheduler, with an error every call

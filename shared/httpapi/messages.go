@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,8 +28,6 @@ const (
 	// DefaultListLimit and MaxListLimit bound the limit query parameter.
 	DefaultListLimit = 50
 	MaxListLimit     = 500
-	// maxCursorLength bounds the opaque cursor; real ones are message IDs.
-	maxCursorLength = 256
 )
 
 // createBody is the wire form of message.CreateRequest. sendAt arrives as a
@@ -245,8 +245,11 @@ type listResponse struct {
 
 func handleListMessages(log *slog.Logger, msgs Messages) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := message.Filter{Limit: DefaultListLimit, Cursor: q.Get("cursor")}
+		q, ok := queryParams(w, r, "status", "limit", "cursor")
+		if !ok {
+			return
+		}
+		f := message.Filter{Limit: DefaultListLimit}
 		if s := q.Get("status"); s != "" {
 			f.Status = message.Status(s)
 			if !f.Status.Valid() {
@@ -262,9 +265,17 @@ func handleListMessages(log *slog.Logger, msgs Messages) http.Handler {
 			}
 			f.Limit = n
 		}
-		if len(f.Cursor) > maxCursorLength {
-			writeInvalid(w, r, "cursor", "is not a cursor this API returned")
-			return
+		if c := q.Get("cursor"); c != "" {
+			// A cursor is the id of the last message of a page, and the
+			// store reads it as "_id < cursor": anything else would page
+			// from an arbitrary point, and an id in capitals (UUIDs are
+			// case-insensitive) from the wrong one, since stored ids are
+			// lowercase.
+			if !validUUID(c) {
+				writeInvalid(w, r, "cursor", "is not a cursor this API returned")
+				return
+			}
+			f.Cursor = strings.ToLower(c)
 		}
 		page, err := msgs.List(r.Context(), f)
 		if err != nil {
@@ -323,6 +334,33 @@ func validUUID(s string) bool {
 		}
 	}
 	return true
+}
+
+// queryParams returns r's query parameters after checking them against
+// allowed, the parameters of r's route, each of which takes one value. An
+// unknown parameter (a misspelt ?statuss=FAILED) or a repeated one
+// (?status=SENT&status=FAILED) is answered with a 400 that names it, and
+// queryParams returns false. Ignoring either would quietly answer another
+// question than the one asked: every message instead of the failed ones.
+func queryParams(w http.ResponseWriter, r *http.Request, allowed ...string) (url.Values, bool) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeInvalid(w, r, "", "the query string is malformed: use name=value pairs joined by &, percent-encoded")
+		return nil, false
+	}
+	// Sorted, so that with several bad parameters the same one is named
+	// every time.
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		switch {
+		case !slices.Contains(allowed, name):
+			writeInvalid(w, r, name, fmt.Sprintf("is not a query parameter of this route, which takes %s", strings.Join(allowed, ", ")))
+			return nil, false
+		case len(q[name]) > 1:
+			writeInvalid(w, r, name, "must be given at most once")
+			return nil, false
+		}
+	}
+	return q, true
 }
 
 // validKey reports whether an Idempotency-Key is valid UTF-8 free of

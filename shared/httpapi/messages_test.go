@@ -2,12 +2,15 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -263,6 +266,11 @@ func TestListMessages(t *testing.T) {
 		{"limit=-1", "limit"},
 		{"limit=ten", "limit"},
 		{"cursor=" + strings.Repeat("c", 300), "cursor"},
+		// A cursor is a message id; anything else is not one this API
+		// returned, and must not page from wherever it sorts.
+		{"cursor=abc", "cursor"},
+		{"cursor=" + strings.Repeat("f", 36), "cursor"},
+		{"cursor=0190a0b0-0000-7000-8000-00000000000g", "cursor"},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			readProblem(t, ts.do(t, http.MethodGet, "/messages?"+tc.query, ""), http.StatusBadRequest, tc.field)
@@ -270,6 +278,93 @@ func TestListMessages(t *testing.T) {
 	}
 	if w := ts.do(t, http.MethodGet, "/messages?limit=500&status=FAILED", ""); w.Code != http.StatusOK {
 		t.Errorf("limit=500: %d %s", w.Code, w.Body)
+	}
+	// A cursor in capitals is the same id, and pages from the same place.
+	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+strings.ToUpper(ids[3]), ""))
+	if len(p.Items) != 2 || p.Items[0].ID != ids[2] || p.Items[1].ID != ids[1] {
+		t.Errorf("page after the uppercase cursor = %+v, want %s and %s", p, ids[2], ids[1])
+	}
+}
+
+// TestQueryParameters: a query parameter a route does not take, or one
+// given twice, is a 400 naming it rather than ignored: ?statuss=FAILED
+// must not answer with every message. The parameters the README documents
+// keep working.
+func TestQueryParameters(t *testing.T) {
+	ts := newTestServer(t)
+	m := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "hi")))
+	for _, tc := range []struct {
+		method, path, field string
+	}{
+		{http.MethodGet, "/messages?statuss=FAILED", "statuss"},
+		{http.MethodGet, "/messages?status=FAILED&Status=SENT", "Status"},
+		{http.MethodGet, "/messages?status=SENT&status=FAILED", "status"},
+		{http.MethodGet, "/messages?limit=1&limit=500", "limit"},
+		{http.MethodGet, "/messages?cursor=" + m.ID + "&cursor=" + m.ID, "cursor"},
+		{http.MethodGet, "/messages?dryRun=true", "dryRun"},
+		{http.MethodPost, "/dlq/replay?dryrun=true", "dryrun"},
+		{http.MethodPost, "/dlq/replay?dryRun=true&dryRun=false", "dryRun"},
+		{http.MethodPost, "/dlq/replay?dryRun=true&since=2020-01-01T00:00:00Z&since=2030-01-01T00:00:00Z", "since"},
+		{http.MethodPost, "/dlq/replay?dryRun=true&ids=" + m.ID, "ids"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			p := readProblem(t, ts.do(t, tc.method, tc.path, ""), http.StatusBadRequest, tc.field)
+			if !strings.HasPrefix(p.Detail, tc.field+" ") {
+				t.Errorf("detail %q does not start with the parameter", p.Detail)
+			}
+		})
+	}
+	for _, path := range []string{"/messages?status=%zz&x", "/messages?status=SENT;limit=1"} {
+		readProblem(t, ts.do(t, http.MethodGet, path, ""), http.StatusBadRequest, "")
+	}
+	if m2, err := ts.a.Store.GetMessage(t.Context(), m.ID); err != nil || m2.Status != message.StatusUnsent {
+		t.Fatalf("after the rejected requests: %+v %v", m2, err)
+	}
+
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, "/messages?status=UNSENT&limit=10&cursor=" + strings.Repeat("f", 8) + m.ID[8:]},
+		{http.MethodGet, "/messages?status=&limit=&cursor="},
+		{http.MethodPost, "/dlq/replay?dryRun=true&since=2020-01-01T00:00:00Z"},
+	} {
+		if w := ts.do(t, tc.method, tc.path, ""); w.Code != http.StatusOK {
+			t.Errorf("%s %s: %d %s", tc.method, tc.path, w.Code, w.Body)
+		}
+	}
+}
+
+// TestProblemDetail: a problem's detail names the field once. A message
+// that is a predicate gets the field in front; one that reads alone, often
+// naming the field itself, is left as it is.
+func TestProblemDetail(t *testing.T) {
+	ts := newTestServer(t)
+	key := []string{"Idempotency-Key", "detail-1"}
+	ts.do(t, http.MethodPost, "/messages", body(phone, "hello"), key...)
+	ids := make([]string, 1001)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	replay, _ := json.Marshal(map[string]any{"ids": ids, "dryRun": true})
+	for _, tc := range []struct {
+		name, method, path, body string
+		headers                  []string
+		status                   int
+		field, detail            string
+	}{
+		{"service error naming its field", http.MethodPost, "/messages", body(phone, "other"), key,
+			http.StatusUnprocessableEntity, "Idempotency-Key", "this Idempotency-Key was used with a different request"},
+		{"service error without a verb", http.MethodPost, "/dlq/replay", string(replay), nil,
+			http.StatusBadRequest, "ids", "at most 1000 ids per call"},
+		{"predicate", http.MethodPost, "/messages", `{"content":"hi"}`, nil,
+			http.StatusBadRequest, "to", "to is required"},
+		{"predicate of the HTTP layer", http.MethodGet, "/messages?limit=0", "", nil,
+			http.StatusBadRequest, "limit", "limit must be an integer from 1 to 500"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := readProblem(t, ts.do(t, tc.method, tc.path, tc.body, tc.headers...), tc.status, tc.field)
+			if p.Detail != tc.detail {
+				t.Errorf("detail = %q, want %q", p.Detail, tc.detail)
+			}
+		})
 	}
 }
 

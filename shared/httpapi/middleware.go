@@ -184,6 +184,21 @@ func recoverPanics(log *slog.Logger, next http.Handler) http.Handler {
 	})
 }
 
+// withDeadline gives each request's context a deadline d away, or keeps
+// an earlier one it already has (a Lambda invocation's). Everything below
+// it, the rate limit's Redis call and the store included, takes that
+// context, so a dependency that hangs fails the request (a 503, which the
+// store reports for a context that ran out) instead of holding it and its
+// goroutine forever. net/http's server timeouts do not do this: they
+// bound reading and writing the connection, not the handler's work.
+func withDeadline(d time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
 // keyMatcher returns whether a sent key is key. Keys are compared as
 // SHA-256 digests in constant time, so neither their content nor their
 // length leaks through timing. An empty key matches nothing.

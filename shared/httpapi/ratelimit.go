@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -36,10 +37,13 @@ func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger) func(http.Ha
 			}
 			ok, wait, err := allow(r.Context(), clientKey(r, isKey))
 			if err != nil {
-				if r.Context().Err() != nil {
+				if errors.Is(r.Context().Err(), context.Canceled) {
 					// The client went away: that says nothing about Redis.
 					return
 				}
+				// A store that did not answer before the request's
+				// deadline is down like one that refused: answering
+				// nothing here would send an empty 200.
 				if degraded.CompareAndSwap(false, true) {
 					logger.Warn("inbound rate limit unavailable; letting requests through", "error", err)
 				}

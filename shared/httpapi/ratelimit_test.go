@@ -59,3 +59,23 @@ func TestRateLimitFailsOpenOnlyForItsStore(t *testing.T) {
 		t.Fatalf("no word that the limit works again: %s", logs)
 	}
 }
+
+// TestRateLimitStoreHangingPastTheDeadline: a limit store that does not
+// answer before the request's deadline counts as down, so the request is
+// let through (and fails on its own expired deadline with a 503 problem)
+// rather than answered with nothing, an empty 200.
+func TestRateLimitStoreHangingPastTheDeadline(t *testing.T) {
+	hang := func(ctx context.Context, _ string) (bool, time.Duration, error) {
+		<-ctx.Done()
+		return false, 0, ctx.Err()
+	}
+	logs := &logbuf.Buffer{}
+	ts := newTestServer(t, func(o *httpapi.Options) {
+		o.RequestTimeout = 100 * time.Millisecond
+		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(hang, "", slog.New(slog.NewTextHandler(logs, nil)))}
+	})
+	readProblem(t, ts.do(t, http.MethodGet, "/messages", ""), http.StatusServiceUnavailable, "")
+	if !strings.Contains(logs.String(), "inbound rate limit unavailable") {
+		t.Errorf("the hanging store is not reported: %s", logs)
+	}
+}

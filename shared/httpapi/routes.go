@@ -24,7 +24,7 @@ func routes(o Options) []route {
 		{Route{http.MethodGet, "/messages", false}, handleListMessages(o.Logger, o.Messages)},
 		{Route{http.MethodGet, "/messages/{id}", false}, handleGetMessage(o.Logger, o.Messages)},
 		{Route{http.MethodPost, "/messages/{id}/retry", false}, handleRetryMessage(o.Logger, o.Messages)},
-		{Route{http.MethodPost, "/dlq/replay", false}, handleReplay(o.Logger, o.Messages, o.MaxBodyBytes)},
+		{Route{http.MethodPost, "/dlq/replay", false}, handleReplay(o.Logger, o.Messages, o.MaxReplayBodyBytes)},
 		{Route{http.MethodPost, "/scheduler/start", false}, handleSchedulerStart(o.Logger, o.Scheduler)},
 		{Route{http.MethodPost, "/scheduler/stop", false}, handleSchedulerStop(o.Logger, o.Scheduler)},
 		{Route{http.MethodGet, "/scheduler", false}, handleSchedulerStatus(o.Logger, o.Scheduler)},

@@ -7,11 +7,24 @@ package httpapi
 import (
 	"log/slog"
 	"net/http"
+	"time"
 )
 
 // DefaultMaxBodyBytes is the largest request body accepted when
 // Options.MaxBodyBytes is not set.
 const DefaultMaxBodyBytes int64 = 16 << 10
+
+// DefaultMaxReplayBodyBytes is the largest POST /dlq/replay body accepted
+// when Options.MaxReplayBodyBytes is not set. A replay may list 1,000 ids,
+// 38 bytes each when quoted: about 40 KB compact, and about 45 KB
+// pretty-printed one id a line, which DefaultMaxBodyBytes would refuse.
+const DefaultMaxReplayBodyBytes int64 = 64 << 10
+
+// DefaultRequestTimeout bounds a request when Options.RequestTimeout is not
+// set. It is a little above API Gateway's 29-second integration timeout, so
+// in Lambda the function's own deadline comes first, and locally a request
+// whose store hangs ends about when it would have in AWS.
+const DefaultRequestTimeout = 30 * time.Second
 
 // Options are the dependencies and settings of the API server.
 type Options struct {
@@ -22,8 +35,16 @@ type Options struct {
 	// APIKey, when not empty, must be sent as "Authorization: Bearer <key>"
 	// or "X-API-Key: <key>" on every route but GET /status.
 	APIKey string
-	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes).
+	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes)
+	// but POST /dlq/replay's.
 	MaxBodyBytes int64
+	// MaxReplayBodyBytes bounds the body of POST /dlq/replay (default
+	// DefaultMaxReplayBodyBytes).
+	MaxReplayBodyBytes int64
+	// RequestTimeout is the deadline put on each request's context
+	// (default DefaultRequestTimeout), so that a dependency that hangs
+	// cannot hold a request, and its goroutine, forever.
+	RequestTimeout time.Duration
 	// Logger receives one line per request and the detail of every 5xx
 	// (default slog.Default()).
 	Logger *slog.Logger
@@ -36,6 +57,12 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if o.MaxReplayBodyBytes <= 0 {
+		o.MaxReplayBodyBytes = DefaultMaxReplayBodyBytes
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -89,6 +116,7 @@ func newHandler(o Options, rs []route) http.Handler {
 			h = o.Middleware[i](h)
 		}
 	}
+	h = withDeadline(o.RequestTimeout, h)
 	h = recoverPanics(o.Logger, h)
 	h = logRequests(o.Logger, h)
 	h = withRequestID(h)

@@ -379,3 +379,47 @@ func TestNewServerNeedsServices(t *testing.T) {
 		}()
 	}
 }
+
+// TestRequestDeadline: every request's context has a deadline,
+// RequestTimeout away (DefaultRequestTimeout unless set), so that a store
+// that hangs ends the request with a 503 when it passes instead of holding
+// it forever.
+func TestRequestDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		want    time.Duration
+	}{
+		{"default", 0, httpapi.DefaultRequestTimeout},
+		{"configured", 3 * time.Second, 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t, func(o *httpapi.Options) { o.RequestTimeout = tc.timeout })
+			start := time.Now()
+			if w := ts.do(t, http.MethodGet, "/messages", ""); w.Code != http.StatusOK {
+				t.Fatalf("GET /messages: %d %s", w.Code, w.Body)
+			}
+			deadline, ok := ts.msgs.lastListDeadline()
+			if !ok {
+				t.Fatal("the store was called with a context that has no deadline")
+			}
+			if left := deadline.Sub(start); left < tc.want-time.Second || left > tc.want+time.Second {
+				t.Errorf("deadline %s after the request, want about %s", left, tc.want)
+			}
+		})
+	}
+
+	ts := newTestServer(t, func(o *httpapi.Options) { o.RequestTimeout = 200 * time.Millisecond })
+	ts.msgs.mu.Lock()
+	ts.msgs.hangList = true
+	ts.msgs.mu.Unlock()
+	start := time.Now()
+	w := ts.do(t, http.MethodGet, "/messages", "")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a hanging store held the request for %s", d)
+	}
+	readProblem(t, w, http.StatusServiceUnavailable, "")
+	if w.Header().Get("Retry-After") == "" {
+		t.Errorf("503 without Retry-After")
+	}
+}
