@@ -9,7 +9,6 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/awslabs/aws-lambda-go-api-proxy/httpadapter"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/ebscheduler"
@@ -37,10 +36,10 @@ func main() {
 		}
 		sched = s
 	}
-	adapter := httpadapter.New(withPathPrefix(a.APIHandler(sched, sched.Gate()), a.Config.APIBasePath))
+	handle := proxy(withPathPrefix(a.APIHandler(sched, sched.Gate()), a.Config.APIBasePath), a.Logger)
 	lambda.Start(func(ctx context.Context, req events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
 		defer emf.Flush()
 		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
-		return adapter.ProxyWithContext(ctx, req)
+		return handle(ctx, req)
 	})
 }

@@ -3,6 +3,7 @@ package deploytest
 import (
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -1072,5 +1073,129 @@ func TestTemplatePublishWindowFitsThePublisher(t *testing.T) {
 		return ok && name != "" && strings.HasSuffix(arn, ":schedule/default/"+name)
 	}) {
 		t.Errorf("PublisherFunction may not scheduler:GetSchedule on its schedule %q", name)
+	}
+}
+
+// samGatewayResponseTypes are the response types API Gateway accepts.
+var samGatewayResponseTypes = []string{
+	"DEFAULT_4XX", "DEFAULT_5XX", "RESOURCE_NOT_FOUND", "UNAUTHORIZED", "INVALID_API_KEY", "ACCESS_DENIED",
+	"AUTHORIZER_FAILURE", "AUTHORIZER_CONFIGURATION_ERROR", "INVALID_SIGNATURE", "EXPIRED_TOKEN",
+	"MISSING_AUTHENTICATION_TOKEN", "INTEGRATION_FAILURE", "INTEGRATION_TIMEOUT", "API_CONFIGURATION_ERROR",
+	"UNSUPPORTED_MEDIA_TYPE", "BAD_REQUEST_PARAMETERS", "BAD_REQUEST_BODY", "REQUEST_TOO_LARGE", "THROTTLED",
+	"QUOTA_EXCEEDED", "WAF_FILTERED",
+}
+
+// samContextVariable matches the variables a gateway response template may
+// hold; samSampleMessage is what $context.error.messageString becomes, a
+// quoted JSON string.
+var (
+	samContextVariable = regexp.MustCompile(`\$(context|stageVariables|method\.request)\.[A-Za-z0-9_.]+`)
+	samSampleMessage   = strings.NewReplacer(`$context.error.messageString`, `"Missing Authentication Token"`)
+)
+
+// TestTemplateGatewayResponsesAreProblems: the errors API Gateway answers
+// itself (a missing key, throttling, an unknown route, a timeout, any other
+// 4xx or 5xx) are RFC 9457 application/problem+json documents like the
+// function's, with the statuses local mode would give, in the form SAM's
+// GatewayResponses takes (only StatusCode, ResponseParameters with Headers,
+// Paths or QueryStrings, and ResponseTemplates; no intrinsic functions).
+func TestTemplateGatewayResponsesAreProblems(t *testing.T) {
+	s := samLoad(t)
+	want := map[string]string{ // response type -> status ("" to keep API Gateway's)
+		"DEFAULT_4XX":                  "",
+		"DEFAULT_5XX":                  "",
+		"MISSING_AUTHENTICATION_TOKEN": "404",
+		"INVALID_API_KEY":              "401",
+		"THROTTLED":                    "429",
+		"QUOTA_EXCEEDED":               "429",
+		"INTEGRATION_TIMEOUT":          "504",
+	}
+	apis := s.resourcesOfType("AWS::Serverless::Api")
+	if len(apis) == 0 {
+		t.Fatal("no AWS::Serverless::Api")
+	}
+	for _, api := range apis {
+		responses := samGet(s.resource(api), "Properties", "GatewayResponses")
+		if responses == nil || responses.Kind != yaml.MappingNode {
+			t.Errorf("%s: no GatewayResponses: API Gateway's own errors would be application/json {\"message\":...}", api)
+			continue
+		}
+		got := map[string]bool{}
+		for _, e := range samEntries(responses) {
+			where := api + ".GatewayResponses." + e.key
+			got[e.key] = true
+			if !slices.Contains(samGatewayResponseTypes, e.key) {
+				t.Errorf("%s: not a gateway response type", where)
+			}
+			if _, _, ok := samIntrinsic(e.val); ok {
+				t.Errorf("%s: SAM takes no intrinsic function here", where)
+				continue
+			}
+			for _, p := range samEntries(e.val) {
+				if !slices.Contains([]string{"StatusCode", "ResponseParameters", "ResponseTemplates"}, p.key) {
+					t.Errorf("%s: SAM rejects the property %s", where, p.key)
+				}
+			}
+			status, hasStatus := samString(samGet(e.val, "StatusCode"))
+			if wantStatus, ok := want[e.key]; ok && status != wantStatus {
+				t.Errorf("%s: StatusCode %q, want %q", where, status, wantStatus)
+			}
+			if hasStatus && !regexp.MustCompile(`^[1-5][0-9][0-9]$`).MatchString(status) {
+				t.Errorf("%s: StatusCode %q is not a status", where, status)
+			}
+			params := samGet(e.val, "ResponseParameters")
+			for _, p := range samEntries(params) {
+				if !slices.Contains([]string{"Headers", "Paths", "QueryStrings"}, p.key) {
+					t.Errorf("%s.ResponseParameters: SAM rejects %s", where, p.key)
+				}
+			}
+			headers := map[string]string{}
+			for _, h := range samEntries(samGet(params, "Headers")) {
+				v, ok := samString(h.val)
+				static := ok && len(v) >= 2 && strings.HasPrefix(v, "'") && strings.HasSuffix(v, "'")
+				if !static && !strings.HasPrefix(v, "method.request.") {
+					t.Errorf("%s: header %s = %s: a static value needs single quotes", where, h.key, samCanon(h.val))
+				}
+				headers[h.key] = strings.Trim(v, "'")
+			}
+			if ct := headers["Content-Type"]; ct != "application/problem+json" {
+				t.Errorf("%s: Content-Type header %q, want 'application/problem+json'", where, ct)
+			}
+			if e.key == "THROTTLED" {
+				if n, err := strconv.Atoi(headers["Retry-After"]); err != nil || n < 1 {
+					t.Errorf("%s: Retry-After %q, want a static number of seconds", where, headers["Retry-After"])
+				}
+			}
+			templates := samEntries(samGet(e.val, "ResponseTemplates"))
+			if len(templates) == 0 {
+				t.Errorf("%s: no ResponseTemplates: API Gateway would send its own body", where)
+			}
+			for _, tpl := range templates {
+				body, ok := samString(tpl.val)
+				if !ok {
+					t.Errorf("%s: template %s is not a plain string", where, tpl.key)
+					continue
+				}
+				body = samContextVariable.ReplaceAllString(samSampleMessage.Replace(body), "x")
+				var p map[string]any
+				if err := json.Unmarshal([]byte(body), &p); err != nil {
+					t.Errorf("%s: template %s is not a JSON object once filled in: %v\n%s", where, tpl.key, err, body)
+					continue
+				}
+				for _, member := range []string{"type", "title", "detail"} {
+					if v, _ := p[member].(string); v == "" {
+						t.Errorf("%s: the problem has no %q", where, member)
+					}
+				}
+				if n, ok := p["status"].(float64); ok != hasStatus || (ok && strconv.Itoa(int(n)) != status) {
+					t.Errorf("%s: the problem's status is %v, the response's %q", where, p["status"], status)
+				}
+			}
+		}
+		for typ := range want {
+			if !got[typ] {
+				t.Errorf("%s: GatewayResponses has no %s", api, typ)
+			}
+		}
 	}
 }
