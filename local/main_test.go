@@ -563,3 +563,28 @@ func signalHelper() {
 	<-ctx.Done()
 	time.Sleep(time.Hour) // deliveries in flight that never finish
 }
+
+// TestSlowBodyIsCutOff: a client that sends its headers and then trickles
+// its body (or sends none) loses the connection after the server's read
+// timeout, instead of holding it, and a goroutine, for good.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	defer func(d time.Duration) { serverReadTimeout = d }(serverReadTimeout)
+	serverReadTimeout = time.Second
+	env := testenv.Env(t, nil)
+	api, stop := startSystem(t, env)
+	defer stop()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(api, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = io.ReadAll(conn) // whatever the server answers, then its close
+	if err != nil {
+		t.Fatalf("connection still open %s after the body stalled: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
@@ -86,10 +87,23 @@ func (g *group) go_(cancel context.CancelFunc, f func() error) {
 	}()
 }
 
+// The local servers' connection timeouts. A request body is at most 64 KiB
+// (httpapi.DefaultMaxReplayBodyBytes), so a client that takes longer than
+// serverReadTimeout to send one is holding a connection, not sending; the
+// write timeout leaves the API's answer 5 s past its own deadline
+// (httpapi.DefaultRequestTimeout), so that its 503 still gets out. Variables
+// so that a test can shorten them.
+var (
+	serverReadTimeout  = 15 * time.Second
+	serverWriteTimeout = httpapi.DefaultRequestTimeout + 5*time.Second
+)
+
 // serve serves h on ln until ctx ends, then shuts the server down
-// gracefully, letting requests in flight finish.
-func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Listener, h http.Handler) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+// gracefully, letting requests in flight finish. writeTimeout bounds the
+// time from a request's headers to the end of its answer (0: none, for the
+// profiler, whose CPU profiles take as long as asked).
+func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Listener, h http.Handler, writeTimeout time.Duration) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: serverReadTimeout, WriteTimeout: writeTimeout, IdleTimeout: 2 * time.Minute}
 	g.go_(cancel, func() error {
 		errc := make(chan error, 1)
 		go func() { errc <- srv.Serve(ln) }()

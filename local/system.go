@@ -71,7 +71,7 @@ func (s *system) run(ctx context.Context) error {
 		}
 		cfg.WebhookURL = "http://" + ln.Addr().String() + "/webhook"
 		s.logger.Info("demo webhook receiver listening", "url", cfg.WebhookURL)
-		g.serve(ctx, cancel, ln, receiver.NewHandler(s.logger.With("component", "receiver"), key))
+		g.serve(ctx, cancel, ln, receiver.NewHandler(s.logger.With("component", "receiver"), key), serverWriteTimeout)
 	}
 	if s.role == "receiver" {
 		return g.waitErr(ctx)
@@ -83,7 +83,7 @@ func (s *system) run(ctx context.Context) error {
 			return fmt.Errorf("profiler on PPROF_ADDR %s: %w", cfg.PprofAddr, err)
 		}
 		s.logger.Info("profiler listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, pprofHandler())
+		g.serve(ctx, cancel, ln, pprofHandler(), 0)
 	}
 
 	if s.role == "mongodb" && cfg.MongoURI != "" {
@@ -149,7 +149,7 @@ func (s *system) run(ctx context.Context) error {
 			return fmt.Errorf("api on API_ADDR %s: %w", cfg.APIAddr, err)
 		}
 		s.logger.Info("api listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, withMetrics(a.APIHandler(sched, sched.Gate())))
+		g.serve(ctx, cancel, ln, withMetrics(a.APIHandler(sched, sched.Gate())), serverWriteTimeout)
 	}
 	if s.has("publisher") {
 		relay := a.Relay(sched.Gate())
@@ -168,7 +168,7 @@ func (s *system) run(ctx context.Context) error {
 			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
 		}}
 		s.logger.Info("processor status listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)))
+		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)), serverWriteTimeout)
 		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
 	}
 	return g.waitErr(ctx)
