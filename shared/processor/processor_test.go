@@ -939,6 +939,25 @@ func (l limiterThen) Reserve(context.Context, time.Duration) (time.Duration, boo
 	return l.wait, true, nil
 }
 
+// expectNoCallThenDelivered checks that a delivery of env that stopped
+// before its call made none, marked nothing taken and gave its claim back:
+// the copy handed out again is delivered, and counted as the first attempt.
+func (f *fixture) expectNoCallThenDelivered(t *testing.T, env message.Envelope) {
+	t.Helper()
+	if n := f.calls.Load(); n != 0 {
+		t.Fatalf("webhook called %d times by a delivery that stopped before its call", n)
+	}
+	if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
+		t.Fatalf("Taken = %v, %v; want false", taken, err)
+	}
+	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
+		t.Fatalf("the copy handed out again: %+v, want it delivered", r)
+	}
+	if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
+		t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
+	}
+}
+
 // TestCancelledBeforeTheCallReleasesTheClaim: a delivery cancelled before
 // its webhook call (in the rate limit's wait, or just before the call)
 // makes no call and gives its claim back, so the copy the broker hands out
@@ -962,18 +981,7 @@ func TestCancelledBeforeTheCallReleasesTheClaim(t *testing.T) {
 			if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue {
 				t.Fatalf("cancelled: %+v, want a requeue", r)
 			}
-			if n := f.calls.Load(); n != 0 {
-				t.Fatalf("webhook called %d times by a cancelled delivery", n)
-			}
-			if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
-				t.Fatalf("Taken after a cancelled delivery = %v, %v; want false", taken, err)
-			}
-			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
-				t.Fatalf("the copy handed out again: %+v, want it delivered", r)
-			}
-			if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
-				t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
-			}
+			f.expectNoCallThenDelivered(t, env)
 		})
 	}
 }
@@ -1014,18 +1022,7 @@ func TestNoCallThatCouldOutliveItsClaim(t *testing.T) {
 			if r.Action != processor.Requeue || !strings.Contains(r.Err.Error(), "claim") {
 				t.Fatalf("with %s of the claim left: %+v, want a requeue for the claim", p.ClaimTTL-tc.wait, r)
 			}
-			if n := f.calls.Load(); n != 0 {
-				t.Fatalf("webhook called %d times with too little of the claim left", n)
-			}
-			if taken, err := f.a.Redis.Taken(context.Background(), env.ID, env.Seq); err != nil || taken {
-				t.Fatalf("Taken = %v, %v; want false", taken, err)
-			}
-			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered {
-				t.Fatalf("the copy handed out again: %+v, want it delivered", r)
-			}
-			if m := f.message(t, env.ID); m.Attempts != 1 || m.Status != message.StatusSent {
-				t.Fatalf("message: %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
-			}
+			f.expectNoCallThenDelivered(t, env)
 		})
 	}
 }
