@@ -126,6 +126,13 @@ func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Lis
 
 func (g *group) wait() { g.wg.Wait() }
 
+// firstErr returns the first part's error so far, if any.
+func (g *group) firstErr() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}
+
 // waitErr blocks until ctx ends and every part has stopped, and returns the
 // first part's error.
 func (g *group) waitErr(ctx context.Context) error {

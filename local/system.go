@@ -93,7 +93,7 @@ func (s *system) run(ctx context.Context) error {
 		uri, srv, err := s.embeddedMongo(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil // stopped while it waited
+				return g.firstErr() // stopped while it waited, or a part failed
 			}
 			return err
 		}
@@ -116,7 +116,7 @@ func (s *system) run(ctx context.Context) error {
 	a, err := s.open(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // stopped while it waited
+			return g.firstErr() // stopped while it waited, or a part failed
 		}
 		return err
 	}
@@ -178,12 +178,20 @@ func (s *system) run(ctx context.Context) error {
 // when they are not up yet: a process started before its broker or
 // database comes up on its own, as containers and process managers expect.
 // A setting that waiting will not fix (wrong credentials, a URI the driver
-// refuses) ends it at once, naming the variable.
+// refuses) ends it after the third try in a row, naming the variable: not at
+// the first, since a connection dropped during the broker's login reads as
+// refused credentials too.
 func (s *system) open(ctx context.Context, cfg config.Config) (*app.App, error) {
 	deadline := time.Now().Add(2 * time.Minute)
+	misconfigured := 0
 	for {
 		a, err := app.Open(ctx, cfg, s.logger)
-		if err == nil || errors.Is(err, app.ErrMisconfigured) || ctx.Err() != nil || time.Now().After(deadline) {
+		if errors.Is(err, app.ErrMisconfigured) {
+			misconfigured++
+		} else {
+			misconfigured = 0
+		}
+		if err == nil || misconfigured >= 3 || ctx.Err() != nil || time.Now().After(deadline) {
 			return a, err
 		}
 		s.logger.Warn("dependencies not ready; trying again in 2s", "error", err)

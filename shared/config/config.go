@@ -226,8 +226,9 @@ func Load(getenv func(string) string) (Config, error) {
 // userInfoSpillsOver reports whether uri has an @ after the end of its
 // authority (the first / ? or # after "://"): a user name or password with
 // one of those characters not percent-encoded. The logs mask everything up to
-// a URL's last @ as its user part, but the drivers take the host from before
-// it: a piece of the password would be dialled as the host, and logged.
+// a URL's last @ as its user part, but amqp091 (net/url) takes the host from
+// before it: a piece of the password would be dialled as the host, and
+// logged.
 func userInfoSpillsOver(uri string) bool {
 	_, rest, ok := strings.Cut(uri, "://")
 	if !ok {
@@ -255,10 +256,11 @@ func (c Config) Validate() error {
 	if u, err := url.Parse(c.RabbitURI); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
 		bad("RABBITMQ_URI", "must be an amqp:// or amqps:// URL")
 	}
-	for name, uri := range map[string]string{"MONGODB_URI": c.MongoURI, "RABBITMQ_URI": c.RabbitURI} {
-		if userInfoSpillsOver(uri) {
-			bad(name, "has an @ after the host: percent-encode a / ? # or @ in the user name or password (%%2F %%3F %%23 %%40)")
-		}
+	// The MongoDB driver splits a URI at its first @ and refuses an
+	// unencoded / or @ in a password itself; a later @ is fine there (Azure
+	// Cosmos DB's URIs end in appName=@account@).
+	if userInfoSpillsOver(c.RabbitURI) {
+		bad("RABBITMQ_URI", "has an @ after the host: percent-encode a / ? # or @ in the user name or password (%%2F %%3F %%23 %%40)")
 	}
 	for name, v := range map[string]string{"RABBITMQ_EXCHANGE": c.Exchange, "RABBITMQ_QUEUE": c.Queue, "RABBITMQ_DLQ": c.DeadLetterQueue} {
 		if v == "" {

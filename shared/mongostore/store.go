@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -104,13 +105,13 @@ type Store struct {
 	ferret bool
 }
 
-// Open connects to the MongoDB at uri, pings it and returns a store using
-// database. Retryable writes follow the URI (retryWrites=false for Amazon
-// DocumentDB). Errors name the server without the URI's password.
 // ErrBadURI marks Open's error for a URI the driver refuses (it parses and
 // checks the URI before connecting): connecting again will not help.
 var ErrBadURI = errors.New("the driver refuses the URI")
 
+// Open connects to the MongoDB at uri, pings it and returns a store using
+// database. Retryable writes follow the URI (retryWrites=false for Amazon
+// DocumentDB). Errors name the server without the URI's password.
 func Open(ctx context.Context, uri, database string) (*Store, error) {
 	if database == "" {
 		return nil, errors.New("open mongodb: database name is empty")
@@ -119,6 +120,11 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 	opts := clientOptions(uri)
 	client, err := mongo.Connect(opts)
 	if err != nil {
+		// A mongodb+srv:// URI is resolved here: a DNS lookup that
+		// failed may well succeed next time.
+		if _, dns := errors.AsType[*net.DNSError](err); dns {
+			return nil, scrub(fmt.Errorf("open mongodb %s: %w", shown, err), uri)
+		}
 		return nil, scrub(fmt.Errorf("open mongodb %s: %w: %w", shown, ErrBadURI, err), uri)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, openTimeout)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,9 +69,14 @@ func redactURI(uri string) string { return redact.URL(uri) }
 // errBadURI marks a URI that does not parse.
 var errBadURI = errors.New("not a valid amqp:// or amqps:// URI")
 
-// Permanent reports whether err, from Dial, is one that dialling again will
-// not fix: a URI that does not parse, credentials or a virtual host the
-// broker refuses, or a queue that exists with other arguments.
+// Permanent reports whether err, from Dial, looks like one that dialling
+// again will not fix: a URI that does not parse, credentials or a virtual
+// host the broker refuses, or a queue that exists with other arguments.
+//
+// Only "looks like": amqp091 reports a connection that drops during the
+// login as refused credentials too (403), and NOT_ALLOWED (530) is also a
+// connection limit reached; only the virtual host's is taken here. A caller
+// that gives up should see the error more than once first.
 func Permanent(err error) bool {
 	if errors.Is(err, errBadURI) {
 		return true
@@ -80,8 +86,10 @@ func Permanent(err error) bool {
 		return false
 	}
 	switch ae.Code {
-	case amqp.AccessRefused, amqp.NotAllowed, amqp.PreconditionFailed:
+	case amqp.AccessRefused, amqp.PreconditionFailed:
 		return true
+	case amqp.NotAllowed:
+		return strings.Contains(strings.ToLower(ae.Reason), "vhost")
 	}
 	return false
 }

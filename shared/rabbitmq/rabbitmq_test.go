@@ -991,3 +991,23 @@ func TestDialKeepsABadURIsPasswordOutOfItsError(t *testing.T) {
 		}
 	}
 }
+
+// TestDialTellsPermanentRefusals: a password or virtual host the broker
+// refuses, and a URI that does not parse, are errors that dialling again
+// will not fix; a closed port is not.
+func TestDialTellsPermanentRefusals(t *testing.T) {
+	topo := rabbitmq.Topology{Exchange: "x", Queue: "q", DeadLetterQueue: "d"}
+	for uri, want := range map[string]bool{
+		"amqp://guest:wrong@127.0.0.1:5672/":     true,
+		"amqp://guest:guest@127.0.0.1:5672/nope": true,
+		"amqp://guest:guest@127.0.0.1:port/":     true,
+		"amqp://guest:guest@127.0.0.1:1/":        false,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := rabbitmq.Dial(ctx, uri, topo, nil)
+		cancel()
+		if err == nil || rabbitmq.Permanent(err) != want {
+			t.Errorf("Dial(%s): %v; Permanent %v, want %v", uri, err, err != nil && rabbitmq.Permanent(err), want)
+		}
+	}
+}
