@@ -128,6 +128,9 @@ type ReplayResult struct {
 	Matched  int      `json:"matched"`
 	Replayed int      `json:"replayed"`
 	IDs      []string `json:"ids"`
+	// More says the call stopped before its request's deadline with
+	// messages left to look at: the caller repeats it for the rest.
+	More bool `json:"more"`
 }
 
 // FailedRecord indexes one FAILED message: the dead-letter set, kept apart

@@ -12,6 +12,10 @@ import (
 // maxReplay bounds one bulk replay; a client repeats the call for more.
 const maxReplay = 1000
 
+// replayReserve is the time a bulk replay keeps before its request's
+// deadline to answer with what it did.
+const replayReserve = 3 * time.Second
+
 // Retry puts one FAILED message back in the outbox with a fresh attempt
 // budget. It is ECONFLICT for a message in any other status.
 func (s *Service) Retry(ctx context.Context, id string) (message.Message, error) {
@@ -41,11 +45,21 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 		for _, r := range recs {
 			ids = append(ids, r.MessageID)
 		}
+		// A full page may have more behind it.
+		res.More = len(recs) == maxReplay
 	}
 	if len(ids) > maxReplay {
 		return res, message.FieldError("ids", "at most %d ids per call", maxReplay)
 	}
-	for _, id := range ids {
+	for i, id := range ids {
+		// Each replay is a few writes; a thousand of them on a slow store
+		// can outlast the request. Stop while there is time to answer, and
+		// say so: a repeat skips what is no longer FAILED.
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < replayReserve {
+			res.More = true
+			s.Logger.Info("replay stopped before the request's deadline", "done", i, "left", len(ids)-i)
+			break
+		}
 		m, err := s.Get(ctx, id)
 		if message.ErrorCode(err) == message.ENOTFOUND {
 			continue

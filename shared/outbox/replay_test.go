@@ -94,6 +94,28 @@ func TestReplaySelects(t *testing.T) {
 	}
 	res, err = svc.Replay(ctx, message.ReplayRequest{})
 	replayed(res, err, oldB)
+	if res.More {
+		t.Fatalf("a replay that did all there was: %+v, want more false", res)
+	}
+}
+
+// TestReplayStopsBeforeTheDeadline: a bulk replay whose request is about
+// to run out of time stops and says there is more, rather than have the
+// deadline cut it off with no answer; the repeat does the rest.
+func TestReplayStopsBeforeTheDeadline(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(nil)
+	ids := []string{failedAt(t, a, time.Now().Add(-time.Hour)), failedAt(t, a, time.Now().Add(-time.Hour))}
+	short, cancel := context.WithTimeout(context.Background(), time.Second) // less than the reserve
+	defer cancel()
+	res, err := svc.Replay(short, message.ReplayRequest{IDs: ids})
+	if err != nil || !res.More || res.Replayed != 0 {
+		t.Fatalf("replay with a second left: %+v %v, want nothing done and more", res, err)
+	}
+	res, err = svc.Replay(context.Background(), message.ReplayRequest{IDs: ids})
+	if err != nil || res.More || res.Replayed != 2 {
+		t.Fatalf("the repeat: %+v %v, want both replayed and no more", res, err)
+	}
 }
 
 // nextEntryLost fails RecordOutcome as if the insert of the next
