@@ -188,8 +188,10 @@ func (s *Service) flushCreates(ctx context.Context, calls []createCall) []error 
 		// an entry stored as published that nobody will publish. Hand the
 		// entries to the relay, as for an unconfirmed publish, rather
 		// than leave the message to the stale sweep. One whose message
-		// was not stored is published, found to have none, and dropped.
-		s.markUnpublished(ctx, unsure, "the create failed")
+		// was not stored is published, found to have none, and dropped. In
+		// the background: with MongoDB down, the batch's callers must not
+		// wait for this write to fail too before they hear of theirs.
+		go s.markUnpublished(ctx, unsure, "the create failed")
 	}
 	if len(fast) > 0 {
 		s.publishNow(ctx, fast)
