@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -232,5 +233,35 @@ func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
 	}
 	if s := status(); s != "ok" {
 		t.Fatalf("status once the limit works again: %s, want ok", s)
+	}
+}
+
+// TestReleaseClearsAStandInClaimOnceRedisIsBack: a claim taken in the
+// MongoDB stand-in while Redis was down, and released after Redis came
+// back, leaves nothing there: left, the sweep would take it for a dispatch
+// that may have reached the webhook and count an attempt.
+func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
+	cut := redistest.NewCut(t)
+	a := testenv.App(t, testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"}))
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const id = "0195f0a2-7b1c-7cde-8f00-0000000000c1"
+	cut.Set(true)
+	if ok, _, _, err := p.Inbox.Claim(ctx, id, "token-1", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
+	if taken, err := a.Store.TakenInbox(ctx, id, 0); err != nil || !taken {
+		t.Fatalf("the stand-in holds no claim: %v %v", taken, err)
+	}
+	cut.Set(false)
+	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
+	if err := p.Inbox.Release(ctx, id, "token-1"); err != nil {
+		t.Fatalf("release with Redis back: %v", err)
+	}
+	if taken, err := a.Store.TakenInbox(ctx, id, 0); err != nil || taken {
+		t.Fatalf("after the release, the stand-in still holds the claim: %v %v", taken, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,12 @@ type guards struct {
 	mongo  *mongostore.Store
 	logger *slog.Logger
 	down   atomic.Bool
+	// standIn holds the claims this process took in the MongoDB stand-in
+	// (message id to token), for Release to delete there too, even once
+	// Redis is back: left behind, such a claim would read as a dispatch
+	// taken (see Taken) for the two days it is kept. Complete forgets one:
+	// its message is done, and the sweep never asks about it.
+	standIn sync.Map
 }
 
 var (
@@ -55,7 +62,11 @@ func (g *guards) Degraded() bool { return g.down.Load() }
 func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl)
 	if g.fallback(err) {
-		return g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
+		ok, st, wid, err = g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
+		if ok {
+			g.standIn.Store(id, token)
+		}
+		return ok, st, wid, err
 	}
 	return ok, st, wid, nil
 }
@@ -75,6 +86,7 @@ func (g *guards) MarkTaken(ctx context.Context, id string, seq int, ttl time.Dur
 }
 
 func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
+	g.standIn.Delete(id)
 	if g.fallback(g.redis.Complete(ctx, id, webhookMessageID, ttl)) {
 		return g.mongo.CompleteInbox(ctx, id, webhookMessageID, ttl)
 	}
@@ -82,6 +94,11 @@ func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl 
 }
 
 func (g *guards) Release(ctx context.Context, id, token string) error {
+	if g.standIn.CompareAndDelete(id, token) {
+		if err := g.mongo.ReleaseInbox(ctx, id, token); err != nil {
+			return err
+		}
+	}
 	if g.fallback(g.redis.Release(ctx, id, token)) {
 		return g.mongo.ReleaseInbox(ctx, id, token)
 	}
