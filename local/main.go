@@ -30,12 +30,20 @@ func main() {
 // which can take WEBHOOK_TIMEOUT and more, and a second Ctrl-C ends the
 // process at once for someone who will not wait.
 func stopOnSignal(stderr io.Writer) (context.Context, context.CancelFunc) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	context.AfterFunc(ctx, func() {
-		stop()
-		fmt.Fprintln(stderr, "rms: stopping: finishing the deliveries in flight (Ctrl-C again to stop at once)")
-	})
-	return ctx, stop
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case <-sigs:
+			signal.Stop(sigs)
+			fmt.Fprintln(stderr, "rms: stopping: finishing the deliveries in flight (Ctrl-C again to stop at once)")
+			cancel()
+		case <-ctx.Done(): // a return without a signal says nothing
+			signal.Stop(sigs)
+		}
+	}()
+	return ctx, cancel
 }
 
 const usage = `usage: rms [role]

@@ -545,6 +545,19 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 	}
 }
 
+// TestStopWithoutASignalSaysNothing: a process that ends on its own (rms
+// setup) prints no notice of a stop.
+func TestStopWithoutASignalSaysNothing(t *testing.T) {
+	out := &logbuf.Buffer{}
+	ctx, stop := stopOnSignal(out)
+	stop()
+	<-ctx.Done()
+	time.Sleep(100 * time.Millisecond) // a notice would be written by now
+	if out.String() != "" {
+		t.Fatalf("notice without a signal: %q", out)
+	}
+}
+
 // TestMain runs the signal helper when TestSecondSignalStopsAtOnce starts
 // this binary as one, and the tests otherwise.
 func TestMain(m *testing.M) {
