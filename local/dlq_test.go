@@ -53,10 +53,11 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	if got := listAll(t, api, "FAILED", nil); len(got) != 1 || got[0].ID != m.ID {
 		t.Fatalf("GET /messages?status=FAILED: %v", got)
 	}
-	_, b = do(t, "GET", api+"/status", "", nil)
-	if !strings.Contains(string(b), `"failedMessages":1`) {
-		t.Fatalf("status does not count the failure: %s", b)
-	}
+	// The failed index is written just after the status.
+	waitFor(t, 10*time.Second, func() bool {
+		_, b = do(t, "GET", api+"/status", "", nil)
+		return strings.Contains(string(b), `"failedMessages":1`)
+	}, func() string { return fmt.Sprintf("status does not count the failure: %s", b) })
 	waitFor(t, 10*time.Second, func() bool { return testenv.QueueDepth(t, env["RABBITMQ_DLQ"]) == 1 }, func() string { return "no DLQ notification" })
 
 	// A dry-run replay counts it; a retry puts it back with a fresh budget.

@@ -460,19 +460,26 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
-	// The counts are on GET /metrics, in the Prometheus text format.
-	_, b := do(t, "GET", api+"/metrics", "", nil)
-	for _, want := range []string{
+	// The counts are on GET /metrics, in the Prometheus text format. A
+	// delivery is counted just after its outcome is written, so the last
+	// ones may come a moment after the list shows them SENT.
+	want := []string{
 		`rms_messages_total{event="accepted"} 500`,
 		`rms_messages_total{event="delivered"} 500`,
 		`rms_outbox_backlog 0`,
 		`rms_circuit_breaker_state 0`,
 		`rms_latency_seconds_count{kind="delivery"} 500`,
-	} {
-		if !bytes.Contains(b, []byte(want)) {
-			t.Errorf("/metrics lacks %q", want)
-		}
 	}
+	var b []byte
+	waitFor(t, 10*time.Second, func() bool {
+		_, b = do(t, "GET", api+"/metrics", "", nil)
+		for _, w := range want {
+			if !bytes.Contains(b, []byte(w)) {
+				return false
+			}
+		}
+		return true
+	}, func() string { return fmt.Sprintf("/metrics lacks one of %q:\n%s", want, b) })
 }
 
 // listAll follows the cursor through every page of GET /messages?status=.

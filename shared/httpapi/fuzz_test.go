@@ -12,7 +12,7 @@ import (
 func FuzzCreateMessage(f *testing.F) {
 	for _, seed := range []string{
 		`{"to":"+905551111111","content":"hello"}`,
-		`{"to":"+905551111111","content":"hello","sendAt":"2031-01-01T00:00:00Z"}`,
+		`{"to":"+905551111111","content":"hello","sendAt":"2099-01-01T00:00:00Z"}`,
 		`{"to":"+905551111111","content":"hello","sendAt":"2020-01-01T00:00:00Z"}`,
 		`{"to":"+905551111111","content":"hello","sendAt":"9999-99-99"}`,
 		`{"to":905551111111,"content":"hello"}`,

@@ -80,14 +80,25 @@ func (b *reportingBreaker) State() string { return "closed" }
 // and through Redis hold off every processor. A call the webhook failed
 // still counts.
 func TestBreakerIgnoresCallsCutShortByTheirCaller(t *testing.T) {
-	f := setup(t, time.Second, nil)
+	hold := make(chan struct{})
+	defer close(hold)
+	f := setupHeld(t, 0, hold, nil)
 	b := &reportingBreaker{}
 	p := f.processor(t)
 	p.Breaker = b
 
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// The call is cut short once it has reached the webhook, however
+	// long the message took to get there.
+	env := f.published(t)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	r := p.Handle(ctx, body(f.published(t)), false)
+	go func() {
+		defer cancel()
+		for deadline := time.Now().Add(30 * time.Second); f.calls.Load() == 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	r := p.Handle(ctx, body(env), false)
 	if r.Outcome != message.OutcomeRetry || f.calls.Load() != 1 {
 		t.Fatalf("call cut short: %+v, %d calls", r, f.calls.Load())
 	}

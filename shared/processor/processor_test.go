@@ -385,6 +385,9 @@ func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
 			t.Fatalf("Handle(%s): %+v", b, r)
 		}
 	}
+	if len(dl.left) != 2 {
+		t.Fatalf("%d notifications went through DeadLetters, want 2", len(dl.left))
+	}
 	for i, left := range dl.left {
 		if left <= 0 || left > processor.RecordTimeout {
 			t.Fatalf("notification %d had %s left (0: no deadline), want at most RecordTimeout", i, left)
