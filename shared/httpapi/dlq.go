@@ -82,7 +82,7 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 		unique := ids[:0]
 		for _, id := range ids {
 			if !validUUID(id) {
-				writeInvalid(w, r, "ids", "every id must be a message id (a UUID)")
+				writeInvalid(w, r, "ids", "must hold message ids (UUIDs) only")
 				return
 			}
 			id = strings.ToLower(id)

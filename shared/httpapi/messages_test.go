@@ -332,9 +332,9 @@ func TestQueryParameters(t *testing.T) {
 	}
 }
 
-// TestProblemDetail: a problem's detail names the field once. A message
-// that is a predicate gets the field in front; one that reads alone, often
-// naming the field itself, is left as it is.
+// TestProblemDetail: a problem's detail is its field followed by the
+// message, a predicate about it, and so names the field once: the service's
+// errors are written that way too.
 func TestProblemDetail(t *testing.T) {
 	ts := newTestServer(t)
 	key := []string{"Idempotency-Key", "detail-1"}
@@ -350,10 +350,10 @@ func TestProblemDetail(t *testing.T) {
 		status                   int
 		field, detail            string
 	}{
-		{"service error naming its field", http.MethodPost, "/messages", body(phone, "other"), key,
-			http.StatusUnprocessableEntity, "Idempotency-Key", "this Idempotency-Key was used with a different request"},
-		{"service error without a verb", http.MethodPost, "/dlq/replay", string(replay), nil,
-			http.StatusBadRequest, "ids", "at most 1000 ids per call"},
+		{"service error", http.MethodPost, "/messages", body(phone, "other"), key,
+			http.StatusUnprocessableEntity, "Idempotency-Key", "Idempotency-Key was used with a different request"},
+		{"service error of a bulk replay", http.MethodPost, "/dlq/replay", string(replay), nil,
+			http.StatusBadRequest, "ids", "ids must hold at most 1000 ids per call"},
 		{"predicate", http.MethodPost, "/messages", `{"content":"hi"}`, nil,
 			http.StatusBadRequest, "to", "to is required"},
 		{"predicate of the HTTP layer", http.MethodGet, "/messages?limit=0", "", nil,

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
@@ -97,7 +95,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	}
 	if me.Field != "" {
 		p.Field = me.Field
-		p.Detail = fieldDetail(me.Field, me.Message)
+		p.Detail = me.Field + " " + me.Message
 		p.Errors = []FieldProblem{{Field: me.Field, Detail: me.Message}}
 	}
 	if me.Code == message.EUNAVAILABLE {
@@ -107,23 +105,6 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}
 	writeProblem(w, r, p)
-}
-
-// predicateVerbs are the words a field error's message starts with when it
-// is a predicate about the field ("must be a string", "is required").
-var predicateVerbs = []string{"is", "are", "must", "has", "have", "was", "were", "cannot", "needs", "should", "may"}
-
-// fieldDetail makes the detail of a problem about field from msg. Most
-// messages are predicates that need the field in front ("to" + "is
-// required"); others already read alone and often name the field
-// themselves ("this Idempotency-Key was used with a different request",
-// "at most 1000 ids per call"), and the field in front would say it twice.
-func fieldDetail(field, msg string) string {
-	first, _, _ := strings.Cut(msg, " ")
-	if slices.Contains(predicateVerbs, first) {
-		return field + " " + msg
-	}
-	return msg
 }
 
 // writeInvalid answers a 400 validation problem about field (which may be

@@ -49,7 +49,7 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 		res.More = len(recs) == maxReplay
 	}
 	if len(ids) > maxReplay {
-		return res, message.FieldError("ids", "at most %d ids per call", maxReplay)
+		return res, message.FieldError("ids", "must hold at most %d ids per call", maxReplay)
 	}
 	for i, id := range ids {
 		// Each replay is a few writes; a thousand of them on a slow store

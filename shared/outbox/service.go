@@ -232,7 +232,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		}
 		if existing.RequestHash != hash {
 			return rec, nil, &message.Error{Code: message.EMISMATCH, Field: "Idempotency-Key",
-				Message: "this Idempotency-Key was used with a different request"}
+				Message: "was used with a different request"}
 		}
 		m, err := s.Store.GetMessage(ctx, existing.MessageID)
 		if err == nil {
@@ -243,7 +243,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		}
 		if now.Sub(existing.CreatedAt) < s.InProgressWindow {
 			return rec, nil, &message.Error{Code: message.EINPROGRESS, Field: "Idempotency-Key",
-				Message: "a request with this Idempotency-Key is still being processed"}
+				Message: "is in use by a request still being processed"}
 		}
 		return existing, nil, nil
 	}
