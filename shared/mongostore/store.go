@@ -647,20 +647,20 @@ func replaceEntry(ctx context.Context, c *mongo.Collection, e message.OutboxEntr
 // read: an entry written again since under its key (by an Idempotency-Key's
 // repeat, see CreateMessages) has another createdAt and stays.
 func (s *Store) DropOutbox(ctx context.Context, e message.OutboxEntry) error {
-	filter := bson.D{{Key: "_id", Value: e.Key}, {Key: "createdAt", Value: e.CreatedAt}}
-	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
-		if _, err := c.DeleteOne(ctx, filter); err != nil {
-			return fmt.Errorf("delete outbox entry %s: %w", e.Key, err)
-		}
-	}
-	return nil
+	return s.deleteEntry(ctx, e.Key, bson.D{{Key: "_id", Value: e.Key}, {Key: "createdAt", Value: e.CreatedAt}})
 }
 
 // DeleteOutbox removes the entry with this key, pending or in flight, if
 // any.
 func (s *Store) DeleteOutbox(ctx context.Context, key string) error {
+	return s.deleteEntry(ctx, key, byID(key))
+}
+
+// deleteEntry deletes the entry of key that filter matches from both the
+// in-flight and the pending entries.
+func (s *Store) deleteEntry(ctx context.Context, key string, filter bson.D) error {
 	for _, c := range []*mongo.Collection{s.inflight, s.outbox} {
-		if _, err := c.DeleteOne(ctx, byID(key)); err != nil {
+		if _, err := c.DeleteOne(ctx, filter); err != nil {
 			return fmt.Errorf("delete outbox entry %s: %w", key, err)
 		}
 	}
