@@ -207,6 +207,55 @@ func TestStopWhileWaitingForADependencyIsNoError(t *testing.T) {
 	}
 }
 
+// TestPartFailingWhileTheStartWaitsIsReported: a part already running
+// (here the profiler's server) that fails while the process waits for its
+// broker ends the start with that part's error, not with the exit status 0
+// of a stop.
+func TestPartFailingWhileTheStartWaitsIsReported(t *testing.T) {
+	pprofAddr := testenv.FreeAddr(t)
+	env := testenv.Env(t, map[string]string{
+		"RABBITMQ_URI": "amqp://guest:guest@" + testenv.FreeAddr(t) + "/",
+		"PPROF_ADDR":   pprofAddr,
+	})
+	breakListener := make(chan struct{})
+	listen = func(network, addr string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		if err != nil || addr != pprofAddr {
+			return ln, err
+		}
+		return &breakingListener{Listener: ln, broken: breakListener}, nil
+	}
+	t.Cleanup(func() { listen = net.Listen })
+	out := &logbuf.Buffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), []string{"publisher"}, func(k string) string { return env[k] }, out, io.Discard)
+	}()
+	testenv.WaitFor(t, 30*time.Second, "the process waiting for its broker", func() bool {
+		return strings.Contains(out.String(), "dependencies not ready")
+	})
+	close(breakListener)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "listener broke") {
+			t.Fatalf("run: %v, want the profiler server's error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return 30 s after one of its parts failed")
+	}
+}
+
+// breakingListener's Accept fails for good once broken is closed.
+type breakingListener struct {
+	net.Listener
+	broken chan struct{}
+}
+
+func (l *breakingListener) Accept() (net.Conn, error) {
+	<-l.broken
+	return nil, errors.New("listener broke")
+}
+
 // TestRolesStartedTogetherShareOneMongoDB: roles started together (bin/rms
 // mongodb & bin/rms api & ...) all find no embedded MongoDB and race to
 // start one. A role that loses waits for the winner's instead of exiting,

@@ -31,6 +31,10 @@ type system struct {
 	logger *slog.Logger
 }
 
+// listen opens the servers' listeners; a variable so that a test can
+// hand out one that breaks.
+var listen = net.Listen
+
 func newSystem(role string, getenv func(string) string, stdout io.Writer) *system {
 	return &system{role: role, getenv: getenv, stdout: stdout}
 }
@@ -65,7 +69,7 @@ func (s *system) run(ctx context.Context) error {
 		if keys, _ := config.DecodeWebhookSecrets(cfg.WebhookSecret); len(keys) > 0 { // validated by Load
 			key = keys[len(keys)-1]
 		}
-		ln, err := net.Listen("tcp", cfg.ReceiverAddr)
+		ln, err := listen("tcp", cfg.ReceiverAddr)
 		if err != nil {
 			return fmt.Errorf("demo receiver on RECEIVER_ADDR %s: %w", cfg.ReceiverAddr, err)
 		}
@@ -78,7 +82,7 @@ func (s *system) run(ctx context.Context) error {
 	}
 
 	if cfg.PprofAddr != "" {
-		ln, err := net.Listen("tcp", cfg.PprofAddr)
+		ln, err := listen("tcp", cfg.PprofAddr)
 		if err != nil {
 			return fmt.Errorf("profiler on PPROF_ADDR %s: %w", cfg.PprofAddr, err)
 		}
@@ -144,7 +148,7 @@ func (s *system) run(ctx context.Context) error {
 
 	sched := a.LocalScheduler()
 	if s.has("api") {
-		ln, err := net.Listen("tcp", cfg.APIAddr)
+		ln, err := listen("tcp", cfg.APIAddr)
 		if err != nil {
 			return fmt.Errorf("api on API_ADDR %s: %w", cfg.APIAddr, err)
 		}
@@ -160,7 +164,7 @@ func (s *system) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ln, err := net.Listen("tcp", cfg.ProcessorAddr)
+		ln, err := listen("tcp", cfg.ProcessorAddr)
 		if err != nil {
 			return fmt.Errorf("processor status on PROCESSOR_ADDR %s: %w", cfg.ProcessorAddr, err)
 		}
