@@ -78,10 +78,18 @@ func (m *Metrics) Time(kind string, d time.Duration) {
 	m.timings.WithLabelValues(kind).Observe(d.Seconds())
 }
 
-// Handler serves the registry.
-func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
+// Handler serves the registry. A collector that fails leaves its own series
+// out of the scrape, not the whole scrape: an outage is when the other
+// series are needed most.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
 
-// backlog reads the outbox once per scrape for both of its gauges.
+// backlog reads the outbox once per scrape for both of its gauges. When the
+// read fails (MongoDB down or slow), the two gauges are left out and
+// rms_outbox_stats_up says 0: an invalid metric would fail the whole scrape
+// with a 500 that quotes the driver's error to anyone who can reach the
+// port, and Prometheus would lose every series for the outage.
 type backlog struct {
 	read func(ctx context.Context) (int64, time.Time, error)
 }
@@ -89,18 +97,24 @@ type backlog struct {
 var (
 	backlogDesc = prometheus.NewDesc("rms_outbox_backlog", "Outbox entries due and not yet published.", nil, nil)
 	ageDesc     = prometheus.NewDesc("rms_outbox_oldest_age_seconds", "How long the oldest due outbox entry has waited.", nil, nil)
+	statsUpDesc = prometheus.NewDesc("rms_outbox_stats_up", "1 if this scrape could read the outbox's backlog from MongoDB, 0 if not (then rms_outbox_backlog and rms_outbox_oldest_age_seconds are left out).", nil, nil)
 )
 
-func (b *backlog) Describe(ch chan<- *prometheus.Desc) { ch <- backlogDesc; ch <- ageDesc }
+func (b *backlog) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backlogDesc
+	ch <- ageDesc
+	ch <- statsUpDesc
+}
 
 func (b *backlog) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, oldest, err := b.read(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(backlogDesc, err)
+		ch <- prometheus.MustNewConstMetric(statsUpDesc, prometheus.GaugeValue, 0)
 		return
 	}
+	ch <- prometheus.MustNewConstMetric(statsUpDesc, prometheus.GaugeValue, 1)
 	age := 0.0
 	if !oldest.IsZero() {
 		age = max(time.Since(oldest).Seconds(), 0)
