@@ -54,6 +54,9 @@ type Service struct {
 	// after a publish failed, so that a broker outage costs the API one
 	// slow batch rather than one per request.
 	pausedUntil atomic.Int64
+	// gateUnknown is set while the gate cannot be read, so that an outage
+	// of its backend is logged once, not once per request.
+	gateUnknown atomic.Bool
 }
 
 // fastPathPause is how long the fast path stays off after a failed publish.
@@ -88,7 +91,7 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		if late != nil && rec.MessageID == id {
 			// A new request: its key is given back.
 			if err := s.Store.DeleteIdempotencyRecord(ctx, key, id); err != nil {
-				s.Logger.Warn("could not remove the key of a request rejected for its past sendAt; a repeat within IN_PROGRESS_WINDOW gets 409, a later one is accepted as due now", "error", err)
+				s.Logger.Warn("could not remove the key of a request rejected for its past sendAt; a repeat within in_progress_window gets 409, a later one is accepted as due now", "in_progress_window", s.InProgressWindow, "error", err)
 			}
 			return message.Message{}, false, late
 		}
@@ -257,8 +260,13 @@ func (s *Service) gateOpen(ctx context.Context) bool {
 	open, err := s.Gate(ctx)
 	if err != nil {
 		// Unknown state: leave the message to the relay, which checks again.
-		s.Logger.Warn("scheduler state unknown; no fast path", "error", err)
+		if !s.gateUnknown.Swap(true) {
+			s.Logger.Warn("scheduler state unknown; no fast path until it can be read", "error", err)
+		}
 		return false
+	}
+	if s.gateUnknown.Swap(false) {
+		s.Logger.Info("scheduler state known again; fast path back", "started", open)
 	}
 	return open
 }

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
@@ -243,4 +247,51 @@ func TestFastPathCreateThatFailedButWasStored(t *testing.T) {
 		s, err := r.Pass(context.Background())
 		return err == nil && s.Published == 1
 	})
+}
+
+// TestGateOutageIsLoggedOnce: while the publisher's state cannot be read,
+// creates go on without the fast path and say so once, not once per
+// request; a read that works again says so once too.
+func TestGateOutageIsLoggedOnce(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	var failing atomic.Bool
+	failing.Store(true)
+	svc := a.Service(func(context.Context) (bool, error) {
+		if failing.Load() {
+			return false, errors.New("get schedule: throttled")
+		}
+		return true, nil
+	})
+	out := &logbuf.Buffer{}
+	svc.Logger = slog.New(slog.NewTextHandler(out, nil))
+	create := func() message.Message {
+		t.Helper()
+		m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "gate"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for range 20 {
+		if m := create(); m.Status != message.StatusUnsent {
+			t.Fatalf("created %s with the gate unreadable, want UNSENT (left to the relay)", m.Status)
+		}
+	}
+	if n := strings.Count(out.String(), "scheduler state unknown"); n != 1 {
+		t.Fatalf("%d warnings for 20 creates with the gate unreadable, want 1:\n%s", n, out)
+	}
+	failing.Store(false)
+	for range 3 {
+		if m := create(); m.Status != message.StatusProcessing {
+			t.Fatalf("created %s with the gate open, want PROCESSING (fast path)", m.Status)
+		}
+	}
+	if n := strings.Count(out.String(), "scheduler state known again"); n != 1 {
+		t.Fatalf("%d recovery lines, want 1:\n%s", n, out)
+	}
+	failing.Store(true)
+	create()
+	if n := strings.Count(out.String(), "scheduler state unknown"); n != 2 {
+		t.Fatalf("a second outage logged %d warnings in all, want 2", n)
+	}
 }
