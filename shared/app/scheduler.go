@@ -23,6 +23,11 @@ type StoreScheduler struct {
 	mu       sync.Mutex
 	cached   message.SchedulerState
 	cachedAt time.Time
+	// readErr is the gate's last failed read, returned without a read
+	// until gateCacheTTL after readAt: with MongoDB down or slow, every
+	// POST would otherwise queue one more read behind it.
+	readErr error
+	readAt  time.Time
 	// sets counts the changes made through this process, so that a read
 	// begun before one does not replace what it wrote.
 	sets uint64
@@ -69,6 +74,7 @@ func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) 
 	}
 	s.mu.Lock()
 	s.cached, s.cachedAt = state, time.Now()
+	s.readErr = nil
 	s.sets++
 	s.mu.Unlock()
 	return s.Status(ctx)
@@ -79,15 +85,28 @@ func (s *StoreScheduler) Gate() outbox.Gate {
 	return func(ctx context.Context) (bool, error) {
 		s.mu.Lock()
 		state, fresh, sets := s.cached, time.Since(s.cachedAt) < gateCacheTTL, s.sets
+		readErr := s.readErr
+		if readErr != nil && time.Since(s.readAt) >= gateCacheTTL {
+			readErr = nil
+		}
 		s.mu.Unlock()
+		if !fresh && readErr != nil {
+			return false, readErr
+		}
 		if !fresh {
 			var err error
 			if state, _, err = s.Store.SchedulerState(ctx, s.Default); err != nil {
+				s.mu.Lock()
+				if s.sets == sets && ctx.Err() == nil { // not this request's own end
+					s.readErr, s.readAt = err, time.Now()
+				}
+				s.mu.Unlock()
 				return false, err
 			}
 			s.mu.Lock()
 			if s.sets == sets {
 				s.cached, s.cachedAt = state, time.Now()
+				s.readErr = nil
 			} else {
 				// A start or stop through this process landed while
 				// the read ran: it is newer than what was read.

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,5 +60,48 @@ func TestGateSeesAStopMadeDuringItsRead(t *testing.T) {
 	<-during // begun before the stop: either answer is right
 	if open, err := gate(ctx); err != nil || open {
 		t.Fatalf("gate right after the stop = %v, %v; want closed", open, err)
+	}
+}
+
+// failingRead fails every read of the scheduler state, and counts them.
+type failingRead struct {
+	outbox.Store
+	reads atomic.Int32
+}
+
+func (f *failingRead) SchedulerState(context.Context, message.SchedulerState) (message.SchedulerState, time.Time, error) {
+	f.reads.Add(1)
+	return "", time.Time{}, errors.New("server selection timeout")
+}
+
+// TestGateRemembersAFailedRead: with MongoDB failing, requests that arrive
+// together share one failed read of the state instead of each queueing
+// another behind the outage; the gate tries again once the failure is a
+// cache period old, and a start through this process is seen at once.
+func TestGateRemembersAFailedRead(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	sched := a.LocalScheduler()
+	failing := &failingRead{Store: sched.Store}
+	sched.Store = failing
+	gate := sched.Gate()
+	for range 10 {
+		if open, err := gate(ctx); err == nil || open {
+			t.Fatalf("gate with the state unreadable = %v, %v; want an error", open, err)
+		}
+	}
+	if n := failing.reads.Load(); n != 1 {
+		t.Fatalf("10 gate calls made %d reads, want 1", n)
+	}
+	time.Sleep(300 * time.Millisecond) // past the cache period
+	if _, err := gate(ctx); err == nil || failing.reads.Load() != 2 {
+		t.Fatalf("gate after the cache period: %v, %d reads in all; want a second failed read", err, failing.reads.Load())
+	}
+	sched.Store = a.Store
+	if _, err := sched.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if open, err := gate(ctx); err != nil || !open {
+		t.Fatalf("gate right after a start = %v, %v; want open", open, err)
 	}
 }
