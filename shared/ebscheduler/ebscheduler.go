@@ -35,14 +35,38 @@ type Scheduler struct {
 	group  string
 	// cacheTTL bounds how stale the state the fast-path gate sees may be. A
 	// schedule fires at most once a minute; reading it on every POST would
-	// cost a round trip and a share of the API's request quota.
+	// cost a round trip and a share of the API's request quota. The gate
+	// also remembers a failed read for as long: while EventBridge Scheduler
+	// throttles or cannot be reached, each instance then reads at most as
+	// often as when it is healthy, rather than adding a request per POST to
+	// the load that throttles it. The price is a fast path that stays off
+	// up to cacheTTL after the service recovers; the messages are stored
+	// all the same, for the publisher, and a successful read (an explicit
+	// GET /scheduler, say) turns it back on at once.
 	cacheTTL time.Duration
 	now      func() time.Time
 
 	mu       sync.Mutex
 	cached   httpapi.SchedulerStatus
 	cachedAt time.Time
+	// failed is the error of the gate's last read if no read has succeeded
+	// since, and failedAt when it failed.
+	failed   error
+	failedAt time.Time
 }
+
+// gateTimeout bounds the gate's read of the schedule. The gate sits in
+// front of every POST /messages, and an error only means "no fast path"
+// (the message is stored for the publisher), so waiting long for an answer
+// costs every request more than it could save. A second leaves a healthy
+// call ample time and keeps a POST's worst case short.
+const gateTimeout = time.Second
+
+// oneAttempt makes the gate's read a single attempt: the SDK's retries
+// (3 attempts with backoff) cost a POST 1 to 2 s while throttled, and a
+// failure is remembered for cacheTTL anyway. Status, Start and Stop
+// serve a user's explicit /scheduler call and keep the SDK's retries.
+func oneAttempt(o *scheduler.Options) { o.RetryMaxAttempts = 1 }
 
 var _ httpapi.Scheduler = (*Scheduler)(nil)
 
@@ -104,8 +128,8 @@ func (s *Scheduler) set(ctx context.Context, state types.ScheduleState) (httpapi
 	return s.remember(st), nil
 }
 
-func (s *Scheduler) get(ctx context.Context) (*scheduler.GetScheduleOutput, error) {
-	out, err := s.client.GetSchedule(ctx, &scheduler.GetScheduleInput{Name: aws.String(s.name), GroupName: aws.String(s.group)})
+func (s *Scheduler) get(ctx context.Context, opts ...func(*scheduler.Options)) (*scheduler.GetScheduleOutput, error) {
+	out, err := s.client.GetSchedule(ctx, &scheduler.GetScheduleInput{Name: aws.String(s.name), GroupName: aws.String(s.group)}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("get schedule %s: %w: %w", s.name, errUnavailable, err)
 	}
@@ -119,26 +143,55 @@ var errUnavailable = &message.Error{Code: message.EUNAVAILABLE, Message: "the pu
 func (s *Scheduler) remember(st httpapi.SchedulerStatus) httpapi.SchedulerStatus {
 	s.mu.Lock()
 	s.cached, s.cachedAt = st, s.now()
+	s.failed, s.failedAt = nil, time.Time{}
 	s.mu.Unlock()
 	return st
 }
 
 // Gate returns the outbox gate of the API's fast path: open while the
-// schedule is enabled, as last read at most cacheTTL ago.
+// schedule is enabled, as last read at most cacheTTL ago. It fails fast:
+// a read gets one attempt and gateTimeout, and a failed read is returned
+// again, without a call, to every gate call for cacheTTL, unless a read
+// succeeds meanwhile.
 func (s *Scheduler) Gate() outbox.Gate {
 	return func(ctx context.Context) (bool, error) {
 		s.mu.Lock()
-		fresh := !s.cachedAt.IsZero() && s.now().Sub(s.cachedAt) < s.cacheTTL
+		now := s.now()
+		fresh := !s.cachedAt.IsZero() && now.Sub(s.cachedAt) < s.cacheTTL
 		st := s.cached
+		failed, failedAt := s.failed, s.failedAt
 		s.mu.Unlock()
-		if !fresh {
-			var err error
-			if st, err = s.Status(ctx); err != nil {
-				return false, err
-			}
+		if fresh {
+			return st.State == message.SchedulerStarted, nil
+		}
+		if failed != nil && now.Sub(failedAt) < s.cacheTTL {
+			return false, fmt.Errorf("schedule read failed %s ago: %w", now.Sub(failedAt).Round(time.Millisecond), failed)
+		}
+		st, err := s.gateRead(ctx)
+		if err != nil {
+			return false, err
 		}
 		return st.State == message.SchedulerStarted, nil
 	}
+}
+
+// gateRead reads the schedule for the gate and remembers the outcome.
+func (s *Scheduler) gateRead(ctx context.Context) (httpapi.SchedulerStatus, error) {
+	rctx, cancel := context.WithTimeout(ctx, gateTimeout)
+	defer cancel()
+	out, err := s.get(rctx, oneAttempt)
+	if err != nil {
+		// A caller that gave up (its client went away, its deadline
+		// passed) says nothing about EventBridge Scheduler: other
+		// callers must not inherit its failure.
+		if ctx.Err() == nil {
+			s.mu.Lock()
+			s.failed, s.failedAt = err, s.now()
+			s.mu.Unlock()
+		}
+		return httpapi.SchedulerStatus{}, err
+	}
+	return s.remember(status(out, out.State)), nil
 }
 
 func status(out *scheduler.GetScheduleOutput, state types.ScheduleState) httpapi.SchedulerStatus {

@@ -3,100 +3,154 @@ package ebscheduler_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/ebscheduler"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
+// region is the AWS_REGION the tests configure; requests must be signed
+// for it.
+const region = "eu-west-1"
+
+// newScheduler returns a Scheduler for the schedule rms-publisher in group
+// default, built as the Lambda functions build it, whose client sends its
+// requests to h.
+func newScheduler(t *testing.T, h http.Handler) *ebscheduler.Scheduler {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	env := map[string]string{
+		"AWS_ENDPOINT_URL_SCHEDULER": srv.URL,
+		"AWS_REGION":                 region,
+		"AWS_ACCESS_KEY_ID":          "AKIDEXAMPLE",
+		"AWS_SECRET_ACCESS_KEY":      "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+		"AWS_SESSION_TOKEN":          "session-token",
+	}
+	s, err := ebscheduler.NewFromEnvironment(func(k string) string { return env[k] }, "rms-publisher", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// checkRequest checks what every request the SDK sends must have: the
+// session token, a SigV4 signature scoped to the configured region and to
+// the scheduler service, and the schedule's path. It reports false if the
+// path is wrong.
+func checkRequest(t *testing.T, r *http.Request) bool {
+	if r.Header.Get("X-Amz-Security-Token") != "session-token" {
+		t.Errorf("session token not sent")
+	}
+	auth := r.Header.Get("Authorization")
+	if !strings.HasPrefix(auth, "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/") || !strings.Contains(auth, "/"+region+"/scheduler/aws4_request") {
+		t.Errorf("request not signed for scheduler in %s: %q", region, auth)
+	}
+	if r.URL.Path != "/schedules/rms-publisher" {
+		t.Errorf("unexpected path %s", r.URL.Path)
+		return false
+	}
+	if r.Method == http.MethodGet {
+		if g := r.URL.Query().Get("groupName"); g != "default" {
+			t.Errorf("GetSchedule groupName %q", g)
+		}
+	}
+	return true
+}
+
 // fakeScheduler stands in for the EventBridge Scheduler endpoint (the only
 // AWS control-plane API the system calls) and checks the exact requests the
-// SDK sends: the REST paths, the group, SigV4 signing, and that
-// UpdateSchedule carries every field of the schedule back unchanged.
+// SDK sends. If updateStatus is set, UpdateSchedule fails with it and the
+// error type updateError, and leaves the state alone.
 type fakeScheduler struct {
-	t       *testing.T
+	t            *testing.T
+	updateStatus int
+	updateError  string
+
 	mu      sync.Mutex
 	state   string
 	gets    int
 	updates []map[string]any
 }
 
+// scheduleJSON is a GetSchedule answer with every field a schedule that
+// invokes a Lambda function can have; %s is its state.
 const scheduleJSON = `{
   "Arn": "arn:aws:scheduler:eu-west-1:123456789012:schedule/default/rms-publisher",
   "Name": "rms-publisher",
   "GroupName": "default",
   "ScheduleExpression": "rate(1 minute)",
-  "ScheduleExpressionTimezone": "UTC",
+  "ScheduleExpressionTimezone": "Europe/Istanbul",
   "Description": "outbox publisher",
-  "FlexibleTimeWindow": {"Mode": "OFF"},
+  "StartDate": 1764300000,
+  "EndDate": 1795836000.5,
+  "KmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+  "FlexibleTimeWindow": {"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 1},
   "ActionAfterCompletion": "NONE",
   "Target": {
     "Arn": "arn:aws:lambda:eu-west-1:123456789012:function:rms-publisher",
     "RoleArn": "arn:aws:iam::123456789012:role/rms-publisher-schedule",
-    "Input": "{}",
-    "RetryPolicy": {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0}
+    "Input": "{\"source\":\"schedule\"}",
+    "RetryPolicy": {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0},
+    "DeadLetterConfig": {"Arn": "arn:aws:sqs:eu-west-1:123456789012:rms-publisher-dlq"}
   },
-  "CreationDate": 1764300000,
+  "CreationDate": 1764200000,
   "LastModificationDate": 1764300000,
   "State": "%s"
 }`
 
+func schedule(state string) string { return strings.Replace(scheduleJSON, "%s", state, 1) }
+
 func (f *fakeScheduler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if r.Header.Get("X-Amz-Security-Token") != "session-token" {
-		f.t.Errorf("session token not sent")
-	}
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") || !strings.Contains(r.Header.Get("Authorization"), "/scheduler/aws4_request") {
-		f.t.Errorf("request not signed for scheduler: %q", r.Header.Get("Authorization"))
-	}
-	if r.URL.Path != "/schedules/rms-publisher" {
-		f.t.Errorf("unexpected path %s", r.URL.Path)
+	if !checkRequest(f.t, r) {
 		http.NotFound(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	switch r.Method {
 	case http.MethodGet:
-		if g := r.URL.Query().Get("groupName"); g != "default" {
-			f.t.Errorf("GetSchedule groupName %q", g)
-		}
 		f.gets++
-		_, _ = io.WriteString(w, strings.Replace(scheduleJSON, "%s", f.state, 1))
+		_, _ = io.WriteString(w, schedule(f.state))
 	case http.MethodPut:
 		var body map[string]any
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 			f.t.Errorf("UpdateSchedule body: %v", err)
 		}
 		f.updates = append(f.updates, body)
-		f.state = body["State"].(string)
+		if f.updateStatus != 0 {
+			w.Header().Set("X-Amzn-ErrorType", f.updateError)
+			w.WriteHeader(f.updateStatus)
+			_, _ = fmt.Fprintf(w, `{"Message":"%s"}`, f.updateError)
+			return
+		}
+		f.state, _ = body["State"].(string)
 		_, _ = io.WriteString(w, `{"ScheduleArn":"arn:aws:scheduler:eu-west-1:123456789012:schedule/default/rms-publisher"}`)
 	default:
 		f.t.Errorf("unexpected method %s", r.Method)
 	}
 }
 
+func (f *fakeScheduler) counts() (gets, updates int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gets, len(f.updates)
+}
+
 func TestToggleSchedule(t *testing.T) {
 	fake := &fakeScheduler{t: t, state: "ENABLED"}
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	env := map[string]string{
-		"AWS_ENDPOINT_URL_SCHEDULER": srv.URL,
-		"AWS_REGION":                 "eu-west-1",
-		"AWS_ACCESS_KEY_ID":          "AKIDEXAMPLE",
-		"AWS_SECRET_ACCESS_KEY":      "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-		"AWS_SESSION_TOKEN":          "session-token",
-	}
+	s := newScheduler(t, fake)
 	ctx := context.Background()
-	s, err := ebscheduler.NewFromEnvironment(func(k string) string { return env[k] }, "rms-publisher", "default")
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	st, err := s.Status(ctx)
 	if err != nil || st.State != message.SchedulerStarted || st.Schedule != "rms-publisher" || st.Backend != "eventbridge-scheduler" {
@@ -111,26 +165,30 @@ func TestToggleSchedule(t *testing.T) {
 	if len(fake.updates) != 1 {
 		t.Fatalf("%d updates, want 1", len(fake.updates))
 	}
-	u := fake.updates[0]
-	want := map[string]any{
-		"GroupName": "default", "ScheduleExpression": "rate(1 minute)", "ScheduleExpressionTimezone": "UTC",
-		"Description": "outbox publisher", "ActionAfterCompletion": "NONE", "State": "DISABLED",
+
+	// UpdateSchedule replaces the whole schedule: its body must be what
+	// GetSchedule returned, but for the read-only fields, the name (which
+	// is in the path) and the new state, plus the SDK's idempotency token.
+	got := fake.updates[0]
+	if tok, _ := got["ClientToken"].(string); tok == "" {
+		t.Errorf("UpdateSchedule without a ClientToken: %v", got)
 	}
-	for k, v := range want {
-		if u[k] != v {
-			t.Errorf("UpdateSchedule %s = %v, want %v", k, u[k], v)
-		}
+	if got["State"] != "DISABLED" {
+		t.Errorf("UpdateSchedule State = %v, want DISABLED", got["State"])
 	}
-	target, _ := u["Target"].(map[string]any)
-	if target["Arn"] != "arn:aws:lambda:eu-west-1:123456789012:function:rms-publisher" ||
-		target["RoleArn"] != "arn:aws:iam::123456789012:role/rms-publisher-schedule" || target["Input"] != "{}" || target["RetryPolicy"] == nil {
-		t.Errorf("UpdateSchedule lost target fields: %v", target)
+	delete(got, "ClientToken")
+	delete(got, "State")
+	var want map[string]any
+	if err := json.Unmarshal([]byte(schedule("ENABLED")), &want); err != nil {
+		t.Fatal(err)
 	}
-	if ftw, _ := u["FlexibleTimeWindow"].(map[string]any); ftw["Mode"] != "OFF" {
-		t.Errorf("UpdateSchedule FlexibleTimeWindow = %v", u["FlexibleTimeWindow"])
+	for _, k := range []string{"Arn", "CreationDate", "LastModificationDate", "State", "Name"} {
+		delete(want, k)
 	}
-	if _, ok := u["Name"]; ok {
-		t.Errorf("Name belongs in the path, not the body: %v", u)
+	if !reflect.DeepEqual(got, want) {
+		g, _ := json.MarshalIndent(got, "", "  ")
+		w, _ := json.MarshalIndent(want, "", "  ")
+		t.Errorf("UpdateSchedule body\n%s\nwant the schedule as read\n%s", g, w)
 	}
 
 	// The gate follows the schedule, and reads it at most once per cache period.
@@ -149,5 +207,213 @@ func TestToggleSchedule(t *testing.T) {
 	}
 	if open, err := gate(ctx); err != nil || !open {
 		t.Fatalf("gate after start: %v %v", open, err)
+	}
+}
+
+// A failed UpdateSchedule is a 503 for the API's client, and leaves the
+// state the gate sees as it was.
+func TestToggleFailure(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		code   string
+	}{
+		{http.StatusConflict, "ConflictException"},
+		{http.StatusForbidden, "AccessDeniedException"},
+	} {
+		for _, op := range []struct {
+			name    string
+			from    string
+			wasOpen bool
+			call    func(*ebscheduler.Scheduler, context.Context) error
+		}{
+			{"stop", "ENABLED", true, func(s *ebscheduler.Scheduler, ctx context.Context) error { _, err := s.Stop(ctx); return err }},
+			{"start", "DISABLED", false, func(s *ebscheduler.Scheduler, ctx context.Context) error { _, err := s.Start(ctx); return err }},
+		} {
+			t.Run(op.name+" "+tc.code, func(t *testing.T) {
+				fake := &fakeScheduler{t: t, state: op.from, updateStatus: tc.status, updateError: tc.code}
+				s := newScheduler(t, fake)
+				ctx := context.Background()
+				gate := s.Gate()
+				if open, err := gate(ctx); err != nil || open != op.wasOpen {
+					t.Fatalf("gate before: %v %v", open, err)
+				}
+
+				err := op.call(s, ctx)
+				if err == nil {
+					t.Fatalf("%s succeeded although UpdateSchedule answered %d", op.name, tc.status)
+				}
+				if code := message.ErrorCode(err); code != message.EUNAVAILABLE {
+					t.Errorf("error code %q, want %q: %v", code, message.EUNAVAILABLE, err)
+				}
+				if !strings.Contains(err.Error(), tc.code) {
+					t.Errorf("error does not name the cause: %v", err)
+				}
+				gets, updates := fake.counts()
+				if updates == 0 {
+					t.Errorf("UpdateSchedule not called")
+				}
+
+				if open, err := gate(ctx); err != nil || open != op.wasOpen {
+					t.Errorf("gate after the failed %s: %v %v, want %v", op.name, open, err, op.wasOpen)
+				}
+				if g, _ := fake.counts(); g != gets {
+					t.Errorf("gate read the schedule again after the failed %s: its cache was changed", op.name)
+				}
+			})
+		}
+	}
+}
+
+// The gate gives up on its own after about a second, whatever deadline its
+// caller has: a POST /messages then stores its message for the publisher
+// rather than waiting for EventBridge Scheduler.
+func TestGateTimesOut(t *testing.T) {
+	var mu sync.Mutex
+	requests := 0
+	release := make(chan struct{})
+	s := newScheduler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		checkRequest(t, r)
+		mu.Unlock()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(func() { close(release) }) // before the server closes
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	gate := s.Gate()
+	start := time.Now()
+	open, err := gate(ctx)
+	took := time.Since(start)
+	if err == nil || open {
+		t.Fatalf("gate against an endpoint that never answers: %v %v", open, err)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("gate took %s to give up", took)
+	}
+	if code := message.ErrorCode(err); code != message.EUNAVAILABLE {
+		t.Errorf("error code %q, want %q: %v", code, message.EUNAVAILABLE, err)
+	}
+
+	// The next call within the cache period does not wait again.
+	start = time.Now()
+	if open, err := gate(ctx); err == nil || open {
+		t.Fatalf("second gate call: %v %v", open, err)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("second gate call took %s", took)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests != 1 {
+		t.Errorf("%d requests, want 1", requests)
+	}
+}
+
+// While EventBridge Scheduler throttles, the gate makes one attempt and
+// remembers the failure for its cache period; the user's explicit calls
+// still get the SDK's retries.
+func TestGateRemembersFailure(t *testing.T) {
+	var mu sync.Mutex
+	requests, throttle := 0, true
+	s := newScheduler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		requests++
+		checkRequest(t, r)
+		w.Header().Set("Content-Type", "application/json")
+		if throttle {
+			w.Header().Set("X-Amzn-ErrorType", "ThrottlingException")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"Message":"Rate exceeded"}`)
+			return
+		}
+		_, _ = io.WriteString(w, schedule("ENABLED"))
+	}))
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := requests
+		requests = 0
+		return n
+	}
+	setThrottle := func(on bool) {
+		mu.Lock()
+		throttle = on
+		mu.Unlock()
+	}
+	now := time.Now()
+	ebscheduler.SetClock(s, func() time.Time { return now })
+	ttl := ebscheduler.CacheTTL(s)
+	ctx := context.Background()
+	gate := s.Gate()
+
+	open, err := gate(ctx)
+	if err == nil || open || message.ErrorCode(err) != message.EUNAVAILABLE || !strings.Contains(err.Error(), "ThrottlingException") {
+		t.Fatalf("gate while throttled: %v %v", open, err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("gate made %d requests, want 1", n)
+	}
+
+	now = now.Add(ttl - time.Millisecond)
+	open, err = gate(ctx)
+	if err == nil || open || message.ErrorCode(err) != message.EUNAVAILABLE || !strings.Contains(err.Error(), "ThrottlingException") {
+		t.Fatalf("gate within the failure's period: %v %v", open, err)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("gate made %d requests within the failure's period, want 0", n)
+	}
+
+	// GET /scheduler is the user's own question: it asks, with retries.
+	if _, err := s.Status(ctx); err == nil || message.ErrorCode(err) != message.EUNAVAILABLE {
+		t.Errorf("status while throttled: %v", err)
+	}
+	if n := count(); n < 2 {
+		t.Errorf("status made %d requests: the SDK's retries are gone", n)
+	}
+
+	now = now.Add(time.Millisecond)
+	if open, err := gate(ctx); err == nil || open {
+		t.Fatalf("gate after the failure's period: %v %v", open, err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("gate made %d requests after the failure's period, want 1", n)
+	}
+
+	// A successful read replaces the failure at once.
+	setThrottle(false)
+	if st, err := s.Status(ctx); err != nil || st.State != message.SchedulerStarted {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	count()
+	if open, err := gate(ctx); err != nil || !open {
+		t.Errorf("gate after a successful read: %v %v", open, err)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("gate made %d requests right after a successful read", n)
+	}
+}
+
+// A gate call whose own caller gave up does not pass its failure on to the
+// next caller.
+func TestGateForgetsCallerCancel(t *testing.T) {
+	fake := &fakeScheduler{t: t, state: "ENABLED"}
+	s := newScheduler(t, fake)
+	gate := s.Gate()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if open, err := gate(ctx); err == nil || open || !errors.Is(err, context.Canceled) {
+		t.Fatalf("gate with a cancelled context: %v %v", open, err)
+	}
+	if open, err := gate(context.Background()); err != nil || !open {
+		t.Fatalf("gate after another caller gave up: %v %v", open, err)
+	}
+	if gets, _ := fake.counts(); gets != 1 {
+		t.Errorf("%d reads, want 1", gets)
 	}
 }
