@@ -100,7 +100,7 @@ func (b *bench) startSystem(ctx context.Context) error {
 		}
 	}
 	addrs := map[string]string{}
-	for _, k := range []string{"EMBEDDED_MONGODB_ADDR", "API_ADDR", "PROCESSOR_ADDR", "RECEIVER_ADDR"} {
+	for _, k := range []string{"EMBEDDED_MONGODB_ADDR", "API_ADDR", "PROCESSOR_ADDR", "PUBLISHER_ADDR", "RECEIVER_ADDR"} {
 		a, err := freeAddr()
 		if err != nil {
 			return err
@@ -185,9 +185,7 @@ func (b *bench) startSystem(ctx context.Context) error {
 	ready := map[string]func(context.Context) error{
 		"api":       func(ctx context.Context) error { return httpOK(ctx, s.apiURL+"/status") },
 		"processor": func(ctx context.Context) error { return httpOK(ctx, s.procURL+"/status") },
-		// The publisher has no port: alive after a second is ready enough,
-		// since the API's fast path publishes on its own.
-		"publisher": func(ctx context.Context) error { return nil },
+		"publisher": func(ctx context.Context) error { return httpOK(ctx, "http://"+s.env["PUBLISHER_ADDR"]+"/status") },
 	}
 	for _, role := range projectRoles {
 		if err := waitReady(ctx, s.procs[role], 60*time.Second, ready[role]); err != nil {

@@ -51,7 +51,7 @@ const usage = `usage: rms [role]
 roles:
   all        everything below but setup, in one process (the default)
   api        the REST API on API_ADDR
-  publisher  the outbox publisher and stale-message sweep, every PUBLISH_INTERVAL
+  publisher  the outbox publisher and stale-message sweep, every PUBLISH_INTERVAL, status on PUBLISHER_ADDR
   processor  the RabbitMQ consumer delivering to WEBHOOK_URL, status on PROCESSOR_ADDR
   mongodb    the embedded MongoDB alone, on EMBEDDED_MONGODB_ADDR
   receiver   the demo webhook receiver alone, on RECEIVER_ADDR

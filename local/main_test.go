@@ -657,3 +657,65 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 		t.Fatalf("connection still open %s after the body stalled: %v", time.Since(start).Round(time.Millisecond), err)
 	}
 }
+
+// TestPublisherAloneServesItsStatusAndMetrics: the publisher role run in a
+// process of its own (as compose runs it) reports its health and the
+// messages it published on PUBLISHER_ADDR, since no other process has
+// those counts.
+func TestPublisherAloneServesItsStatusAndMetrics(t *testing.T) {
+	env := testenv.Env(t, nil)
+	api, _, stopAPI := startRole(t, "api", env, &logbuf.Buffer{})
+	defer stopAPI()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"publisher"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("publisher: %v", err)
+		}
+	}()
+	pub := "http://" + env["PUBLISHER_ADDR"]
+	get := func(path string) (int, string) {
+		resp, err := http.Get(pub + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	testenv.WaitFor(t, 60*time.Second, "the publisher's status", func() bool {
+		code, _ := get("/status")
+		return code == http.StatusOK
+	})
+
+	// A scheduled message takes no fast path: the publisher publishes it.
+	body := fmt.Sprintf(`{"to":"+905551111111","content":"later","sendAt":%q}`, time.Now().Add(2*time.Second).UTC().Format(time.RFC3339Nano))
+	resp, err := http.Post(api+"/messages", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST answered %d", resp.StatusCode)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the publisher's metrics to count the message", func() bool {
+		_, metrics := get("/metrics")
+		return strings.Contains(metrics, `rms_messages_total{event="published"} 1`)
+	})
+	code, status := get("/status")
+	var report struct {
+		Service    string
+		Status     string
+		LastPassAt *time.Time
+	}
+	if err := json.Unmarshal([]byte(status), &report); err != nil || code != http.StatusOK {
+		t.Fatalf("GET /status: %d %s (%v)", code, status, err)
+	}
+	if report.Service != "publisher" || report.Status != "ok" || report.LastPassAt == nil || time.Since(*report.LastPassAt) > time.Minute {
+		t.Fatalf("GET /status = %s, want the publisher ok with a recent lastPassAt", status)
+	}
+}

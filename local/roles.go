@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
@@ -17,7 +18,8 @@ import (
 
 // publish runs a relay pass every interval until ctx ends. A failed pass is
 // logged and the next tick tries again: the outbox keeps every message.
-func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time.Duration) error {
+// lastPass is set to the end of each pass that did not fail.
+func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time.Duration, lastPass *atomic.Pointer[time.Time]) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -29,6 +31,10 @@ func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time
 			s.logger.Error("relay pass failed", "error", err, "summary", sum)
 		case sum.Claimed > 0 || sum.Recovered > 0 || sum.DeadLettered > 0:
 			s.logger.Info("relay pass", "summary", sum)
+		}
+		if err == nil {
+			at := time.Now().UTC()
+			lastPass.Store(&at)
 		}
 		select {
 		case <-ctx.Done():

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -157,7 +158,22 @@ func (s *system) run(ctx context.Context) error {
 	}
 	if s.has("publisher") {
 		relay := a.Relay(sched.Gate())
-		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval) })
+		var lastPass atomic.Pointer[time.Time]
+		if s.role == "publisher" {
+			// Run alone (as in compose), the publisher serves its own
+			// status and metrics: its counts (published, recovered,
+			// dead-lettered by the sweep) are in no other process.
+			ln, err := listen("tcp", cfg.PublisherAddr)
+			if err != nil {
+				return fmt.Errorf("publisher status on PUBLISHER_ADDR %s: %w", cfg.PublisherAddr, err)
+			}
+			health := httpapi.Health{Service: "publisher", Checks: a.Checks(), Info: func(context.Context) map[string]any {
+				return map[string]any{"lastPassAt": lastPass.Load()}
+			}}
+			s.logger.Info("publisher status listening", "addr", ln.Addr().String())
+			g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)), serverWriteTimeout)
+		}
+		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval, &lastPass) })
 	}
 	if s.has("processor") {
 		p, err := a.Processor()

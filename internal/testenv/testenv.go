@@ -171,6 +171,7 @@ func Env(t testing.TB, extra map[string]string) map[string]string {
 		"REDIS_KEY_PREFIX":      name + ":",
 		"API_ADDR":              FreeAddr(t),
 		"PROCESSOR_ADDR":        FreeAddr(t),
+		"PUBLISHER_ADDR":        FreeAddr(t),
 		"RECEIVER_ADDR":         FreeAddr(t),
 		"PUBLISH_INTERVAL":      "200ms",
 		"RETRY_BASE_DELAY":      "200ms",

@@ -96,6 +96,10 @@ type Config struct {
 	// HTTP.
 	APIAddr       string // API_ADDR
 	ProcessorAddr string // PROCESSOR_ADDR
+	// PublisherAddr is where the publisher role, run alone, serves its
+	// status and metrics; run with the others (role all), the API's
+	// address serves them.
+	PublisherAddr string // PUBLISHER_ADDR
 	ReceiverAddr  string // RECEIVER_ADDR
 	// PprofAddr, if set, serves Go's profiler (net/http/pprof) there in
 	// every local process. Off by default; keep it on loopback.
@@ -147,6 +151,7 @@ func Default() Config {
 		ScheduleGroup:         "default",
 		APIAddr:               "127.0.0.1:8080",
 		ProcessorAddr:         "127.0.0.1:8081",
+		PublisherAddr:         "127.0.0.1:8082",
 		ReceiverAddr:          "127.0.0.1:8090",
 		MaxContentLength:      250,
 		APIRateBurst:          50,
@@ -206,6 +211,7 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	r.str("API_ADDR", &c.APIAddr)
 	r.str("PROCESSOR_ADDR", &c.ProcessorAddr)
+	r.str("PUBLISHER_ADDR", &c.PublisherAddr)
 	r.str("RECEIVER_ADDR", &c.ReceiverAddr)
 	r.str("PPROF_ADDR", &c.PprofAddr)
 	r.str("API_KEY", &c.APIKey)
@@ -371,7 +377,7 @@ var basePath = regexp.MustCompile(`^(/[A-Za-z0-9._~-]+)+$`)
 // functions ("lambda:api", "lambda:publisher", "lambda:processor").
 var Needs = map[string][]string{
 	"api":              {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "API_ADDR"},
-	"publisher":        {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI"},
+	"publisher":        {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "PUBLISHER_ADDR"},
 	"processor":        {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "WEBHOOK_URL", "PROCESSOR_ADDR"},
 	"lambda:api":       {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI", "SCHEDULE_NAME"},
 	"lambda:publisher": {"MONGODB_URI", "RABBITMQ_URI", "REDIS_URI"},
