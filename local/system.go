@@ -134,7 +134,11 @@ func (s *system) run(ctx context.Context) error {
 
 	// One Prometheus registry per process, served on GET /metrics next to
 	// the API and the processor's status.
-	src := prom.Sources{Backlog: func(ctx context.Context) (int64, time.Time, error) { return a.Store.OutboxStats(ctx, a.Now()) }}
+	src := prom.Sources{
+		Backlog:      func(ctx context.Context) (int64, time.Time, error) { return a.Store.OutboxStats(ctx, a.Now()) },
+		Failed:       a.FailedMessages,
+		Dependencies: a.Checks(),
+	}
 	if s.has("processor") {
 		src.Breaker = a.BreakerState
 	}

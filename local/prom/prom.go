@@ -7,11 +7,14 @@ package prom
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 )
 
 // Metrics is one process's registry.
@@ -29,6 +32,11 @@ type Sources struct {
 	// Breaker returns the webhook circuit breaker's state: "closed",
 	// "half-open" or "open". Nil in a process without a processor.
 	Breaker func() string
+	// Failed returns the number of FAILED (dead-lettered) messages.
+	Failed func(ctx context.Context) (int64, error)
+	// Dependencies are the status report's checks (MongoDB, RabbitMQ,
+	// Redis), run at each scrape: an alert on a dependency needs no JSON.
+	Dependencies []httpapi.Check
 }
 
 // New returns the metrics of one process.
@@ -66,6 +74,12 @@ func New(src Sources) *Metrics {
 	}
 	if src.Backlog != nil {
 		m.reg.MustRegister(&backlog{read: src.Backlog})
+	}
+	if src.Failed != nil {
+		m.reg.MustRegister(&failed{count: src.Failed})
+	}
+	if len(src.Dependencies) > 0 {
+		m.reg.MustRegister(&dependencies{checks: src.Dependencies})
 	}
 	return m
 }
@@ -121,4 +135,52 @@ func (b *backlog) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age)
+}
+
+// scrapeTimeout bounds each read a scrape makes, well inside Prometheus's
+// default scrape timeout of 10 s.
+const scrapeTimeout = 2 * time.Second
+
+// failed reads the number of FAILED messages at each scrape; like the
+// backlog, it is left out of a scrape that cannot read it.
+type failed struct {
+	count func(ctx context.Context) (int64, error)
+}
+
+var failedDesc = prometheus.NewDesc("rms_messages_failed", "Messages FAILED (dead-lettered) and not replayed; left out when MongoDB cannot be read.", nil, nil)
+
+func (f *failed) Describe(ch chan<- *prometheus.Desc) { ch <- failedDesc }
+
+func (f *failed) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	if n, err := f.count(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.GaugeValue, float64(n))
+	}
+}
+
+// dependencies runs the status checks at each scrape, at once, each within
+// scrapeTimeout.
+type dependencies struct {
+	checks []httpapi.Check
+}
+
+var upDesc = prometheus.NewDesc("rms_dependency_up", "1 if the dependency answered this scrape's check, 0 if not.", []string{"dependency"}, nil)
+
+func (d *dependencies) Describe(ch chan<- *prometheus.Desc) { ch <- upDesc }
+
+func (d *dependencies) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, c := range d.checks {
+		wg.Go(func() {
+			up := 1.0
+			if c.Check(ctx) != nil {
+				up = 0
+			}
+			ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, c.Name)
+		})
+	}
+	wg.Wait()
 }

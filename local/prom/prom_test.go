@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 )
 
 func scrape(t *testing.T, m *Metrics) (int, string) {
@@ -68,5 +70,33 @@ func TestScrapeReadsTheBacklog(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q:\n%s", want, body)
 		}
+	}
+}
+
+// TestScrapeReportsDependenciesAndFailedMessages: each dependency check
+// runs at the scrape and is reported 1 or 0, and the FAILED count is there
+// when it can be read and left out when it cannot.
+func TestScrapeReportsDependenciesAndFailedMessages(t *testing.T) {
+	var failedErr error
+	m := New(Sources{
+		Failed: func(context.Context) (int64, error) { return 4, failedErr },
+		Dependencies: []httpapi.Check{
+			{Name: "mongodb", Check: func(context.Context) error { return errors.New("no reachable servers") }},
+			{Name: "redis", Check: func(context.Context) error { return nil }},
+		},
+	})
+	_, body := scrape(t, m)
+	for _, want := range []string{
+		`rms_dependency_up{dependency="mongodb"} 0`,
+		`rms_dependency_up{dependency="redis"} 1`,
+		"\nrms_messages_failed 4",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+	failedErr = errors.New("server selection timeout")
+	if code, body := scrape(t, m); code != http.StatusOK || strings.Contains(body, "\nrms_messages_failed ") {
+		t.Errorf("scrape with the count unreadable: %d, holding rms_messages_failed:\n%s", code, body)
 	}
 }
