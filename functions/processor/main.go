@@ -36,6 +36,13 @@ func main() {
 				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)
 		}
 		sum, err := batches.Handle(ctx, ev)
+		// The webhook's health as this instance's breaker sees it: in
+		// AWS there is no processor status endpoint to ask.
+		circuitOpen := 0.0
+		if a.BreakerState() == "open" {
+			circuitOpen = 1
+		}
+		emf.Set("circuit_open", circuitOpen, "None")
 		if err != nil {
 			a.Logger.Error("batch incomplete; Lambda will redeliver it", "summary", sum, "error", err)
 			return sum, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/ebscheduler"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/metrics"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 )
 
@@ -45,6 +46,27 @@ func main() {
 		// only if its last pass did.
 		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, on)
 		a.Logger.Info("relay passes", "summary", sum, "failed", err != nil)
+		reportBacklog(ctx, a, emf)
 		return sum, err
 	})
+}
+
+// reportBacklog sets the gauges an operator alarms on in CloudWatch, read
+// once per invocation: the outbox's due backlog and the age of its oldest
+// entry (is the relay behind?), and the FAILED messages (dead letters). A
+// read that fails leaves its gauges out; the relay's own errors are logged.
+func reportBacklog(ctx context.Context, a *app.App, emf *metrics.EMF) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if n, oldest, err := a.Store.OutboxStats(ctx, a.Now()); err == nil {
+		age := 0.0
+		if !oldest.IsZero() {
+			age = max(a.Now().Sub(oldest).Seconds(), 0)
+		}
+		emf.Set("outbox_backlog", float64(n), "Count")
+		emf.Set("outbox_oldest_age", age, "Seconds")
+	}
+	if n, err := a.FailedMessages(ctx); err == nil {
+		emf.Set("failed_messages", float64(n), "Count")
+	}
 }

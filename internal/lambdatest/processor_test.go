@@ -83,6 +83,10 @@ func TestProcessorBatch(t *testing.T) {
 		t.Errorf("webhook calls %v, want %v", got, want)
 	}
 	requireSent(t, a, batchID1, batchID2)
+	// The invocation's metrics say whether the webhook's circuit is open.
+	if logs := fn.emu.Logs(); !strings.Contains(logs, `{"Name":"circuit_open","Unit":"None"}`) || !strings.Contains(logs, `"circuit_open":0`) {
+		t.Errorf("no circuit_open gauge at 0 in the function's metrics:\n%s", logs)
+	}
 
 	// Amazon MQ redelivers a whole batch when an invocation fails: the same
 	// event again delivers nothing twice and still succeeds.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,18 @@ func TestPublisherScheduleTick(t *testing.T) {
 		m, err := a.Store.GetMessage(ctx, id)
 		if err != nil || m.Status != message.StatusProcessing {
 			t.Errorf("%s after the pass: %s, %v; want PROCESSING", id, m.Status, err)
+		}
+	}
+	// The invocation's metrics hold the gauges an operator alarms on:
+	// nothing left due, and no dead letters.
+	logs := publisher.emu.Logs()
+	for _, want := range []string{
+		`{"Name":"outbox_backlog","Unit":"Count"}`, `"outbox_backlog":0`,
+		`{"Name":"outbox_oldest_age","Unit":"Seconds"}`, `"outbox_oldest_age":0`,
+		`{"Name":"failed_messages","Unit":"Count"}`, `"failed_messages":0`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the function's metrics lack %s:\n%s", want, logs)
 		}
 	}
 

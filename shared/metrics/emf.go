@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// EMF accumulates counters during one invocation and writes them as one EMF
-// line on Flush. Safe for concurrent use.
+// EMF accumulates counters and gauges during one invocation and writes them
+// as one EMF line on Flush. Safe for concurrent use.
 type EMF struct {
 	Namespace string
 	// Function is the value of the "Function" dimension.
@@ -28,6 +28,13 @@ type EMF struct {
 
 	mu     sync.Mutex
 	counts map[string]int
+	gauges map[string]gauge
+}
+
+// gauge is a value read at a moment, with its CloudWatch unit.
+type gauge struct {
+	value float64
+	unit  string
 }
 
 // Add counts n events named name. Its signature fits the Observe hooks of
@@ -41,18 +48,30 @@ func (e *EMF) Add(name string, n int) {
 	e.counts[name] += n
 }
 
-// Flush writes the counters gathered since the last Flush, if any, as one
-// line, and resets them.
+// Set records a gauge named name: a value read now, such as the outbox's
+// backlog, in a CloudWatch unit ("Count", "Seconds", "None", ...). A later
+// Set before the next Flush replaces it.
+func (e *EMF) Set(name string, value float64, unit string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gauges == nil {
+		e.gauges = map[string]gauge{}
+	}
+	e.gauges[name] = gauge{value: value, unit: unit}
+}
+
+// Flush writes the counters and gauges gathered since the last Flush, if
+// any, as one line, and resets them.
 func (e *EMF) Flush() error {
 	e.mu.Lock()
-	counts := e.counts
-	e.counts = nil
+	counts, gauges := e.counts, e.gauges
+	e.counts, e.gauges = nil, nil
 	e.mu.Unlock()
-	if len(counts) == 0 {
+	if len(counts) == 0 && len(gauges) == 0 {
 		return nil
 	}
 	names := slices.Sorted(maps.Keys(counts))
-	defs := make([]map[string]string, len(names))
+	defs := make([]map[string]string, len(names), len(names)+len(gauges))
 	line := map[string]any{"Function": e.Function}
 	dims := []string{"Function"}
 	if e.Stack != "" {
@@ -62,6 +81,13 @@ func (e *EMF) Flush() error {
 	for i, n := range names {
 		defs[i] = map[string]string{"Name": n, "Unit": "Count"}
 		line[n] = counts[n]
+	}
+	for _, n := range slices.Sorted(maps.Keys(gauges)) {
+		if _, counted := counts[n]; counted {
+			continue // one value per name in a line; the count wins
+		}
+		defs = append(defs, map[string]string{"Name": n, "Unit": gauges[n].unit})
+		line[n] = gauges[n].value
 	}
 	line["_aws"] = map[string]any{
 		"Timestamp": e.Now().UnixMilli(),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -114,5 +115,42 @@ func TestEMFFlushBefore(t *testing.T) {
 	}
 	if stop := e.FlushBefore(context.Background(), time.Second); stop == nil {
 		t.Fatal("no stop without a deadline")
+	}
+}
+
+// TestEMFGauges: a gauge is written with its own unit next to the counts,
+// the last value set wins, and a flush resets gauges as it does counts.
+func TestEMFGauges(t *testing.T) {
+	var buf bytes.Buffer
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "publisher", W: &buf, Now: time.Now}
+	e.Set("outbox_oldest_age", 3, "Seconds")
+	e.Set("outbox_oldest_age", 12.5, "Seconds")
+	e.Set("outbox_backlog", 40, "Count")
+	e.Add("published", 7)
+	if err := e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var line struct {
+		AWS struct {
+			CloudWatchMetrics []struct{ Metrics []struct{ Name, Unit string } }
+		} `json:"_aws"`
+		Age       float64 `json:"outbox_oldest_age"`
+		Backlog   float64 `json:"outbox_backlog"`
+		Published int     `json:"published"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%s: %v", buf.String(), err)
+	}
+	units := map[string]string{}
+	for _, m := range line.AWS.CloudWatchMetrics[0].Metrics {
+		units[m.Name] = m.Unit
+	}
+	want := map[string]string{"published": "Count", "outbox_backlog": "Count", "outbox_oldest_age": "Seconds"}
+	if !maps.Equal(units, want) || line.Age != 12.5 || line.Backlog != 40 || line.Published != 7 {
+		t.Fatalf("EMF line %s, want units %v and the last values set", buf.String(), want)
+	}
+	buf.Reset()
+	if err := e.Flush(); err != nil || buf.Len() != 0 {
+		t.Fatalf("a flush resets the gauges: %q", buf.String())
 	}
 }
