@@ -41,7 +41,10 @@ type Relay struct {
 	SweepEvery time.Duration
 	Now        func() time.Time
 	Logger     *slog.Logger
-	Observe    func(event string, n int)
+	// Observe, if set, counts what the relay does: "published",
+	// "recovered" (a stale dispatch published again), "dead_lettered", and
+	// "delivered" for a delivery it recovers from the inbox's done marker.
+	Observe func(event string, n int)
 
 	mu        sync.Mutex
 	lastSweep time.Time
@@ -379,7 +382,17 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 			WebhookMessageID: wid,
 			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"}}
 		sum.Recovered++
-		return ignoreStale(r.Store.RecordOutcome(ctx, o))
+		err := r.Store.RecordOutcome(ctx, o)
+		if err == nil {
+			// Counted as delivered here: the processor that made the
+			// call counts a delivery only when it records SENT, and the
+			// read under the claim found none. A stale outcome is
+			// somebody else's record, counted there. (A processor still
+			// recording at this very moment counts it too: the store
+			// does not say whether SENT was there before.)
+			r.observe("delivered", 1)
+		}
+		return ignoreStale(err)
 	}
 
 	// A dispatch whose webhook call a processor started and never

@@ -62,6 +62,8 @@ type DeadLetters interface {
 // with Standard Webhooks headers (webhook-id is the message ID). It follows
 // no redirects. err is a transport failure (connection refused, timeout);
 // any HTTP answer, 2xx or not, comes back as a response with a nil error.
+// The response's Duration is the call's time, set for a transport failure
+// too; it is zero when no request went out (the body could not be encoded).
 // Safe for concurrent use.
 type Sender interface {
 	Send(ctx context.Context, m message.Message) (message.WebhookResponse, error)

@@ -39,8 +39,9 @@ const (
 type Result struct {
 	Action    Action
 	MessageID string
-	// Outcome is one of message.Outcome* or "duplicate", "stale_copy",
-	// "dead_lettered_malformed", "unfinished_create", "left_to_sweep".
+	// Outcome is one of message.Outcome* or "delivered_from_inbox",
+	// "duplicate", "stale_copy", "dead_lettered_malformed",
+	// "unfinished_create", "left_to_sweep".
 	Outcome string
 	Err     error
 }
@@ -101,11 +102,13 @@ type Processor struct {
 	MaxInlineWait time.Duration
 	Now           func() time.Time
 	Logger        *slog.Logger
-	// Observe, if set, counts outcomes: "delivered", "retried",
-	// "dead_lettered", "deferred".
+	// Observe, if set, counts outcomes: "delivered" (a delivery recovered
+	// from the inbox's done marker included), "retried", "dead_lettered",
+	// "deferred".
 	Observe func(event string, n int)
-	// Timing, if set, records latencies: "webhook" for each call,
-	// "delivery" from acceptance to the 2xx answer.
+	// Timing, if set, records latencies: "webhook" for each call made,
+	// answered or failed; "delivery" to the 2xx answer from acceptance, or
+	// from the later sendAt or replay (see deliveryStart).
 	Timing func(kind string, d time.Duration)
 
 	outcomesOnce sync.Once
@@ -148,12 +151,35 @@ func (p *Processor) outcomes() *groupcommit.Group[message.Outcome] {
 	return p.outcomeGroup
 }
 
-// events names the metric each recorded outcome counts under.
+// outcomeFromInbox is the outcome of a copy that records SENT from the
+// inbox's done marker: the webhook answered 2xx to an earlier delivery whose
+// outcome never reached MongoDB.
+const outcomeFromInbox = "delivered_from_inbox"
+
+// outcomeEvents names the metric each recorded outcome counts under. A
+// delivery recovered from the inbox counts as delivered: the delivery that
+// made the call counts only when it records SENT, which it did not (it
+// died, or its write failed), and without this count accepted messages
+// would not add up to delivered, dead-lettered and in flight.
 var outcomeEvents = map[string]string{
 	message.OutcomeDelivered: "delivered",
+	outcomeFromInbox:         "delivered",
 	message.OutcomeRetry:     "retried",
 	message.OutcomeFailed:    "dead_lettered",
 	message.OutcomeDeferred:  "deferred",
+}
+
+// outcomeLevel is the level of the log line that reports a recorded
+// outcome. A deferral is logged at Debug: while the circuit is open or the
+// rate limit refuses, every message of a backlog is deferred again each
+// cool-down, and a line for each would bury the log (its count is in the
+// "deferred" metric). The outcomes that end a delivery or count an attempt
+// stay at Info.
+func outcomeLevel(outcome string) slog.Level {
+	if outcome == message.OutcomeDeferred {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 func (p *Processor) observe(event string) {
@@ -261,14 +287,18 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	now := p.Now()
 	if state == outbox.InboxDone {
 		// The webhook answered 2xx but the outcome never reached MongoDB
-		// (a crash in the window the README names). Record it now, without
-		// a second delivery.
+		// (a crash in the window the README names, or a write that
+		// failed). Record it now, without a second delivery, and count it
+		// delivered: the delivery that made the call counts only when it
+		// records SENT, and the read above found none. (A holder still
+		// recording at this very moment counts it too: the store does not
+		// say whether SENT was there before.)
 		o := message.Outcome{
 			MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
 			WebhookMessageID: wid,
 			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"},
 		}
-		return p.record(ctx, log, o, "duplicate")
+		return p.record(ctx, log, o, outcomeFromInbox)
 	}
 	if !redelivered || m.Seq != env.Seq {
 		// Another live consumer holds this dispatch (two copies were
@@ -292,6 +322,10 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		log.Info("copy of a dispatch whose consumer did not finish, with no attempts left; left to the stale sweep")
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "left_to_sweep"}
 	}
+	// Said at Info here, as the sweep's case above is: record logs a
+	// deferral at Debug, and this one counts an attempt, for a consumer
+	// that probably died.
+	log.Info("copy of a dispatch whose consumer did not finish; deferred until its claim expires, counted as an attempt")
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts + 1, At: now, NextAttemptAt: &next,
@@ -372,10 +406,16 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
 	defer cancel()
 	class, reason := Classify(resp, sendErr)
-	if p.Timing != nil && sendErr == nil {
-		p.Timing("webhook", resp.Duration)
+	if p.Timing != nil {
+		// A call that failed (a timeout, a refused connection) is timed
+		// too: left out, an outage would show as a faster webhook. A call
+		// this side cut short says nothing about the webhook (as for the
+		// breaker below), and one never made has no duration.
+		if sendErr == nil || (!cutShort && resp.Duration > 0) {
+			p.Timing("webhook", resp.Duration)
+		}
 		if class == ClassDelivered {
-			p.Timing("delivery", p.Now().Sub(m.CreatedAt))
+			p.Timing("delivery", p.Now().Sub(deliveryStart(m)))
 		}
 	}
 	if done != nil {
@@ -438,6 +478,27 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	return p.deadLetter(ctx, log, o)
 }
 
+// deliveryStart is when m's delivery latency runs from: its acceptance, or
+// the later time its client asked for (sendAt) or an operator replayed it
+// from the dead-letter queue. The wait before either is the schedule's or
+// the operator's, not the system's: a sendAt a day ahead must not read as a
+// day's latency. The replay is found in the delivery log, which keeps the
+// last message.MaxDeliveries entries; a replay pushed out of it by as many
+// later entries is missed, and the latency then runs from sendAt or
+// acceptance, longer than it was.
+func deliveryStart(m message.Message) time.Time {
+	start := m.CreatedAt
+	if m.SendAt != nil && m.SendAt.After(start) {
+		start = *m.SendAt
+	}
+	for _, d := range m.Deliveries {
+		if d.Outcome == message.OutcomeReplayed && d.At.After(start) {
+			start = d.At
+		}
+	}
+	return start
+}
+
 // deadLetter notifies the dead-letter queue, then records FAILED. In that
 // order: a notification whose record failed is sent again with the
 // redelivered copy (at least once), while a record without its
@@ -489,14 +550,14 @@ func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m messag
 func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outcome, outcome string) Result {
 	err := p.outcomes().Do(ctx, o)
 	if errors.Is(err, message.ErrStaleOutcome) {
-		log.Info("outcome not recorded: the message moved on", "outcome", outcome)
+		log.Log(ctx, outcomeLevel(outcome), "outcome not recorded: the message moved on", "outcome", outcome)
 		return Result{Action: Ack, MessageID: o.MessageID, Outcome: "stale_copy"}
 	}
 	if err != nil {
 		log.Error("record outcome failed", "outcome", outcome, "error", err)
 		return Result{Action: Requeue, MessageID: o.MessageID, Outcome: outcome, Err: fmt.Errorf("record outcome: %w", err)}
 	}
-	log.Info("message processed", "outcome", outcome, "status", o.Status, "attempts", o.Attempts)
+	log.Log(ctx, outcomeLevel(outcome), "message processed", "outcome", outcome, "status", o.Status, "attempts", o.Attempts)
 	p.observe(outcomeEvents[outcome])
 	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
 }

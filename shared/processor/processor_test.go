@@ -407,7 +407,8 @@ func TestMalformedAndUnknownAreDeadLettered(t *testing.T) {
 
 // TestDoneMarkerRecordsWithoutRedelivery: the webhook answered, the process
 // died before MongoDB heard of it; the redelivered copy records SENT from the
-// inbox's done marker without calling the webhook again.
+// inbox's done marker without calling the webhook again, and counts it
+// delivered, once: the copies after it count nothing.
 func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 	f := setup(t, 0, nil)
 	env := f.published(t)
@@ -415,13 +416,29 @@ func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 	if err := f.a.Redis.Complete(ctx, env.ID, "wh-earlier", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	r := f.processor(t).Handle(ctx, body(env), true)
+	p := f.processor(t)
+	var mu sync.Mutex
+	events := map[string]int{}
+	p.Observe = func(event string, n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		events[event] += n
+	}
+	r := p.Handle(ctx, body(env), true)
 	if r.Action != processor.Ack || f.calls.Load() != 0 {
 		t.Fatalf("Handle: %+v, calls %d", r, f.calls.Load())
 	}
 	m := f.message(t, env.ID)
 	if m.Status != message.StatusSent || m.WebhookMessageID != "wh-earlier" {
 		t.Fatalf("after recovery: %+v", m)
+	}
+	if r := p.Handle(ctx, body(env), true); r.Outcome != "duplicate" {
+		t.Fatalf("a copy after the recovery: %+v, want a duplicate", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 1 || events["delivered"] != 1 {
+		t.Fatalf("events %v, want the recovered delivery counted once as delivered", events)
 	}
 }
 

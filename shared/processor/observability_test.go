@@ -1,0 +1,218 @@
+package processor_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+)
+
+// timings records what a processor's Timing receives.
+type timings struct {
+	mu  sync.Mutex
+	got map[string][]time.Duration
+}
+
+func (t *timings) record(kind string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.got == nil {
+		t.got = map[string][]time.Duration{}
+	}
+	t.got[kind] = append(t.got[kind], d)
+}
+
+func (t *timings) of(kind string) []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]time.Duration(nil), t.got[kind]...)
+}
+
+// refusingLimiter refuses every reservation: the next token is a second
+// away, longer than any delivery waits in place.
+type refusingLimiter struct{}
+
+func (refusingLimiter) Reserve(context.Context, time.Duration) (time.Duration, bool, error) {
+	return time.Second, false, nil
+}
+
+// openBreaker is a circuit breaker that stays open.
+type openBreaker struct{}
+
+func (openBreaker) Allow() (func(error), error) { return nil, errors.New("circuit breaker is open") }
+func (openBreaker) State() string               { return "open" }
+
+// logLines decodes the JSON log lines in out.
+func logLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var l map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// TestDeferralsLogAtDebug: while the circuit is open or the rate limit
+// refuses, every message of a backlog is deferred again each cool-down.
+// The deferrals are logged at Debug, not a line at Info for each, and are
+// still counted; no webhook call is made, so none is timed.
+func TestDeferralsLogAtDebug(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(p *processor.Processor)
+	}{
+		{name: "circuit open", set: func(p *processor.Processor) { p.Breaker = openBreaker{} }},
+		{name: "rate limited", set: func(p *processor.Processor) { p.Limiter = refusingLimiter{} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t, 0, nil)
+			const n = 10
+			envs := make([]message.Envelope, n)
+			for i := range envs {
+				envs[i] = f.published(t)
+			}
+			p := f.processor(t)
+			tc.set(p)
+			out := &logbuf.Buffer{}
+			p.Logger = slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			var mu sync.Mutex
+			events := map[string]int{}
+			p.Observe = func(event string, k int) {
+				mu.Lock()
+				defer mu.Unlock()
+				events[event] += k
+			}
+			var tm timings
+			p.Timing = tm.record
+			for _, env := range envs {
+				if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack || r.Outcome != message.OutcomeDeferred {
+					t.Fatalf("Handle: %+v, want it deferred", r)
+				}
+			}
+			debug := 0
+			for _, l := range logLines(t, out.String()) {
+				if l["level"] != slog.LevelDebug.String() {
+					t.Errorf("logged at %v while deferring: %v", l["level"], l)
+					continue
+				}
+				if l["msg"] == "message processed" && l["outcome"] == message.OutcomeDeferred {
+					debug++
+				}
+			}
+			if debug != n {
+				t.Errorf("%d deferrals logged at Debug, want %d", debug, n)
+			}
+			if events["deferred"] != n {
+				t.Errorf("events %v, want %d deferred", events, n)
+			}
+			if f.calls.Load() != 0 || len(tm.of("webhook")) != 0 {
+				t.Errorf("%d webhook calls and %d timed, want none", f.calls.Load(), len(tm.of("webhook")))
+			}
+		})
+	}
+}
+
+// TestDeliveryLatencyRunsFromTheLatestStart: the delivery latency runs
+// from acceptance, or from the later sendAt the client asked for or the
+// replay from the dead-letter queue; the wait for either is not latency.
+func TestDeliveryLatencyRunsFromTheLatestStart(t *testing.T) {
+	now := time.Now().UTC()
+	created := now.Add(-time.Hour)
+	for _, tc := range []struct {
+		name  string
+		shape func(m *message.Message)
+		from  time.Time
+	}{
+		{name: "accepted", shape: func(*message.Message) {}, from: created},
+		{name: "sendAt", shape: func(m *message.Message) {
+			at := now.Add(-10 * time.Second)
+			m.SendAt, m.NextAttemptAt = &at, &at
+		}, from: now.Add(-10 * time.Second)},
+		{name: "replayed", shape: func(m *message.Message) {
+			at := now.Add(-20 * time.Minute)
+			m.SendAt = &at
+			m.Deliveries = []message.Delivery{
+				{At: now.Add(-15 * time.Minute), Attempt: 1, Outcome: message.OutcomeFailed, StatusCode: 400},
+				{At: now.Add(-10 * time.Second), Attempt: 1, Outcome: message.OutcomeReplayed},
+			}
+		}, from: now.Add(-10 * time.Second)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t, 0, nil)
+			ctx := context.Background()
+			m := message.New(uuid.NewString(), message.CreateRequest{To: "+905551111111", Content: "hello"}, created)
+			tc.shape(&m)
+			if err := f.a.Store.CreateMessage(ctx, m, message.NewOutboxEntry(m.ID, 0, now, created)); err != nil {
+				t.Fatal(err)
+			}
+			p := f.processor(t)
+			var tm timings
+			p.Timing = tm.record
+			before := time.Now()
+			if r := p.Handle(ctx, body(message.Envelope{ID: m.ID}), false); r.Outcome != message.OutcomeDelivered {
+				t.Fatalf("Handle: %+v", r)
+			}
+			got := tm.of("delivery")
+			// Between the wait before the call and the time it took.
+			lo, hi := before.Sub(tc.from)-time.Second, time.Since(tc.from)+time.Second
+			if len(got) != 1 || got[0] < lo || got[0] > hi {
+				t.Fatalf("delivery latency %v, want one between %s and %s", got, lo, hi)
+			}
+		})
+	}
+}
+
+// notSent is a Sender that fails before its request goes out, as the
+// webhook client does when it cannot encode the body.
+type notSent struct{}
+
+func (notSent) Send(context.Context, message.Message) (message.WebhookResponse, error) {
+	return message.WebhookResponse{}, errors.New("encode webhook body: unsupported value")
+}
+
+// TestFailedCallsAreTimed: a webhook call that fails (here the client's
+// timeout) is in the webhook latency too, not only the answered ones; a
+// call that never went out is not.
+func TestFailedCallsAreTimed(t *testing.T) {
+	f := setup(t, time.Second, map[string]string{"WEBHOOK_TIMEOUT": "200ms", "RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
+	env := f.published(t)
+	p := f.processor(t)
+	var tm timings
+	p.Timing = tm.record
+	r := p.Handle(context.Background(), body(env), false)
+	if r.Outcome != message.OutcomeRetry {
+		t.Fatalf("Handle: %+v, want a retry after the timeout", r)
+	}
+	got := tm.of("webhook")
+	if len(got) != 1 || got[0] < 200*time.Millisecond || got[0] > 900*time.Millisecond {
+		t.Fatalf("webhook timings %v, want one of the 200ms timeout", got)
+	}
+	if d := tm.of("delivery"); len(d) != 0 {
+		t.Fatalf("delivery timings %v for a call that failed, want none", d)
+	}
+
+	env = f.published(t)
+	p.Sender = notSent{}
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("Handle with a request that never went out: %+v, want a retry", r)
+	}
+	if got := tm.of("webhook"); len(got) != 1 {
+		t.Fatalf("webhook timings %v, want none for the request that never went out", got)
+	}
+}
