@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/awslabs/aws-lambda-go-api-proxy/core"
@@ -14,8 +15,25 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 )
 
+// deadlineReserve is how long before the invocation's deadline the request
+// given to the handler runs out. At the deadline itself (the function's
+// Timeout, 29 s, API Gateway's own limit) Lambda ends the function without a
+// word: the 503 problem with Retry-After that the handler answers when a
+// hanging dependency runs its request's context out is never returned, API
+// Gateway answers its bare 504 instead, and Lambda resets the execution
+// environment, so the next request pays a cold start. Two seconds leave
+// time to write the problem, return it through the adapter and flush the
+// invocation's metrics.
+const deadlineReserve = 2 * time.Second
+
 // proxy returns the function's handler: each API Gateway event becomes a
 // request to h, and h's answer the event's response.
+//
+// The request's context runs out deadlineReserve before the invocation's,
+// so that h answers before Lambda ends the function. The request's
+// X-Request-Id is API Gateway's request ID when the client sent none that
+// the API keeps, so that API Gateway's own error documents ("requestId")
+// and the function's answers and logs name a request alike.
 //
 // The adapter's own ProxyWithContext answers an event it cannot turn into a
 // request (a path with a bad escape such as /messages/%zz, a body marked
@@ -26,6 +44,11 @@ import (
 func proxy(h http.Handler, log *slog.Logger) func(context.Context, events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
 	var ra core.RequestAccessor
 	return func(ctx context.Context, ev events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
+		if deadline, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline.Add(-deadlineReserve))
+			defer cancel()
+		}
 		r, err := ra.EventToRequestWithContext(ctx, ev)
 		if err != nil {
 			// A *url.Error repeats the whole URL, query string included,
@@ -41,6 +64,9 @@ func proxy(h http.Handler, log *slog.Logger) func(context.Context, events.APIGat
 				"error", err.Error(),
 			)
 			return unreadableRequest(), nil
+		}
+		if id := ev.RequestContext.RequestID; !httpapi.ValidRequestID(r.Header.Get(httpapi.RequestIDHeader)) && httpapi.ValidRequestID(id) {
+			r.Header.Set(httpapi.RequestIDHeader, id)
 		}
 		w := core.NewProxyResponseWriter()
 		h.ServeHTTP(w, r)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 
@@ -80,6 +81,82 @@ func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
 			}
 			if !strings.Contains(logs.String(), "not a valid HTTP request") {
 				t.Errorf("the refusal is not logged: %q", logs.String())
+			}
+		})
+	}
+}
+
+// TestProxyAnswersBeforeTheInvocationDeadline: a handler whose dependency
+// hangs until the request's context runs out gets to return its 503 problem
+// well before the invocation's deadline, when Lambda would end the function
+// and API Gateway answer 504 in its place.
+func TestProxyAnswersBeforeTheInvocationDeadline(t *testing.T) {
+	hung := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"type":"about:blank","title":"Service Unavailable","status":503}` + "\n"))
+	})
+	handle := proxy(hung, slog.New(slog.DiscardHandler))
+	deadline := time.Now().Add(4 * time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+
+	resp, err := handle(ctx, events.APIGatewayProxyRequest{HTTPMethod: http.MethodGet, Path: "/messages"})
+	left := time.Until(deadline)
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable || http.Header(resp.MultiValueHeaders).Get("Retry-After") == "" {
+		t.Fatalf("answer %d %v %q, %v; want the handler's 503 with Retry-After", resp.StatusCode, resp.MultiValueHeaders, resp.Body, err)
+	}
+	if left < time.Second {
+		t.Fatalf("the answer came %s before the invocation's deadline, want at least 1s: Lambda would have ended the function first", left)
+	}
+
+	// Without a deadline (not in Lambda), the request gets none either.
+	var hasDeadline bool
+	handle = proxy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, hasDeadline = r.Context().Deadline()
+		w.WriteHeader(http.StatusNoContent)
+	}), slog.New(slog.DiscardHandler))
+	if _, err := handle(context.Background(), events.APIGatewayProxyRequest{HTTPMethod: http.MethodGet, Path: "/status"}); err != nil || hasDeadline {
+		t.Fatalf("without an invocation deadline: err %v, request deadline %t; want none", err, hasDeadline)
+	}
+}
+
+// TestProxyUsesTheGatewayRequestID: a request whose client sent no usable
+// X-Request-Id carries API Gateway's request ID, the one its own error
+// documents give, and answers with it; a client's usable ID still wins.
+func TestProxyUsesTheGatewayRequestID(t *testing.T) {
+	handle := proxy(httpapi.NewStatusHandler(httpapi.Health{Service: "api"}, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
+	for _, tc := range []struct {
+		name, header, gateway string
+		want                  string // "" for a fresh ID, neither the client's nor the gateway's
+	}{
+		{"no header", "", "abc-123", "abc-123"},
+		{"client's ID", "client-7", "abc-123", "client-7"},
+		{"client's ID unusable", "evil id", "abc-123", "abc-123"},
+		{"gateway's ID unusable", "", "bad id\n", ""},
+		{"no gateway ID", "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := events.APIGatewayProxyRequest{
+				HTTPMethod:     http.MethodGet,
+				Path:           "/status",
+				RequestContext: events.APIGatewayProxyRequestContext{RequestID: tc.gateway},
+			}
+			if tc.header != "" {
+				ev.MultiValueHeaders = map[string][]string{"X-Request-Id": {tc.header}}
+			}
+			resp, err := handle(context.Background(), ev)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /status: %d %q, %v", resp.StatusCode, resp.Body, err)
+			}
+			got := http.Header(resp.MultiValueHeaders).Get("X-Request-Id")
+			if tc.want != "" && got != tc.want {
+				t.Fatalf("X-Request-Id = %q, want %q", got, tc.want)
+			}
+			if tc.want == "" && (got == "" || got == tc.header || got == tc.gateway) {
+				t.Fatalf("X-Request-Id = %q, want a fresh one", got)
 			}
 		})
 	}

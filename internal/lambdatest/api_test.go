@@ -180,9 +180,21 @@ func TestAPIStatus(t *testing.T) {
 	if report.Status != "ok" {
 		t.Errorf("status %q, want ok: %+v", report.Status, report.Checks)
 	}
-	for _, dep := range []string{"mongodb", "rabbitmq", "redis"} {
+	for _, dep := range []string{"mongodb", "rabbitmq", "redis", "webhook"} {
 		if report.Checks[dep].Status != httpapi.HealthOK {
 			t.Errorf("%s: %+v", dep, report.Checks[dep])
 		}
+	}
+
+	// Liveness answers without asking anything, under API Gateway's
+	// request id.
+	resp := proxyResponse(t, api.invokeFile("api-livez.json"))
+	var live struct{ Service, Status string }
+	decodeBody(t, resp, 200, &live)
+	if live.Service != "api" || live.Status != "ok" {
+		t.Errorf("GET /livez = %+v, want the api ok", live)
+	}
+	if id := header(resp, "X-Request-Id"); id != "5e0b6c1a-3f7d-4c8e-9a2b-1d4f6a8c0e09" {
+		t.Errorf("GET /livez answered under request id %q, want API Gateway's", id)
 	}
 }

@@ -253,6 +253,23 @@ func (a *App) WebhookCheck() httpapi.Check {
 	}}
 }
 
+// SharedWebhookCheck reports the webhook as every processor sees it: failing
+// while the circuit breaker they share through Redis is open, which any of
+// them opens when the webhook fails too often. It is for the API's status
+// report, the only one in AWS, where the processor has no status route. It
+// reads Redis and makes no call to the webhook. When Redis does not answer
+// it passes: the redis check reports that, and the processors then each
+// fall back to a breaker of their own, which no other process can read.
+func (a *App) SharedWebhookCheck() httpapi.Check {
+	return httpapi.Check{Name: "webhook", Check: func(ctx context.Context) error {
+		d, err := a.Redis.CircuitOpenFor(ctx, "webhook")
+		if err != nil || d <= 0 {
+			return nil
+		}
+		return fmt.Errorf("circuit breaker open for another %s: the webhook failed too often; deliveries wait for the cool-down", max(d.Round(time.Second), time.Second))
+	}}
+}
+
 // Checks returns the dependency checks of a status report.
 func (a *App) Checks() []httpapi.Check {
 	return []httpapi.Check{
@@ -296,7 +313,7 @@ func (a *App) alertDeadLetters() {
 // Lambda function adapts it.
 func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler {
 	var mw []func(http.Handler) http.Handler
-	checks := a.Checks()
+	checks := append(a.Checks(), a.SharedWebhookCheck())
 	if r := a.Config.APIRateLimit; r > 0 {
 		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
 			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)

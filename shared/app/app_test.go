@@ -265,3 +265,84 @@ func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
 		t.Fatalf("after the release, the stand-in still holds the claim: %v %v", taken, err)
 	}
 }
+
+// statusReport is GET /status's answer, as far as these tests read it.
+type statusReport struct {
+	code   int
+	Status string
+	Checks map[string]struct{ Status string }
+}
+
+func getStatus(t *testing.T, url string) statusReport {
+	t.Helper()
+	resp, err := http.Get(url + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := statusReport{code: resp.StatusCode}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestStatusReportsTheSharedWebhookCircuit: the API's report, the only one
+// in AWS, says the webhook is down (and the service degraded, not down:
+// messages are still accepted) while the circuit breaker the processors
+// share in Redis is open, and ok once it has closed. With Redis down the
+// state is unknown: the redis check fails, the webhook's does not.
+func TestStatusReportsTheSharedWebhookCircuit(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	sched := a.LocalScheduler()
+	srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+	defer srv.Close()
+	if r := getStatus(t, srv.URL); r.code != http.StatusOK || r.Status != "ok" || r.Checks["webhook"].Status != "ok" {
+		t.Fatalf("circuit closed: %+v, want 200, ok and checks.webhook ok", r)
+	}
+	if err := a.Redis.OpenCircuit(t.Context(), "webhook", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if r := getStatus(t, srv.URL); r.code != http.StatusOK || r.Status != "degraded" || r.Checks["webhook"].Status != "down" {
+		t.Fatalf("circuit open: %+v, want 200, degraded and checks.webhook down", r)
+	}
+	if err := a.Redis.OpenCircuit(t.Context(), "webhook", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the key expires
+	if r := getStatus(t, srv.URL); r.code != http.StatusOK || r.Status != "ok" || r.Checks["webhook"].Status != "ok" {
+		t.Fatalf("circuit closed again: %+v, want 200, ok and checks.webhook ok", r)
+	}
+
+	down := testenv.App(t, testenv.Env(t, map[string]string{"REDIS_URI": "127.0.0.1:1"}))
+	sched = down.LocalScheduler()
+	srv2 := httptest.NewServer(down.APIHandler(sched, sched.Gate()))
+	defer srv2.Close()
+	if r := getStatus(t, srv2.URL); r.Status != "degraded" || r.Checks["redis"].Status != "down" || r.Checks["webhook"].Status != "ok" {
+		t.Fatalf("redis down: %+v, want degraded, checks.redis down and checks.webhook ok", r)
+	}
+}
+
+// TestLivezWhileMongoDBIsDown: with MongoDB gone, the API is not ready
+// (GET /status 503) but alive (GET /livez 200, without the API key), so a
+// liveness probe does not restart it for an outage a restart cannot fix.
+func TestLivezWhileMongoDBIsDown(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, map[string]string{"API_KEY": "the-key", "API_RATE_LIMIT": "100", "API_RATE_BURST": "100"}))
+	sched := a.LocalScheduler()
+	srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
+	defer srv.Close()
+	if err := a.Store.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r := getStatus(t, srv.URL); r.code != http.StatusServiceUnavailable || r.Checks["mongodb"].Status != "down" {
+		t.Fatalf("GET /status with MongoDB closed: %+v, want 503 with checks.mongodb down", r)
+	}
+	resp, err := http.Get(srv.URL + "/livez")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /livez with MongoDB closed: %d, want 200", resp.StatusCode)
+	}
+}

@@ -49,7 +49,7 @@ const RequestIDHeader = "X-Request-Id"
 func withRequestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get(RequestIDHeader)
-		if !validRequestID(id) {
+		if !ValidRequestID(id) {
 			id = newRequestID()
 		}
 		w.Header().Set(RequestIDHeader, id)
@@ -58,7 +58,10 @@ func withRequestID(next http.Handler) http.Handler {
 	})
 }
 
-func validRequestID(id string) bool {
+// ValidRequestID reports whether id is kept as a request's ID when it comes
+// in X-Request-Id: 1 to 128 letters, digits, '-', '_', '.' or ':'. Anything
+// else is replaced by a fresh ID.
+func ValidRequestID(id string) bool {
 	if id == "" || len(id) > 128 {
 		return false
 	}
@@ -107,8 +110,8 @@ func (t *trackingWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter 
 
 // logRequests logs one line per request: method, route pattern, status and
 // duration. It never logs bodies, query strings or headers, so no phone
-// number, content or API key reaches the logs. Successful GET /status
-// requests are logged at debug level because health probes poll it.
+// number, content or API key reaches the logs. Successful GET /status and
+// GET /livez requests are logged at debug level because probes poll them.
 func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -127,7 +130,7 @@ func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 		switch {
 		case status >= 500:
 			level = slog.LevelError
-		case pattern == "GET /status" && status < 400:
+		case (pattern == "GET /status" || pattern == "GET /livez") && status < 400:
 			level = slog.LevelDebug
 		}
 		if pattern == "" {

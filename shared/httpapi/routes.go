@@ -29,6 +29,7 @@ func routes(o Options) []route {
 		{Route{http.MethodPost, "/scheduler/stop", false}, handleSchedulerStop(o.Logger, o.Scheduler)},
 		{Route{http.MethodGet, "/scheduler", false}, handleSchedulerStatus(o.Logger, o.Scheduler)},
 		{Route{http.MethodGet, "/status", true}, handleStatus(o.Health, o.Logger, o.APIKey)},
+		{Route{http.MethodGet, "/livez", true}, handleLivez(o.Health.Service)},
 	}
 }
 

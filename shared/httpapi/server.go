@@ -22,8 +22,9 @@ const DefaultMaxReplayBodyBytes int64 = 64 << 10
 
 // DefaultRequestTimeout bounds a request when Options.RequestTimeout is not
 // set. It is a little above API Gateway's 29-second integration timeout, so
-// in Lambda the function's own deadline comes first, and locally a request
-// whose store hangs ends about when it would have in AWS.
+// in Lambda the deadline the function gives the request (2 s before its own)
+// comes first, and locally a request whose store hangs ends about when it
+// would have in AWS.
 const DefaultRequestTimeout = 30 * time.Second
 
 // Options are the dependencies and settings of the API server.
@@ -33,7 +34,7 @@ type Options struct {
 	Scheduler Scheduler
 	Health    Health
 	// APIKey, when not empty, must be sent as "Authorization: Bearer <key>"
-	// or "X-API-Key: <key>" on every route but GET /status.
+	// or "X-API-Key: <key>" on every route but GET /status and GET /livez.
 	APIKey string
 	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes)
 	// but POST /dlq/replay's.
@@ -83,15 +84,15 @@ func NewServer(o Options) http.Handler {
 	return newHandler(o, routes(o))
 }
 
-// NewStatusHandler returns a handler that serves GET /status alone, for a
-// role (the processor) that has no other HTTP routes. It logs to logger
-// (slog.Default() if nil).
+// NewStatusHandler returns a handler that serves GET /status and GET /livez
+// alone, for a role (the processor, the publisher) that has no other HTTP
+// routes. It logs to logger (slog.Default() if nil).
 func NewStatusHandler(h Health, logger *slog.Logger) http.Handler {
 	o := Options{Health: h, Logger: logger}
 	o.setDefaults()
 	var only []route
 	for _, rt := range routes(o) {
-		if rt.Method == http.MethodGet && rt.Path == "/status" {
+		if rt.Method == http.MethodGet && (rt.Path == "/status" || rt.Path == "/livez") {
 			only = append(only, rt)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,6 +61,7 @@ func TestRoutesAreServed(t *testing.T) {
 		{Method: "POST", Path: "/scheduler/stop"},
 		{Method: "GET", Path: "/scheduler"},
 		{Method: "GET", Path: "/status", Public: true},
+		{Method: "GET", Path: "/livez", Public: true},
 	}
 	got := httpapi.Routes()
 	if len(got) != len(want) {
@@ -131,8 +133,10 @@ func TestAuth(t *testing.T) {
 			}
 		})
 	}
-	if w := ts.do(t, http.MethodGet, "/status", ""); w.Code != http.StatusOK {
-		t.Errorf("GET /status without key: %d %s", w.Code, w.Body)
+	for _, path := range []string{"/status", "/livez"} {
+		if w := ts.do(t, http.MethodGet, path, ""); w.Code != http.StatusOK {
+			t.Errorf("GET %s without key: %d %s", path, w.Code, w.Body)
+		}
 	}
 	if strings.Contains(ts.logs.String(), key) {
 		t.Errorf("the API key was logged")
@@ -353,16 +357,69 @@ func TestUncleanPathRedirectIsAProblem(t *testing.T) {
 	}
 }
 
-// TestStatusHandlerServesOnlyStatus: the status handler serves GET /status
-// alone, and logs its requests to the logger it is given (the process's
-// configured one), not to slog.Default().
-func TestStatusHandlerServesOnlyStatus(t *testing.T) {
+// TestStatusHandlerServesOnlyTheProbes: the status handler serves GET
+// /status and GET /livez alone, and logs its requests to the logger it is
+// given (the process's configured one), not to slog.Default().
+func TestStatusHandlerServesOnlyTheProbes(t *testing.T) {
 	var logs logbuf.Buffer
 	h := httpapi.NewStatusHandler(httpapi.Health{Service: "processor"}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	readProblem(t, serve(t, h, http.MethodGet, "/messages", ""), http.StatusNotFound, "")
 	readProblem(t, serve(t, h, http.MethodDelete, "/status", ""), http.StatusMethodNotAllowed, "")
 	if n := strings.Count(logs.String(), `"msg":"http request"`); n != 2 {
 		t.Errorf("the given logger has %d request lines, want 2:\n%s", n, logs.String())
+	}
+	if w := serve(t, h, http.MethodGet, "/livez", ""); w.Code != http.StatusOK {
+		t.Errorf("GET /livez: %d %s, want 200", w.Code, w.Body)
+	}
+}
+
+// TestLivezCallsNoDependency: GET /livez is liveness, not readiness: with
+// MongoDB's check failing, GET /status answers 503 and GET /livez 200, with
+// no API key and whatever the rate limit says. It is logged at debug level
+// only, since probes poll it.
+func TestLivezCallsNoDependency(t *testing.T) {
+	var checked, limited atomic.Int32
+	refuse := func(context.Context, string) (bool, time.Duration, error) {
+		limited.Add(1)
+		return false, time.Second, nil
+	}
+	mongoDown := httpapi.Check{Name: "mongodb", Critical: true, Check: func(context.Context) error {
+		checked.Add(1)
+		return errors.New("server selection timeout")
+	}}
+	ts := newTestServer(t, func(o *httpapi.Options) {
+		o.Health = httpapi.Health{Service: "api", Checks: []httpapi.Check{mongoDown}}
+		o.APIKey = "the-key"
+		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(refuse, o.APIKey, o.Logger)}
+	})
+
+	w := ts.do(t, http.MethodGet, "/livez", "")
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET /livez with MongoDB down: %d %s, want 200", w.Code, w.Body)
+	}
+	if r := decodeJSON[map[string]string](t, w); r["status"] != "ok" || r["service"] != "api" {
+		t.Errorf("GET /livez body = %v", r)
+	}
+	if n, l := checked.Load(), limited.Load(); n != 0 || l != 0 {
+		t.Errorf("GET /livez ran %d checks and %d rate-limit calls, want none", n, l)
+	}
+	if w := ts.do(t, http.MethodGet, "/status", ""); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("GET /status with MongoDB down: %d %s, want 503", w.Code, w.Body)
+	}
+	if w := ts.do(t, http.MethodGet, "/messages", "", "X-API-Key", "the-key"); w.Code != http.StatusTooManyRequests {
+		t.Errorf("GET /messages with the limit refusing: %d, want 429", w.Code)
+	}
+	logged := false
+	for _, line := range strings.Split(ts.logs.String(), "\n") {
+		if strings.Contains(line, `pattern="GET /livez"`) {
+			logged = true
+			if !strings.Contains(line, "level=DEBUG") {
+				t.Errorf("GET /livez logged above debug level: %s", line)
+			}
+		}
+	}
+	if !logged {
+		t.Errorf("GET /livez not logged:\n%s", ts.logs)
 	}
 }
 

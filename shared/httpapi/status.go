@@ -111,6 +111,16 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 	})
 }
 
+// handleLivez answers that the process is alive and serving HTTP, and
+// nothing more: it calls no dependency. GET /status is readiness, and says
+// 503 while MongoDB or RabbitMQ is down; a liveness probe that read it
+// would restart a healthy process for an outage a restart cannot fix.
+func handleLivez(service string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, r, nil, http.StatusOK, map[string]string{"service": service, "status": HealthOK})
+	})
+}
+
 // runCheck runs c with a deadline and returns even if c ignores it: the
 // check goes on in the background and its late answer is dropped. A
 // panicking check is a failed check, not a crashed process.
