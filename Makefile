@@ -10,8 +10,11 @@ FUZZTIME  ?= 10s
 # The tests and the chaos runs use the local RabbitMQ and
 # Redis whatever RABBITMQ_URI and REDIS_URI say; make run uses those.
 CHECK_LOCAL := env -u RABBITMQ_URI -u REDIS_URI scripts/check-services.sh
+# Where the embedded MongoDB keeps its files: DATA_DIR as the binary reads it
+# (unset or empty: ./.data). Only clean-data uses it.
+DATA_DIR  := $(or $(DATA_DIR),./.data)
 
-.PHONY: run setup test fuzz vet build-local dev-deps clean help
+.PHONY: run setup test fuzz vet build-local dev-deps clean clean-data help
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -44,6 +47,9 @@ vet: ## gofmt and go vet
 dev-deps: ## download the Go modules
 	$(GO) mod download
 
-clean: ## remove build output and local data
-	rm -rf bin build .aws-sam .data
+clean: ## remove build output (bin, build, .aws-sam); the stored messages stay
+	rm -rf bin build .aws-sam
+
+clean-data: ## DELETE DATA_DIR (./.data), the embedded MongoDB: every stored message is lost (stop make run first)
+	rm -rf -- '$(DATA_DIR)'
 include mk/*.mk

@@ -32,6 +32,9 @@ wait_up() { # host port seconds
   return 1
 }
 
+# The Docker alternative to starting them natively (mk/docker.mk).
+docker_infra='make docker-infra, which starts MongoDB, RabbitMQ and Redis in containers on 127.0.0.1:27017, 5672 and 6379'
+
 fail=0
 if ! up $rabbit_host $rabbit_port; then
   if [ $start = 1 ] && local_default "$rabbit_host" "$rabbit_port" 5672 && command -v rabbitmq-server >/dev/null; then
@@ -42,6 +45,7 @@ if ! up $rabbit_host $rabbit_port; then
   if ! up $rabbit_host $rabbit_port; then
     if local_default "$rabbit_host" "$rabbit_port" 5672; then
       echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port. Start it with: rabbitmq-server -detached" >&2
+      echo "  (or with Docker: $docker_infra)" >&2
     else
       echo "RabbitMQ is not answering on $rabbit_host:$rabbit_port, where RABBITMQ_URI points" >&2
     fi
@@ -51,14 +55,15 @@ fi
 if ! up $redis_host $redis_port; then
   if [ $start = 1 ] && local_default "$redis_host" "$redis_port" 6379 && command -v redis-server >/dev/null; then
     echo "starting Redis"
-    mkdir -p /var/lib/redis
-    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis >/dev/null 2>&1 || true
+    # It writes nothing (no snapshots, no AOF); --dir only has to exist.
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir "${TMPDIR:-/tmp}" >/dev/null 2>&1 || true
     wait_up $redis_host $redis_port 20 || true
   fi
   if ! up $redis_host $redis_port; then
     if local_default "$redis_host" "$redis_port" 6379; then
       echo "Redis is not answering on $redis_host:$redis_port. Start it with:" >&2
-      echo '  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis' >&2
+      echo '  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir "${TMPDIR:-/tmp}"' >&2
+      echo "  (or with Docker: $docker_infra)" >&2
     else
       echo "Redis is not answering on $redis_host:$redis_port, where REDIS_URI points" >&2
     fi
