@@ -25,7 +25,7 @@ const (
 	defaultRabbitURI = "amqp://guest:guest@127.0.0.1:5672/"
 	defaultRedisAddr = "127.0.0.1:6379"
 	startRabbit      = "rabbitmq-server -detached"
-	startRedis       = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis`
+	startRedis       = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir "${TMPDIR:-/tmp}"`
 )
 
 // names are the queues, key prefix and databases of one run, unique to it

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/redistest"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 )
 
@@ -205,8 +206,8 @@ func redisStartCommands(t *testing.T) (printed, started, readme string) {
 // a non-root user): it works with TMPDIR set or unset.
 func TestRedisStartCommandIsPortable(t *testing.T) {
 	printed, started, readme := redisStartCommands(t)
-	if printed != started || printed != readme {
-		t.Errorf("the Redis start commands differ:\n printed by check-services.sh: %s\n run by its --start:           %s\n in the README:                %s", printed, started, readme)
+	if printed != started || printed != readme || printed != redistest.Start {
+		t.Errorf("the Redis start commands differ:\n printed by check-services.sh: %s\n run by its --start:           %s\n in the README:                %s\n told by the tests:            %s", printed, started, readme, redistest.Start)
 	}
 	if !strings.Contains(printed, `--dir "${TMPDIR:-/tmp}"`) {
 		t.Errorf("the Redis start command does not keep its --dir in the temporary directory: %s", printed)

@@ -14,7 +14,7 @@ import (
 const Addr = "127.0.0.1:6379"
 
 // Start is the command that starts it.
-const Start = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis`
+const Start = `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir "${TMPDIR:-/tmp}"`
 
 // DeleteKeys removes the keys of the local Redis that start with prefix.
 func DeleteKeys(prefix string) error {
