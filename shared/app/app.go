@@ -242,16 +242,28 @@ func (a *App) BreakerState() string {
 }
 
 // WebhookCheck reports the webhook as this process's circuit breaker sees
-// it: failing while the circuit is open (deliveries wait for the cool-down),
-// for the processor's status report. It makes no call to the webhook.
+// it, for the processor's status report: failing while the circuit is open
+// (deliveries wait for the cool-down), or once webhookFailingAfter calls in
+// a row have failed within BREAKER_WINDOW. The breaker trips only after
+// BREAKER_MIN_REQUESTS calls, so at low traffic a webhook that fails every
+// call would otherwise be reported ok. It makes no call to the webhook.
 func (a *App) WebhookCheck() httpapi.Check {
 	return httpapi.Check{Name: "webhook", Check: func(context.Context) error {
 		if st := a.BreakerState(); st == "open" {
 			return errors.New("circuit breaker open: the webhook failed too often; deliveries wait for the cool-down")
 		}
+		if a.breaker != nil {
+			if n := a.breaker.local.ConsecutiveFailures(); n >= webhookFailingAfter {
+				return fmt.Errorf("the last %d calls to the webhook failed; the circuit stays closed until BREAKER_MIN_REQUESTS calls within BREAKER_WINDOW have failed often enough", n)
+			}
+		}
 		return nil
 	}}
 }
+
+// webhookFailingAfter is how many failed calls in a row make the webhook
+// check fail while the circuit is still closed: one or two can be a blip.
+const webhookFailingAfter = 3
 
 // SharedWebhookCheck reports the webhook as every processor sees it: failing
 // while the circuit breaker they share through Redis is open, which any of

@@ -58,3 +58,7 @@ func (b *LocalBreaker) Allow() (func(error), error) { return b.cb.Allow() }
 
 // State implements Breaker: "closed", "half-open" or "open".
 func (b *LocalBreaker) State() string { return b.cb.State().String() }
+
+// ConsecutiveFailures returns how many calls in a row failed, within the
+// window: calls older than the window no longer count.
+func (b *LocalBreaker) ConsecutiveFailures() int { return int(b.cb.Counts().ConsecutiveFailures) }

@@ -497,6 +497,40 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	}
 }
 
+// TestWebhookCheckSeesFailuresBeforeTheBreakerTrips: at low traffic the
+// breaker may never trip (it waits for BREAKER_MIN_REQUESTS calls), yet a
+// webhook whose last three calls failed is reported failing, and ok again
+// after a success.
+func TestWebhookCheckSeesFailuresBeforeTheBreakerTrips(t *testing.T) {
+	f := setup(t, 0, map[string]string{"BREAKER_MIN_REQUESTS": "100", "RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
+	p := f.processor(t)
+	webhook := f.a.WebhookCheck()
+	handle := func(want string) {
+		t.Helper()
+		if r := p.Handle(context.Background(), body(f.published(t)), false); r.Outcome != want {
+			t.Fatalf("Handle: %+v, want %s", r, want)
+		}
+	}
+	f.code.Store(http.StatusServiceUnavailable)
+	for i := range 3 {
+		if err := webhook.Check(context.Background()); err != nil {
+			t.Fatalf("webhook check after %d failed calls: %v, want ok", i, err)
+		}
+		handle(message.OutcomeRetry)
+	}
+	if err := webhook.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "last 3 calls") {
+		t.Fatalf("webhook check after 3 failed calls in a row: %v, want a failure naming them", err)
+	}
+	if st := f.a.BreakerState(); st != "closed" {
+		t.Fatalf("breaker %s after 3 of BREAKER_MIN_REQUESTS 100 calls, want closed", st)
+	}
+	f.code.Store(http.StatusOK)
+	handle(message.OutcomeDelivered)
+	if err := webhook.Check(context.Background()); err != nil {
+		t.Fatalf("webhook check after a delivery: %v, want ok", err)
+	}
+}
+
 // TestOpenBreakerDefersWithoutCountingAnAttempt: once failures trip the
 // breaker, a message waits in the outbox for the cool-down, its attempts
 // unchanged, and the webhook is not called.
