@@ -158,19 +158,23 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 // pass's error: a failed pass is logged and the next one tries again. In
 // Lambda, where the schedule runs at most once a minute, it keeps retries
 // and sendAt messages from waiting for the next run; on reads the
-// schedule's state, so that a stop also ends the run under way.
+// schedule's state, so that a stop also ends the run under way. A state
+// that cannot be read (the schedule's API throttling, say) keeps the run
+// going: the schedule invoked it, so it was started a moment ago, and
+// ending the run would leave what falls due to the next one.
 func (r *Relay) RunFor(ctx context.Context, window, interval, reserve time.Duration, on Gate) (Summary, error) {
 	start := time.Now()
 	var total Summary
 	var err error // the last pass's
+	unknown := false
 	for first := true; ; first = false {
 		if !first && on != nil {
 			open, gerr := on(ctx)
-			if gerr != nil {
-				r.Logger.Warn("publisher state unknown; this run ends here", "error", gerr)
-				return total, err
+			if gerr != nil && ctx.Err() == nil && !unknown {
+				r.Logger.Warn("publisher state unknown; this run goes on as started", "error", gerr)
 			}
-			if !open {
+			unknown = gerr != nil
+			if gerr == nil && !open {
 				total.Skipped = "scheduler stopped"
 				return total, err
 			}

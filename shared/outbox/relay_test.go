@@ -437,6 +437,30 @@ func TestFailedIndexIsRepaired(t *testing.T) {
 	}
 }
 
+// TestRunForGoesOnWhenTheStateIsUnknown: a run whose gate cannot read the
+// publisher's state (the schedule's API throttling) keeps making passes, as
+// the schedule started it, and says so once.
+func TestRunForGoesOnWhenTheStateIsUnknown(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	r := a.Relay(nil)
+	out := &logbuf.Buffer{}
+	r.Logger = slog.New(slog.NewTextHandler(out, nil))
+	var looks atomic.Int32
+	unknown := func(context.Context) (bool, error) {
+		looks.Add(1)
+		return false, errors.New("get schedule: ThrottlingException")
+	}
+	if _, err := r.RunFor(context.Background(), time.Second, 100*time.Millisecond, 0, unknown); err != nil {
+		t.Fatal(err)
+	}
+	if n := looks.Load(); n < 5 {
+		t.Fatalf("the run looked at the state %d times in 1 s of 100 ms passes: it ended early", n)
+	}
+	if n := strings.Count(out.String(), "publisher state unknown"); n != 1 {
+		t.Fatalf("%d warnings about the unknown state, want 1:\n%s", n, out)
+	}
+}
+
 // TestRunForPublishesWhatFallsDueMeanwhile: RunFor makes passes every
 // interval for its window, so a message that falls due during the window
 // is published in the same call; a window of 0 is one pass; the call ends
