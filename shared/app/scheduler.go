@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
@@ -28,6 +30,8 @@ type StoreScheduler struct {
 	// POST would otherwise queue one more read behind it.
 	readErr error
 	readAt  time.Time
+	// reads makes the gate's callers share one read in flight.
+	reads singleflight.Group
 	// sets counts the changes made through this process, so that a read
 	// begun before one does not replace what it wrote.
 	sets uint64
@@ -80,42 +84,65 @@ func (s *StoreScheduler) set(ctx context.Context, state message.SchedulerState) 
 	return s.Status(ctx)
 }
 
+// gateReadTimeout bounds the gate's shared read of the state. It does not
+// run on any one request's context, so that a caller who gives up does not
+// fail the read for the others waiting on it.
+const gateReadTimeout = 2 * time.Second
+
 // Gate returns the outbox gate: open while the stored state is started.
+// Callers that find the cache stale at the same moment share one read, and
+// a failed read is returned again, without a read, for gateCacheTTL: with
+// MongoDB slow or down, the requests arriving meanwhile do not each queue
+// another read behind it.
 func (s *StoreScheduler) Gate() outbox.Gate {
 	return func(ctx context.Context) (bool, error) {
 		s.mu.Lock()
-		state, fresh, sets := s.cached, time.Since(s.cachedAt) < gateCacheTTL, s.sets
+		state, fresh := s.cached, time.Since(s.cachedAt) < gateCacheTTL
 		readErr := s.readErr
 		if readErr != nil && time.Since(s.readAt) >= gateCacheTTL {
 			readErr = nil
 		}
 		s.mu.Unlock()
-		if !fresh && readErr != nil {
+		if fresh {
+			return state == message.SchedulerStarted, nil
+		}
+		if readErr != nil {
 			return false, readErr
 		}
-		if !fresh {
-			var err error
-			if state, _, err = s.Store.SchedulerState(ctx, s.Default); err != nil {
-				s.mu.Lock()
-				if s.sets == sets && ctx.Err() == nil { // not this request's own end
-					s.readErr, s.readAt = err, time.Now()
-				}
-				s.mu.Unlock()
-				return false, err
+		select {
+		case r := <-s.reads.DoChan("state", s.read):
+			if r.Err != nil {
+				return false, r.Err
 			}
-			s.mu.Lock()
-			if s.sets == sets {
-				s.cached, s.cachedAt = state, time.Now()
-				s.readErr = nil
-			} else {
-				// A start or stop through this process landed while
-				// the read ran: it is newer than what was read.
-				state = s.cached
-			}
-			s.mu.Unlock()
+			return r.Val.(message.SchedulerState) == message.SchedulerStarted, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
 		}
-		return state == message.SchedulerStarted, nil
 	}
+}
+
+// read reads the state for the gate and remembers the outcome. A start or
+// stop made through this process while it read is newer than what it read,
+// and wins.
+func (s *StoreScheduler) read() (any, error) {
+	s.mu.Lock()
+	sets := s.sets
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), gateReadTimeout)
+	defer cancel()
+	state, _, err := s.Store.SchedulerState(ctx, s.Default)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sets != sets {
+		return s.cached, nil
+	}
+	if err != nil {
+		s.readErr, s.readAt = err, time.Now()
+		return nil, err
+	}
+	s.cached, s.cachedAt = state, time.Now()
+	s.readErr = nil
+	return state, nil
 }
 
 // LocalScheduler returns the MongoDB-backed scheduler of local mode.

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,14 +64,17 @@ func TestGateSeesAStopMadeDuringItsRead(t *testing.T) {
 	}
 }
 
-// failingRead fails every read of the scheduler state, and counts them.
+// failingRead fails every read of the scheduler state, after delay, and
+// counts them.
 type failingRead struct {
 	outbox.Store
+	delay time.Duration
 	reads atomic.Int32
 }
 
 func (f *failingRead) SchedulerState(context.Context, message.SchedulerState) (message.SchedulerState, time.Time, error) {
 	f.reads.Add(1)
+	time.Sleep(f.delay)
 	return "", time.Time{}, errors.New("server selection timeout")
 }
 
@@ -103,5 +107,38 @@ func TestGateRemembersAFailedRead(t *testing.T) {
 	}
 	if open, err := gate(ctx); err != nil || !open {
 		t.Fatalf("gate right after a start = %v, %v; want open", open, err)
+	}
+}
+
+// TestGateCallersShareARead: requests that find the gate's cache stale at
+// the same moment, with MongoDB slow to fail, share one read.
+func TestGateCallersShareARead(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	sched := a.LocalScheduler()
+	failing := &failingRead{Store: sched.Store, delay: 200 * time.Millisecond}
+	sched.Store = failing
+	gate := sched.Gate()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if open, err := gate(context.Background()); err == nil || open {
+				t.Errorf("gate with the state unreadable = %v, %v; want an error", open, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failing.reads.Load(); n != 1 {
+		t.Fatalf("10 concurrent gate calls made %d reads, want 1", n)
+	}
+	// A caller who gives up does not fail the read for the others.
+	sched.Store = a.Store
+	time.Sleep(300 * time.Millisecond) // past the remembered failure
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := gate(ctx); err == nil {
+		t.Fatal("a gate call whose context had ended: no error")
+	}
+	if open, err := gate(context.Background()); err != nil || !open {
+		t.Fatalf("gate after a caller gave up = %v, %v; want open", open, err)
 	}
 }
