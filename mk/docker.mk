@@ -14,6 +14,7 @@ docker-run: ## start the whole system in containers (docker compose up -d --buil
 	@echo
 	@echo "  API                  http://127.0.0.1:8080   (GET /status, POST /messages)"
 	@echo "  processor status     http://127.0.0.1:8081/status"
+	@echo "  publisher status     http://127.0.0.1:8082/status"
 	@echo "  demo webhook         http://127.0.0.1:8090/webhook"
 	@echo "  RabbitMQ management  http://127.0.0.1:15672  (guest/guest)"
 	@echo

@@ -37,9 +37,9 @@ type Scheduler struct {
 	// schedule fires at most once a minute; reading it on every POST would
 	// cost a round trip and a share of the API's request quota. The gate
 	// also remembers a failed read for as long: while EventBridge Scheduler
-	// throttles or cannot be reached, each instance then reads at most as
-	// often as when it is healthy, rather than adding a request per POST to
-	// the load that throttles it. The price is a fast path that stays off
+	// throttles or cannot be reached, each instance (which serves one
+	// request at a time) then reads at most as often as when it is healthy,
+	// rather than adding a request per POST to the load that throttles it. The price is a fast path that stays off
 	// up to cacheTTL after the service recovers; the messages are stored
 	// all the same, for the publisher, and a successful read (an explicit
 	// GET /scheduler, say) turns it back on at once.
