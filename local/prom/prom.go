@@ -160,7 +160,9 @@ func (f *failed) Collect(ch chan<- prometheus.Metric) {
 }
 
 // dependencies runs the status checks at each scrape, at once, each within
-// scrapeTimeout.
+// scrapeTimeout, guarded as the status report runs them: a check that
+// panics or ignores its deadline is a failed check, not a crashed process
+// or a hung scrape.
 type dependencies struct {
 	checks []httpapi.Check
 }
@@ -176,7 +178,7 @@ func (d *dependencies) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range d.checks {
 		wg.Go(func() {
 			up := 1.0
-			if c.Check(ctx) != nil {
+			if httpapi.RunCheck(ctx, c).Status != httpapi.HealthOK {
 				up = 0
 			}
 			ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, c.Name)

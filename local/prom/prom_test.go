@@ -83,12 +83,16 @@ func TestScrapeReportsDependenciesAndFailedMessages(t *testing.T) {
 		Dependencies: []httpapi.Check{
 			{Name: "mongodb", Check: func(context.Context) error { return errors.New("no reachable servers") }},
 			{Name: "redis", Check: func(context.Context) error { return nil }},
+			{Name: "panics", Check: func(context.Context) error { panic("a bug in a check") }},
+			{Name: "hangs", Check: func(context.Context) error { select {} }},
 		},
 	})
 	_, body := scrape(t, m)
 	for _, want := range []string{
 		`rms_dependency_up{dependency="mongodb"} 0`,
 		`rms_dependency_up{dependency="redis"} 1`,
+		`rms_dependency_up{dependency="panics"} 0`,
+		`rms_dependency_up{dependency="hangs"} 0`,
 		"\nrms_messages_failed 4",
 	} {
 		if !strings.Contains(body, want) {

@@ -64,7 +64,7 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 		for i, c := range h.Checks {
 			go func() {
 				defer func() { done <- struct{}{} }()
-				results[i] = runCheck(ctx, c)
+				results[i] = RunCheck(ctx, c)
 			}()
 		}
 		for range h.Checks {
@@ -121,10 +121,10 @@ func handleLivez(service string) http.Handler {
 	})
 }
 
-// runCheck runs c with a deadline and returns even if c ignores it: the
+// RunCheck runs c with a deadline and returns even if c ignores it: the
 // check goes on in the background and its late answer is dropped. A
 // panicking check is a failed check, not a crashed process.
-func runCheck(ctx context.Context, c Check) CheckResult {
+func RunCheck(ctx context.Context, c Check) CheckResult {
 	if c.Check == nil {
 		return CheckResult{Status: HealthDown, Error: "no check function"}
 	}
