@@ -1,7 +1,9 @@
 package message
 
 import (
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -36,7 +38,18 @@ func (r CreateRequest) ValidateShape(maxContent int) error {
 	if n > maxContent {
 		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
 	}
+	if i := strings.IndexFunc(r.Content, controlChar); i >= 0 {
+		return FieldError("content", "must hold no control characters but tab, newline and carriage return, got %U at byte %d", []rune(r.Content[i:])[0], i)
+	}
 	return nil
+}
+
+// controlChar reports whether c is a control character a text message has
+// no use for: C0 (NUL, ESC, ...), DEL and C1, but not tab, newline or
+// carriage return. Passed on, they reach a webhook's SMS gateway or
+// terminal, where a NUL ends a C string and an ESC starts a command.
+func controlChar(c rune) bool {
+	return unicode.IsControl(c) && c != '\t' && c != '\n' && c != '\r'
 }
 
 // ValidateSendAt checks that sendAt, if given, is after now.
