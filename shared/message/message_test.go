@@ -45,6 +45,9 @@ func TestCreateRequestValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.req.ValidateShape(message.DefaultMaxContentLength)
 			if err == nil {
+				err = tt.req.ValidateControlChars()
+			}
+			if err == nil {
 				err = tt.req.ValidateSendAt(now)
 			}
 			if tt.field == "" {

@@ -38,6 +38,15 @@ func (r CreateRequest) ValidateShape(maxContent int) error {
 	if n > maxContent {
 		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
 	}
+	return nil
+}
+
+// ValidateControlChars checks that content holds no control characters but
+// tab, newline and carriage return. It is apart from ValidateShape because
+// it came later: a request accepted before it must still get its
+// idempotent repeat, so the key is looked up first (see
+// outbox.Service.Create).
+func (r CreateRequest) ValidateControlChars() error {
 	if i := strings.IndexFunc(r.Content, controlChar); i >= 0 {
 		return FieldError("content", "must hold no control characters but tab, newline and carriage return, got %U at byte %d", []rune(r.Content[i:])[0], i)
 	}

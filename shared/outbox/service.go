@@ -73,10 +73,16 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		return message.Message{}, false, err
 	}
 	// A sendAt that has passed since a first request was accepted must not
-	// turn its repeat into a 400: the key decides first.
+	// turn its repeat into a 400: the key decides first. Nor must a rule
+	// added since (control characters): a repeat of a request accepted
+	// before it gets its message back.
 	late := req.ValidateSendAt(now)
 	if late != nil && key == "" {
 		return message.Message{}, false, late
+	}
+	badChars := req.ValidateControlChars()
+	if badChars != nil && key == "" {
+		return message.Message{}, false, badChars
 	}
 	id := s.NewID()
 	if key != "" {
@@ -87,6 +93,15 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 				return *replay, true, nil
 			}
 			return message.Message{}, false, err
+		}
+		if badChars != nil {
+			// Not accepted: the key is given back, whether this request
+			// claimed it or a first one died holding it (its client never
+			// had a 2xx, and the stale sweep drops an entry it left).
+			if err := s.Store.DeleteIdempotencyRecord(ctx, key, rec.MessageID); err != nil {
+				s.Logger.Warn("could not remove the key of a request rejected for its control characters; a repeat within in_progress_window gets 409", "in_progress_window", s.InProgressWindow, "error", err)
+			}
+			return message.Message{}, false, badChars
 		}
 		if late != nil && rec.MessageID == id {
 			// A new request: its key is given back.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -114,6 +116,43 @@ func errorField(err error) string {
 		return e.Field
 	}
 	return ""
+}
+
+// TestControlCharactersAfterTheKey: content with a control character is a
+// 400 for a new request, which gives its key back; but the repeat of a
+// request accepted before the rule existed still gets its message (200).
+func TestControlCharactersAfterTheKey(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(nil)
+	ctx := context.Background()
+	req := message.CreateRequest{To: "+905551111111", Content: "a\x1b[2Jb"}
+
+	if _, _, err := svc.Create(ctx, req, ""); errorField(err) != "content" {
+		t.Fatalf("control character without a key: %v, want a content error", err)
+	}
+	if _, _, err := svc.Create(ctx, req, "ctl-new"); errorField(err) != "content" {
+		t.Fatalf("control character with a new key: %v, want a content error", err)
+	}
+	// Its key was given back: the same key with a valid request is new.
+	if m, replayed, err := svc.Create(ctx, message.CreateRequest{To: "+905551111111", Content: "clean"}, "ctl-new"); err != nil || replayed {
+		t.Fatalf("key of the rejected request, reused: %+v %v %v", m, replayed, err)
+	}
+
+	// A message accepted, with its key, before the rule.
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	old := message.New(uuid.Must(uuid.NewV7()).String(), req, now.Add(-time.Minute))
+	if _, _, err := a.Store.PutIdempotencyRecord(ctx, message.IdempotencyRecord{Key: "ctl-old", RequestHash: outbox.RequestHash(req), MessageID: old.ID, CreatedAt: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range a.Store.CreateMessages(ctx, []outbox.NewMessage{{Message: old, Entry: message.NewOutboxEntry(old.ID, old.Seq, now, now)}}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, replayed, err := svc.Create(ctx, req, "ctl-old")
+	if err != nil || !replayed || got.ID != old.ID {
+		t.Fatalf("repeat of a message accepted before the rule: %+v %v %v; want it replayed", got, replayed, err)
+	}
 }
 
 func TestCreateFastPathPublishes(t *testing.T) {

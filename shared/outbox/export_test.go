@@ -1,0 +1,4 @@
+package outbox
+
+// RequestHash lets the tests write an idempotency record as Create would.
+var RequestHash = requestHash
