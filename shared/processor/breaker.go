@@ -60,5 +60,9 @@ func (b *LocalBreaker) Allow() (func(error), error) { return b.cb.Allow() }
 func (b *LocalBreaker) State() string { return b.cb.State().String() }
 
 // ConsecutiveFailures returns how many calls in a row failed, within the
-// window: calls older than the window no longer count.
-func (b *LocalBreaker) ConsecutiveFailures() int { return int(b.cb.Counts().ConsecutiveFailures) }
+// window: calls older than the window no longer count. gobreaker rolls its
+// window forward in State and Allow, not in Counts, so State runs first.
+func (b *LocalBreaker) ConsecutiveFailures() int {
+	b.cb.State()
+	return int(b.cb.Counts().ConsecutiveFailures)
+}

@@ -117,3 +117,26 @@ func TestBreakerIgnoresCallsCutShortByTheirCaller(t *testing.T) {
 		t.Fatalf("reported to the breaker: %v; want ErrNotCalled for the call cut short, a failure for the 503", b.got)
 	}
 }
+
+// TestConsecutiveFailuresAgeOut: failures older than the window no longer
+// count as failures in a row, even when nothing else asked the breaker for
+// its state meanwhile.
+func TestConsecutiveFailuresAgeOut(t *testing.T) {
+	b := processor.NewLocalBreaker(processor.BreakerSettings{
+		Name: "test", FailureRatio: 0.5, MinRequests: 100, Window: 2 * time.Second, Cooldown: time.Second,
+	})
+	for range 3 {
+		done, err := b.Allow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(errors.New("HTTP 503"))
+	}
+	if n := b.ConsecutiveFailures(); n != 3 {
+		t.Fatalf("after 3 failed calls: %d in a row, want 3", n)
+	}
+	time.Sleep(3 * time.Second) // the 2 s window and a bucket past it
+	if n := b.ConsecutiveFailures(); n != 0 {
+		t.Fatalf("3 s after the last failed call, with a 2 s window: %d in a row, want 0", n)
+	}
+}
