@@ -109,6 +109,9 @@ func (s *StoreScheduler) Gate() outbox.Gate {
 		if readErr != nil {
 			return false, readErr
 		}
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
 		select {
 		case r := <-s.reads.DoChan("state", s.read):
 			if r.Err != nil {
@@ -124,7 +127,14 @@ func (s *StoreScheduler) Gate() outbox.Gate {
 // read reads the state for the gate and remembers the outcome. A start or
 // stop made through this process while it read is newer than what it read,
 // and wins.
-func (s *StoreScheduler) read() (any, error) {
+func (s *StoreScheduler) read() (_ any, err error) {
+	// singleflight re-raises a panic on a goroutine of its own, past the
+	// HTTP server's recovery: a store that panics fails the read instead.
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("read the publisher state: panic: %v", v)
+		}
+	}()
 	s.mu.Lock()
 	sets := s.sets
 	s.mu.Unlock()

@@ -142,3 +142,22 @@ func TestGateCallersShareARead(t *testing.T) {
 		t.Fatalf("gate after a caller gave up = %v, %v; want open", open, err)
 	}
 }
+
+// panickingRead panics on a read of the scheduler state.
+type panickingRead struct{ outbox.Store }
+
+func (panickingRead) SchedulerState(context.Context, message.SchedulerState) (message.SchedulerState, time.Time, error) {
+	panic("a bug in the store")
+}
+
+// TestGateSurvivesAPanickingRead: the shared read runs outside the HTTP
+// server's recovery; a store that panics fails the gate's call instead of
+// ending the process.
+func TestGateSurvivesAPanickingRead(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	sched := a.LocalScheduler()
+	sched.Store = panickingRead{sched.Store}
+	if open, err := sched.Gate()(context.Background()); err == nil || open {
+		t.Fatalf("gate with a store that panics = %v, %v; want an error", open, err)
+	}
+}
