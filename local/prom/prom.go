@@ -45,7 +45,7 @@ func New(src Sources) *Metrics {
 		reg: prometheus.NewRegistry(),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rms_messages_total",
-			Help: "Messages by event: accepted, published, delivered, retried, dead_lettered, deferred, recovered.",
+			Help: "Messages by event: accepted, published, delivered, retried, dead_lettered, deferred, recovered, requeued.",
 		}, []string{"event"}),
 		timings: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "rms_latency_seconds",
@@ -53,7 +53,7 @@ func New(src Sources) *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}, []string{"kind"}),
 	}
-	for _, e := range []string{"accepted", "published", "delivered", "retried", "dead_lettered", "deferred", "recovered"} {
+	for _, e := range []string{"accepted", "published", "delivered", "retried", "dead_lettered", "deferred", "recovered", "requeued"} {
 		m.events.WithLabelValues(e) // present from the start, at 0
 	}
 	m.reg.MustRegister(m.events, m.timings,

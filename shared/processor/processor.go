@@ -104,7 +104,7 @@ type Processor struct {
 	Logger        *slog.Logger
 	// Observe, if set, counts outcomes: "delivered" (a delivery recovered
 	// from the inbox's done marker included), "retried", "dead_lettered",
-	// "deferred".
+	// "deferred", and "requeued" for a copy handed back to the queue.
 	Observe func(event string, n int)
 	// Timing, if set, records latencies: "webhook" for each call made,
 	// answered or failed; "delivery" to the 2xx answer from acceptance, or
@@ -191,6 +191,14 @@ func (p *Processor) observe(event string) {
 // Handle processes one queued copy: body is the envelope as published,
 // redelivered says whether the broker delivered this copy before.
 func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (res Result) {
+	defer func() {
+		if res.Action == Requeue {
+			// Counted so that failing processing shows in the metrics:
+			// a requeue is MongoDB, Redis or the broker failing, or a
+			// stop cutting a delivery short.
+			p.observe("requeued")
+		}
+	}()
 	env, err := DecodeEnvelope(body)
 	if err != nil {
 		return p.deadLetterMalformed(ctx, body, err)

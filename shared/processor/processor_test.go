@@ -239,9 +239,18 @@ func TestDeadLetterNotifyFailureRequeues(t *testing.T) {
 	env := f.published(t)
 	p := f.processor(t)
 	ctx := context.Background()
+	var requeued atomic.Int32
+	p.Observe = func(event string, n int) {
+		if event == "requeued" {
+			requeued.Add(int32(n))
+		}
+	}
 	testenv.DeleteQueues(t, "", f.env["RABBITMQ_DLQ"]) // publishes to it are returned as unroutable
 	if r := p.Handle(ctx, body(env), false); r.Action != processor.Requeue || r.Err == nil {
 		t.Fatalf("with the dead-letter queue gone: %+v, want a requeue", r)
+	}
+	if n := requeued.Load(); n != 1 {
+		t.Fatalf("the requeue was counted %d times, want 1 (rms_messages_total{event=\"requeued\"})", n)
 	}
 	if m := f.message(t, env.ID); m.Status != message.StatusProcessing || m.Attempts != 0 {
 		t.Fatalf("after the failed notification: %s after %d attempts, want PROCESSING and none recorded", m.Status, m.Attempts)
