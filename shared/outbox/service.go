@@ -94,21 +94,19 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 			}
 			return message.Message{}, false, err
 		}
-		if badChars != nil {
-			// Not accepted: the key is given back, whether this request
-			// claimed it or a first one died holding it (its client never
-			// had a 2xx, and the stale sweep drops an entry it left).
-			if err := s.Store.DeleteIdempotencyRecord(ctx, key, rec.MessageID); err != nil {
-				s.Logger.Warn("could not remove the key of a request rejected for its control characters; a repeat within in_progress_window gets 409", "in_progress_window", s.InProgressWindow, "error", err)
-			}
-			return message.Message{}, false, badChars
+		// Not accepted: control characters, whether this request claimed
+		// the key or a first one died holding it (its client never had a
+		// 2xx, and the stale sweep drops an entry it left); a past sendAt
+		// only in a new request (see below). The key is given back.
+		reject := badChars
+		if reject == nil && late != nil && rec.MessageID == id {
+			reject = late
 		}
-		if late != nil && rec.MessageID == id {
-			// A new request: its key is given back.
-			if err := s.Store.DeleteIdempotencyRecord(ctx, key, id); err != nil {
-				s.Logger.Warn("could not remove the key of a request rejected for its past sendAt; a repeat within in_progress_window gets 409, a later one is accepted as due now", "in_progress_window", s.InProgressWindow, "error", err)
+		if reject != nil {
+			if err := s.Store.DeleteIdempotencyRecord(ctx, key, rec.MessageID); err != nil {
+				s.Logger.Warn("could not give back the key of a rejected request; a repeat within in_progress_window gets 409", "in_progress_window", s.InProgressWindow, "error", err)
 			}
-			return message.Message{}, false, late
+			return message.Message{}, false, reject
 		}
 		// A first request that died midway left its key and ID: this
 		// repeat creates the message under that same ID. That request

@@ -303,34 +303,34 @@ func TestGateOutageIsLoggedOnce(t *testing.T) {
 	})
 	out := &logbuf.Buffer{}
 	svc.Logger = slog.New(slog.NewTextHandler(out, nil))
-	create := func() message.Message {
+	// createAll creates n messages and checks they took the path the gate
+	// allows: the fast path (PROCESSING) or the relay's (UNSENT).
+	createAll := func(n int, want message.Status) {
 		t.Helper()
-		m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "gate"}, "")
-		if err != nil {
-			t.Fatal(err)
+		for range n {
+			m, _, err := svc.Create(context.Background(), message.CreateRequest{To: "+905551111111", Content: "gate"}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Status != want {
+				t.Fatalf("created %s, want %s (gate readable: %t)", m.Status, want, !failing.Load())
+			}
 		}
-		return m
 	}
-	for range 20 {
-		if m := create(); m.Status != message.StatusUnsent {
-			t.Fatalf("created %s with the gate unreadable, want UNSENT (left to the relay)", m.Status)
-		}
-	}
-	if n := strings.Count(out.String(), "scheduler state unknown"); n != 1 {
+	lines := func(msg string) int { return strings.Count(out.String(), msg) }
+
+	createAll(20, message.StatusUnsent)
+	if n := lines("scheduler state unknown"); n != 1 {
 		t.Fatalf("%d warnings for 20 creates with the gate unreadable, want 1:\n%s", n, out)
 	}
 	failing.Store(false)
-	for range 3 {
-		if m := create(); m.Status != message.StatusProcessing {
-			t.Fatalf("created %s with the gate open, want PROCESSING (fast path)", m.Status)
-		}
-	}
-	if n := strings.Count(out.String(), "scheduler state known again"); n != 1 {
+	createAll(3, message.StatusProcessing)
+	if n := lines("scheduler state known again"); n != 1 {
 		t.Fatalf("%d recovery lines, want 1:\n%s", n, out)
 	}
 	failing.Store(true)
-	create()
-	if n := strings.Count(out.String(), "scheduler state unknown"); n != 2 {
+	createAll(1, message.StatusUnsent)
+	if n := lines("scheduler state unknown"); n != 2 {
 		t.Fatalf("a second outage logged %d warnings in all, want 2", n)
 	}
 }
