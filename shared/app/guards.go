@@ -94,12 +94,13 @@ func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl 
 }
 
 func (g *guards) Release(ctx context.Context, id, token string) error {
-	if g.standIn.CompareAndDelete(id, token) {
+	inStandIn := g.standIn.CompareAndDelete(id, token)
+	if inStandIn {
 		if err := g.mongo.ReleaseInbox(ctx, id, token); err != nil {
 			return err
 		}
 	}
-	if g.fallback(g.redis.Release(ctx, id, token)) {
+	if g.fallback(g.redis.Release(ctx, id, token)) && !inStandIn {
 		return g.mongo.ReleaseInbox(ctx, id, token)
 	}
 	return nil
