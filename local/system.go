@@ -144,21 +144,26 @@ func (s *system) run(ctx context.Context) error {
 	}
 	metrics := prom.New(src)
 	a.Observe, a.Timing = metrics.Observe, metrics.Time
-	withMetrics := func(h http.Handler) http.Handler {
+	// serveWithMetrics serves h, and GET /metrics beside it, on addr,
+	// which the setting variable names.
+	serveWithMetrics := func(what, variable, addr string, h http.Handler) error {
+		ln, err := listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s on %s %s: %w", what, variable, addr, err)
+		}
+		s.logger.Info(what+" listening", "addr", ln.Addr().String())
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metrics.Handler())
 		mux.Handle("/", h)
-		return mux
+		g.serve(ctx, cancel, ln, mux, serverWriteTimeout)
+		return nil
 	}
 
 	sched := a.LocalScheduler()
 	if s.has("api") {
-		ln, err := listen("tcp", cfg.APIAddr)
-		if err != nil {
-			return fmt.Errorf("api on API_ADDR %s: %w", cfg.APIAddr, err)
+		if err := serveWithMetrics("api", "API_ADDR", cfg.APIAddr, a.APIHandler(sched, sched.Gate())); err != nil {
+			return err
 		}
-		s.logger.Info("api listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, withMetrics(a.APIHandler(sched, sched.Gate())), serverWriteTimeout)
 	}
 	if s.has("publisher") {
 		relay := a.Relay(sched.Gate())
@@ -167,15 +172,12 @@ func (s *system) run(ctx context.Context) error {
 			// Run alone (as in compose), the publisher serves its own
 			// status and metrics: its counts (published, recovered,
 			// dead-lettered by the sweep) are in no other process.
-			ln, err := listen("tcp", cfg.PublisherAddr)
-			if err != nil {
-				return fmt.Errorf("publisher status on PUBLISHER_ADDR %s: %w", cfg.PublisherAddr, err)
-			}
 			health := httpapi.Health{Service: "publisher", Checks: a.Checks(), Info: func(context.Context) map[string]any {
 				return map[string]any{"lastPassAt": lastPass.Load()}
 			}}
-			s.logger.Info("publisher status listening", "addr", ln.Addr().String())
-			g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)), serverWriteTimeout)
+			if err := serveWithMetrics("publisher status", "PUBLISHER_ADDR", cfg.PublisherAddr, httpapi.NewStatusHandler(health, s.logger)); err != nil {
+				return err
+			}
 		}
 		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval, &lastPass) })
 	}
@@ -184,15 +186,12 @@ func (s *system) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ln, err := listen("tcp", cfg.ProcessorAddr)
-		if err != nil {
-			return fmt.Errorf("processor status on PROCESSOR_ADDR %s: %w", cfg.ProcessorAddr, err)
-		}
 		health := httpapi.Health{Service: "processor", Checks: append(a.Checks(), a.WebhookCheck()), Info: func(context.Context) map[string]any {
 			return map[string]any{"circuitBreaker": a.BreakerState(), "consumer": a.Rabbit.ConsumerState()}
 		}}
-		s.logger.Info("processor status listening", "addr", ln.Addr().String())
-		g.serve(ctx, cancel, ln, withMetrics(httpapi.NewStatusHandler(health, s.logger)), serverWriteTimeout)
+		if err := serveWithMetrics("processor status", "PROCESSOR_ADDR", cfg.ProcessorAddr, httpapi.NewStatusHandler(health, s.logger)); err != nil {
+			return err
+		}
 		g.go_(cancel, func() error { return s.consume(ctx, a, p) })
 	}
 	return g.waitErr(ctx)

@@ -121,7 +121,7 @@ func (b *backlog) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (b *backlog) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	n, oldest, err := b.read(ctx)
 	if err != nil {
