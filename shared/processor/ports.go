@@ -43,6 +43,9 @@ type Inbox interface {
 	// webhook call: the stale sweep counts an attempt only for a dispatch
 	// so marked (see outbox.Inbox.Taken).
 	MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error
+	// Taken reports whether dispatch seq of id was so marked: whether a
+	// consumer that never answered got as far as its webhook call.
+	Taken(ctx context.Context, id string, seq int) (bool, error)
 	// Complete marks id done for ttl, keeping the webhook's message ID.
 	// Written right after the webhook answers 2xx and before MongoDB, it
 	// shrinks the window in which a crash causes a second delivery.

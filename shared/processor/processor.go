@@ -316,12 +316,27 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	// The broker gave us a copy its previous consumer never acknowledged:
 	// that consumer probably died holding the claim, perhaps in the middle
 	// of a webhook call. Put the message back in the outbox for when the
-	// claim has expired. The lost dispatch counts as an attempt, as in the
-	// stale sweep: it may have reached the webhook, and the next retry's
-	// backoff must not be shorter than that. If the holder is alive after
-	// all, its own outcome wins (see message.Outcome.Read), or its done
-	// marker lets the next dispatch record SENT without delivering again.
-	if p.Retry.Exhausted(m.Attempts + 1) {
+	// claim has expired. A lost dispatch that got as far as its webhook
+	// call (the taken marker) counts as an attempt, as in the stale sweep:
+	// it may have reached the webhook, and the next retry's backoff must
+	// not be shorter than that. One that did not (its consumer died
+	// waiting for the rate limiter, say) counts nothing. When the inbox
+	// cannot tell, the dispatch counts, so that a message that brings its
+	// processor down still runs out of attempts. If the holder is alive
+	// after all, its own outcome wins (see message.Outcome.Read), or its
+	// done marker lets the next dispatch record SENT without delivering
+	// again.
+	counted := true
+	if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
+		log.Warn("inbox unavailable; counting the unfinished dispatch as an attempt", "error", err)
+	} else if !taken {
+		counted = false
+	}
+	attempts := m.Attempts
+	if counted {
+		attempts++
+	}
+	if counted && p.Retry.Exhausted(attempts) {
 		// The lost dispatch was the last attempt allowed, so there is no
 		// retry to schedule; and with the holder perhaps alive after all,
 		// FAILED must not be written yet (only a replay undoes it, so its
@@ -331,15 +346,18 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "left_to_sweep"}
 	}
 	// Said at Info here, as the sweep's case above is: record logs a
-	// deferral at Debug, and this one counts an attempt, for a consumer
-	// that probably died.
-	log.Info("copy of a dispatch whose consumer did not finish; deferred until its claim expires, counted as an attempt")
+	// deferral at Debug, and this one is for a consumer that probably
+	// died.
+	why := "claimed by a consumer that did not finish (counted as an attempt); waiting for the claim to expire"
+	if !counted {
+		why = "claimed by a consumer that did not finish before its webhook call (not counted as an attempt); waiting for the claim to expire"
+	}
+	log.Info("copy of a dispatch whose consumer did not finish; deferred until its claim expires", "counted", counted)
 	next := now.Add(p.ClaimTTL)
 	o := message.Outcome{
-		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts + 1, At: now, NextAttemptAt: &next,
+		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: attempts, At: now, NextAttemptAt: &next,
 		LastError: m.LastError,
-		Delivery: &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDeferred,
-			Error: "claimed by a consumer that did not finish (counted as an attempt); waiting for the claim to expire"},
+		Delivery:  &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeDeferred, Error: why},
 	}
 	return p.record(ctx, log, o, message.OutcomeDeferred)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -662,22 +663,45 @@ func TestRedeliveredCopyWhileTheHolderDelivers(t *testing.T) {
 	}
 }
 
-// TestCopyOfADeadHoldersDispatchCountsItsAttempt: a consumer took the claim
-// and died (perhaps mid-call); the redelivered copy defers the message
-// until the claim expires and counts the lost dispatch as an attempt, so
-// that the next retry's backoff is not shorter than the calls made.
-func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
-	f := setup(t, 0, nil)
-	env := f.published(t)
-	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
+// deadHolder takes the claim on env's dispatch as a consumer that died
+// holding it; taken says whether it got as far as its webhook call.
+func (f *fixture) deadHolder(t *testing.T, env message.Envelope, taken bool) {
+	t.Helper()
+	ctx := context.Background()
+	if ok, _, _, err := f.a.Redis.Claim(ctx, env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
 		t.Fatalf("claim as the dead holder: %v %v", ok, err)
 	}
-	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
-		t.Fatalf("redelivered copy: %+v", r)
+	if taken {
+		if err := f.a.Redis.MarkTaken(ctx, env.ID, env.Seq, time.Hour); err != nil {
+			t.Fatalf("mark taken as the dead holder: %v", err)
+		}
 	}
-	m := f.message(t, env.ID)
-	if m.Status != message.StatusUnsent || m.Attempts != 1 || m.Seq != 1 || f.calls.Load() != 0 {
-		t.Fatalf("after the deferral: %s attempts %d seq %d, %d calls", m.Status, m.Attempts, m.Seq, f.calls.Load())
+}
+
+// TestCopyOfADeadHoldersDispatchCountsItsAttempt: a consumer took the claim
+// and died; the redelivered copy defers the message until the claim
+// expires. The lost dispatch counts as an attempt if its consumer got as
+// far as the webhook call (so that the next retry's backoff is not shorter
+// than the calls made), and not if it died before (waiting for the rate
+// limiter, say), as in the stale sweep.
+func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		taken    bool
+		attempts int
+	}{{taken: true, attempts: 1}, {taken: false, attempts: 0}} {
+		t.Run(fmt.Sprintf("taken=%v", tc.taken), func(t *testing.T) {
+			f := setup(t, 0, nil)
+			env := f.published(t)
+			f.deadHolder(t, env, tc.taken)
+			if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDeferred {
+				t.Fatalf("redelivered copy: %+v", r)
+			}
+			m := f.message(t, env.ID)
+			if m.Status != message.StatusUnsent || m.Attempts != tc.attempts || m.Seq != 1 || f.calls.Load() != 0 {
+				t.Fatalf("after the deferral: %s attempts %d seq %d, %d calls; want UNSENT, %d attempts, seq 1, no call",
+					m.Status, m.Attempts, m.Seq, f.calls.Load(), tc.attempts)
+			}
+		})
 	}
 }
 
@@ -685,13 +709,12 @@ func TestCopyOfADeadHoldersDispatchCountsItsAttempt(t *testing.T) {
 // after the lost dispatch, the redelivered copy schedules no retry (that
 // would call the webhook once more than MAX_RETRIES allows) and writes no
 // FAILED (the holder may be alive and about to record SENT): it leaves the
-// message to the stale sweep.
+// message to the stale sweep. A lost dispatch that never reached its call
+// used no attempt, so its message is deferred for the next one.
 func TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep(t *testing.T) {
 	f := setup(t, 0, map[string]string{"MAX_RETRIES": "0"})
 	env := f.published(t)
-	if ok, _, _, err := f.a.Redis.Claim(context.Background(), env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
-		t.Fatalf("claim as the dead holder: %v %v", ok, err)
-	}
+	f.deadHolder(t, env, true)
 	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Action != processor.Ack || r.Outcome != "left_to_sweep" {
 		t.Fatalf("redelivered copy: %+v", r)
 	}
@@ -701,6 +724,15 @@ func TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep(t *testing.T) {
 	}
 	if has, err := f.a.Store.HasOutboxEntry(context.Background(), message.OutboxKey(env.ID, env.Seq)); err != nil || !has {
 		t.Fatalf("the dispatch's outbox entry, for the sweep: %v %v", has, err)
+	}
+
+	untaken := f.published(t)
+	f.deadHolder(t, untaken, false)
+	if r := f.processor(t).Handle(context.Background(), body(untaken), true); r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("redelivered copy of a dispatch never taken: %+v, want a deferral", r)
+	}
+	if m := f.message(t, untaken.ID); m.Status != message.StatusUnsent || m.Attempts != 0 || m.Seq != 1 {
+		t.Fatalf("after the copy of a dispatch never taken: %s attempts %d seq %d; want UNSENT, no attempt, seq 1", m.Status, m.Attempts, m.Seq)
 	}
 }
 
