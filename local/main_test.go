@@ -706,6 +706,20 @@ func TestPublisherAloneServesItsStatusAndMetrics(t *testing.T) {
 		_, metrics := get("/metrics")
 		return strings.Contains(metrics, `rms_messages_total{event="published"} 1`)
 	})
+	// With no processor running, the message waits in the queue; the
+	// relay's passes are reported, none failed.
+	_, metrics := get("/metrics")
+	for _, want := range []string{
+		fmt.Sprintf(`rms_queue_messages_ready{queue=%q} 1`, env["RABBITMQ_QUEUE"]),
+		fmt.Sprintf(`rms_queue_messages_ready{queue=%q} 0`, env["RABBITMQ_DLQ"]),
+		fmt.Sprintf(`rms_queue_consumers{queue=%q} 0`, env["RABBITMQ_QUEUE"]),
+		"rms_relay_pass_failures_total 0",
+		"rms_relay_last_pass_timestamp_seconds ",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("the publisher's metrics lack %q:\n%s", want, metrics)
+		}
+	}
 	code, status := get("/status")
 	var report struct {
 		Service    string

@@ -16,10 +16,26 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
 )
 
+// passes is what the publisher's status and metrics report of its relay
+// passes.
+type passes struct {
+	last   atomic.Pointer[time.Time] // the end of the last pass that did not fail
+	failed atomic.Int64
+}
+
+// read fits prom.Sources.Relay.
+func (p *passes) read() (time.Time, int64) {
+	var last time.Time
+	if t := p.last.Load(); t != nil {
+		last = *t
+	}
+	return last, p.failed.Load()
+}
+
 // publish runs a relay pass every interval until ctx ends. A failed pass is
-// logged and the next tick tries again: the outbox keeps every message.
-// lastPass is set to the end of each pass that did not fail.
-func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time.Duration, lastPass *atomic.Pointer[time.Time]) error {
+// logged and counted, and the next tick tries again: the outbox keeps every
+// message.
+func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time.Duration, ps *passes) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -28,13 +44,14 @@ func (s *system) publish(ctx context.Context, relay *outbox.Relay, interval time
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:
+			ps.failed.Add(1)
 			s.logger.Error("relay pass failed", "error", err, "summary", sum)
 		case sum.Claimed > 0 || sum.Recovered > 0 || sum.DeadLettered > 0:
 			s.logger.Info("relay pass", "summary", sum)
 		}
 		if err == nil {
 			at := time.Now().UTC()
-			lastPass.Store(&at)
+			ps.last.Store(&at)
 		}
 		select {
 		case <-ctx.Done():

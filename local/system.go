@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -138,9 +137,14 @@ func (s *system) run(ctx context.Context) error {
 		Backlog:      func(ctx context.Context) (int64, time.Time, error) { return a.Store.OutboxStats(ctx, a.Now()) },
 		Failed:       a.FailedMessages,
 		Dependencies: a.Checks(),
+		Queues:       a.Rabbit.QueueDepths,
 	}
 	if s.has("processor") {
 		src.Breaker = a.BreakerState
+	}
+	var ps passes
+	if s.has("publisher") {
+		src.Relay = ps.read
 	}
 	metrics := prom.New(src)
 	a.Observe, a.Timing = metrics.Observe, metrics.Time
@@ -167,19 +171,18 @@ func (s *system) run(ctx context.Context) error {
 	}
 	if s.has("publisher") {
 		relay := a.Relay(sched.Gate())
-		var lastPass atomic.Pointer[time.Time]
 		if s.role == "publisher" {
 			// Run alone (as in compose), the publisher serves its own
 			// status and metrics: its counts (published, recovered,
 			// dead-lettered by the sweep) are in no other process.
 			health := httpapi.Health{Service: "publisher", Checks: a.Checks(), Info: func(context.Context) map[string]any {
-				return map[string]any{"lastPassAt": lastPass.Load()}
+				return map[string]any{"lastPassAt": ps.last.Load()}
 			}}
 			if err := serveWithMetrics("publisher status", "PUBLISHER_ADDR", cfg.PublisherAddr, httpapi.NewStatusHandler(health, s.logger)); err != nil {
 				return err
 			}
 		}
-		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval, &lastPass) })
+		g.go_(cancel, func() error { return s.publish(ctx, relay, cfg.PublishInterval, &ps) })
 	}
 	if s.has("processor") {
 		p, err := a.Processor()

@@ -46,6 +46,8 @@ func main() {
 		// only if its last pass did.
 		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, on)
 		a.Logger.Info("relay passes", "summary", sum, "failed", err != nil)
+		// Written at 0 too, so that an alarm on it has data to judge.
+		emf.Add("relay_pass_failures", sum.FailedPasses)
 		reportBacklog(ctx, a, emf)
 		return sum, err
 	})
@@ -53,8 +55,10 @@ func main() {
 
 // reportBacklog sets the gauges an operator alarms on in CloudWatch, read
 // once per invocation: the outbox's due backlog and the age of its oldest
-// entry (is the relay behind?), and the FAILED messages (dead letters). A
-// read that fails leaves its gauges out; the relay's own errors are logged.
+// entry (is the relay behind?), the FAILED messages (dead letters), and the
+// messages ready in the queue and in the dead-letter queue (are the
+// processors behind?). A read that fails leaves its gauges out; the relay's
+// own errors are logged.
 func reportBacklog(ctx context.Context, a *app.App, emf *metrics.EMF) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -68,5 +72,14 @@ func reportBacklog(ctx context.Context, a *app.App, emf *metrics.EMF) {
 	}
 	if n, err := a.FailedMessages(ctx); err == nil {
 		emf.Set("failed_messages", float64(n), "Count")
+	}
+	if qs, err := a.Rabbit.QueueDepths(ctx); err == nil {
+		for _, q := range qs {
+			name := "queue_ready"
+			if q.Queue == a.Config.DeadLetterQueue {
+				name = "dead_letter_queue_ready"
+			}
+			emf.Set(name, float64(q.Ready), "Count")
+		}
 	}
 }

@@ -63,12 +63,16 @@ func TestPublisherScheduleTick(t *testing.T) {
 		}
 	}
 	// The invocation's metrics hold the gauges an operator alarms on:
-	// nothing left due, and no dead letters.
+	// nothing left due, no dead letters, the three messages waiting in the
+	// queue (no processor runs here), and no failed pass.
 	logs := publisher.emu.Logs()
 	for _, want := range []string{
 		`{"Name":"outbox_backlog","Unit":"Count"}`, `"outbox_backlog":0`,
 		`{"Name":"outbox_oldest_age","Unit":"Seconds"}`, `"outbox_oldest_age":0`,
 		`{"Name":"failed_messages","Unit":"Count"}`, `"failed_messages":0`,
+		`{"Name":"queue_ready","Unit":"Count"}`, `"queue_ready":3`,
+		`{"Name":"dead_letter_queue_ready","Unit":"Count"}`, `"dead_letter_queue_ready":0`,
+		`{"Name":"relay_pass_failures","Unit":"Count"}`, `"relay_pass_failures":0`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the function's metrics lack %s:\n%s", want, logs)

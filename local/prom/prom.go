@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
 )
 
 // Metrics is one process's registry.
@@ -37,6 +38,13 @@ type Sources struct {
 	// Dependencies are the status report's checks (MongoDB, RabbitMQ,
 	// Redis), run at each scrape: an alert on a dependency needs no JSON.
 	Dependencies []httpapi.Check
+	// Queues returns what the broker holds in the queue and the
+	// dead-letter queue.
+	Queues func(ctx context.Context) ([]rabbitmq.QueueDepth, error)
+	// Relay returns the end of the relay's last pass that did not fail
+	// (zero if none has yet) and how many passes have failed. Nil in a
+	// process without a publisher.
+	Relay func() (lastPass time.Time, failed int64)
 }
 
 // New returns the metrics of one process.
@@ -80,6 +88,12 @@ func New(src Sources) *Metrics {
 	}
 	if len(src.Dependencies) > 0 {
 		m.reg.MustRegister(&dependencies{checks: src.Dependencies})
+	}
+	if src.Queues != nil {
+		m.reg.MustRegister(&queues{read: src.Queues})
+	}
+	if src.Relay != nil {
+		m.reg.MustRegister(&relay{read: src.Relay})
 	}
 	return m
 }
@@ -185,4 +199,58 @@ func (d *dependencies) Collect(ch chan<- prometheus.Metric) {
 		})
 	}
 	wg.Wait()
+}
+
+// queues reads the broker's queue depths at each scrape; like the backlog,
+// they are left out of a scrape that cannot read them
+// (rms_dependency_up{dependency="rabbitmq"} tells why).
+type queues struct {
+	read func(ctx context.Context) ([]rabbitmq.QueueDepth, error)
+}
+
+var (
+	readyDesc     = prometheus.NewDesc("rms_queue_messages_ready", "Messages waiting in the queue for a consumer (not those delivered and unacknowledged).", []string{"queue"}, nil)
+	consumersDesc = prometheus.NewDesc("rms_queue_consumers", "Consumers of the queue.", []string{"queue"}, nil)
+)
+
+func (q *queues) Describe(ch chan<- *prometheus.Desc) {
+	ch <- readyDesc
+	ch <- consumersDesc
+}
+
+func (q *queues) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	qs, err := q.read(ctx)
+	if err != nil {
+		return
+	}
+	for _, d := range qs {
+		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, float64(d.Ready), d.Queue)
+		ch <- prometheus.MustNewConstMetric(consumersDesc, prometheus.GaugeValue, float64(d.Consumers), d.Queue)
+	}
+}
+
+// relay reports the publisher's passes: an alert on the time since the last
+// good one catches a relay that is stuck or failing, whatever the cause.
+type relay struct {
+	read func() (time.Time, int64)
+}
+
+var (
+	lastPassDesc     = prometheus.NewDesc("rms_relay_last_pass_timestamp_seconds", "When the relay's last pass that did not fail ended (Unix time); left out until one has.", nil, nil)
+	passFailuresDesc = prometheus.NewDesc("rms_relay_pass_failures_total", "Relay passes that failed.", nil, nil)
+)
+
+func (r *relay) Describe(ch chan<- *prometheus.Desc) {
+	ch <- lastPassDesc
+	ch <- passFailuresDesc
+}
+
+func (r *relay) Collect(ch chan<- prometheus.Metric) {
+	last, failed := r.read()
+	if !last.IsZero() {
+		ch <- prometheus.MustNewConstMetric(lastPassDesc, prometheus.GaugeValue, float64(last.UnixNano())/1e9)
+	}
+	ch <- prometheus.MustNewConstMetric(passFailuresDesc, prometheus.CounterValue, float64(failed))
 }

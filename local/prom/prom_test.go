@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
 )
 
 func scrape(t *testing.T, m *Metrics) (int, string) {
@@ -102,5 +103,44 @@ func TestScrapeReportsDependenciesAndFailedMessages(t *testing.T) {
 	failedErr = errors.New("server selection timeout")
 	if code, body := scrape(t, m); code != http.StatusOK || strings.Contains(body, "\nrms_messages_failed ") {
 		t.Errorf("scrape with the count unreadable: %d, holding rms_messages_failed:\n%s", code, body)
+	}
+}
+
+// TestScrapeReportsQueuesAndRelayPasses: the queue depths are there when
+// the broker answers and left out when it does not; the relay's failed
+// passes are counted from 0, and its last good pass is left out until
+// there is one.
+func TestScrapeReportsQueuesAndRelayPasses(t *testing.T) {
+	var queuesErr error
+	var last time.Time
+	m := New(Sources{
+		Queues: func(context.Context) ([]rabbitmq.QueueDepth, error) {
+			return []rabbitmq.QueueDepth{{Queue: "messages", Ready: 12, Consumers: 2}, {Queue: "messages.dlq", Ready: 1}}, queuesErr
+		},
+		Relay: func() (time.Time, int64) { return last, 3 },
+	})
+	_, body := scrape(t, m)
+	for _, want := range []string{
+		`rms_queue_messages_ready{queue="messages"} 12`,
+		`rms_queue_messages_ready{queue="messages.dlq"} 1`,
+		`rms_queue_consumers{queue="messages"} 2`,
+		"rms_relay_pass_failures_total 3",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "rms_relay_last_pass_timestamp_seconds ") {
+		t.Errorf("a last pass reported before any:\n%s", body)
+	}
+
+	queuesErr = errors.New("rabbitmq not connected")
+	last = time.Unix(1_800_000_000, 500_000_000)
+	code, body := scrape(t, m)
+	if code != http.StatusOK || strings.Contains(body, "rms_queue_messages_ready{") {
+		t.Errorf("with the broker down: %d, and the depths still reported:\n%s", code, body)
+	}
+	if !strings.Contains(body, "rms_relay_last_pass_timestamp_seconds 1.8000000005e+09") {
+		t.Errorf("scrape lacks the last pass's time:\n%s", body)
 	}
 }

@@ -64,6 +64,8 @@ type Summary struct {
 	// Waiting counts due entries left for a later pass because their
 	// message was still being stored.
 	Waiting int `json:"waiting,omitempty"`
+	// FailedPasses counts the passes of a run (RunFor) that failed.
+	FailedPasses int `json:"failedPasses,omitempty"`
 }
 
 // createGrace is how long an outbox entry whose message does not exist is
@@ -183,6 +185,7 @@ func (r *Relay) RunFor(ctx context.Context, window, interval, reserve time.Durat
 		sum, err = r.Pass(ctx)
 		total.add(sum)
 		if err != nil && ctx.Err() == nil {
+			total.FailedPasses++
 			r.Logger.Error("relay pass failed", "summary", sum, "error", err)
 		}
 		next := time.Now().Add(interval)
@@ -210,6 +213,7 @@ func (s *Summary) add(o Summary) {
 	s.Recovered += o.Recovered
 	s.DeadLettered += o.DeadLettered
 	s.Waiting += o.Waiting
+	s.FailedPasses += o.FailedPasses
 	if o.Skipped != "" {
 		s.Skipped = o.Skipped
 	}

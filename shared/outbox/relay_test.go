@@ -469,6 +469,25 @@ func TestRunForGoesOnWhenTheStateIsUnknown(t *testing.T) {
 	}
 }
 
+// TestRunForCountsFailedPasses: a run reports how many of its passes
+// failed (for the Lambda publisher's relay_pass_failures metric), and the
+// error of its last pass only: one that recovers ends without error.
+func TestRunForCountsFailedPasses(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	var passes atomic.Int32
+	r := a.Relay(func(context.Context) (bool, error) {
+		if passes.Add(1) <= 2 {
+			return false, errors.New("scheduler state: connection refused")
+		}
+		return true, nil
+	})
+	r.Logger = slog.New(slog.DiscardHandler)
+	s, err := r.RunFor(context.Background(), time.Second, 100*time.Millisecond, 0, nil)
+	if err != nil || s.FailedPasses != 2 || passes.Load() < 4 {
+		t.Fatalf("a run whose first two passes fail: %+v %v after %d passes; want 2 failed and no error", s, err, passes.Load())
+	}
+}
+
 // TestRunForPublishesWhatFallsDueMeanwhile: RunFor makes passes every
 // interval for its window, so a message that falls due during the window
 // is published in the same call; a window of 0 is one pass; the call ends

@@ -1011,3 +1011,34 @@ func TestDialTellsPermanentRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueDepths: the client reports what each of its queues holds, for
+// the metrics; a queue that has gone is an error, not a depth of 0, and
+// leaves the client working.
+func TestQueueDepths(t *testing.T) {
+	conn := adminConn(t)
+	topo := newTopology(t, conn)
+	c := dial(t, topo)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	publishAll(t, c, envelopes("depth", 3))
+	if err := c.NotifyDeadLetter(ctx, message.DeadLetter{MessageID: "dl-1", Reason: "test"}); err != nil {
+		t.Fatalf("NotifyDeadLetter: %v", err)
+	}
+	got, err := c.QueueDepths(ctx)
+	want := []rabbitmq.QueueDepth{{Queue: topo.Queue, Ready: 3}, {Queue: topo.DeadLetterQueue, Ready: 1}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("QueueDepths = %+v, %v; want %+v", got, err, want)
+	}
+
+	if _, err := adminChannel(t, conn).QueueDelete(topo.DeadLetterQueue, false, false, false); err != nil {
+		t.Fatalf("delete the dead-letter queue: %v", err)
+	}
+	if got, err := c.QueueDepths(ctx); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Fatalf("QueueDepths with the dead-letter queue gone = %+v, %v; want a NOT_FOUND error", got, err)
+	}
+	publishAll(t, c, envelopes("after", 1))
+	if d := depth(t, conn, topo.Queue); d != 4 {
+		t.Errorf("queue holds %d messages, want 4", d)
+	}
+}
