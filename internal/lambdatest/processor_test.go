@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,12 @@ func TestProcessorBatch(t *testing.T) {
 	// The invocation's metrics say whether the webhook's circuit is open.
 	if logs := fn.emu.Logs(); !strings.Contains(logs, `{"Name":"circuit_open","Unit":"None"}`) || !strings.Contains(logs, `"circuit_open":0`) {
 		t.Errorf("no circuit_open gauge at 0 in the function's metrics:\n%s", logs)
+	}
+	// And the latencies of the two deliveries, in milliseconds.
+	for _, name := range []string{"webhook_latency", "delivery_latency"} {
+		if logs := fn.emu.Logs(); !strings.Contains(logs, `{"Name":"`+name+`","Unit":"Milliseconds"}`) || !regexp.MustCompile(`"`+name+`":\[[0-9.]+,[0-9.]+\]`).MatchString(logs) {
+			t.Errorf("no two values of %s in the function's metrics:\n%s", name, logs)
+		}
 	}
 
 	// Amazon MQ redelivers a whole batch when an invocation fails: the same

@@ -391,7 +391,7 @@ func MustOpenLambda(ctx context.Context, function string, getenv func(string) st
 		Fatal(logger, "cold start", err)
 	}
 	emf := &metrics.EMF{Namespace: "ReliableMessaging", Function: function, Stack: cfg.StackName, W: w, Now: time.Now}
-	a.Observe = emf.Add
+	a.Observe, a.Timing = emf.Add, emf.Time
 	return a, emf
 }
 

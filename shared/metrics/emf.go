@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// EMF accumulates counters and gauges during one invocation and writes them
-// as one EMF line on Flush. Safe for concurrent use.
+// EMF accumulates counters, gauges and latencies during one invocation and
+// writes them as EMF lines on Flush. Safe for concurrent use.
 type EMF struct {
 	Namespace string
 	// Function is the value of the "Function" dimension.
@@ -29,7 +29,13 @@ type EMF struct {
 	mu     sync.Mutex
 	counts map[string]int
 	gauges map[string]gauge
+	// timings holds the latencies recorded by Time, in milliseconds.
+	timings map[string][]float64
 }
+
+// maxValues is how many values one metric may carry in one EMF line; a
+// flush with more writes further lines.
+const maxValues = 100
 
 // gauge is a value read at a moment, with its CloudWatch unit.
 type gauge struct {
@@ -60,18 +66,55 @@ func (e *EMF) Set(name string, value float64, unit string) {
 	e.gauges[name] = gauge{value: value, unit: unit}
 }
 
-// Flush writes the counters and gauges gathered since the last Flush, if
-// any, as one line, and resets them.
+// Time records a latency of kind as a value of the metric kind+"_latency",
+// in milliseconds: each value reaches CloudWatch, which computes the
+// percentiles. Its signature fits the processor's Timing hook.
+func (e *EMF) Time(kind string, d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.timings == nil {
+		e.timings = map[string][]float64{}
+	}
+	name := kind + "_latency"
+	e.timings[name] = append(e.timings[name], float64(d.Microseconds())/1000)
+}
+
+// Flush writes the counters, gauges and latencies gathered since the last
+// Flush, if any, and resets them: one line, or more when a latency has
+// more values than one line may carry.
 func (e *EMF) Flush() error {
 	e.mu.Lock()
-	counts, gauges := e.counts, e.gauges
-	e.counts, e.gauges = nil, nil
+	counts, gauges, timings := e.counts, e.gauges, e.timings
+	e.counts, e.gauges, e.timings = nil, nil, nil
 	e.mu.Unlock()
-	if len(counts) == 0 && len(gauges) == 0 {
+	for first := true; first || len(timings) > 0; first = false {
+		// The first line has the counts and gauges; each line takes up
+		// to maxValues of each latency's values.
+		batch := make(map[string][]float64, len(timings))
+		for n, vs := range timings {
+			k := min(len(vs), maxValues)
+			batch[n] = vs[:k]
+			if k == len(vs) {
+				delete(timings, n)
+			} else {
+				timings[n] = vs[k:]
+			}
+		}
+		if err := e.write(counts, gauges, batch); err != nil {
+			return err
+		}
+		counts, gauges = nil, nil
+	}
+	return nil
+}
+
+// write writes one EMF line, if it has anything to say.
+func (e *EMF) write(counts map[string]int, gauges map[string]gauge, timings map[string][]float64) error {
+	if len(counts) == 0 && len(gauges) == 0 && len(timings) == 0 {
 		return nil
 	}
 	names := slices.Sorted(maps.Keys(counts))
-	defs := make([]map[string]string, len(names), len(names)+len(gauges))
+	defs := make([]map[string]string, len(names), len(names)+len(gauges)+len(timings))
 	line := map[string]any{"Function": e.Function}
 	dims := []string{"Function"}
 	if e.Stack != "" {
@@ -88,6 +131,13 @@ func (e *EMF) Flush() error {
 		}
 		defs = append(defs, map[string]string{"Name": n, "Unit": gauges[n].unit})
 		line[n] = gauges[n].value
+	}
+	for _, n := range slices.Sorted(maps.Keys(timings)) {
+		if _, taken := line[n]; taken {
+			continue
+		}
+		defs = append(defs, map[string]string{"Name": n, "Unit": "Milliseconds"})
+		line[n] = timings[n]
 	}
 	line["_aws"] = map[string]any{
 		"Timestamp": e.Now().UnixMilli(),

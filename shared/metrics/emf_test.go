@@ -154,3 +154,61 @@ func TestEMFGauges(t *testing.T) {
 		t.Fatalf("a flush resets the gauges: %q", buf.String())
 	}
 }
+
+// TestEMFLatencies: each latency recorded reaches the log as a value in
+// milliseconds, for CloudWatch to compute percentiles; a line carries at
+// most 100 values of a metric, so more go on further lines, and the counts
+// are written once.
+func TestEMFLatencies(t *testing.T) {
+	var buf bytes.Buffer
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: &buf, Now: time.Now}
+	for i := range 250 {
+		e.Time("webhook", time.Duration(i)*time.Millisecond+500*time.Microsecond)
+	}
+	e.Time("delivery", 2*time.Second)
+	e.Add("delivered", 250)
+	if err := e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	type line struct {
+		AWS struct {
+			CloudWatchMetrics []struct{ Metrics []struct{ Name, Unit string } }
+		} `json:"_aws"`
+		Webhook   []float64 `json:"webhook_latency"`
+		Delivery  []float64 `json:"delivery_latency"`
+		Delivered *int      `json:"delivered"`
+	}
+	var webhook []float64
+	var delivered, deliveries, lines int
+	for _, b := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+		var l line
+		if err := json.Unmarshal(b, &l); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		lines++
+		if len(l.Webhook) > 100 {
+			t.Errorf("a line carries %d values of one metric, the most EMF allows is 100", len(l.Webhook))
+		}
+		for _, m := range l.AWS.CloudWatchMetrics[0].Metrics {
+			if (m.Name == "webhook_latency" || m.Name == "delivery_latency") && m.Unit != "Milliseconds" {
+				t.Errorf("%s in %s, want Milliseconds", m.Name, m.Unit)
+			}
+		}
+		webhook = append(webhook, l.Webhook...)
+		deliveries += len(l.Delivery)
+		if l.Delivered != nil {
+			delivered += *l.Delivered
+		}
+	}
+	if lines != 3 || len(webhook) != 250 || deliveries != 1 || delivered != 250 {
+		t.Fatalf("%d lines, %d webhook values, %d delivery values, %d delivered; want 3, 250, 1, 250:\n%s",
+			lines, len(webhook), deliveries, delivered, buf.String())
+	}
+	if webhook[0] != 0.5 || webhook[249] != 249.5 {
+		t.Fatalf("webhook values from %v to %v, want 0.5 to 249.5 (milliseconds)", webhook[0], webhook[249])
+	}
+	buf.Reset()
+	if err := e.Flush(); err != nil || buf.Len() != 0 {
+		t.Fatalf("a flush resets the latencies: %q", buf.String())
+	}
+}
