@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -161,25 +162,40 @@ func TestStartupErrorEndsTheProcess(t *testing.T) {
 }
 
 // TestMisconfiguredDependencyEndsTheStart: a setting that waiting for the
-// dependency will not fix (here a password the broker refuses) ends the
-// start after three tries with an error naming the variable, instead of two
-// minutes of "dependencies not ready".
+// dependency will not fix (a password the broker or MongoDB refuses) ends
+// the start after three tries with an error naming the variable, instead of
+// two minutes of "dependencies not ready".
 func TestMisconfiguredDependencyEndsTheStart(t *testing.T) {
-	env := testenv.Env(t, map[string]string{"RABBITMQ_URI": "amqp://guest:Wrong-Secret@127.0.0.1:5672/"})
-	done := make(chan error, 1)
-	go func() {
-		done <- run(context.Background(), []string{"publisher"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "RABBITMQ_URI") || !strings.Contains(err.Error(), "403") {
-			t.Fatalf("run: %v, want the broker's refusal, naming RABBITMQ_URI", err)
-		}
-		if strings.Contains(err.Error(), "Wrong-Secret") {
-			t.Fatalf("the error quotes the password: %v", err)
-		}
-	case <-time.After(90 * time.Second): // three tries, not two minutes of them
-		t.Fatal("run still waiting 90 s after the broker refused its password")
+	mongoURI, err := url.Parse(testenv.MongoURI(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mongoURI.User = url.UserPassword("rms", "Wrong-Secret")
+	for _, tc := range []struct {
+		variable, uri, refusal string
+	}{
+		{variable: "RABBITMQ_URI", uri: "amqp://guest:Wrong-Secret@127.0.0.1:5672/", refusal: "403"},
+		// The embedded MongoDB refuses the driver's SCRAM login outright.
+		{variable: "MONGODB_URI", uri: mongoURI.String(), refusal: "AuthenticationFailed"},
+	} {
+		t.Run(tc.variable, func(t *testing.T) {
+			env := testenv.Env(t, map[string]string{tc.variable: tc.uri})
+			done := make(chan error, 1)
+			go func() {
+				done <- run(context.Background(), []string{"publisher"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tc.variable) || !strings.Contains(err.Error(), tc.refusal) {
+					t.Fatalf("run: %v, want the refusal (%s), naming %s", err, tc.refusal, tc.variable)
+				}
+				if strings.Contains(err.Error(), "Wrong-Secret") {
+					t.Fatalf("the error quotes the password: %v", err)
+				}
+			case <-time.After(90 * time.Second): // three tries, not two minutes of them
+				t.Fatal("run still waiting 90 s after its password was refused")
+			}
+		})
 	}
 }
 

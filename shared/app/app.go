@@ -73,7 +73,7 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	defer cancel()
 	var err error
 	if a.Store, err = mongostore.Open(ctx, cfg.MongoURI, cfg.MongoDatabase); err != nil {
-		if errors.Is(err, mongostore.ErrBadURI) {
+		if errors.Is(err, mongostore.ErrBadURI) || errors.Is(err, mongostore.ErrRefused) {
 			return nil, fmt.Errorf("MONGODB_URI: connect to mongodb: %w (%w)", err, ErrMisconfigured)
 		}
 		return nil, fmt.Errorf("connect to mongodb: %w", err)

@@ -109,6 +109,21 @@ type Store struct {
 // checks the URI before connecting): connecting again will not help.
 var ErrBadURI = errors.New("the driver refuses the URI")
 
+// ErrRefused marks Open's error for a server that answered and refused the
+// URI's credentials (AuthenticationFailed): waiting will not change its
+// answer.
+var ErrRefused = errors.New("the server refuses the credentials")
+
+// codeAuthenticationFailed is the server's error code for refused
+// credentials.
+const codeAuthenticationFailed = 18
+
+// refused reports whether err is the server's refusal of the credentials.
+func refused(err error) bool {
+	var se mongo.ServerError
+	return errors.As(err, &se) && se.HasErrorCode(codeAuthenticationFailed)
+}
+
 // Open connects to the MongoDB at uri, pings it and returns a store using
 // database. Retryable writes follow the URI (retryWrites=false for Amazon
 // DocumentDB). Errors name the server without the URI's password.
@@ -131,6 +146,9 @@ func Open(ctx context.Context, uri, database string) (*Store, error) {
 	defer cancel()
 	if err := client.Ping(pingCtx, nil); err != nil {
 		_ = client.Disconnect(context.WithoutCancel(ctx))
+		if refused(err) {
+			return nil, scrub(fmt.Errorf("ping mongodb %s: %w: %w", shown, ErrRefused, err), uri)
+		}
 		return nil, scrub(fmt.Errorf("ping mongodb %s: %w", shown, err), uri)
 	}
 	db := client.Database(database)

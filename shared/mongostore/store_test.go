@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -164,8 +165,8 @@ func TestOpenErrorsHidePassword(t *testing.T) {
 	if strings.Contains(err.Error(), "s3cretPw") {
 		t.Errorf("error shows the password: %v", err)
 	}
-	if !strings.Contains(err.Error(), "127.0.0.1:1") || !strings.Contains(err.Error(), "ping") {
-		t.Errorf("error does not say what failed: %v", err)
+	if !strings.Contains(err.Error(), "127.0.0.1:1") || !strings.Contains(err.Error(), "ping") || errors.Is(err, mongostore.ErrRefused) {
+		t.Errorf("error does not say what failed, or calls it a refusal: %v", err)
 	}
 
 	if _, err := mongostore.Open(ctx, uri, ""); err == nil {
@@ -174,6 +175,17 @@ func TestOpenErrorsHidePassword(t *testing.T) {
 	_, err = mongostore.Open(ctx, "mongodb://bob:pa55word@127.0.0.1:1/?connectTimeoutMS=notanumber", "db")
 	if err == nil || strings.Contains(err.Error(), "pa55word") || !errors.Is(err, mongostore.ErrBadURI) {
 		t.Errorf("Open with a bad URI: err = %v, want ErrBadURI without the password", err)
+	}
+	// A server that refuses the credentials (the embedded one refuses every
+	// mechanism but PLAIN) is told apart from one that cannot be reached,
+	// and the password stays out of the error.
+	refusedURI, perr := url.Parse(uri)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	refusedURI.User = url.UserPassword("rms", "Wr0ngPass")
+	if _, err := mongostore.Open(ctx, refusedURI.String(), "db"); !errors.Is(err, mongostore.ErrRefused) || strings.Contains(err.Error(), "Wr0ngPass") {
+		t.Errorf("Open with credentials the server refuses: err = %v, want ErrRefused without the password", err)
 	}
 	// An SRV name that does not resolve is no bad URI: the lookup may
 	// succeed next time.
