@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
@@ -307,7 +311,7 @@ func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
 					}
 				}
 			}()
-			dir := t.TempDir()
+			dir := filepath.Join(env["DATA_DIR"], "mongodb")
 			winner := make(chan error, 1)
 			var srv *embedded.Server
 			go func() {
@@ -340,6 +344,51 @@ func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
 				t.Errorf("the api did not wait, then log %q:\n%s", want, out.String())
 			}
 		})
+	}
+}
+
+// TestRunningMongoDBWithAnotherDataDirIsRefused: a role that finds an
+// embedded MongoDB already answering at its address uses it only if it
+// keeps its data in the role's DATA_DIR; one started with another
+// directory (another checkout, another DATA_DIR) is refused with an error
+// naming both, instead of serving another directory's messages. A server
+// that does not say where its data is is used, with a warning.
+func TestRunningMongoDBWithAnotherDataDirIsRefused(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+	other := t.TempDir()
+	srv, err := embedded.Start(context.Background(), embedded.Config{Addr: env["EMBEDDED_MONGODB_ADDR"], Dir: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), []string{"api"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "DATA_DIR") || !strings.Contains(err.Error(), other) ||
+			!strings.Contains(err.Error(), filepath.Join(env["DATA_DIR"], "mongodb")) {
+			t.Fatalf("run: %v, want a refusal naming DATA_DIR and both directories", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the api still runs 30 s after it found another directory's mongodb")
+	}
+
+	// Without the server's word on its directory, the role uses it.
+	client, err := mongo.Connect(options.Client().ApplyURI(srv.URI()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	if err := client.Database("rms_embedded").Drop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	out := &logbuf.Buffer{}
+	_, _, stop := startRole(t, "api", env, out)
+	stop()
+	if !strings.Contains(out.String(), "does not say where it keeps its data") {
+		t.Errorf("no warning that the server's directory is unknown:\n%s", out)
 	}
 }
 

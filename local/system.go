@@ -235,8 +235,7 @@ func (s *system) open(ctx context.Context, cfg config.Config) (*app.App, error) 
 func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, *embedded.Server, error) {
 	uri := "mongodb://" + cfg.EmbeddedMongoDBAddr + "/"
 	if s.role != "mongodb" && mongoAnswers(ctx, uri) {
-		s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
-		return uri, nil, nil
+		return uri, nil, s.useRunning(ctx, cfg, uri)
 	}
 	// The server outlives ctx, which ends at SIGINT or SIGTERM: the other
 	// parts still need it to finish their work, and run closes it last.
@@ -261,8 +260,7 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 			case <-time.After(200 * time.Millisecond):
 			}
 			if mongoAnswers(ctx, uri) {
-				s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr)
-				return uri, nil, nil
+				return uri, nil, s.useRunning(ctx, cfg, uri)
 			}
 			srv, err = start()
 		}
@@ -274,6 +272,30 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 		return "", nil, err
 	}
 	return srv.URI(), srv, nil
+}
+
+// useRunning checks that the embedded MongoDB answering at uri, which this
+// process is about to use, keeps its data in DATA_DIR: one started from
+// another checkout, or with another DATA_DIR, would otherwise serve this
+// process another directory's messages without a word.
+func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	want := filepath.Join(cfg.DataDir, "mongodb")
+	served, err := embedded.DataDir(ctx, uri)
+	switch {
+	case errors.Is(err, embedded.ErrNoMarker):
+		s.logger.Warn("the mongodb answering at EMBEDDED_MONGODB_ADDR does not say where it keeps its data; using it, and not DATA_DIR",
+			"addr", cfg.EmbeddedMongoDBAddr, "data_dir", want)
+		return nil
+	case err != nil:
+		return fmt.Errorf("embedded mongodb at EMBEDDED_MONGODB_ADDR %s: %w", cfg.EmbeddedMongoDBAddr, err)
+	case !embedded.SameDir(want, served):
+		return fmt.Errorf("the embedded mongodb at EMBEDDED_MONGODB_ADDR %s keeps its data in %s, not in DATA_DIR's %s: "+
+			"stop the process running it, or give this one the same DATA_DIR, or another EMBEDDED_MONGODB_ADDR", cfg.EmbeddedMongoDBAddr, served, want)
+	}
+	s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr, "dir", served)
+	return nil
 }
 
 // startWait is how long a role waits for an embedded MongoDB that another

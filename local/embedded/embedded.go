@@ -195,7 +195,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.uri = u.String()
 	}
 
-	if err := ping(ctx, s.uri); err != nil {
+	if err := ping(ctx, s.uri, dir); err != nil {
 		cancel()
 		<-s.done
 		s.wg.Wait() // the proxy, if any, has closed its listener
@@ -212,8 +212,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 }
 
 // ping connects with the driver and pings until the server answers or the
-// deadline passes.
-func ping(ctx context.Context, uri string) error {
+// deadline passes; then it records dir in the server (see writeMarker).
+func ping(ctx context.Context, uri, dir string) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetAppName("embedded-ping"))
@@ -221,7 +221,10 @@ func ping(ctx context.Context, uri string) error {
 		return err
 	}
 	defer func() { _ = client.Disconnect(context.WithoutCancel(ctx)) }()
-	return client.Ping(ctx, nil)
+	if err := client.Ping(ctx, nil); err != nil {
+		return err
+	}
+	return writeMarker(ctx, client, dir)
 }
 
 // IndexIDs gives every collection created so far the _id index that
