@@ -173,7 +173,12 @@ func TestDeadLetterAlertIsRateLimited(t *testing.T) {
 	a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	ctx := t.Context()
 	now := time.Now().UTC()
-	if err := a.Store.IndexFailed(ctx, message.FailedRecord{MessageID: uuid.Must(uuid.NewV7()).String(), FailedAt: now}); err != nil {
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, now)
+	m.Status, m.FailureReason = message.StatusFailed, "permanent failure"
+	if err := a.Store.CreateMessage(ctx, m, message.NewOutboxEntry(m.ID, 0, now, now)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

@@ -2,6 +2,7 @@ package mongostore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,11 +22,28 @@ func (s *Store) failed() *mongo.Collection { return s.messages.Database().Collec
 
 // IndexFailed records a dead-lettered message in the failed index, or
 // updates its entry there.
+//
+// The index is written after the message's FAILED status, and a replay
+// writes the message's new status before it drops the entry: a replay
+// between the two writes here finds no entry to drop, and this one would
+// stay, counted as a failure, until a bulk replay noticed it. So the
+// message is read after the write, and the entry dropped if the message is
+// no longer FAILED; a replay that writes its status after that read drops
+// the entry itself.
 func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
 	_, err := s.failed().ReplaceOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, r, options.Replace().SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("index failed message %s: %w", r.MessageID, err)
 	}
+	var m struct {
+		Status message.Status `bson:"status"`
+	}
+	err = s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, options.FindOne().SetProjection(bson.D{{Key: "status", Value: 1}})).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) || err == nil && m.Status != message.StatusFailed {
+		return s.RemoveFailed(ctx, r.MessageID)
+	}
+	// A read that failed leaves the entry, which is this call's job: the
+	// check is for a race that needs a replay within these milliseconds.
 	return nil
 }
 

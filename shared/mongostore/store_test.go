@@ -1105,3 +1105,29 @@ func TestDurableInboxTakenMarker(t *testing.T) {
 		t.Fatalf("after the holder's release: %v, %v; want none", st, err)
 	}
 }
+
+// TestIndexFailedLeavesNoEntryForAMessageNoLongerFailed: the failed index
+// is written after the FAILED status, and a replay may move the message on
+// in between (finding no entry to drop). The entry written then is dropped
+// at once, so that no stale failure is counted; a FAILED message's stays.
+func TestIndexFailedLeavesNoEntryForAMessageNoLongerFailed(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	failed := newMessage(t, t0)
+	failed.Status, failed.FailureReason = message.StatusFailed, "permanent failure"
+	create(t, s, failed)
+	replayed := newMessage(t, t0) // UNSENT again, as a replay leaves it
+	create(t, s, replayed)
+	for _, m := range []message.Message{failed, replayed} {
+		if err := s.IndexFailed(ctx, m.FailedRecord()); err != nil {
+			t.Fatalf("index %s: %v", m.Status, err)
+		}
+	}
+	if err := s.IndexFailed(ctx, message.FailedRecord{MessageID: newID(t), FailedAt: t0}); err != nil {
+		t.Fatalf("index an unknown message: %v", err)
+	}
+	recs, err := s.ListFailed(ctx, nil, 10)
+	if err != nil || len(recs) != 1 || recs[0].MessageID != failed.ID {
+		t.Fatalf("failed index holds %+v (%v), want the FAILED message alone", recs, err)
+	}
+}

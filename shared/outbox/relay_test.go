@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
@@ -413,8 +415,15 @@ func TestFailedIndexIsRepaired(t *testing.T) {
 		t.Fatal("the sweep left the dead-lettered message's entry")
 	}
 
+	// A stale entry: a message no longer FAILED still in the index, as an
+	// IndexFailed whose check of the message failed leaves one.
 	sent := accept(t, a, 1)[0]
-	if err := a.Store.IndexFailed(ctx, message.FailedRecord{MessageID: sent, FailedAt: now}); err != nil {
+	client, err := mongo.Connect(options.Client().ApplyURI(a.Config.MongoURI))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(ctx)
+	if _, err := client.Database(a.Config.MongoDatabase).Collection("failed").InsertOne(ctx, message.FailedRecord{MessageID: sent, FailedAt: now}); err != nil {
 		t.Fatal(err)
 	}
 	svc := a.Service(nil)
