@@ -1,6 +1,7 @@
 package message_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,16 @@ func TestCreateRequestValidate(t *testing.T) {
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	future := now.Add(time.Hour)
 	past := now.Add(-time.Second)
+	last := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	// RFC 3339 as a client writes it, and time.Parse accepts it; in UTC it
+	// is in the year 10000, which JSON cannot write back.
+	var beyond time.Time
+	if err := json.Unmarshal([]byte(`"9999-12-31T23:59:59-23:59"`), &beyond); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := json.Marshal(beyond.UTC()); err == nil {
+		t.Fatal("the year 10000 is written as JSON: the case below tests nothing")
+	}
 	tests := []struct {
 		name  string
 		req   message.CreateRequest
@@ -40,6 +51,8 @@ func TestCreateRequestValidate(t *testing.T) {
 		{"sendAt future", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &future}, ""},
 		{"sendAt past", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &past}, "sendAt"},
 		{"sendAt now", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &now}, "sendAt"},
+		{"sendAt at the last second of 9999", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &last}, ""},
+		{"sendAt in the year 10000 in UTC", message.CreateRequest{To: "+905551111111", Content: "hi", SendAt: &beyond}, "sendAt"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

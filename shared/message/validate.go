@@ -18,7 +18,8 @@ type CreateRequest struct {
 }
 
 // ValidateShape checks r against the rules of the API that do not depend
-// on the time: to in E.164 syntax, content of 1..maxContent code points.
+// on the time: to in E.164 syntax, content of 1..maxContent code points,
+// sendAt within the years RFC 3339 can write (see LatestSendAt).
 // ValidateSendAt checks the rest. They are apart because an idempotent
 // repeat is looked up between the two (see outbox.Service.Create).
 func (r CreateRequest) ValidateShape(maxContent int) error {
@@ -37,6 +38,9 @@ func (r CreateRequest) ValidateShape(maxContent int) error {
 	}
 	if n > maxContent {
 		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
+	}
+	if r.SendAt != nil && r.SendAt.After(LatestSendAt) {
+		return FieldError("sendAt", "must be no later than %s", LatestSendAt.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -60,6 +64,13 @@ func (r CreateRequest) ValidateControlChars() error {
 func controlChar(c rune) bool {
 	return unicode.IsControl(c) && c != '\t' && c != '\n' && c != '\r'
 }
+
+// LatestSendAt is the last time a sendAt may name. RFC 3339 writes years
+// of four digits, and a time in an offset far from UTC can read as a later
+// year in UTC (9999-12-31T23:59:59-23:59 is in 10000): stored, such a
+// message could never be written out as JSON again, and every listing that
+// held it would fail.
+var LatestSendAt = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // ValidateSendAt checks that sendAt, if given, is after now.
 func (r CreateRequest) ValidateSendAt(now time.Time) error {
