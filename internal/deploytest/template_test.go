@@ -920,12 +920,16 @@ func TestTemplateStaleDurationFitsTheConfig(t *testing.T) {
 }
 
 // TestTemplateHidesTheWebhookURL: a webhook URL often carries its token,
-// so its parameter is NoEcho, as the secrets' ARNs need not be.
+// so its parameter is NoEcho, as the secrets' ARNs need not be; and it
+// must be https, as the messages cross the internet from AWS.
 func TestTemplateHidesTheWebhookURL(t *testing.T) {
 	s := samLoad(t)
-	param, _ := s.parameterPattern(t, "WebhookUrl")
+	param, re := s.parameterPattern(t, "WebhookUrl")
 	if v, _ := samString(samGet(param, "NoEcho")); v != "true" {
 		t.Errorf("WebhookUrl's NoEcho = %q, want true", v)
+	}
+	if !re.MatchString("https://hooks.example.com/in?token=abc") || re.MatchString("http://hooks.example.com/in") {
+		t.Errorf("WebhookUrl's pattern %s must take https:// URLs and refuse http://", re)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -229,6 +230,28 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
+// insecureMongoTLS returns the option of uri, a MongoDB URI, that turns
+// off a TLS check, or "" if none does. The driver reads option names
+// without regard to case.
+func insecureMongoTLS(uri string) string {
+	_, query, ok := strings.Cut(uri, "?")
+	if !ok {
+		return ""
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return "" // the driver refuses such a URI itself, at start
+	}
+	for name, values := range q {
+		for _, insecure := range []string{"tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalidHostnames", "sslAllowInvalidCertificates", "sslAllowInvalidHostnames", "sslInsecure"} {
+			if strings.EqualFold(name, insecure) && slices.ContainsFunc(values, func(v string) bool { return !strings.EqualFold(v, "false") }) {
+				return insecure
+			}
+		}
+	}
+	return ""
+}
+
 // userInfoSpillsOver reports whether uri has an @ after the end of its
 // authority (the first / ? or # after "://"): a user name or password with
 // one of those characters not percent-encoded. The logs mask everything up to
@@ -252,6 +275,9 @@ func (c Config) Validate() error {
 	}
 	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
 		bad("MONGODB_URI", "must start with mongodb:// or mongodb+srv://")
+	}
+	if opt := insecureMongoTLS(c.MongoURI); opt != "" {
+		bad("MONGODB_URI", "sets %s: certificate and host name checks are never turned off; give the server's CA with tlsCAFile instead", opt)
 	}
 	if c.EmbeddedMongoDBSync != "full" && c.EmbeddedMongoDBSync != "normal" {
 		bad("EMBEDDED_MONGODB_SYNC", "must be full or normal")
@@ -443,6 +469,12 @@ func RedisAddr(uri string) (string, error) {
 			host += ":6379"
 		}
 		return host, nil
+	}
+	// A password has no place in the host:port form: go-redis would dial
+	// it as part of the host, and its dial error, which quotes the
+	// address, would put the password in the logs.
+	if strings.ContainsAny(uri, "@/?#") {
+		return "", errors.New("must be host:port or a redis:// or rediss:// URL; a password goes in REDIS_PASSWORD or in the URL (redis://user:password@host:port)")
 	}
 	if !strings.Contains(uri, ":") {
 		return uri + ":6379", nil

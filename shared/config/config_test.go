@@ -52,6 +52,34 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 	}
 }
 
+// TestTLSChecksCannotBeTurnedOff: a MongoDB URI that turns off the
+// server's certificate or host name check is refused, naming the option,
+// whatever its case; the same option set to false is fine.
+func TestTLSChecksCannotBeTurnedOff(t *testing.T) {
+	for _, q := range []string{"tlsInsecure=true", "tlsAllowInvalidCertificates=true", "TLSALLOWINVALIDHOSTNAMES=true", "sslAllowInvalidCertificates=1"} {
+		uri := "mongodb://rms:pw@db.example.com:27017/?tls=true&" + q
+		_, err := config.Load(env(map[string]string{"MONGODB_URI": uri}))
+		if err == nil || !strings.Contains(err.Error(), "MONGODB_URI") || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(strings.Split(q, "=")[0])) {
+			t.Errorf("MONGODB_URI with %s: %v, want an error naming the variable and the option", q, err)
+		}
+	}
+	if _, err := config.Load(env(map[string]string{"MONGODB_URI": "mongodb://db.example.com:27017/?tls=true&tlsInsecure=false&tlsCAFile=/etc/ssl/ca.pem"})); err != nil {
+		t.Errorf("MONGODB_URI with tlsInsecure=false: %v", err)
+	}
+}
+
+// TestRedisPasswordOutsideAURLIsRefused: a password in the host:port form
+// of REDIS_URI is refused without quoting it: go-redis would dial it as
+// part of the address, and its error would carry it into the logs.
+func TestRedisPasswordOutsideAURLIsRefused(t *testing.T) {
+	for _, uri := range []string{"default:Sup3rSecretPw@127.0.0.1:6379", "Sup3rSecretPw@cache", "cache:6379/0"} {
+		_, err := config.Load(env(map[string]string{"REDIS_URI": uri}))
+		if err == nil || !strings.Contains(err.Error(), "REDIS_URI") || strings.Contains(err.Error(), "Sup3rSecretPw") {
+			t.Errorf("REDIS_URI=%s: %v, want an error naming the variable without the password", uri, err)
+		}
+	}
+}
+
 // TestUnencodedPasswordIsRefused: a RabbitMQ URI whose password has a / ?
 // or # not percent-encoded, followed later by an @, is refused without
 // quoting it: amqp091 would dial a piece of the password as the host.
