@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -49,11 +50,15 @@ func proxy(h http.Handler, log *slog.Logger) func(context.Context, events.APIGat
 			ctx, cancel = context.WithDeadline(ctx, deadline.Add(-deadlineReserve))
 			defer cancel()
 		}
-		r, err := ra.EventToRequestWithContext(ctx, ev)
+		var r *http.Request
+		err := checkRequestLine(ev)
+		if err == nil {
+			r, err = ra.EventToRequestWithContext(ctx, ev)
+		}
 		if err != nil {
 			// A *url.Error repeats the whole URL, query string included,
 			// which this function's logs leave out; its cause names the
-			// bad part. (The adapter prints the URL to stderr itself.)
+			// bad part.
 			var ue *url.Error
 			if errors.As(err, &ue) {
 				err = ue.Err
@@ -72,6 +77,22 @@ func proxy(h http.Handler, log *slog.Logger) func(context.Context, events.APIGat
 		h.ServeHTTP(w, r)
 		return w.GetProxyResponse()
 	}
+}
+
+// checkRequestLine makes the request the adapter would make of ev's method
+// and path, without its query string, headers or body, and returns its
+// error. The adapter prints the error of a request it cannot make, with the
+// whole URL and its query string, to standard output, outside this
+// function's logs and their rule that no query string is logged: such an
+// event must not reach it. The query string it builds itself, escaping
+// each parameter, so it cannot make a request fail.
+func checkRequestLine(ev events.APIGatewayProxyRequest) error {
+	path := ev.Path
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	_, err := http.NewRequest(strings.ToUpper(ev.HTTPMethod), "https://api.invalid"+path, nil)
+	return err
 }
 
 // unreadableRequest is the 400 problem for an event that is not a valid

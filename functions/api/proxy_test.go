@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,8 +22,11 @@ import (
 // TestProxyAnswersUnreadableEventsWithAProblem: an event that is no valid
 // HTTP request gets a 400 problem and no error (an error would reach the
 // client as API Gateway's bare 502), and nothing of the request reaches the
-// log but its method; a valid event is served by the handler as before.
+// log but its method, neither the function's nor what the adapter prints
+// itself (the standard log package and standard output); a valid event is
+// served by the handler as before.
 func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
+	printed := capturePrints(t)
 	raw, err := os.ReadFile(filepath.Join("..", "..", "events", "api-status.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +83,9 @@ func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
 			}
 			if strings.Contains(logs.String(), secret) || strings.Contains(logs.String(), strings.TrimPrefix(secret, "+")) {
 				t.Errorf("the log holds the query string: %s", logs.String())
+			}
+			if out := printed(); strings.Contains(out, strings.TrimPrefix(secret, "+")) || strings.Contains(out, "%zz") {
+				t.Errorf("the adapter printed the request: %q", out)
 			}
 			if !strings.Contains(logs.String(), "not a valid HTTP request") {
 				t.Errorf("the refusal is not logged: %q", logs.String())
@@ -159,5 +167,52 @@ func TestProxyUsesTheGatewayRequestID(t *testing.T) {
 				t.Fatalf("X-Request-Id = %q, want a fresh one", got)
 			}
 		})
+	}
+}
+
+// capturePrints sends what the standard log package and standard output
+// receive to a buffer until the test ends; the returned function reads
+// what has arrived since its last call.
+func capturePrints(t *testing.T) func() string {
+	t.Helper()
+	var logged bytes.Buffer
+	log.SetOutput(&logged)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout := os.Stdout
+	os.Stdout = w
+	var mu sync.Mutex
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		os.Stdout = stdout
+		log.SetOutput(os.Stderr)
+		w.Close()
+		<-done
+		r.Close()
+	})
+	return func() string {
+		time.Sleep(50 * time.Millisecond) // what was written reaches the buffer
+		mu.Lock()
+		defer mu.Unlock()
+		s := logged.String() + out.String()
+		logged.Reset()
+		out.Reset()
+		return s
 	}
 }
