@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"time"
 
@@ -39,7 +38,11 @@ func main() {
 		}
 		on = s.Gate()
 	}
-	lambda.Start(func(ctx context.Context, _ json.RawMessage) (outbox.Summary, error) {
+	// The handler takes no payload: what the schedule sends (its Input,
+	// or the default notification it sends without one) says nothing the
+	// run needs, and a payload the runtime could not decode (an empty
+	// one, say) must not fail every run.
+	lambda.Start(func(ctx context.Context) (outbox.Summary, error) {
 		defer emf.Flush()
 		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		// A failed pass is logged where it fails; the invocation fails

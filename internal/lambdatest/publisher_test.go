@@ -79,9 +79,15 @@ func TestPublisherScheduleTick(t *testing.T) {
 		}
 	}
 
-	// The next tick finds nothing due.
+	// The next tick finds nothing due. It comes with an empty payload:
+	// what EventBridge Scheduler sends with no Input is not documented,
+	// and the run must not depend on it.
 	sum = outbox.Summary{}
-	if err := json.Unmarshal(publisher.invokeFile("publisher-schedule-tick.json"), &sum); err != nil {
+	body, err := publisher.invoke(nil)
+	if err != nil {
+		t.Fatalf("a tick with an empty payload: %v (answer %s)", err, body)
+	}
+	if err := json.Unmarshal(body, &sum); err != nil {
 		t.Fatal(err)
 	}
 	if sum.Published != 0 || sum.Failed != 0 {
