@@ -198,3 +198,24 @@ func TestAPIStatus(t *testing.T) {
 		t.Errorf("GET /livez answered under request id %q, want API Gateway's", id)
 	}
 }
+
+// TestColdStartNamesTheDependencyThatDoesNotAnswer: a cold start whose
+// MongoDB does not answer fails within Lambda's 10 s for an init, logging
+// which dependency it waited for, rather than running out Lambda's init
+// time without a word and the invocation's after it.
+func TestColdStartNamesTheDependencyThatDoesNotAnswer(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MONGODB_URI": "mongodb://" + testenv.FreeAddr(t) + "/"})
+	api := startFunction(t, "api", env)
+	start := time.Now()
+	body, err := api.invoke(readEvent(t, "api-status.json"))
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("the invocation succeeded with no MongoDB: %s", body)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the cold start failed after %s, past Lambda's 10 s for an init", took.Round(time.Millisecond))
+	}
+	if logs := api.emu.Logs(); !strings.Contains(logs, "cold start failed") || !strings.Contains(logs, "connect to mongodb") {
+		t.Errorf("the function's logs do not name the dependency it waited for:\n%s", logs)
+	}
+}

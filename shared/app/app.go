@@ -111,6 +111,14 @@ var ErrMisconfigured = errors.New("retrying will not help: fix the setting")
 // openTimeout bounds Open.
 const openTimeout = 30 * time.Second
 
+// lambdaInitTimeout bounds Open at a Lambda cold start, inside the 10 s
+// Lambda gives a function's init. Past those, Lambda stops the init
+// without a word of why and runs it again inside the first invocation,
+// whose caller waits for the function's whole timeout (API Gateway then
+// answers its own 504). Failing first, the cold start logs which
+// dependency did not answer.
+const lambdaInitTimeout = 8 * time.Second
+
 // Close closes every client that was opened.
 func (a *App) Close(ctx context.Context) {
 	if a.Rabbit != nil {
@@ -386,7 +394,9 @@ func MustOpenLambda(ctx context.Context, function string, getenv func(string) st
 		os.Exit(1)
 	}
 	logger := NewLogger(cfg, w).With("function", function)
-	a, err := Open(ctx, cfg, logger)
+	openCtx, cancel := context.WithTimeout(ctx, lambdaInitTimeout)
+	a, err := Open(openCtx, cfg, logger)
+	cancel()
 	if err != nil {
 		Fatal(logger, "cold start", err)
 	}
