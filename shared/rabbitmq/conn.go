@@ -471,21 +471,50 @@ func (m *managedConn) status() error {
 	return nil
 }
 
-// close stops the watcher and closes the connection.
-func (m *managedConn) close() error {
+// detach stops the watcher and takes the connection away from m, so that
+// nothing re-dials it or hands it out any more.
+func (m *managedConn) detach() (*amqp.Connection, net.Conn) {
 	m.stop()
 	<-m.loopDone
 	m.mu.Lock()
-	conn := m.conn
+	defer m.mu.Unlock()
+	conn, raw := m.conn, m.raw
 	m.conn, m.raw = nil, nil
-	m.mu.Unlock()
+	return conn, raw
+}
+
+// close stops the watcher and closes the connection, waiting up to
+// closeTimeout for the broker's close-ok.
+func (m *managedConn) close() error {
+	conn, raw := m.detach()
 	if conn == nil || conn.IsClosed() {
 		return nil
+	}
+	// CloseDeadline's deadline is on the socket, and amqp091's heartbeater
+	// moves the read deadline on whenever a frame arrives: a broker that
+	// sends one more heartbeat and then falls silent would stretch the wait
+	// to the heartbeat's own timeout. Closing the socket bounds it anyway.
+	if raw != nil {
+		backstop := time.AfterFunc(closeTimeout, func() { _ = raw.Close() })
+		defer backstop.Stop()
 	}
 	if err := conn.CloseDeadline(time.Now().Add(closeTimeout)); err != nil && !errors.Is(err, amqp.ErrClosed) {
 		return fmt.Errorf("close rabbitmq %s connection: %w", m.name, err)
 	}
 	return nil
+}
+
+// abort stops the watcher and closes the connection's socket without the
+// closing handshake, for a broker that has stopped answering (a half-open
+// connection): waiting for its close-ok would last until the heartbeat
+// gives up. The broker, when it notices, requeues what was left
+// unacknowledged; calls still waiting on the connection return once
+// amqp091's reader sees the socket closed.
+func (m *managedConn) abort() {
+	_, raw := m.detach()
+	if raw != nil {
+		_ = raw.Close()
+	}
 }
 
 // dropForTest closes the socket under the connection, as a network failure

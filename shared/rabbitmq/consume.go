@@ -131,6 +131,11 @@ var consumerSeq atomic.Uint64
 // that no handler started back to the queue, waits up to opts.DrainTimeout
 // for running handlers and settles what they return, then cancels the
 // handlers' context and waits up to opts.SettleTimeout more, and returns nil.
+// Its waits on the broker while stopping (for the cancel's answer, then for
+// the channel's close) last stopTimeout each at most: a broker that has not
+// answered by then, on a half-open connection say, is left behind, and the
+// connection closed without it; the broker requeues what was left
+// unacknowledged when it notices.
 //
 // If the connection or channel drops, Consume re-subscribes with backoff.
 // Deliveries received on the dead channel can no longer be settled; the
@@ -156,10 +161,14 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 	c.state.Store(int32(stateReconnecting))
 	defer c.state.Store(int32(stateStopped))
 	mc.startDown()
+	var calls sync.WaitGroup
 	defer func() {
 		if err := mc.close(); err != nil {
 			c.log.Warn("close consume connection", "err", err)
 		}
+		// Calls to the broker that the stop gave up on return once the
+		// connection is closed; none outlives Consume.
+		calls.Wait()
 	}()
 
 	// Consume stops when its ctx ends or the Client closes.
@@ -180,7 +189,7 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 		}()
 	}
 
-	ch, err := c.consumeLoop(runCtx, mc, opts, jobs)
+	ch, silent, err := c.consumeLoop(runCtx, mc, opts, jobs, &calls)
 	close(jobs)
 
 	finished := make(chan struct{})
@@ -206,8 +215,13 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 		settle.Stop()
 	}
 	// Closing the channel returns anything still unacknowledged.
-	if ch != nil {
-		_ = ch.Close()
+	if ch != nil && !silent {
+		silent = !awaitBroker(&calls, func() { _ = ch.Close() })
+	}
+	if silent {
+		c.log.Warn("consume: the broker did not answer the stop in time; closing the connection without waiting for it",
+			"queue", opts.Queue, "stop_timeout", stopTimeout)
+		mc.abort()
 	}
 	if err != nil {
 		return err
@@ -219,17 +233,19 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 // consumeLoop subscribes, feeds deliveries to jobs and re-subscribes after a
 // drop, until ctx ends. It returns the last channel, subscription cancelled
 // and unstarted deliveries requeued, so that the caller can close it once
-// the handlers are done acknowledging on it.
-func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeOptions, jobs chan<- amqp.Delivery) (*amqp.Channel, error) {
+// the handlers are done acknowledging on it, and whether the broker was
+// silent: it did not confirm the cancel within stopTimeout (the call goes on,
+// counted in calls, until the connection closes).
+func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeOptions, jobs chan<- amqp.Delivery, calls *sync.WaitGroup) (*amqp.Channel, bool, error) {
 	subscribed := false
 	for attempt := 0; ; attempt++ {
 		c.state.Store(int32(stateReconnecting))
 		if !sleep(ctx, backoff(attempt)) {
-			return nil, nil
+			return nil, false, nil
 		}
 		conn, gen, err := mc.get(ctx)
 		if err != nil {
-			return nil, nil // ctx ended or the Client closed
+			return nil, false, nil // ctx ended or the Client closed
 		}
 		tag := fmt.Sprintf("rms-%s-%d-%d", opts.Queue, os.Getpid(), consumerSeq.Add(1))
 		ch, deliveries, err := subscribe(conn, opts, tag)
@@ -238,7 +254,7 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 				mc.markDown(gen, err)
 			}
 			if !subscribed && permanent(err) {
-				return nil, fmt.Errorf("consume queue %q: %w", opts.Queue, err)
+				return nil, false, fmt.Errorf("consume queue %q: %w", opts.Queue, err)
 			}
 			if missingTopology(err) {
 				// The queue went away after Consume started.
@@ -256,16 +272,20 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 		stopped, reason := pump(ctx, deliveries, closes, jobs)
 		if stopped {
 			c.state.Store(int32(stateStopped))
-			if err := ch.Cancel(tag, false); err != nil {
-				c.log.Debug("consume: cancel subscription", "err", err)
-			}
-			// The subscription is cancelled: what is left are deliveries
-			// prefetched that no handler took. Requeue them now so that
-			// another consumer can have them at once.
-			for d := range deliveries {
-				_ = d.Nack(false, true)
-			}
-			return ch, nil
+			answered := awaitBroker(calls, func() {
+				if err := ch.Cancel(tag, false); err != nil {
+					c.log.Debug("consume: cancel subscription", "err", err)
+				}
+				// The subscription is cancelled: what is left are
+				// deliveries prefetched that no handler took. Requeue them
+				// now so that another consumer can have them at once. The
+				// range ends when amqp091 has handed them all over, or when
+				// the channel closes.
+				for d := range deliveries {
+					_ = d.Nack(false, true)
+				}
+			})
+			return ch, !answered, nil
 		}
 		if reason == nil {
 			reason = errors.New("subscription cancelled by the broker")
@@ -279,6 +299,39 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 		}
 		c.log.Warn("consume: subscription lost; re-subscribing", "queue", opts.Queue, "err", reason)
 		_ = ch.Close()
+	}
+}
+
+// stopTimeout bounds each wait on the broker while Consume stops: for the
+// cancel-ok of its subscription (and the prefetched deliveries amqp091 hands
+// over after it), then for its channel's close-ok. A broker that has not
+// answered by then is taken for gone: the connection may be half-open (the
+// broker or the network stopped answering, TCP still up), which amqp091
+// notices only once it has read nothing for one and a half heartbeat
+// intervals (15 s), and a process being stopped, with an orchestrator's kill
+// to follow, should not wait that long. It does not bound the handlers: the
+// drain and settle timeouts do.
+const stopTimeout = 3 * time.Second
+
+// awaitBroker runs call, which waits for the broker, in a goroutine of its
+// own and waits up to stopTimeout for it to return; it reports whether it
+// did. A call given up on returns once the connection closes: calls counts
+// it until then, so that Consume can wait for it rather than leak it.
+func awaitBroker(calls *sync.WaitGroup, call func()) bool {
+	done := make(chan struct{})
+	calls.Add(1)
+	go func() {
+		defer calls.Done()
+		defer close(done)
+		call()
+	}()
+	t := time.NewTimer(stopTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
