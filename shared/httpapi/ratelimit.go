@@ -23,15 +23,18 @@ type AllowFunc func(ctx context.Context, client string) (ok bool, retryAfter tim
 // its address (a key that is not apiKey, however fresh, is no way around
 // the limit), and the limit runs before the key check so that failed
 // guesses are limited too. A client over its limit gets 429 with
-// Retry-After. The probes' routes, GET /status and GET /livez, are never
-// limited. When allow fails (Redis is down) requests go through: the limit
-// fails open, with a warning in the log at the start and end of each outage.
+// Retry-After. The probes' routes, GET /status and GET /livez, are not
+// limited, but for a GET /status that sends a key while apiKey is set: the
+// right key shows the checks' error text there, so unlimited it would be
+// the fast way to guess keys. When allow fails (Redis is down) requests go
+// through: the limit fails open, with a warning in the log at the start and
+// end of each outage.
 func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger) func(http.Handler) http.Handler {
 	isKey := keyMatcher(apiKey)
 	var degraded atomic.Bool
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if probe(r) {
+			if probe(r) && !(apiKey != "" && r.URL.Path == "/status" && sentKey(r) != "") {
 				next.ServeHTTP(w, r)
 				return
 			}
@@ -80,7 +83,7 @@ func clientKey(r *http.Request, isKey func(string) bool) string {
 }
 
 // probe reports whether r is for one of the probes' routes, which answer
-// without the API key and outside the rate limit.
+// without the API key and, mostly, outside the rate limit (see RateLimit).
 func probe(r *http.Request) bool {
 	return r.Method == http.MethodGet && (r.URL.Path == "/status" || r.URL.Path == "/livez")
 }

@@ -31,17 +31,33 @@ type CheckResult struct {
 // checkLogEvery is how often a check that keeps failing is logged.
 const checkLogEvery = time.Minute
 
-// handleStatus runs every check at once, each bounded by CheckTimeout and
-// the request's context, and answers the report: 200 when ok or degraded,
-// 503 when a critical check failed. h.Info's fields are merged at the top
-// level, but cannot replace service, status or checks. The route is public
+// statusJoinable is how long after its start a run of the checks still
+// going is joined rather than replaced. A run ends within CheckTimeout,
+// which bounds every check and Info; a run older than that was frozen with
+// its process (a Lambda execution environment between two invocations) and
+// would report the length of the freeze as timeouts.
+const statusJoinable = CheckTimeout + time.Second
+
+// handleStatus answers the health report: 200 when ok or degraded, 503 when
+// a critical check failed. h.Info's fields are merged at the top level, but
+// cannot replace service, status or checks.
+//
+// The checks and Info run at once, each bounded by CheckTimeout, and their
+// results answer every request that comes while they run (see statusRuns):
+// the route needs no key, and a flood of calls must not become a flood of
+// calls to every dependency. A request whose context ends first reports the
+// checks not finished by then as down. The route is public
 // (load balancers and probes have no key), so a failed check's error text
 // (host names, addresses, user names) goes only to a caller with the API
 // key: to nobody when none is set, as in AWS, where API Gateway checks the
-// keys and the function never sees them. Every failure is logged, at most
+// keys and the function never sees them. Any other caller gets the same
+// report whatever key it sends: the statuses, never the text. (RateLimit
+// counts a GET /status that sends a key, so that keys cannot be guessed
+// here faster than on the other routes.) Every failure is logged, at most
 // once a minute per check, since probes call often.
 func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 	matches := keyMatcher(apiKey)
+	runs := &statusRuns{health: h}
 	var mu sync.Mutex
 	logged := map[string]time.Time{}
 	logFailure := func(name, err string) {
@@ -58,18 +74,7 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reveal := apiKey != "" && hasKey(matches, r)
-		ctx := r.Context()
-		results := make([]CheckResult, len(h.Checks))
-		done := make(chan struct{}, len(h.Checks))
-		for i, c := range h.Checks {
-			go func() {
-				defer func() { done <- struct{}{} }()
-				results[i] = RunCheck(ctx, c)
-			}()
-		}
-		for range h.Checks {
-			<-done
-		}
+		results, info := runs.get().wait(r.Context())
 
 		overall := HealthOK
 		checks := make(map[string]CheckResult, len(h.Checks))
@@ -88,16 +93,9 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 			checks[c.Name] = results[i]
 		}
 
-		report := map[string]any{}
-		if h.Info != nil {
-			// Bounded like a check: a database that hangs must not hold
-			// up the answer that says so.
-			infoCtx, cancel := context.WithTimeout(ctx, CheckTimeout)
-			info := h.Info(infoCtx)
-			cancel()
-			for k, v := range info {
-				report[k] = v
-			}
+		report := make(map[string]any, len(info)+3)
+		for k, v := range info {
+			report[k] = v
 		}
 		report["service"] = h.Service
 		report["status"] = overall
@@ -109,6 +107,121 @@ func handleStatus(h Health, log *slog.Logger, apiKey string) http.Handler {
 		}
 		writeJSON(w, r, nil, code, report)
 	})
+}
+
+// statusRuns shares runs of a Health's checks between the requests for its
+// report that come while they run. A request that comes after a run ended
+// starts a new one rather than take its results, so that a client that
+// calls again after a change (a dependency back up) sees it. A flood is
+// bounded all the same: requests that come at once make one run, not one
+// each.
+type statusRuns struct {
+	health Health
+	mu     sync.Mutex
+	last   *statusRun
+}
+
+// statusRun is one run of the checks and Info. Its fields are written once,
+// by the goroutine that runs each, before it closes the matching channel.
+type statusRun struct {
+	start    time.Time // wall clock (see statusRuns.get)
+	results  []CheckResult
+	done     []chan struct{} // done[i] is closed when results[i] is set
+	info     map[string]any
+	infoDone chan struct{}
+	finished chan struct{} // closed when all of it is done
+}
+
+// get returns the run a request reports: the last one if it is still going
+// and started less than statusJoinable ago, otherwise a new one, started
+// now. Ages are measured on the wall clock, which goes on while a Lambda
+// execution environment is frozen (a monotonic clock may not); one that
+// went back starts a new run.
+func (s *statusRuns) get() *statusRun {
+	now := time.Now().Round(0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if run := s.last; run != nil && !closed(run.finished) {
+		if age := now.Sub(run.start); age >= 0 && age < statusJoinable {
+			return run
+		}
+	}
+	s.last = s.health.run(now)
+	return s.last
+}
+
+// run starts the checks and Info, each in its own goroutine and on a
+// context of its own: a run answers other requests too, so the end of the
+// request that started it must not cut it short.
+func (h Health) run(start time.Time) *statusRun {
+	run := &statusRun{
+		start:    start,
+		results:  make([]CheckResult, len(h.Checks)),
+		done:     make([]chan struct{}, len(h.Checks)),
+		infoDone: make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+	for i, c := range h.Checks {
+		run.done[i] = make(chan struct{})
+		go func() {
+			defer close(run.done[i])
+			run.results[i] = RunCheck(context.Background(), c)
+		}()
+	}
+	go func() {
+		defer close(run.infoDone)
+		if h.Info != nil {
+			// Bounded like a check: a database that hangs must not
+			// hold up the answer that says so.
+			ctx, cancel := context.WithTimeout(context.Background(), CheckTimeout)
+			defer cancel()
+			run.info = h.Info(ctx)
+		}
+	}()
+	go func() {
+		for _, d := range run.done {
+			<-d
+		}
+		<-run.infoDone
+		close(run.finished)
+	}()
+	return run
+}
+
+// wait returns the results of the run, and its Info, for a request whose
+// context is ctx: a check not finished when ctx ends is down, and Info not
+// finished then is left out. The results are the caller's own copy.
+func (run *statusRun) wait(ctx context.Context) ([]CheckResult, map[string]any) {
+	results := make([]CheckResult, len(run.results))
+	for i, d := range run.done {
+		select {
+		case <-d:
+		case <-ctx.Done():
+		}
+		if closed(d) {
+			results[i] = run.results[i]
+		} else {
+			results[i] = CheckResult{Status: HealthDown, Error: fmt.Sprintf("no answer in time: %v", ctx.Err())}
+		}
+	}
+	select {
+	case <-run.infoDone:
+	case <-ctx.Done():
+	}
+	if !closed(run.infoDone) {
+		return results, nil
+	}
+	return results, run.info
+}
+
+// closed reports whether c is closed, without waiting.
+func closed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // handleLivez answers that the process is alive and serving HTTP, and
