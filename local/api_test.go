@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 )
 
@@ -102,7 +104,7 @@ func TestAPIErrors(t *testing.T) {
 
 	// Idempotency-Key: a repeat answers 200 with the original, a different
 	// body under the same key 422.
-	idem := map[string]string{"Authorization": "Bearer s3cret", "Idempotency-Key": "k-1"}
+	idem := map[string]string{"Authorization": "Bearer s3cret", "Content-Type": "application/json", "Idempotency-Key": "k-1"}
 	first, b1 := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"once"}`, idem)
 	again, b2 := do(t, "POST", api+"/messages", `{ "content":"once", "to":"+905551111111" }`, idem)
 	other, b3 := do(t, "POST", api+"/messages", `{"to":"+905551111111","content":"twice"}`, idem)
@@ -117,5 +119,58 @@ func TestAPIErrors(t *testing.T) {
 	}
 	if got := listAll(t, api, "", auth); len(got) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(got))
+	}
+}
+
+// TestKeylessAPIWarnsAndRefusesOtherSites: run with no API_KEY on an address
+// other machines reach, the API says so in its log at start; and, served
+// straight from its listener, it refuses what a web page on another site can
+// send it (a request addressed to the page's own domain, rebound to this
+// address, or one with the page's Origin), while it serves requests
+// addressed to localhost or an IP address.
+func TestKeylessAPIWarnsAndRefusesOtherSites(t *testing.T) {
+	env := testenv.Env(t, nil)
+	_, port, err := net.SplitHostPort(env["API_ADDR"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	env["API_ADDR"] = "0.0.0.0:" + port
+	out := &logbuf.Buffer{}
+	_, _, stop := startRole(t, "api", env, out)
+	defer stop()
+	if !strings.Contains(out.String(), "API_KEY is empty and API_ADDR is not a loopback address") {
+		t.Errorf("no warning at start about a keyless API on %s:\n%s", env["API_ADDR"], out)
+	}
+
+	send := func(method, path, host, origin string) int {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://127.0.0.1:"+port+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		method, path, host, origin string
+		want                       int
+	}{
+		{"POST", "/scheduler/stop", "attacker.example:" + port, "", http.StatusForbidden},
+		{"GET", "/messages", "attacker.example:" + port, "", http.StatusForbidden},
+		{"POST", "/scheduler/stop", "127.0.0.1:" + port, "https://attacker.example", http.StatusForbidden},
+		{"GET", "/messages", "localhost:" + port, "", http.StatusOK},
+		{"GET", "/scheduler", "127.0.0.1:" + port, "http://localhost:3000", http.StatusOK},
+	} {
+		if got := send(tc.method, tc.path, tc.host, tc.origin); got != tc.want {
+			t.Errorf("%s %s to %s from %q: %d, want %d", tc.method, tc.path, tc.host, tc.origin, got, tc.want)
+		}
 	}
 }

@@ -165,7 +165,10 @@ func (s *system) run(ctx context.Context) error {
 
 	sched := a.LocalScheduler()
 	if s.has("api") {
-		if err := serveWithMetrics("api", "API_ADDR", cfg.APIAddr, a.APIHandler(sched, sched.Gate())); err != nil {
+		if cfg.APIKey == "" && !httpapi.LoopbackAddr(cfg.APIAddr) {
+			s.logger.Warn("API_KEY is empty and API_ADDR is not a loopback address: whoever reaches it may use the API; set API_KEY", "addr", cfg.APIAddr)
+		}
+		if err := serveWithMetrics("api", "API_ADDR", cfg.APIAddr, httpapi.ServedDirectly(a.APIHandler(sched, sched.Gate()))); err != nil {
 			return err
 		}
 	}

@@ -36,6 +36,10 @@ func main() {
 		}
 		sched = s
 	}
+	// Not wrapped in httpapi.ServedDirectly, unlike local mode's: API
+	// Gateway checks the API key (API_KEY is not set here) and every
+	// request carries its domain as Host, which that wrapper's keyless
+	// checks would refuse.
 	handle := proxy(withPathPrefix(a.APIHandler(sched, sched.Gate()), a.Config.APIBasePath), a.Logger)
 	lambda.Start(func(ctx context.Context, req events.APIGatewayProxyRequest) (events.APIGatewayProxyResponse, error) {
 		defer emf.Flush()

@@ -38,17 +38,22 @@ type replayBody struct {
 	DryRun bool            `json:"dryRun"`
 }
 
+// replayFields are the JSON names of replayBody's fields, for checkKeys.
+var replayFields = jsonFieldNames[replayBody]()
+
 func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, ok := queryParams(w, r, "dryRun", "since")
 		if !ok {
 			return
 		}
-		if !jsonContentType(w, r) {
+		// The body is optional (every failure is replayed without one),
+		// and so is the Content-Type of a request without one.
+		if !jsonContentType(w, r, r.ContentLength != 0) {
 			return
 		}
 		var b replayBody
-		if err := decodeBody(w, r, maxBody, &b, true); err != nil && err != errEmptyBody {
+		if err := decodeBody(w, r, maxBody, &b, replayFields, true); err != nil && err != errEmptyBody {
 			writeError(w, r, log, err)
 			return
 		}

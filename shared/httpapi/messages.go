@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,9 +48,12 @@ var fieldTypes = map[string]string{
 	"sendAt":  "must be an RFC 3339 timestamp string",
 }
 
+// createFields are the JSON names of createBody's fields, for checkKeys.
+var createFields = jsonFieldNames[createBody]()
+
 func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !jsonContentType(w, r) {
+		if !jsonContentType(w, r, true) {
 			return
 		}
 		key := r.Header.Get("Idempotency-Key")
@@ -85,14 +89,22 @@ func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Ha
 }
 
 // jsonContentType answers 415 and returns false unless the request's
-// Content-Type, if it has one, is application/json.
-func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
-			writeStatusProblem(w, r, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
-			return false
+// Content-Type is application/json, with or without parameters ("; charset=
+// utf-8"). Unless required, a request may leave the header out. A body
+// sent without it, or as text/plain, is refused: those are what a web page
+// on another site can POST without a CORS preflight.
+func jsonContentType(w http.ResponseWriter, r *http.Request, required bool) bool {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" && !required {
+		return true
+	}
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		detail := "Content-Type must be application/json"
+		if ct == "" {
+			detail = "a JSON body needs Content-Type: application/json"
 		}
+		writeStatusProblem(w, r, http.StatusUnsupportedMediaType, detail)
+		return false
 	}
 	return true
 }
@@ -101,9 +113,10 @@ func jsonContentType(w http.ResponseWriter, r *http.Request) bool {
 var errEmptyBody = errors.New("empty body")
 
 // decodeBody reads exactly one JSON object of known fields from the body
-// into v. Its errors are *message.Error: EINVALID naming the field where it
-// is known, or ETOOLARGE; or errEmptyBody for an empty body if allowEmpty.
-func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, allowEmpty bool) error {
+// into v, whose fields' JSON names are fields. Its errors are
+// *message.Error: EINVALID naming the field where it is known, or
+// ETOOLARGE; or errEmptyBody for an empty body if allowEmpty.
+func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, fields []string, allowEmpty bool) error {
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -130,7 +143,148 @@ func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, al
 	if err := dec.Decode(&extra); err != io.EOF {
 		return message.Errorf(message.EINVALID, "body must contain a single JSON object, found data after it")
 	}
-	return nil
+	return checkKeys(raw, fields)
+}
+
+// checkKeys rejects two things encoding/json accepts without a word in the
+// object raw holds: a key given twice, of which it keeps the last, and a key
+// that differs from a field's name only by case ("TO"), which it matches
+// to the field ("to"). Either way the message stored would not be the one
+// a reader of the request sees, or a proxy or WAF in front checked. fields
+// are the JSON names of the fields. raw must be valid JSON (Decode found
+// it so): the scan checks its syntax no further. Nested objects' keys are
+// not looked at. For a body of the usual kind, whose keys have no escapes,
+// the scan allocates nothing.
+func checkKeys(raw []byte, fields []string) error {
+	var seen uint64 // bit n: fields[n] was given
+	i := skipSpace(raw, 0)
+	if i == len(raw) || raw[i] != '{' {
+		return nil // not an object: Decode has answered for it
+	}
+	i++
+	for {
+		i = skipSpace(raw, i)
+		if i == len(raw) || raw[i] != '"' {
+			return nil // the end of the object
+		}
+		end := stringEnd(raw, i)
+		if end < i+2 {
+			return nil // an unterminated string, which valid JSON has not
+		}
+		key := raw[i+1 : end-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			// "\u0074o" is "to" to encoding/json, so it is here too.
+			var s string
+			if err := json.Unmarshal(raw[i:end], &s); err != nil {
+				return nil
+			}
+			key = []byte(s)
+		}
+		if err := checkKey(key, fields, &seen); err != nil {
+			return err
+		}
+		i = skipSpace(raw, end)
+		if i == len(raw) || raw[i] != ':' {
+			return nil
+		}
+		i = valueEnd(raw, i+1)
+		if i == len(raw) || raw[i] != ',' {
+			return nil
+		}
+		i++
+	}
+}
+
+// checkKey checks one key of an object against fields, the JSON names of
+// its fields, and records in seen the fields given.
+func checkKey(key []byte, fields []string, seen *uint64) error {
+	for n, f := range fields {
+		if string(key) != f {
+			continue
+		}
+		if n < 64 {
+			if *seen&(1<<n) != 0 {
+				return message.FieldError(f, "is given more than once; give each field once")
+			}
+			*seen |= 1 << n
+		}
+		return nil
+	}
+	// bytes.EqualFold folds as encoding/json matches names: Unicode
+	// simple folding, so that "\u212a" (the Kelvin sign) is a "k".
+	for _, f := range fields {
+		if bytes.EqualFold(key, []byte(f)) {
+			return message.FieldError(string(key), "is not a known field: field names are case-sensitive; did you mean %q?", f)
+		}
+	}
+	return nil // an unknown field, which Decode has refused already
+}
+
+// skipSpace returns the index of the first byte of raw at or after i that
+// is not JSON white space, or len(raw).
+func skipSpace(raw []byte, i int) int {
+	for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just after the JSON string that starts at
+// raw[i], its opening quote, or len(raw) if it does not end.
+func stringEnd(raw []byte, i int) int {
+	for j := i + 1; j < len(raw); j++ {
+		switch raw[j] {
+		case '\\':
+			j++ // the escaped byte, perhaps a quote
+		case '"':
+			return j + 1
+		}
+	}
+	return len(raw)
+}
+
+// valueEnd returns the index of the ',' or '}' that ends the object member
+// whose value starts at or after raw[i], or len(raw).
+func valueEnd(raw []byte, i int) int {
+	depth := 0
+	for ; i < len(raw); i++ {
+		switch raw[i] {
+		case '"':
+			i = stringEnd(raw, i) - 1
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return len(raw)
+}
+
+// jsonFieldNames returns the JSON names of T's fields, as encoding/json
+// reads them. It runs once per type, at start, so that requests pay no
+// reflection.
+func jsonFieldNames[T any]() []string {
+	t := reflect.TypeFor[T]()
+	var names []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch {
+		case !f.IsExported() || name == "-":
+			continue
+		case name == "":
+			name = f.Name
+		}
+		names = append(names, name)
+	}
+	return names
 }
 
 // loneSurrogate reports whether a JSON text holds a \u escape of a UTF-16
@@ -171,7 +325,7 @@ func loneSurrogate(raw []byte) bool {
 // decodeCreateRequest reads a create request from the body (see decodeBody).
 func decodeCreateRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (message.CreateRequest, error) {
 	var b createBody
-	if err := decodeBody(w, r, maxBody, &b, false); err != nil {
+	if err := decodeBody(w, r, maxBody, &b, createFields, false); err != nil {
 		return message.CreateRequest{}, err
 	}
 	req := message.CreateRequest{To: b.To, Content: b.Content}

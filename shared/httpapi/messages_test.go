@@ -34,7 +34,6 @@ func TestCreateMessage(t *testing.T) {
 	}{
 		{name: "valid", body: valid, status: http.StatusAccepted},
 		{name: "content type with charset", body: valid, headers: []string{"Content-Type", "application/json; charset=utf-8"}, status: http.StatusAccepted},
-		{name: "no content type", body: valid, headers: []string{"Content-Type", ""}, status: http.StatusAccepted},
 		{name: "trailing white space", body: valid + " \n\t", status: http.StatusAccepted},
 		{name: "future sendAt", body: `{"to":"+905551111111","content":"hi","sendAt":"2099-01-01T00:00:00+03:00"}`, status: http.StatusAccepted},
 		{name: "null sendAt", body: `{"to":"+905551111111","content":"hi","sendAt":null}`, status: http.StatusAccepted},
@@ -46,7 +45,7 @@ func TestCreateMessage(t *testing.T) {
 
 		{name: "malformed JSON", body: `{"to":`, status: 400, code: message.EINVALID},
 		{name: "syntax error", body: `{"to" "x"}`, status: 400, code: message.EINVALID},
-		{name: "empty body", body: "", status: 400, code: message.EINVALID},
+		{name: "empty body", body: "", headers: []string{"Content-Type", "application/json"}, status: 400, code: message.EINVALID},
 		{name: "array body", body: `[]`, status: 400, code: message.EINVALID},
 		{name: "unknown field", body: `{"to":"+905551111111","content":"hi","priority":1}`, status: 400, field: "priority"},
 		{name: "to of wrong type", body: `{"to":905551111111,"content":"hi"}`, status: 400, field: "to"},
@@ -70,6 +69,7 @@ func TestCreateMessage(t *testing.T) {
 		{name: "idempotency key too long", body: valid, headers: []string{"Idempotency-Key", strings.Repeat("k", 256)}, status: 400, field: "Idempotency-Key"},
 		{name: "body too large", body: body(phone, strings.Repeat("a", 17<<10)), status: 413, code: message.ETOOLARGE},
 		{name: "trailing data too large", body: valid + strings.Repeat(" ", 17<<10) + "{}", status: 413, code: message.ETOOLARGE},
+		{name: "no content type", body: valid, headers: []string{"Content-Type", ""}, status: 415},
 		{name: "text content type", body: valid, headers: []string{"Content-Type", "text/plain"}, status: 415},
 		{name: "form content type", body: valid, headers: []string{"Content-Type", "application/x-www-form-urlencoded"}, status: 415},
 		{name: "malformed content type", body: valid, headers: []string{"Content-Type", "application/json;;="}, status: 415},
@@ -421,4 +421,94 @@ func TestScheduler(t *testing.T) {
 	ts.sched.err = message.Errorf(message.EUNAVAILABLE, "scheduler API unreachable")
 	ts.sched.mu.Unlock()
 	readProblem(t, ts.do(t, http.MethodPost, "/scheduler/start", ""), http.StatusServiceUnavailable, "")
+}
+
+// TestJSONBodiesNeedTheJSONContentType: a body sent to POST /messages or POST
+// /dlq/replay without Content-Type: application/json, or with text/plain or
+// a form's type (what a web page on another site can send without a CORS
+// preflight), is refused with a 415 problem that names the type, and nothing
+// is stored or replayed. Parameters such as charset are fine, and a POST
+// /dlq/replay without a body needs no Content-Type.
+func TestJSONBodiesNeedTheJSONContentType(t *testing.T) {
+	ts := newTestServer(t)
+	id := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "fails"))).ID
+	ts.record(t, id, message.StatusFailed, message.Delivery{Attempt: 1, Outcome: message.OutcomeFailed, StatusCode: 400})
+	for _, ct := range []string{"", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"} {
+		t.Run("Content-Type "+ct, func(t *testing.T) {
+			for _, req := range []struct{ path, body string }{
+				{"/messages", body(phone, "from another site")},
+				{"/dlq/replay", `{"ids":["` + id + `"]}`},
+			} {
+				p := readProblem(t, ts.do(t, http.MethodPost, req.path, req.body, "Content-Type", ct), http.StatusUnsupportedMediaType, "")
+				if !strings.Contains(p.Detail, "Content-Type") || !strings.Contains(p.Detail, "application/json") {
+					t.Errorf("POST %s: detail %q does not name the type wanted", req.path, p.Detail)
+				}
+			}
+		})
+	}
+	type page struct {
+		Items []message.Message `json:"items"`
+	}
+	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
+		t.Errorf("%d messages stored, want only the first", len(p.Items))
+	}
+	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
+		t.Fatalf("after the refused replays: %+v %v, want it still FAILED", m, err)
+	}
+
+	if w := ts.do(t, http.MethodPost, "/messages", body(phone, "hi"), "Content-Type", "application/json; charset=utf-8"); w.Code != http.StatusAccepted {
+		t.Errorf("application/json with a charset: %d %s", w.Code, w.Body)
+	}
+	if w := ts.do(t, http.MethodPost, "/dlq/replay?dryRun=true", ""); w.Code != http.StatusOK {
+		t.Errorf("a replay without a body or Content-Type: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestBodyKeysAreExactAndGivenOnce: encoding/json keeps the last of a key
+// given twice and matches keys to fields whatever their case, so
+// {"to":"A","TO":"B"} would store B, which a reader of the request, or a
+// filter in front of the API, may well take for A. A body with a key given
+// twice (escaped or not) or one that differs from a field's name only by
+// case (Unicode folding included: "ſ" folds to "s") is a 400 naming that key,
+// and nothing is stored or replayed. Keys inside strings and nested values
+// are not keys of the body.
+func TestBodyKeysAreExactAndGivenOnce(t *testing.T) {
+	ts := newTestServer(t)
+	id := decodeJSON[message.Message](t, ts.do(t, http.MethodPost, "/messages", body(phone, "fails"))).ID
+	ts.record(t, id, message.StatusFailed, message.Delivery{Attempt: 1, Outcome: message.OutcomeFailed, StatusCode: 400})
+	const other = "+905552222222"
+	for _, tc := range []struct {
+		name, path, body, field string
+	}{
+		{"the review's example", "/messages", `{"to":"` + phone + `","TO":"` + other + `","content":"a","CONTENT":"b"}`, "TO"},
+		{"a field in another case", "/messages", `{"To":"` + phone + `","content":"a"}`, "To"},
+		{"a field given twice", "/messages", `{"to":"` + phone + `","content":"a","to":"` + other + `"}`, "to"},
+		{"a field given twice, once escaped", "/messages", `{"to":"` + phone + `","content":"a","\u0074o":"` + other + `"}`, "to"},
+		{"a field given twice, the first null", "/messages", `{"to":"` + phone + `","content":"a","sendAt":null,"sendAt":"2099-01-01T00:00:00Z"}`, "sendAt"},
+		{"a field with a long s", "/messages", `{"to":"` + phone + `","content":"a","ſendAt":"2099-01-01T00:00:00Z"}`, "ſendAt"},
+		{"a replay's field in another case", "/dlq/replay", `{"ids":["` + id + `"],"DRYRUN":true}`, "DRYRUN"},
+		{"a replay's field given twice", "/dlq/replay", `{"dryRun":true,"ids":["` + id + `"],"dryRun":false}`, "dryRun"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			readProblem(t, ts.do(t, http.MethodPost, tc.path, tc.body), http.StatusBadRequest, tc.field)
+		})
+	}
+	type page struct {
+		Items []message.Message `json:"items"`
+	}
+	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
+		t.Errorf("%d messages stored, want only the first", len(p.Items))
+	}
+	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
+		t.Fatalf("after the refused replays: %+v %v, want it still FAILED", m, err)
+	}
+
+	content := `\"to\":\"x\", {\"TO\":[\"to\"]}, \\\"`
+	w := ts.do(t, http.MethodPost, "/messages", ` { "content" : "`+content+`" ,"to":"`+phone+`" } `)
+	if m := decodeJSON[message.Message](t, w); w.Code != http.StatusAccepted || m.Content != `"to":"x", {"TO":["to"]}, \"` {
+		t.Errorf("keys inside a string: %d %s", w.Code, w.Body)
+	}
+	if w := ts.do(t, http.MethodPost, "/dlq/replay", `{"ids":["`+id+`","`+strings.ToUpper(id)+`"],"dryRun":true}`); w.Code != http.StatusOK {
+		t.Errorf("a replay with each key once: %d %s", w.Code, w.Body)
+	}
 }

@@ -35,6 +35,8 @@ type Options struct {
 	Health    Health
 	// APIKey, when not empty, must be sent as "Authorization: Bearer <key>"
 	// or "X-API-Key: <key>" on every route but GET /status and GET /livez.
+	// When it is empty and the handler is served directly (ServedDirectly),
+	// requests a web page on another site could make are refused instead.
 	APIKey string
 	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes)
 	// but POST /dlq/replay's.
@@ -117,6 +119,9 @@ func newHandler(o Options, rs []route) http.Handler {
 			h = o.Middleware[i](h)
 		}
 	}
+	// Before the middleware: a request refused for its Host or Origin
+	// does not count against the rate limit.
+	h = guardKeyless(o.APIKey, h)
 	h = withDeadline(o.RequestTimeout, h)
 	h = recoverPanics(o.Logger, h)
 	h = logRequests(o.Logger, h)
