@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -231,20 +230,22 @@ func Load(getenv func(string) string) (Config, error) {
 }
 
 // insecureMongoTLS returns the option of uri, a MongoDB URI, that turns
-// off a TLS check, or "" if none does. The driver reads option names
-// without regard to case.
+// off a TLS check, or "" if none does. The options are read as the driver
+// reads them: separated by & or ;, names without regard to case.
 func insecureMongoTLS(uri string) string {
 	_, query, ok := strings.Cut(uri, "?")
 	if !ok {
 		return ""
 	}
-	q, err := url.ParseQuery(query)
-	if err != nil {
-		return "" // the driver refuses such a URI itself, at start
-	}
-	for name, values := range q {
+	for _, pair := range strings.FieldsFunc(query, func(r rune) bool { return r == '&' || r == ';' }) {
+		name, value, _ := strings.Cut(pair, "=")
+		name, nerr := url.QueryUnescape(name)
+		value, verr := url.QueryUnescape(value)
+		if nerr != nil || verr != nil {
+			continue // the driver refuses such a URI itself, at start
+		}
 		for _, insecure := range []string{"tlsInsecure", "tlsAllowInvalidCertificates", "tlsAllowInvalidHostnames", "sslAllowInvalidCertificates", "sslAllowInvalidHostnames", "sslInsecure"} {
-			if strings.EqualFold(name, insecure) && slices.ContainsFunc(values, func(v string) bool { return !strings.EqualFold(v, "false") }) {
+			if strings.EqualFold(name, insecure) && !strings.EqualFold(value, "false") {
 				return insecure
 			}
 		}
