@@ -1130,4 +1130,30 @@ func TestIndexFailedLeavesNoEntryForAMessageNoLongerFailed(t *testing.T) {
 	if err != nil || len(recs) != 1 || recs[0].MessageID != failed.ID {
 		t.Fatalf("failed index holds %+v (%v), want the FAILED message alone", recs, err)
 	}
+
+}
+
+// TestIndexFailedDropsOnlyItsOwnEntry: an IndexFailed that finds its
+// message moved on drops the entry it wrote, and not the entry of a later
+// failure of the same message indexed meanwhile.
+func TestIndexFailedDropsOnlyItsOwnEntry(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	m := newMessage(t, t0) // UNSENT: replayed since its first failure
+	create(t, s, m)
+	later := message.FailedRecord{MessageID: m.ID, FailedAt: t0.Add(time.Minute), Reason: "failed again"}
+	defer mongostore.SetBeforeUnindex(func() {
+		// The message failed again and was indexed for it, between the
+		// late call's read and its removal.
+		if _, err := s.FailedCollection().ReplaceOne(ctx, bson.D{{Key: "_id", Value: m.ID}}, later); err != nil {
+			t.Error(err)
+		}
+	})()
+	if err := s.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: t0, Reason: "first failure"}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.ListFailed(ctx, nil, 10)
+	if err != nil || len(recs) != 1 || recs[0].Reason != later.Reason {
+		t.Fatalf("failed index holds %+v (%v), want the later failure's entry", recs, err)
+	}
 }

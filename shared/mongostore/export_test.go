@@ -1,0 +1,14 @@
+package mongostore
+
+import "go.mongodb.org/mongo-driver/v2/mongo"
+
+// SetBeforeUnindex sets the hook IndexFailed runs between its read of the
+// message and its removal of the entry it wrote, until the returned
+// function is called.
+func SetBeforeUnindex(f func()) (restore func()) {
+	beforeUnindex = f
+	return func() { beforeUnindex = nil }
+}
+
+// FailedCollection is the failed index's collection.
+func (s *Store) FailedCollection() *mongo.Collection { return s.failed() }
