@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
@@ -389,6 +390,42 @@ func TestRunningMongoDBWithAnotherDataDirIsRefused(t *testing.T) {
 	stop()
 	if !strings.Contains(out.String(), "does not say where it keeps its data") {
 		t.Errorf("no warning that the server's directory is unknown:\n%s", out)
+	}
+}
+
+// TestRoleWaitsForAServerToNameItsDirectory: a server answers a moment
+// before it records where its data is, and a copied directory names its
+// old place until then. A role that finds another directory named asks
+// again for a while before it refuses, and uses the server once it names
+// the role's DATA_DIR.
+func TestRoleWaitsForAServerToNameItsDirectory(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+	srv, err := embedded.Start(context.Background(), embedded.Config{Addr: env["EMBEDDED_MONGODB_ADDR"], Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	client, err := mongo.Connect(options.Client().ApplyURI(srv.URI()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	want, err := filepath.Abs(filepath.Join(env["DATA_DIR"], "mongodb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(500*time.Millisecond, func() {
+		_, err := client.Database("rms_embedded").Collection("server").UpdateOne(context.Background(),
+			bson.D{{Key: "_id", Value: "server"}}, bson.D{{Key: "$set", Value: bson.D{{Key: "dataDir", Value: want}}}})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	out := &logbuf.Buffer{}
+	_, _, stop := startRole(t, "api", env, out)
+	stop()
+	if !strings.Contains(out.String(), "using the embedded mongodb already running") {
+		t.Errorf("the api did not use the server once it named its DATA_DIR:\n%s", out)
 	}
 }
 

@@ -285,7 +285,21 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	want := filepath.Join(cfg.DataDir, "mongodb")
-	served, err := embedded.DataDir(ctx, uri)
+	// A server answers a moment before it has recorded its directory, and
+	// a directory copied or moved names its old place until then: an
+	// answer other than this DATA_DIR is asked again for markerWait.
+	var served string
+	var err error
+	for deadline := time.Now().Add(markerWait); ; {
+		served, err = embedded.DataDir(ctx, uri)
+		if err == nil && embedded.SameDir(want, served) || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	switch {
 	case errors.Is(err, embedded.ErrNoMarker):
 		s.logger.Warn("the mongodb answering at EMBEDDED_MONGODB_ADDR does not say where it keeps its data; using it, and not DATA_DIR",
@@ -300,6 +314,10 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 	s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr, "dir", served)
 	return nil
 }
+
+// markerWait is how long a role asks a running embedded MongoDB where it
+// keeps its data before it takes the answer as final.
+const markerWait = 2 * time.Second
 
 // startWait is how long a role waits for an embedded MongoDB that another
 // process is starting at its address.
