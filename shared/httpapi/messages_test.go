@@ -446,15 +446,7 @@ func TestJSONBodiesNeedTheJSONContentType(t *testing.T) {
 			}
 		})
 	}
-	type page struct {
-		Items []message.Message `json:"items"`
-	}
-	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
-		t.Errorf("%d messages stored, want only the first", len(p.Items))
-	}
-	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
-		t.Fatalf("after the refused replays: %+v %v, want it still FAILED", m, err)
-	}
+	ts.expectOnlyFailed(t, id)
 
 	if w := ts.do(t, http.MethodPost, "/messages", body(phone, "hi"), "Content-Type", "application/json; charset=utf-8"); w.Code != http.StatusAccepted {
 		t.Errorf("application/json with a charset: %d %s", w.Code, w.Body)
@@ -493,15 +485,7 @@ func TestBodyKeysAreExactAndGivenOnce(t *testing.T) {
 			readProblem(t, ts.do(t, http.MethodPost, tc.path, tc.body), http.StatusBadRequest, tc.field)
 		})
 	}
-	type page struct {
-		Items []message.Message `json:"items"`
-	}
-	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
-		t.Errorf("%d messages stored, want only the first", len(p.Items))
-	}
-	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
-		t.Fatalf("after the refused replays: %+v %v, want it still FAILED", m, err)
-	}
+	ts.expectOnlyFailed(t, id)
 
 	content := `\"to\":\"x\", {\"TO\":[\"to\"]}, \\\"`
 	w := ts.do(t, http.MethodPost, "/messages", ` { "content" : "`+content+`" ,"to":"`+phone+`" } `)
@@ -510,5 +494,21 @@ func TestBodyKeysAreExactAndGivenOnce(t *testing.T) {
 	}
 	if w := ts.do(t, http.MethodPost, "/dlq/replay", `{"ids":["`+id+`","`+strings.ToUpper(id)+`"],"dryRun":true}`); w.Code != http.StatusOK {
 		t.Errorf("a replay with each key once: %d %s", w.Code, w.Body)
+	}
+}
+
+// expectOnlyFailed checks that the refused requests stored and replayed
+// nothing: id, the one message stored before them, is still alone and
+// FAILED.
+func (ts *testServer) expectOnlyFailed(t *testing.T, id string) {
+	t.Helper()
+	type page struct {
+		Items []message.Message `json:"items"`
+	}
+	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
+		t.Errorf("%d messages stored, want only the first", len(p.Items))
+	}
+	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
+		t.Fatalf("after the refused replays: %+v %v, want it still FAILED", m, err)
 	}
 }
