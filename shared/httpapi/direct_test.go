@@ -115,9 +115,11 @@ func TestKeylessAPIServedDirectlyRefusesOtherSites(t *testing.T) {
 			}
 		})
 	}
-	for _, path := range []string{"/status", "/livez"} {
-		if w := serveTo(h, "api:8080", http.MethodGet, path, "", "Origin", "https://attacker.example"); w.Code != http.StatusOK {
-			t.Errorf("GET %s by a service name: %d %s, want 200", path, w.Code, w.Body)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		for _, path := range []string{"/status", "/livez"} {
+			if w := serveTo(h, "api:8080", method, path, "", "Origin", "https://attacker.example"); w.Code != http.StatusOK {
+				t.Errorf("%s %s by a service name: %d %s, want 200", method, path, w.Code, w.Body)
+			}
 		}
 	}
 }

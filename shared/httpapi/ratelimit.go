@@ -84,6 +84,7 @@ func clientKey(r *http.Request, isKey func(string) bool) string {
 
 // probe reports whether r is for one of the probes' routes, which answer
 // without the API key and, mostly, outside the rate limit (see RateLimit).
+// HEAD is GET without the body, which some probes send.
 func probe(r *http.Request) bool {
-	return r.Method == http.MethodGet && (r.URL.Path == "/status" || r.URL.Path == "/livez")
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.URL.Path == "/status" || r.URL.Path == "/livez")
 }
