@@ -290,9 +290,11 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 	// answer other than this DATA_DIR is asked again for markerWait.
 	var served string
 	var err error
+	same := false
 	for deadline := time.Now().Add(markerWait); ; {
 		served, err = embedded.DataDir(ctx, uri)
-		if err == nil && embedded.SameDir(want, served) || time.Now().After(deadline) || ctx.Err() != nil {
+		same = err == nil && embedded.SameDir(want, served)
+		if same || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		select {
@@ -301,13 +303,14 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 		}
 	}
 	switch {
+	case same:
 	case errors.Is(err, embedded.ErrNoMarker):
 		s.logger.Warn("the mongodb answering at EMBEDDED_MONGODB_ADDR does not say where it keeps its data; using it, and not DATA_DIR",
 			"addr", cfg.EmbeddedMongoDBAddr, "data_dir", want)
 		return nil
 	case err != nil:
 		return fmt.Errorf("embedded mongodb at EMBEDDED_MONGODB_ADDR %s: %w", cfg.EmbeddedMongoDBAddr, err)
-	case !embedded.SameDir(want, served):
+	default:
 		return fmt.Errorf("the embedded mongodb at EMBEDDED_MONGODB_ADDR %s keeps its data in %s, not in DATA_DIR's %s: "+
 			"stop the process running it, or give this one the same DATA_DIR, or another EMBEDDED_MONGODB_ADDR", cfg.EmbeddedMongoDBAddr, served, want)
 	}
