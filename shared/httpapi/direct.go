@@ -109,28 +109,27 @@ func sameSiteOrigin(values []string, host string) bool {
 		return false
 	}
 	name := u.Hostname()
-	if strings.EqualFold(name, "localhost") {
+	if loopbackName(name) {
 		return true
 	}
 	a, err := netip.ParseAddr(name)
 	if err != nil {
 		return false
 	}
-	if a.Unmap().IsLoopback() {
-		return true
-	}
 	b, err := netip.ParseAddr(host)
 	return err == nil && a.Unmap() == b.Unmap()
 }
 
-// LoopbackAddr reports whether a listen address (API_ADDR, "host:port")
-// takes connections from this machine only: its host is localhost or a
-// loopback IP address. An empty host, as in ":8080", listens everywhere.
-func LoopbackAddr(addr string) bool {
-	host := hostOf(addr)
+// loopbackName reports whether host is localhost or a loopback IP address.
+func loopbackName(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.Unmap().IsLoopback()
 }
+
+// LoopbackAddr reports whether a listen address (API_ADDR, "host:port")
+// takes connections from this machine only: its host is localhost or a
+// loopback IP address. An empty host, as in ":8080", listens everywhere.
+func LoopbackAddr(addr string) bool { return loopbackName(hostOf(addr)) }
