@@ -372,7 +372,6 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			wait, reserved = 0, true
 		}
 		if !reserved {
-			p.release(ctx, log, m.ID)
 			// wait is when the next token frees, the same for every
 			// message refused now; spread them over as long again, so
 			// that a backlog does not come back all at once to be
@@ -395,7 +394,6 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	if p.Breaker != nil {
 		d, err := p.Breaker.Allow()
 		if err != nil {
-			p.release(ctx, log, m.ID)
 			return p.deferMessage(ctx, log, m, p.BreakerCooldown, "circuit breaker open")
 		}
 		done = d
@@ -559,7 +557,14 @@ func (p *Processor) releaseIfRecorded(ctx context.Context, log *slog.Logger, o m
 }
 
 // deferMessage puts m back in the outbox for after wait without counting an
-// attempt.
+// attempt, then releases the claim Handle took. In that order: the outcome
+// is written against m as read (Outcome.Read), which only the claim's
+// holder may do. Released first, another copy could claim, deliver and
+// record SENT or FAILED before the deferral landed, and on the embedded
+// MongoDB, whose writes are not conditional, the deferral would then put
+// the finished message back in the outbox, to be delivered again. The
+// claim is released whatever the write did: nothing was sent, so a
+// requeued copy must find the way clear.
 func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m message.Message, wait time.Duration, why string) Result {
 	now := p.Now()
 	next := now.Add(wait)
@@ -568,7 +573,9 @@ func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m messag
 		LastError: m.LastError, Read: &m,
 		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: why},
 	}
-	return p.record(ctx, log, o, message.OutcomeDeferred)
+	res := p.record(ctx, log, o, message.OutcomeDeferred)
+	p.release(ctx, log, m.ID)
+	return res
 }
 
 // record writes o. A stale outcome (somebody moved the message on) is not

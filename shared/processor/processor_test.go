@@ -596,6 +596,78 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	}
 }
 
+// refusing is a rate limiter that refuses every reservation for a second.
+type refusing struct{}
+
+func (refusing) Reserve(context.Context, time.Duration) (time.Duration, bool, error) {
+	return time.Second, false, nil
+}
+
+// recordHeld is a processor store whose outcome writes wait for release;
+// entered is told of each.
+type recordHeld struct {
+	processor.Store
+	entered chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s recordHeld) RecordOutcomes(ctx context.Context, os []message.Outcome) []error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.RecordOutcomes(ctx, os)
+}
+
+// TestDeferralKeepsTheClaimUntilItIsWritten: a processor the rate limit
+// refuses defers the message, and holds its claim until the deferral is
+// written. Another process's copy of the same dispatch, arriving meanwhile,
+// leaves the message alone. Had it claimed, delivered and recorded FAILED
+// (a 4xx) first, the deferral, written against the message as read before,
+// would have put the dead-lettered message back in the outbox on the
+// embedded MongoDB, and the webhook would have been called again.
+func TestDeferralKeepsTheClaimUntilItIsWritten(t *testing.T) {
+	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
+	f.code.Store(http.StatusBadRequest)
+	env := f.published(t)
+	refused := f.processor(t)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	refused.Limiter = refusing{}
+	refused.Store = recordHeld{Store: refused.Store, entered: entered, release: release}
+	deferral := make(chan processor.Result, 1)
+	go func() { deferral <- refused.Handle(context.Background(), body(env), false) }()
+	<-entered
+	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
+	if r := other.Handle(context.Background(), body(env), false); r.Outcome != "duplicate" || f.calls.Load() != 0 {
+		t.Fatalf("a copy arriving while the deferral is written: %+v after %d webhook calls; want a duplicate, no call", r, f.calls.Load())
+	}
+	close(release)
+	if r := <-deferral; r.Outcome != message.OutcomeDeferred {
+		t.Fatalf("the refused delivery: %+v, want it deferred", r)
+	}
+
+	// The deferred message is published again when due, delivered once,
+	// and dead-lettered once.
+	relay := f.a.Relay(nil)
+	relay.Now = func() time.Time { return time.Now().Add(10 * time.Minute) }
+	if s, err := relay.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("relay pass after the deferral: %+v, %v; want the message published again", s, err)
+	}
+	for _, b := range testenv.Drain(t, f.env["RABBITMQ_QUEUE"]) {
+		other.Handle(context.Background(), b, false)
+	}
+	// Whatever is due later (nothing, if the message stayed FAILED).
+	if _, err := relay.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range testenv.Drain(t, f.env["RABBITMQ_QUEUE"]) {
+		other.Handle(context.Background(), b, false)
+	}
+	m := f.message(t, env.ID)
+	dead := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"]))
+	if m.Status != message.StatusFailed || m.Attempts != 1 || f.calls.Load() != 1 || dead != 1 {
+		t.Fatalf("message %s after %d attempts, %d webhook calls, %d dead-letter notifications; want FAILED after 1, 1 call, 1 notification", m.Status, m.Attempts, f.calls.Load(), dead)
+	}
+}
+
 // TestUnfinishedCreateIsNotDeadLettered: a queued copy whose outbox entry
 // exists but whose message does not (its create died between the two
 // writes) is left to the stale sweep, not reported as a bad message.
