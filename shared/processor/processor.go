@@ -237,9 +237,14 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 		claimed = true
 	}
 	if !claimed {
-		return p.handleClaimed(ctx, log, env, state, wid, redelivered)
+		return p.handleClaimed(ctx, log, env, body, token, state, wid, redelivered)
 	}
+	return p.handleOwn(ctx, log, env, body)
+}
 
+// handleOwn delivers a copy whose message's claim it holds, if the message
+// still waits for this dispatch.
+func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte) Result {
 	m, err := p.Store.GetMessage(ctx, env.ID)
 	switch {
 	case message.ErrorCode(err) == message.ENOTFOUND:
@@ -281,7 +286,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 
 // handleClaimed deals with a copy whose message somebody else has claimed
 // or finished.
-func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env message.Envelope, state outbox.InboxState, wid string, redelivered bool) Result {
+func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, token string, state outbox.InboxState, wid string, redelivered bool) Result {
 	m, err := p.Store.GetMessage(ctx, env.ID)
 	if err != nil {
 		if message.ErrorCode(err) == message.ENOTFOUND {
@@ -308,9 +313,23 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		}
 		return p.record(ctx, log, o, outcomeFromInbox)
 	}
-	if !redelivered || m.Seq != env.Seq {
-		// Another live consumer holds this dispatch (two copies were
-		// published); it will record the outcome.
+	if m.Seq != env.Seq {
+		// A copy of an older dispatch: the message has moved on.
+		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
+	}
+	if !redelivered {
+		// Another consumer holds the claim. Either it delivers this
+		// dispatch (two copies of it were published) and will record the
+		// outcome, or it took the claim for a copy of an older dispatch,
+		// which it lets go as soon as it has read the message: this copy,
+		// perhaps the dispatch's only one, must not be dropped for it.
+		ctx, claimed, err := p.awaitClaim(ctx, env, token)
+		switch {
+		case err != nil:
+			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the claim: %w", err)}
+		case claimed:
+			return p.handleOwn(ctx, log, env, body)
+		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}
 	// The broker gave us a copy its previous consumer never acknowledged:
@@ -602,6 +621,46 @@ type claimKey struct{}
 type claim struct {
 	token string
 	until time.Time
+}
+
+// claimWait bounds how long a copy of a message's current dispatch waits
+// for the claim of another consumer that has not reached its webhook call
+// (see awaitClaim). A consumer that took the claim for a copy of an older
+// dispatch gives it back after one read of the message.
+const claimWait = 2 * time.Second
+
+// awaitClaim waits, up to claimWait, for the claim on env's message, held
+// by another consumer, to be given back, and takes it as token. It stops
+// early once the holder has marked env's dispatch taken (it delivers this
+// very dispatch, and will record the outcome), when the inbox fails or
+// says the message is done. ctx carries the claim when it is taken; err is
+// set only when ctx ended first.
+func (p *Processor) awaitClaim(ctx context.Context, env message.Envelope, token string) (context.Context, bool, error) {
+	deadline := time.Now().Add(claimWait)
+	for delay := 10 * time.Millisecond; ; delay *= 2 {
+		if taken, err := p.Inbox.Taken(ctx, env.ID, env.Seq); err != nil || taken {
+			return ctx, false, nil
+		}
+		wait := min(delay, time.Until(deadline))
+		if wait <= 0 {
+			return ctx, false, nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx, false, ctx.Err()
+		case <-t.C:
+		}
+		cctx := context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
+		claimed, state, _, err := p.Inbox.Claim(cctx, env.ID, token, env.Seq, p.ClaimTTL)
+		switch {
+		case err != nil || state == outbox.InboxDone:
+			return ctx, false, nil
+		case claimed:
+			return cctx, true, nil
+		}
+	}
 }
 
 // errClaimRunningOut stops a delivery whose claim could expire during its

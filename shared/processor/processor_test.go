@@ -668,6 +668,85 @@ func TestDeferralKeepsTheClaimUntilItIsWritten(t *testing.T) {
 	}
 }
 
+// readPaused is a processor store whose message reads wait for release
+// before they read; entered is told of each.
+type readPaused struct {
+	processor.Store
+	entered chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s readPaused) GetMessage(ctx context.Context, id string) (message.Message, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.GetMessage(ctx, id)
+}
+
+// takenAsked is an inbox that tells asked of each Taken question.
+type takenAsked struct {
+	processor.Inbox
+	asked chan<- struct{}
+}
+
+func (i takenAsked) Taken(ctx context.Context, id string, seq int) (bool, error) {
+	select {
+	case i.asked <- struct{}{}:
+	default:
+	}
+	return i.Inbox.Taken(ctx, id, seq)
+}
+
+// TestOldCopysClaimDoesNotDropTheCurrentDispatch: a copy of an older
+// dispatch holds the message's claim for as long as it takes to read the
+// message and find it stale. The only copy of the current dispatch, coming
+// in meanwhile, waits for the claim and is delivered; acknowledged as a
+// duplicate, it would have left the message waiting for the stale sweep.
+func TestOldCopysClaimDoesNotDropTheCurrentDispatch(t *testing.T) {
+	f := setup(t, 0, map[string]string{"RETRY_BASE_DELAY": "1s", "RETRY_MAX_DELAY": "2s"})
+	f.code.Store(http.StatusInternalServerError)
+	old := f.published(t)
+	if r := f.processor(t).Handle(context.Background(), body(old), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("first delivery: %+v, want a retry", r)
+	}
+	f.code.Store(http.StatusAccepted)
+	relay := f.a.Relay(nil)
+	relay.Now = func() time.Time { return time.Now().Add(10 * time.Second) }
+	if s, err := relay.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("relay pass for the retry: %+v, %v", s, err)
+	}
+	current := testenv.Drain(t, f.env["RABBITMQ_QUEUE"])
+	if len(current) != 1 {
+		t.Fatalf("%d copies of the retry queued, want 1", len(current))
+	}
+
+	stale := f.processor(t)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	stale.Store = readPaused{Store: stale.Store, entered: entered, release: release}
+	staleDone := make(chan processor.Result, 1)
+	go func() { staleDone <- stale.Handle(context.Background(), body(old), false) }()
+	<-entered // the old copy holds the claim
+	other := (&fixture{a: testenv.App(t, f.env)}).processor(t)
+	asked := make(chan struct{}, 1)
+	other.Inbox = takenAsked{Inbox: other.Inbox, asked: asked}
+	done := make(chan processor.Result, 1)
+	go func() { done <- other.Handle(context.Background(), current[0], false) }()
+	select {
+	case <-asked:
+	case r := <-done:
+		t.Fatalf("the current dispatch's copy ended while an old copy held the claim: %+v", r)
+	}
+	close(release)
+	if r := <-staleDone; r.Outcome != "stale_copy" {
+		t.Fatalf("the old copy: %+v, want stale_copy", r)
+	}
+	if r := <-done; r.Outcome != message.OutcomeDelivered {
+		t.Fatalf("the current dispatch's copy: %+v, want it delivered", r)
+	}
+	if m := f.message(t, old.ID); m.Status != message.StatusSent || m.Attempts != 2 || f.calls.Load() != 2 {
+		t.Fatalf("message %s after %d attempts and %d webhook calls, want SENT after 2 and 2", m.Status, m.Attempts, f.calls.Load())
+	}
+}
+
 // TestUnfinishedCreateIsNotDeadLettered: a queued copy whose outbox entry
 // exists but whose message does not (its create died between the two
 // writes) is left to the stale sweep, not reported as a bad message.
