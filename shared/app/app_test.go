@@ -271,6 +271,36 @@ func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
 	}
 }
 
+// TestNoTakenMarkForARedisClaimIsAnError: a delivery whose claim Redis
+// took, and which cannot mark its dispatch taken because Redis has failed
+// since, gets the error (and makes no call), even once another delivery
+// has fallen back to the MongoDB stand-in. A call without the mark would
+// count no attempt if its processor died in it. A claim taken in the
+// stand-in needs no mark: it answers for its dispatch itself.
+func TestNoTakenMarkForARedisClaimIsAnError(t *testing.T) {
+	cut := redistest.NewCut(t)
+	a := testenv.App(t, testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"}))
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const inRedis, inStandIn = "0195f0a2-7b1c-7cde-8f00-0000000000d1", "0195f0a2-7b1c-7cde-8f00-0000000000d2"
+	if ok, _, _, err := p.Inbox.Claim(ctx, inRedis, "token-1", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis up: %v %v", ok, err)
+	}
+	cut.Set(true)
+	if ok, _, _, err := p.Inbox.Claim(ctx, inStandIn, "token-2", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
+	if err := p.Inbox.MarkTaken(ctx, inRedis, 0, time.Minute); err == nil {
+		t.Fatal("MarkTaken of a claim taken in Redis, with Redis down: nil, want the error")
+	}
+	if err := p.Inbox.MarkTaken(ctx, inStandIn, 0, time.Minute); err != nil {
+		t.Fatalf("MarkTaken of a claim taken in the stand-in, with Redis down: %v, want nil", err)
+	}
+}
+
 // statusReport is GET /status's answer, as far as these tests read it.
 type statusReport struct {
 	code   int

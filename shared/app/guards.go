@@ -71,15 +71,18 @@ func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.
 	return ok, st, wid, nil
 }
 
-// MarkTaken writes Redis's taken marker. While Redis is down there is none
-// to write: the claim, taken in the MongoDB stand-in, records its dispatch
-// and answers for it (see Taken). If Redis fails between a claim it took
-// and this mark, the error stands: the processor makes no call without a
-// mark, and the copy, requeued, is claimed in the stand-in.
+// MarkTaken writes Redis's taken marker. For a claim taken in the MongoDB
+// stand-in a failure does not matter: the claim records its dispatch and
+// answers for it (see Taken). For a claim taken in Redis, which then
+// failed, the error stands, whatever other deliveries found meanwhile: the
+// processor makes no call without a mark, and the copy, requeued, is
+// claimed in the stand-in.
 func (g *guards) MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error {
-	wasDown := g.down.Load()
 	err := g.redis.MarkTaken(ctx, id, seq, ttl)
-	if !g.fallback(err) || wasDown {
+	if !g.fallback(err) {
+		return nil
+	}
+	if _, inStandIn := g.standIn.Load(id); inStandIn {
 		return nil
 	}
 	return err
