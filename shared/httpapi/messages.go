@@ -506,6 +506,9 @@ func queryParams(w http.ResponseWriter, r *http.Request, allowed ...string) (url
 	// every time.
 	for _, name := range slices.Sorted(maps.Keys(q)) {
 		switch {
+		case len(allowed) == 0:
+			writeInvalid(w, r, name, "is not a query parameter of this route, which takes none")
+			return nil, false
 		case !slices.Contains(allowed, name):
 			writeInvalid(w, r, name, fmt.Sprintf("is not a query parameter of this route, which takes %s", strings.Join(allowed, ", ")))
 			return nil, false

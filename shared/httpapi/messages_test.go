@@ -296,6 +296,12 @@ func TestQueryParameters(t *testing.T) {
 	for _, tc := range []struct {
 		method, path, field string
 	}{
+		{http.MethodPost, "/messages?sendAt=2030-01-01T00:00:00Z", "sendAt"},
+		{http.MethodGet, "/messages/" + m.ID + "?fields=status", "fields"},
+		{http.MethodPost, "/messages/" + m.ID + "/retry?force=true", "force"},
+		{http.MethodPost, "/scheduler/start?x=1", "x"},
+		{http.MethodPost, "/scheduler/stop?x=1&x=2", "x"},
+		{http.MethodGet, "/scheduler?verbose=1", "verbose"},
 		{http.MethodGet, "/messages?statuss=FAILED", "statuss"},
 		{http.MethodGet, "/messages?status=FAILED&Status=SENT", "Status"},
 		{http.MethodGet, "/messages?status=SENT&status=FAILED", "status"},
@@ -308,7 +314,11 @@ func TestQueryParameters(t *testing.T) {
 		{http.MethodPost, "/dlq/replay?dryRun=true&ids=" + m.ID, "ids"},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			p := readProblem(t, ts.do(t, tc.method, tc.path, ""), http.StatusBadRequest, tc.field)
+			b := ""
+			if tc.method == http.MethodPost && strings.HasPrefix(tc.path, "/messages?") {
+				b = body(phone, "refused for its query")
+			}
+			p := readProblem(t, ts.do(t, tc.method, tc.path, b), http.StatusBadRequest, tc.field)
 			if !strings.HasPrefix(p.Detail, tc.field+" ") {
 				t.Errorf("detail %q does not start with the parameter", p.Detail)
 			}
@@ -320,11 +330,19 @@ func TestQueryParameters(t *testing.T) {
 	if m2, err := ts.a.Store.GetMessage(t.Context(), m.ID); err != nil || m2.Status != message.StatusUnsent {
 		t.Fatalf("after the rejected requests: %+v %v", m2, err)
 	}
+	if page := decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages", "")); len(page.Items) != 1 {
+		t.Fatalf("after the rejected requests the store holds %d messages, want the one created first", len(page.Items))
+	}
+	if st := decodeJSON[map[string]any](t, ts.do(t, http.MethodGet, "/scheduler", "")); st["state"] != "stopped" {
+		t.Fatalf("after the rejected requests the scheduler is %v, want it still stopped", st["state"])
+	}
 
 	for _, tc := range []struct{ method, path string }{
 		{http.MethodGet, "/messages?status=UNSENT&limit=10&cursor=" + strings.Repeat("f", 8) + m.ID[8:]},
 		{http.MethodGet, "/messages?status=&limit=&cursor="},
 		{http.MethodPost, "/dlq/replay?dryRun=true&since=2020-01-01T00:00:00Z"},
+		// Probes may add parameters of their own.
+		{http.MethodGet, "/livez?probe=kubelet"},
 	} {
 		if w := ts.do(t, tc.method, tc.path, ""); w.Code != http.StatusOK {
 			t.Errorf("%s %s: %d %s", tc.method, tc.path, w.Code, w.Body)
