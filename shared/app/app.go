@@ -181,7 +181,19 @@ func (a *App) Relay(gate outbox.Gate) *outbox.Relay {
 		SweepEvery:    a.Config.StaleDuration / 8,
 		Now:           a.Now,
 		Logger:        a.Logger,
-		Observe:       a.Observe,
+		Observe:       a.observe,
+	}
+}
+
+// observe passes a count on to Observe, and checks the dead-letter count
+// against DLQ_ALERT_THRESHOLD when a message failed: in the processor, or
+// in the stale sweep.
+func (a *App) observe(event string, n int) {
+	if a.Observe != nil {
+		a.Observe(event, n)
+	}
+	if event == "dead_lettered" {
+		a.alertDeadLetters()
 	}
 }
 
@@ -225,14 +237,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		Now:             a.Now,
 		Logger:          a.Logger,
 		Timing:          a.Timing,
-		Observe: func(event string, n int) {
-			if a.Observe != nil {
-				a.Observe(event, n)
-			}
-			if event == "dead_lettered" {
-				a.alertDeadLetters()
-			}
-		},
+		Observe:         a.observe,
 	}
 	if a.Config.WebhookRateLimit > 0 {
 		local := rate.NewLimiter(rate.Limit(a.Config.WebhookRateLimit), a.Config.WebhookRateBurst)

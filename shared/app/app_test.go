@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,6 +189,46 @@ func TestDeadLetterAlertIsRateLimited(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "dead-letter queue above its alert threshold"); n != 1 {
 		t.Fatalf("%d warnings for 3 counts within a minute, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestDeadLettersFromEitherSideCheckTheAlert: a message dead-lettered by
+// the processor or by the stale sweep checks the count against
+// DLQ_ALERT_THRESHOLD, so that a system nobody probes still warns.
+func TestDeadLettersFromEitherSideCheckTheAlert(t *testing.T) {
+	for _, side := range []string{"processor", "stale sweep"} {
+		t.Run(side, func(t *testing.T) {
+			a := testenv.App(t, testenv.Env(t, map[string]string{"DLQ_ALERT_THRESHOLD": "0", "WEBHOOK_URL": "http://127.0.0.1:1/webhook"}))
+			var logs logbuf.Buffer
+			a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			var counted atomic.Int64
+			a.Observe = func(event string, n int) { counted.Add(int64(n)) }
+			ctx := t.Context()
+			now := time.Now().UTC()
+			m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, now)
+			m.Status, m.FailureReason = message.StatusFailed, "permanent failure"
+			if err := a.Store.CreateMessage(ctx, m, message.NewOutboxEntry(m.ID, 0, now, now)); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
+				t.Fatal(err)
+			}
+			observe := a.Relay(nil).Observe
+			if side == "processor" {
+				p, err := a.Processor()
+				if err != nil {
+					t.Fatal(err)
+				}
+				observe = p.Observe
+			}
+			observe("dead_lettered", 1)
+			testenv.WaitFor(t, 10*time.Second, "the alert's warning", func() bool {
+				return strings.Contains(logs.String(), "dead-letter queue above its alert threshold")
+			})
+			if n := counted.Load(); n != 1 {
+				t.Fatalf("Observe counted %d, want the 1 passed on", n)
+			}
+		})
 	}
 }
 
