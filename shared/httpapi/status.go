@@ -129,8 +129,24 @@ type statusRun struct {
 	done     []chan struct{} // done[i] is closed when results[i] is set
 	info     map[string]any
 	infoDone chan struct{}
-	finished chan struct{} // closed when all of it is done
 }
+
+// ended reports whether every check and Info of the run have finished: from
+// then on a request that comes must start a new run. (A request that has
+// just had its answer must never be the last to see the run going: the
+// client's next call would get the same results.)
+func (run *statusRun) ended() bool {
+	for _, d := range run.done {
+		if !closed(d) {
+			return false
+		}
+	}
+	return closed(run.infoDone)
+}
+
+// statusJoined, when set (by the tests), is called with each request that
+// has its run.
+var statusJoined func()
 
 // get returns the run a request reports: the last one if it is still going
 // and started less than statusJoinable ago, otherwise a new one, started
@@ -141,7 +157,10 @@ func (s *statusRuns) get() *statusRun {
 	now := time.Now().Round(0)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if run := s.last; run != nil && !closed(run.finished) {
+	if statusJoined != nil {
+		defer statusJoined()
+	}
+	if run := s.last; run != nil && !run.ended() {
 		if age := now.Sub(run.start); age >= 0 && age < statusJoinable {
 			return run
 		}
@@ -159,7 +178,6 @@ func (h Health) run(start time.Time) *statusRun {
 		results:  make([]CheckResult, len(h.Checks)),
 		done:     make([]chan struct{}, len(h.Checks)),
 		infoDone: make(chan struct{}),
-		finished: make(chan struct{}),
 	}
 	for i, c := range h.Checks {
 		run.done[i] = make(chan struct{})
@@ -177,13 +195,6 @@ func (h Health) run(start time.Time) *statusRun {
 			defer cancel()
 			run.info = h.Info(ctx)
 		}
-	}()
-	go func() {
-		for _, d := range run.done {
-			<-d
-		}
-		<-run.infoDone
-		close(run.finished)
 	}()
 	return run
 }
