@@ -5,7 +5,7 @@
 GO        ?= go
 BIN       := bin/rms
 LOCALTAGS := ferretdb_no_postgresql
-GOTEST    := $(GO) test -race -count=1 -tags $(LOCALTAGS)
+GOTEST    := env -u RABBITMQ_URI -u REDIS_URI $(GO) test -race -count=1 -tags $(LOCALTAGS)
 FUZZTIME  ?= 10s
 # The tests and the chaos runs use the local RabbitMQ and
 # Redis whatever RABBITMQ_URI and REDIS_URI say; make run uses those.
@@ -31,7 +31,7 @@ build-local: ## build the local binary (bin/rms) with the embedded MongoDB
 	$(GO) build -tags $(LOCALTAGS) -trimpath -o $(BIN) ./local
 
 test: vet ## run every test with the race detector, plus short fuzz runs
-	@$(CHECK_LOCAL)
+	@$(CHECK_LOCAL) --tools
 	$(GOTEST) -timeout 30m ./...
 	$(MAKE) fuzz
 

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Checks that the services the tests and `make run` need answer, and says how
 # to start the ones that do not. With --start it tries to start them first
-# (CI does this; the machine normally starts them before a session).
+# (CI does this; the machine normally starts them before a session). With
+# --tools it also checks the tools some tests run (make test asks for this).
 set -u
-start=0
-[ "${1:-}" = "--start" ] && start=1
+start=0 tools=0
+for arg in "$@"; do
+  case $arg in
+    --start) start=1 ;;
+    --tools) tools=1 ;;
+    *) echo "usage: $0 [--start] [--tools]" >&2; exit 2 ;;
+  esac
+done
 
 # hostport URI DEFAULT_PORT: the host and port a RABBITMQ_URI or REDIS_URI
 # (amqp://user:pass@host:port/vhost, redis://host:port/0 or host:port) names.
@@ -67,6 +74,30 @@ if ! up $redis_host $redis_port; then
     else
       echo "Redis is not answering on $redis_host:$redis_port, where REDIS_URI points" >&2
     fi
+    fail=1
+  fi
+fi
+# The tools some tests run besides the services: rabbitmqctl to close
+# connections from the broker's side, a redis-server binary for the fault
+# tests' private Redis, and unshare for a network namespace in which nothing
+# answers (the start hints' test).
+if [ $tools = 1 ]; then
+  if ! command -v rabbitmqctl >/dev/null; then
+    echo "rabbitmqctl is not on PATH: it comes with RabbitMQ (apt-get install rabbitmq-server)" >&2
+    fail=1
+  elif up $rabbit_host $rabbit_port && ! rabbitmqctl -q list_connections name >/dev/null 2>&1; then
+    echo "rabbitmqctl cannot manage the local RabbitMQ: run the tests as a user that may (root, or one with the broker's Erlang cookie in ~/.erlang.cookie)" >&2
+    fail=1
+  fi
+  if ! command -v redis-server >/dev/null; then
+    echo "redis-server is not on PATH: the fault tests start a Redis of their own (apt-get install redis-server)" >&2
+    fail=1
+  fi
+  if ! command -v unshare >/dev/null; then
+    echo "unshare is not on PATH (apt-get install util-linux)" >&2
+    fail=1
+  elif ! unshare -rn true 2>/dev/null; then
+    echo "unshare -rn cannot make a network namespace: unprivileged user namespaces are off (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 also kernel.apparmor_restrict_unprivileged_userns=0), or run the tests as root" >&2
     fail=1
   fi
 fi

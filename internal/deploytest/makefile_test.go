@@ -171,6 +171,34 @@ func TestCheckServicesNamesDockerInfra(t *testing.T) {
 	}
 }
 
+// TestCheckServicesNamesMissingTools: with --tools (as make test runs it),
+// scripts/check-services.sh fails when a tool some tests run is missing,
+// and names each with where it comes from. Here none is on PATH; the
+// services answer.
+func TestCheckServicesNamesMissingTools(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(testenv.RepoRoot(t), "scripts", "check-services.sh")
+	cmd := exec.Command(bash, script, "--tools")
+	cmd.Env = append(makeEnv("RABBITMQ_URI", "REDIS_URI", "PATH"), "PATH="+t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("check-services.sh --tools with no tool on PATH: exit %d (%v), want 1\n%s", code, err, stderr.String())
+	}
+	for _, want := range []string{"rabbitmqctl is not on PATH", "redis-server is not on PATH", "unshare is not on PATH"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("check-services.sh --tools does not say %q:\n%s", want, stderr.String())
+		}
+	}
+	if strings.Contains(stderr.String(), "not answering") {
+		t.Errorf("check-services.sh --tools reports a service down, but they answer:\n%s", stderr.String())
+	}
+}
+
 // redisStartCommands returns the Redis start command that
 // scripts/check-services.sh prints, the one its --start path runs, and the
 // one the README shows.
