@@ -51,7 +51,7 @@ func TestInboundRateLimit(t *testing.T) {
 		{"redis down", "127.0.0.1:1", false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			a := testenv.App(t, testenv.Env(t, map[string]string{"API_RATE_LIMIT": "0.5", "API_RATE_BURST": "2", "REDIS_URI": tt.redis}))
+			a := testenv.App(t, testenv.Env(t, map[string]string{"API_RATE_LIMIT": "0.01", "API_RATE_BURST": "2", "REDIS_URI": tt.redis}))
 			sched := a.LocalScheduler()
 			srv := httptest.NewServer(a.APIHandler(sched, sched.Gate()))
 			defer srv.Close()
