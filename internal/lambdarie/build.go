@@ -70,10 +70,28 @@ func InstallRIE(ctx context.Context, root string) (string, error) {
 	}
 	defer unlock()
 	cmd := exec.CommandContext(ctx, "make", "--no-print-directory", "-C", root, RIEPath)
+	// Run from make test, the environment carries the outer make's flags
+	// (its jobserver's file descriptors, which this process does not
+	// hold): the inner make must not take them.
+	cmd.Env = withoutMakeFlags(os.Environ())
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("install aws-lambda-rie (make %s): %w\n%s", RIEPath, err, strings.TrimSpace(output.String()))
 	}
 	return filepath.Join(root, RIEPath), nil
+}
+
+// withoutMakeFlags returns env without the variables through which a make
+// passes its flags to the makes it runs.
+func withoutMakeFlags(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		switch name, _, _ := strings.Cut(kv, "="); name {
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES":
+		default:
+			out = append(out, kv)
+		}
+	}
+	return out
 }
