@@ -292,20 +292,17 @@ func TestGateTimesOut(t *testing.T) {
 	if err == nil || open {
 		t.Fatalf("gate against an endpoint that never answers: %v %v", open, err)
 	}
-	if took > 1500*time.Millisecond {
+	if took > 3*time.Second { // gateTimeout, 1 s, with room for a loaded machine
 		t.Errorf("gate took %s to give up", took)
 	}
 	if code := message.ErrorCode(err); code != message.EUNAVAILABLE {
 		t.Errorf("error code %q, want %q: %v", code, message.EUNAVAILABLE, err)
 	}
 
-	// The next call within the cache period does not wait again.
-	start = time.Now()
+	// The next call within the cache period does not wait again: it makes
+	// no request (counted below).
 	if open, err := gate(ctx); err == nil || open {
 		t.Fatalf("second gate call: %v %v", open, err)
-	}
-	if took := time.Since(start); took > 100*time.Millisecond {
-		t.Errorf("second gate call took %s", took)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -232,7 +232,9 @@ func TestTimeout(t *testing.T) {
 	if err == nil {
 		t.Fatal("Send to a server that never answers succeeded")
 	}
-	if d < 150*time.Millisecond || d > time.Second {
+	// The server holds a call for 10 s: well under that is the timeout's
+	// doing, with room for a loaded machine.
+	if d < 150*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("Send failed after %s; want about 200ms", d)
 	}
 	if strings.Contains(err.Error(), "do-not-log") || strings.Contains(err.Error(), "http://") {
