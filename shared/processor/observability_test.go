@@ -39,20 +39,6 @@ func (t *timings) of(kind string) []time.Duration {
 	return append([]time.Duration(nil), t.got[kind]...)
 }
 
-// refusingLimiter refuses every reservation: the next token is a second
-// away, longer than any delivery waits in place.
-type refusingLimiter struct{}
-
-func (refusingLimiter) Reserve(context.Context, time.Duration) (time.Duration, bool, error) {
-	return time.Second, false, nil
-}
-
-// openBreaker is a circuit breaker that stays open.
-type openBreaker struct{}
-
-func (openBreaker) Allow() (func(error), error) { return nil, errors.New("circuit breaker is open") }
-func (openBreaker) State() string               { return "open" }
-
 // logLines decodes the JSON log lines in out.
 func logLines(t *testing.T, out string) []map[string]any {
 	t.Helper()
@@ -75,10 +61,16 @@ func logLines(t *testing.T, out string) []map[string]any {
 func TestDeferralsLogAtDebug(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		set  func(p *processor.Processor)
+		set  func(t *testing.T, f *fixture, p *processor.Processor)
 	}{
-		{name: "circuit open", set: func(p *processor.Processor) { p.Breaker = openBreaker{} }},
-		{name: "rate limited", set: func(p *processor.Processor) { p.Limiter = refusingLimiter{} }},
+		// The app's own breaker, which hears of the circuit through
+		// Redis, as it does when another process tripped it.
+		{name: "circuit open", set: func(t *testing.T, f *fixture, p *processor.Processor) {
+			if err := f.a.Redis.OpenCircuit(context.Background(), "webhook", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "rate limited", set: func(t *testing.T, f *fixture, p *processor.Processor) { p.Limiter = usedUp(t, f) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := setup(t, 0, nil)
@@ -88,7 +80,7 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 				envs[i] = f.published(t)
 			}
 			p := f.processor(t)
-			tc.set(p)
+			tc.set(t, f, p)
 			out := &logbuf.Buffer{}
 			p.Logger = slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			var mu sync.Mutex

@@ -21,6 +21,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/redisstore"
 )
 
 // webhook answers with status and counts calls. With hold set, each call
@@ -596,11 +597,17 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	}
 }
 
-// refusing is a rate limiter that refuses every reservation for a second.
-type refusing struct{}
-
-func (refusing) Reserve(context.Context, time.Duration) (time.Duration, bool, error) {
-	return time.Second, false, nil
+// usedUp returns the real rate limiter on f's Redis, of one token per 100
+// seconds, with its one token taken: the next is longer away than any
+// delivery waits in place, so it refuses every reservation. Its key is its
+// own, so that f's other processors are not limited by it.
+func usedUp(t *testing.T, f *fixture) *redisstore.Limiter {
+	t.Helper()
+	l := redisstore.NewLimiter(f.a.Redis, "used-up", 0.01, 1, nil, nil)
+	if _, ok, err := l.Reserve(context.Background(), 0); err != nil || !ok || l.Degraded() {
+		t.Fatalf("take the limiter's one token: %v, %v (pacing locally: %v)", ok, err, l.Degraded())
+	}
+	return l
 }
 
 // recordHeld is a processor store whose outcome writes wait for release;
@@ -630,7 +637,7 @@ func TestDeferralKeepsTheClaimUntilItIsWritten(t *testing.T) {
 	env := f.published(t)
 	refused := f.processor(t)
 	entered, release := make(chan struct{}, 1), make(chan struct{})
-	refused.Limiter = refusing{}
+	refused.Limiter = usedUp(t, f)
 	refused.Store = recordHeld{Store: refused.Store, entered: entered, release: release}
 	deferral := make(chan processor.Result, 1)
 	go func() { deferral <- refused.Handle(context.Background(), body(env), false) }()
@@ -978,6 +985,31 @@ func (s readHeld) GetMessage(context.Context, string) (message.Message, error) {
 	return message.Message{}, errors.New("server selection error: context deadline exceeded")
 }
 
+// claimsCounted is an inbox that counts the claims asked of it.
+type claimsCounted struct {
+	processor.Inbox
+	n *atomic.Int32
+}
+
+func (i claimsCounted) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	i.n.Add(1)
+	return i.Inbox.Claim(ctx, id, token, seq, ttl)
+}
+
+// doneAsked is a context that closes asked when its Done is first asked
+// for. A copy that waits for the one in flight here asks for it before
+// anything else, in the select where it waits.
+type doneAsked struct {
+	context.Context
+	once  sync.Once
+	asked chan struct{}
+}
+
+func (c *doneAsked) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.asked) })
+	return c.Context.Done()
+}
+
 // TestASecondCopyEndsAsTheFirst: a copy of a dispatch already in flight in
 // this process waits for the first and ends as it did. When the first is
 // handed back (MongoDB failed), so is the second: acknowledged as a
@@ -989,20 +1021,30 @@ func TestASecondCopyEndsAsTheFirst(t *testing.T) {
 	p := f.processor(t)
 	entered, release := make(chan struct{}, 2), make(chan struct{})
 	p.Store = readHeld{Store: p.Store, entered: entered, release: release}
+	var claims atomic.Int32
+	p.Inbox = claimsCounted{Inbox: p.Inbox, n: &claims}
 	results := make(chan processor.Result, 2)
 	go func() { results <- p.Handle(context.Background(), body(env), true) }()
 	<-entered
-	go func() { results <- p.Handle(context.Background(), body(env), true) }()
+	// The first copy holds its claim and waits in its read. The second
+	// must come to wait for it, not claim the message itself.
+	second := &doneAsked{Context: context.Background(), asked: make(chan struct{})}
+	go func() { results <- p.Handle(second, body(env), true) }()
 	select {
+	case <-second.asked:
 	case r := <-results:
 		t.Fatalf("the second copy ended while the first was in flight: %+v", r)
-	case <-time.After(200 * time.Millisecond):
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second copy did not come to wait for the first")
 	}
 	close(release)
 	for range 2 {
 		if r := <-results; r.Action != processor.Requeue {
 			t.Fatalf("a copy of a dispatch handed back: %+v, want it handed back too", r)
 		}
+	}
+	if n := claims.Load(); n != 1 {
+		t.Fatalf("%d claims asked, want only the first copy's: the second did not wait for it", n)
 	}
 }
 
