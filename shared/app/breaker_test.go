@@ -97,6 +97,11 @@ func TestSharedBreakerClosedUnderConcurrency(t *testing.T) {
 	}
 }
 
+// sharedOpenFor is how long the tests open the shared circuit for: long
+// enough that the check after the open, a Redis round trip, sees it open on
+// a loaded machine, and short enough to wait out.
+const sharedOpenFor = time.Second
+
 // TestSharedBreakerHalfOpensWhenTheSharedCircuitCloses: a process that saw
 // the shared circuit open does not go back to full traffic when it closes:
 // it makes three trial calls at a time, like the process that tripped.
@@ -109,14 +114,14 @@ func TestSharedBreakerHalfOpensWhenTheSharedCircuitCloses(t *testing.T) {
 	step := func() { clock.Add(int64(app.SharedCheckEvery)) }
 	openThenClose := func() {
 		t.Helper()
-		if err := store.OpenCircuit(t.Context(), "webhook", 300*time.Millisecond); err != nil {
+		if err := store.OpenCircuit(t.Context(), "webhook", sharedOpenFor); err != nil {
 			t.Fatal(err)
 		}
 		step()
 		if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
 			t.Fatalf("with the shared circuit open: %v", err)
 		}
-		time.Sleep(400 * time.Millisecond) // the key expires
+		time.Sleep(sharedOpenFor + 100*time.Millisecond) // the key expires
 		step()
 	}
 
@@ -197,14 +202,14 @@ func TestSharedBreakerStateDuringATrial(t *testing.T) {
 		}
 		done(errors.New("HTTP 503"))
 	}
-	if err := store.OpenCircuit(t.Context(), "webhook", 300*time.Millisecond); err != nil {
+	if err := store.OpenCircuit(t.Context(), "webhook", sharedOpenFor); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(int64(app.SharedCheckEvery))
 	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
 		t.Fatalf("with the shared circuit open: %v", err)
 	}
-	time.Sleep(400 * time.Millisecond) // the key expires: a trial starts
+	time.Sleep(sharedOpenFor + 100*time.Millisecond) // the key expires: a trial starts
 	clock.Add(int64(app.SharedCheckEvery))
 	if _, err := b.Allow(); !errors.Is(err, gobreaker.ErrOpenState) {
 		t.Fatalf("a trial with the local breaker open: %v, want it refused as open", err)
