@@ -60,7 +60,9 @@ func TestProxyCut(t *testing.T) {
 		t.Fatalf("through the proxy: %v", err)
 	}
 
-	p.Cut(500 * time.Millisecond)
+	// Long enough that the checks below run inside it on a loaded machine.
+	const cut = 2 * time.Second
+	p.Cut(cut)
 	if err := roundTrip(c); err == nil {
 		t.Fatal("a connection survived the cut")
 	}
@@ -72,7 +74,7 @@ func TestProxyCut(t *testing.T) {
 		c2.Close()
 	}
 
-	time.Sleep(600 * time.Millisecond)
+	time.Sleep(cut + 100*time.Millisecond)
 	c3, err := net.Dial("tcp", p.Addr())
 	if err != nil {
 		t.Fatal(err)
