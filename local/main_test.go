@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -710,19 +711,27 @@ func TestStopWithoutASignalSaysNothing(t *testing.T) {
 	ctx, stop := stopOnSignal(out)
 	stop()
 	<-ctx.Done()
-	time.Sleep(100 * time.Millisecond) // a notice would be written by now
+	// The notice can only come from stopOnSignal's goroutine, so once it
+	// has returned the output is final; a fixed sleep could check it
+	// before the goroutine had even run. Goroutines of package main are
+	// named by their import path, which ends in local.
+	testenv.WaitFor(t, 10*time.Second, "stopOnSignal's goroutine to return", func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "local.stopOnSignal.func")
+	})
 	if out.String() != "" {
 		t.Fatalf("notice without a signal: %q", out)
 	}
 }
 
 // TestMain runs the signal helper when TestSecondSignalStopsAtOnce starts
-// this binary as one, and the tests otherwise.
+// this binary as one, and the tests otherwise, through testenv so that the
+// embedded MongoDB they share is stopped and its data removed at the end.
 func TestMain(m *testing.M) {
 	if os.Getenv("RMS_SIGNAL_HELPER") == "1" {
 		signalHelper()
 	}
-	os.Exit(m.Run())
+	testenv.Main(m)
 }
 
 // signalHelper is the process TestSecondSignalStopsAtOnce signals: a run

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log"
 	"log/slog"
 	"net/http"
@@ -26,7 +27,6 @@ import (
 // itself (the standard log package and standard output); a valid event is
 // served by the handler as before.
 func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
-	printed := capturePrints(t)
 	raw, err := os.ReadFile(filepath.Join("..", "..", "events", "api-status.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +62,9 @@ func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
 			logs.Reset()
 			ev := status
 			tc.edit(&ev)
+			stopCapture := capturePrints(t)
 			resp, err := handle(context.Background(), ev)
+			printed := stopCapture()
 			if err != nil {
 				t.Fatalf("error %v: API Gateway would answer 502", err)
 			}
@@ -84,8 +86,8 @@ func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
 			if strings.Contains(logs.String(), secret) || strings.Contains(logs.String(), strings.TrimPrefix(secret, "+")) {
 				t.Errorf("the log holds the query string: %s", logs.String())
 			}
-			if out := printed(); strings.Contains(out, strings.TrimPrefix(secret, "+")) || strings.Contains(out, "%zz") {
-				t.Errorf("the adapter printed the request: %q", out)
+			if strings.Contains(printed, strings.TrimPrefix(secret, "+")) || strings.Contains(printed, "%zz") {
+				t.Errorf("the adapter printed the request: %q", printed)
 			}
 			if !strings.Contains(logs.String(), "not a valid HTTP request") {
 				t.Errorf("the refusal is not logged: %q", logs.String())
@@ -171,48 +173,42 @@ func TestProxyUsesTheGatewayRequestID(t *testing.T) {
 }
 
 // capturePrints sends what the standard log package and standard output
-// receive to a buffer until the test ends; the returned function reads
-// what has arrived since its last call.
-func capturePrints(t *testing.T) func() string {
+// receive to a buffer until the returned function is called. That function
+// puts both back and returns everything they received: it closes the pipe
+// that stands in for standard output and reads it to the end, so a check of
+// what was printed never runs before the last write has been read.
+func capturePrints(t *testing.T) (stop func() string) {
 	t.Helper()
 	var logged bytes.Buffer
+	logOut := log.Writer()
 	log.SetOutput(&logged)
 	r, w, err := os.Pipe()
 	if err != nil {
+		log.SetOutput(logOut)
 		t.Fatal(err)
 	}
 	stdout := os.Stdout
 	os.Stdout = w
-	var mu sync.Mutex
 	var out bytes.Buffer
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := r.Read(buf)
-			mu.Lock()
-			out.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
+		_, _ = io.Copy(&out, r) // until w is closed and everything is read
 	}()
-	t.Cleanup(func() {
-		os.Stdout = stdout
-		log.SetOutput(os.Stderr)
-		w.Close()
-		<-done
-		r.Close()
-	})
-	return func() string {
-		time.Sleep(50 * time.Millisecond) // what was written reaches the buffer
-		mu.Lock()
-		defer mu.Unlock()
-		s := logged.String() + out.String()
-		logged.Reset()
-		out.Reset()
-		return s
+	var once sync.Once
+	var printed string
+	stop = func() string {
+		once.Do(func() {
+			os.Stdout = stdout
+			log.SetOutput(logOut)
+			_ = w.Close()
+			<-done
+			_ = r.Close()
+			printed = logged.String() + out.String()
+		})
+		return printed
 	}
+	// A test that fails before it calls stop still gets its outputs back.
+	t.Cleanup(func() { stop() })
+	return stop
 }

@@ -444,7 +444,9 @@ func TestIdempotencyRecords(t *testing.T) {
 	if err := s.DeleteIdempotencyRecord(ctx, "key-1", "not-"+first.MessageID); err != nil {
 		t.Fatalf("delete of another record: %v", err)
 	}
-	if _, inserted, _ := s.PutIdempotencyRecord(ctx, first); inserted {
+	if _, inserted, err := s.PutIdempotencyRecord(ctx, first); err != nil {
+		t.Fatalf("put after the delete of another record: %v", err)
+	} else if inserted {
 		t.Fatal("a delete naming another message removed the record")
 	}
 	// After a delete the key is free again; deleting a missing key is fine.
@@ -806,7 +808,9 @@ func TestMarkUnpublished(t *testing.T) {
 	if err != nil || len(due) != 1 || due[0].Key != e.Key || due[0].PublishedAt != nil {
 		t.Fatalf("due after: %+v %v", due, err)
 	}
-	if due, _ := s.DueOutbox(ctx, t0, 10); len(due) != 0 {
+	if due, err := s.DueOutbox(ctx, t0, 10); err != nil {
+		t.Fatalf("due before its grace ended: %v", err)
+	} else if len(due) != 0 {
 		t.Fatalf("due before its grace ended: %+v", due)
 	}
 	if err := s.DeleteOutbox(ctx, e.Key); err != nil {

@@ -411,7 +411,9 @@ func TestFailedIndexIsRepaired(t *testing.T) {
 	if n, err := a.Store.CountFailed(ctx); err != nil || n != 1 {
 		t.Fatalf("failed index after the sweep: %d %v, want 1", n, err)
 	}
-	if has, _ := a.Store.HasOutboxEntry(ctx, e.Key); has {
+	if has, err := a.Store.HasOutboxEntry(ctx, e.Key); err != nil {
+		t.Fatalf("look up the dead-lettered message's entry: %v", err)
+	} else if has {
 		t.Fatal("the sweep left the dead-lettered message's entry")
 	}
 

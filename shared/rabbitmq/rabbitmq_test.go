@@ -21,16 +21,15 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/rabbitmq"
 )
 
-func testURI() string {
-	if v := os.Getenv("RABBITMQ_URI"); v != "" {
-		return v
-	}
-	return "amqp://guest:guest@127.0.0.1:5672/"
-}
+// testURI is the local broker every other test uses, whatever
+// RABBITMQ_URI says: the tests create and delete queues, and closeFromServer
+// drives the local rabbitmqctl, so they must never reach a broker elsewhere.
+func testURI() string { return testenv.RabbitURI }
 
 // adminConn is the tests' own connection, for setup, inspection and
 // cleanup. A missing broker fails the test: it never skips.
@@ -38,8 +37,7 @@ func adminConn(t *testing.T) *amqp.Connection {
 	t.Helper()
 	conn, err := amqp.Dial(testURI())
 	if err != nil {
-		t.Fatalf("RabbitMQ is not reachable at 127.0.0.1:5672 (%v); start it with `rabbitmq-server -detached` "+
-			"(or set RABBITMQ_URI)", err)
+		t.Fatalf("RabbitMQ is not reachable at 127.0.0.1:5672 (%v); start it with `rabbitmq-server -detached`", err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
@@ -417,7 +415,12 @@ func TestGracefulStop(t *testing.T) {
 	waitFor(t, 5*time.Second, "prefetched deliveries", func() bool { return depth(t, conn, topo.Queue) <= n-20 })
 
 	k.stop()
-	time.Sleep(100 * time.Millisecond)
+	// The prefetched deliveries no handler started are back in the queue
+	// only once Consume has taken the stop; releasing the handlers before
+	// that would let them finish before the drain they are meant to test.
+	waitFor(t, 5*time.Second, "the stop to requeue the unstarted deliveries", func() bool {
+		return depth(t, conn, topo.Queue) == n-concurrency
+	})
 	close(release)
 	k.shutdown(t)
 
@@ -952,7 +955,12 @@ func TestDropHandsOutNothingFromTheDeadChannel(t *testing.T) {
 		return rabbitmq.Ack
 	})
 	<-busy
-	time.Sleep(300 * time.Millisecond) // the next delivery waits for the worker
+	// The broker must have handed the other two over, so that one waits
+	// for the worker when the connection drops; dropped before, they would
+	// simply come back on the new channel and the test would prove nothing.
+	waitFor(t, 5*time.Second, "the broker to hand every message to the consumer", func() bool {
+		return depth(t, conn, topo.Queue) == 0
+	})
 	mu.Lock()
 	dropped = time.Now()
 	mu.Unlock()

@@ -174,7 +174,9 @@ func TestInboxClaimExpires(t *testing.T) {
 	if ok, _, _, err := in.Claim(ctx, "m1", "tok", 0, time.Second); err != nil || !ok {
 		t.Fatalf("claim = %v, %v", ok, err)
 	}
-	if ok, _, _, _ := in.Claim(ctx, "m1", "other", 0, time.Minute); ok {
+	if ok, _, _, err := in.Claim(ctx, "m1", "other", 0, time.Minute); err != nil {
+		t.Fatalf("second claim: %v", err)
+	} else if ok {
 		t.Fatal("second claim within ttl succeeded")
 	}
 	// The same token again is the same claim (the client's retry of a
@@ -248,7 +250,9 @@ func TestLease(t *testing.T) {
 		t.Fatalf("second acquire = %v, %v; want not acquired", ok, err)
 	}
 	release2(ctx) // a loser's release must not free the holder's lease
-	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+	if _, ok, err := l.Acquire(ctx, "relay", time.Minute); err != nil {
+		t.Fatalf("acquire after a non-holder released: %v", err)
+	} else if ok {
 		t.Fatal("lease taken after a non-holder released it")
 	}
 	if _, ok, _ := l.Acquire(ctx, "other", time.Minute); !ok {
@@ -260,7 +264,9 @@ func TestLease(t *testing.T) {
 		t.Fatalf("acquire after release = %v, %v", ok, err)
 	}
 	release(ctx) // the old holder's second release must not free the new lease
-	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+	if _, ok, err := l.Acquire(ctx, "relay", time.Minute); err != nil {
+		t.Fatalf("acquire after a stale release: %v", err)
+	} else if ok {
 		t.Fatal("stale release freed the new holder's lease")
 	}
 	release3(ctx)
@@ -279,7 +285,9 @@ func TestLeaseExpires(t *testing.T) {
 		t.Fatalf("acquire after expiry = %v, %v", ok, err)
 	}
 	release(ctx) // after expiry: must not release the new holder
-	if _, ok, _ := l.Acquire(ctx, "relay", time.Minute); ok {
+	if _, ok, err := l.Acquire(ctx, "relay", time.Minute); err != nil {
+		t.Fatalf("acquire after the expired holder's release: %v", err)
+	} else if ok {
 		t.Fatal("expired holder's release freed the new lease")
 	}
 	release2(ctx)
@@ -493,7 +501,9 @@ func TestLeaseTakenByARetriedCommand(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("acquire whose first answer timed out = %v, %v; want the lease", ok, err)
 	}
-	if _, ok, _ := direct.Acquire(ctx, "relay", time.Minute); ok {
+	if _, ok, err := direct.Acquire(ctx, "relay", time.Minute); err != nil {
+		t.Fatalf("second acquire: %v", err)
+	} else if ok {
 		t.Fatal("a second holder took the lease")
 	}
 	release(ctx)
