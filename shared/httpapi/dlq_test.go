@@ -33,6 +33,8 @@ func TestReplayInput(t *testing.T) {
 		{name: "text content type", path: "/dlq/replay", body: `{"dryRun":true}`, headers: []string{"Content-Type", "text/plain"}, status: 415},
 		{name: "data after the object", path: "/dlq/replay", body: `{"dryRun":true} {"ids":[]}`, status: 400},
 		{name: "unknown field", path: "/dlq/replay", body: `{"id":"x"}`, status: 400, field: "id"},
+		{name: "null body", path: "/dlq/replay", body: ` null`, status: 400},
+		{name: "array body", path: "/dlq/replay", body: `[]`, status: 400},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			readProblem(t, ts.do(t, "POST", c.path, c.body, c.headers...), c.status, c.field)

@@ -130,6 +130,11 @@ func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, fi
 	if !utf8.Valid(raw) || loneSurrogate(raw) {
 		return message.Errorf(message.EINVALID, "body must be valid UTF-8, without \\u escapes of lone UTF-16 surrogates")
 	}
+	// encoding/json decodes null into a struct without a word, leaving it
+	// empty: for POST /dlq/replay that reads as no body, every failure.
+	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) > 0 && t[0] != '{' {
+		return message.Errorf(message.EINVALID, "body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
