@@ -60,9 +60,26 @@ func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
 var beforeUnindex func()
 
 // RemoveFailed drops a replayed message from the failed index.
+//
+// The replay wrote the message's new status first, and its next dispatch
+// may have failed for good since, its entry written by IndexFailed: the
+// delete would take that entry away, and nothing would write it again (a
+// FAILED message has no outbox entry left for the sweep to repair it from).
+// So the message is read after the delete, and indexed again if it is
+// FAILED; a failure recorded after that read indexes itself.
 func (s *Store) RemoveFailed(ctx context.Context, id string) error {
 	if _, err := s.failed().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
 		return fmt.Errorf("unindex failed message %s: %w", id, err)
+	}
+	m, err := s.GetMessage(ctx, id)
+	if message.ErrorCode(err) == message.ENOTFOUND {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("unindex failed message %s: read it again: %w", id, err)
+	}
+	if m.Status == message.StatusFailed {
+		return s.IndexFailed(ctx, m.FailedRecord())
 	}
 	return nil
 }

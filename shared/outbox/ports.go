@@ -74,7 +74,8 @@ type Store interface {
 
 	// ListFailed returns the FAILED messages' records failed at or after
 	// since (all when nil), oldest first, at most limit; RemoveFailed drops
-	// one after a replay; CountFailed counts them. They read a separate
+	// one after a replay, unless the message has failed again since;
+	// CountFailed counts them. They read a separate
 	// index of failures, never the whole message history.
 	ListFailed(ctx context.Context, since *time.Time, limit int) ([]message.FailedRecord, error)
 	RemoveFailed(ctx context.Context, id string) error

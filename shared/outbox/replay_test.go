@@ -222,6 +222,57 @@ func (s failingEntry) EnsureOutbox(context.Context, message.OutboxEntry) error {
 	return errors.New("connection reset")
 }
 
+// failsBeforeUnindex is an outbox store on which the replayed dispatch
+// fails for good (fail runs) just before the replay drops the message from
+// the failed index.
+type failsBeforeUnindex struct {
+	outbox.Store
+	fail func(id string)
+}
+
+func (s failsBeforeUnindex) RemoveFailed(ctx context.Context, id string) error {
+	s.fail(id)
+	return s.Store.RemoveFailed(ctx, id)
+}
+
+// TestReplayKeepsTheIndexEntryOfTheNextFailure: a replayed message whose
+// next dispatch fails for good before the replay has dropped the old
+// failure from the index stays in the index: it is FAILED again, and
+// counted and replayable as such.
+func TestReplayKeepsTheIndexEntryOfTheNextFailure(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	id := failedAt(t, a, time.Now().UTC().Add(-time.Hour))
+	svc := a.Service(nil)
+	svc.Store = failsBeforeUnindex{Store: a.Store, fail: func(id string) {
+		m, err := a.Store.GetMessage(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now().UTC()
+		o := message.Outcome{MessageID: id, Seq: m.Seq, Status: message.StatusFailed, Attempts: 1, At: now,
+			FailureReason: "permanent failure: HTTP 400", LastError: "HTTP 400",
+			Delivery: &message.Delivery{At: now, Attempt: 1, Outcome: message.OutcomeFailed, StatusCode: 400}}
+		if err := a.Store.RecordOutcome(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}}
+	if _, err := svc.Retry(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	m, err := a.Store.GetMessage(ctx, id)
+	if err != nil || m.Status != message.StatusFailed || m.Seq != 1 {
+		t.Fatalf("message: %s at seq %d (%v), want FAILED again at 1", m.Status, m.Seq, err)
+	}
+	recs, err := a.Store.ListFailed(ctx, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].MessageID != id || !recs[0].FailedAt.Equal(m.UpdatedAt) {
+		t.Fatalf("failed index: %+v, want the new failure of %s (at %s)", recs, id, m.UpdatedAt)
+	}
+}
+
 // TestOverlappingReplaysKeepTheEntry: of two replays of one message (a
 // double click, a client's retry after its own timeout), the one that read
 // it FAILED before the other moved it on, then failed, leaves the entry the
