@@ -68,6 +68,10 @@ type Outcome struct {
 	Read *Message
 }
 
+// ErrKeyTakenOver is returned when another request is taking over the same
+// expired Idempotency-Key: the caller answers as for a key in use.
+var ErrKeyTakenOver = &Error{Code: EINPROGRESS, Field: "Idempotency-Key", Message: "is in use by a request still being processed"}
+
 // ErrStaleOutcome is returned when an outcome's Seq is no longer the
 // message's current dispatch: somebody else already moved it on.
 var ErrStaleOutcome = &Error{Code: ECONFLICT, Message: "message moved on to a newer dispatch"}

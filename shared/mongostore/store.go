@@ -407,9 +407,14 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 // DeleteIdempotencyRecord removes the record with this key if it still
 // names messageID: a record a concurrent request has put in its place
 // since the caller read it stays. On a real MongoDB that is one atomic
-// delete; on FerretDB, whose extra filter conditions are full scans, the
-// record is read by _id and deleted by _id, which shrinks the race to the
-// time between the two.
+// delete. On FerretDB, whose extra filter conditions are full scans and
+// whose deletes are not atomic with a read, the record is read by _id and
+// deleted by _id; two callers that read the same expired record would
+// each delete it, the second taking away the record the first has put in
+// its place, and both would create a message under the key. So a caller
+// must first win a unique insert named after the record it read (the one
+// atomic write FerretDB offers); a loser gets message.ErrKeyTakenOver.
+// Those markers stay, a few bytes for each expired key used again.
 func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
 	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
 	if s.ferret {
@@ -419,6 +424,12 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 			return nil
 		}
 		if err != nil {
+			return fmt.Errorf("delete idempotency record: %w", err)
+		}
+		marker := bson.D{{Key: "_id", Value: "idempotency-expired:" + messageID + ":" + key}, {Key: "at", Value: time.Now().UTC()}}
+		if _, err := s.guards().InsertOne(ctx, marker); mongo.IsDuplicateKeyError(err) {
+			return message.ErrKeyTakenOver
+		} else if err != nil {
 			return fmt.Errorf("delete idempotency record: %w", err)
 		}
 		filter = byID(key)

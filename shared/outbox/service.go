@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -241,7 +242,9 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		if now.Sub(existing.CreatedAt) > s.IdempotencyTTL {
 			// Expired: expiry is enforced here because the embedded
 			// MongoDB has no TTL indexes.
-			if err := s.Store.DeleteIdempotencyRecord(ctx, key, existing.MessageID); err != nil {
+			if err := s.Store.DeleteIdempotencyRecord(ctx, key, existing.MessageID); errors.Is(err, message.ErrKeyTakenOver) {
+				return rec, nil, err
+			} else if err != nil {
 				return rec, nil, storeError("expire idempotency key", err)
 			}
 			continue

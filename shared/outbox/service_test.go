@@ -334,3 +334,52 @@ func TestGateOutageIsLoggedOnce(t *testing.T) {
 		t.Fatalf("a second outage logged %d warnings in all, want 2", n)
 	}
 }
+
+// TestExpiredKeyRepeatedAtOnceMakesOneMessage: requests that repeat an
+// Idempotency-Key whose record has expired, all at once, make one message
+// between them: each of the others is answered with it, or told the key
+// is in use. On the embedded MongoDB two of them could each delete the
+// expired record, the second the record the first had put in its place.
+func TestExpiredKeyRepeatedAtOnceMakesOneMessage(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	ctx := context.Background()
+	req := message.CreateRequest{To: "+905551111111", Content: "once"}
+	for round := range 40 {
+		key := fmt.Sprint("expired-", round)
+		old := message.IdempotencyRecord{Key: key, RequestHash: outbox.RequestHash(req), MessageID: uuid.Must(uuid.NewV7()).String(), CreatedAt: time.Now().Add(-25 * time.Hour)}
+		if _, _, err := a.Store.PutIdempotencyRecord(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		created, answered := map[string]bool{}, map[string]bool{}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 6 {
+			wg.Go(func() {
+				<-start
+				m, replayed, err := svc.Create(ctx, req, key)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil && !replayed:
+					created[m.ID] = true
+				case err == nil:
+					answered[m.ID] = true
+				case message.ErrorCode(err) != message.EINPROGRESS:
+					t.Errorf("round %d: %v, want a message or the key in use", round, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if len(created) != 1 {
+			t.Fatalf("round %d: %d messages created under one expired key, want 1", round, len(created))
+		}
+		for id := range answered {
+			if !created[id] {
+				t.Fatalf("round %d: a repeat was answered with %s, not the message created (%v)", round, id, created)
+			}
+		}
+	}
+}
