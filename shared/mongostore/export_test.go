@@ -12,3 +12,10 @@ func SetBeforeUnindex(f func()) (restore func()) {
 
 // FailedCollection is the failed index's collection.
 func (s *Store) FailedCollection() *mongo.Collection { return s.failed() }
+
+// GuardsCollection is the collection of the inbox, lease and takeover
+// markers.
+func (s *Store) GuardsCollection() *mongo.Collection { return s.guards() }
+
+// Ferret reports whether s talks to FerretDB, the embedded MongoDB.
+func (s *Store) Ferret() bool { return s.ferret }

@@ -414,7 +414,9 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 // its place, and both would create a message under the key. So a caller
 // must first win a unique insert named after the record it read (the one
 // atomic write FerretDB offers); a loser gets message.ErrKeyTakenOver.
-// Those markers stay, a few bytes for each expired key used again.
+// Those markers stay, a few bytes for each expired key used again. A
+// marker older than takeoverStale belongs to a caller that died or failed
+// before its delete: it is replaced, or the key would answer 409 for good.
 func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
 	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
 	if s.ferret {
@@ -426,15 +428,47 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 		if err != nil {
 			return fmt.Errorf("delete idempotency record: %w", err)
 		}
-		marker := bson.D{{Key: "_id", Value: "idempotency-expired:" + messageID + ":" + key}, {Key: "at", Value: time.Now().UTC()}}
-		if _, err := s.guards().InsertOne(ctx, marker); mongo.IsDuplicateKeyError(err) {
-			return message.ErrKeyTakenOver
-		} else if err != nil {
-			return fmt.Errorf("delete idempotency record: %w", err)
+		if err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key); err != nil {
+			return err
 		}
 		filter = byID(key)
 	}
 	if _, err := s.idempotency.DeleteOne(ctx, filter); err != nil {
+		return fmt.Errorf("delete idempotency record: %w", err)
+	}
+	return nil
+}
+
+// takeoverStale is the age after which a takeover marker (see
+// DeleteIdempotencyRecord) no longer stands: its caller's read and delete
+// take milliseconds.
+const takeoverStale = 30 * time.Second
+
+// takeOver inserts the marker id, or replaces one older than
+// takeoverStale; message.ErrKeyTakenOver if a live one is there.
+func (s *Store) takeOver(ctx context.Context, id string) error {
+	now := time.Now().UTC()
+	marker := bson.D{{Key: "_id", Value: id}, {Key: "at", Value: now}}
+	_, err := s.guards().InsertOne(ctx, marker)
+	if err == nil {
+		return nil
+	}
+	if !mongo.IsDuplicateKeyError(err) {
+		return fmt.Errorf("delete idempotency record: %w", err)
+	}
+	var cur struct {
+		At time.Time `bson:"at"`
+	}
+	if err := s.guards().FindOne(ctx, byID(id)).Decode(&cur); err != nil {
+		if errors.Is(err, mongo.ErrNoDocuments) {
+			return message.ErrKeyTakenOver // gone meanwhile: a repeat sorts it out
+		}
+		return fmt.Errorf("delete idempotency record: %w", err)
+	}
+	if now.Sub(cur.At) < takeoverStale {
+		return message.ErrKeyTakenOver
+	}
+	if _, err := s.guards().ReplaceOne(ctx, byID(id), marker); err != nil {
 		return fmt.Errorf("delete idempotency record: %w", err)
 	}
 	return nil

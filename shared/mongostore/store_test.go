@@ -461,6 +461,31 @@ func TestIdempotencyRecords(t *testing.T) {
 		t.Fatalf("put after delete: inserted=%v err=%v", inserted, err)
 	}
 
+	// On the embedded MongoDB an expired record is taken over through a
+	// marker: one left by a caller that died before its delete stops the
+	// key for takeoverStale (30 s) at most.
+	if s.Ferret() {
+		stuck := message.IdempotencyRecord{Key: "key-stuck", RequestHash: "h", MessageID: newID(t), CreatedAt: t0}
+		if _, _, err := s.PutIdempotencyRecord(ctx, stuck); err != nil {
+			t.Fatal(err)
+		}
+		marker := "idempotency-expired:" + stuck.MessageID + ":" + stuck.Key
+		for _, tc := range []struct {
+			age  time.Duration
+			want error
+		}{{time.Second, message.ErrKeyTakenOver}, {time.Minute, nil}} {
+			if _, err := s.GuardsCollection().ReplaceOne(ctx, bson.D{{Key: "_id", Value: marker}}, bson.D{{Key: "at", Value: time.Now().UTC().Add(-tc.age)}}, options.Replace().SetUpsert(true)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteIdempotencyRecord(ctx, stuck.Key, stuck.MessageID); !errors.Is(err, tc.want) {
+				t.Fatalf("delete with a takeover marker %s old: %v, want %v", tc.age, err, tc.want)
+			}
+		}
+		if _, inserted, err := s.PutIdempotencyRecord(ctx, stuck); err != nil || !inserted {
+			t.Fatalf("put after the delete past a stale marker: inserted=%v err=%v", inserted, err)
+		}
+	}
+
 	// Concurrent puts of one key: exactly one wins, all see its record.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
