@@ -72,6 +72,10 @@ type Outcome struct {
 // expired Idempotency-Key: the caller answers as for a key in use.
 var ErrKeyTakenOver = &Error{Code: EINPROGRESS, Field: "Idempotency-Key", Message: "is in use by a request still being processed"}
 
+// ErrReplayed is returned when another request is replaying the same
+// failure of a message.
+var ErrReplayed = &Error{Code: ECONFLICT, Message: "the message is being retried by another request; read it again"}
+
 // ErrStaleOutcome is returned when an outcome's Seq is no longer the
 // message's current dispatch: somebody else already moved it on.
 var ErrStaleOutcome = &Error{Code: ECONFLICT, Message: "message moved on to a newer dispatch"}

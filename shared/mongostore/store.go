@@ -428,7 +428,7 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 		if err != nil {
 			return fmt.Errorf("delete idempotency record: %w", err)
 		}
-		if err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key); err != nil {
+		if err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyTakenOver); err != nil {
 			return err
 		}
 		filter = byID(key)
@@ -440,13 +440,13 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 }
 
 // takeoverStale is the age after which a takeover marker (see
-// DeleteIdempotencyRecord) no longer stands: its caller's read and delete
-// take milliseconds.
+// DeleteIdempotencyRecord and ClaimReplay) no longer stands: its caller's
+// writes take milliseconds.
 const takeoverStale = 30 * time.Second
 
 // takeOver inserts the marker id, or replaces one older than
-// takeoverStale; message.ErrKeyTakenOver if a live one is there.
-func (s *Store) takeOver(ctx context.Context, id string) error {
+// takeoverStale; busy if a live one is there.
+func (s *Store) takeOver(ctx context.Context, id string, busy error) error {
 	now := time.Now().UTC()
 	marker := bson.D{{Key: "_id", Value: id}, {Key: "at", Value: now}}
 	_, err := s.guards().InsertOne(ctx, marker)
@@ -454,24 +454,42 @@ func (s *Store) takeOver(ctx context.Context, id string) error {
 		return nil
 	}
 	if !mongo.IsDuplicateKeyError(err) {
-		return fmt.Errorf("delete idempotency record: %w", err)
+		return fmt.Errorf("take over %s: %w", id, err)
 	}
 	var cur struct {
 		At time.Time `bson:"at"`
 	}
 	if err := s.guards().FindOne(ctx, byID(id)).Decode(&cur); err != nil {
 		if errors.Is(err, mongo.ErrNoDocuments) {
-			return message.ErrKeyTakenOver // gone meanwhile: a repeat sorts it out
+			return busy // gone meanwhile: a repeat sorts it out
 		}
-		return fmt.Errorf("delete idempotency record: %w", err)
+		return fmt.Errorf("take over %s: %w", id, err)
 	}
 	if now.Sub(cur.At) < takeoverStale {
-		return message.ErrKeyTakenOver
+		return busy
 	}
 	if _, err := s.guards().ReplaceOne(ctx, byID(id), marker); err != nil {
-		return fmt.Errorf("delete idempotency record: %w", err)
+		return fmt.Errorf("take over %s: %w", id, err)
 	}
 	return nil
+}
+
+// ClaimReplay makes the caller the one replay of dispatch seq of message
+// id, or returns message.ErrReplayed if another request is replaying it.
+// On the embedded MongoDB a replay's read-then-write is not atomic, and
+// every one of several replays at once would be told it had made the
+// replay; on a real MongoDB the losers' writes were refused, but only
+// after each had put the next dispatch's entry back to pending. The marker
+// of a replay made stays, a few bytes a replay, so that a request that
+// read the message before the replay cannot make it again; release drops
+// the marker of a replay that failed, so that it can be tried again at
+// once.
+func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (release func(context.Context), err error) {
+	marker := fmt.Sprintf("replay:%s:%d", id, seq)
+	if err := s.takeOver(ctx, marker, message.ErrReplayed); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) { _, _ = s.guards().DeleteOne(ctx, byID(marker)) }, nil
 }
 
 // DueOutbox returns up to limit unpublished entries due at or before now,

@@ -79,6 +79,10 @@ type Store interface {
 	// index of failures, never the whole message history.
 	ListFailed(ctx context.Context, since *time.Time, limit int) ([]message.FailedRecord, error)
 	RemoveFailed(ctx context.Context, id string) error
+	// ClaimReplay makes the caller the one replay of dispatch seq of
+	// message id, or returns message.ErrReplayed (ECONFLICT) if another
+	// request has it. release gives it up, for a replay that failed.
+	ClaimReplay(ctx context.Context, id string, seq int) (release func(context.Context), err error)
 	CountFailed(ctx context.Context) (int64, error)
 	// IndexFailed adds a FAILED message to the index, or updates it there.
 	IndexFailed(ctx context.Context, r message.FailedRecord) error

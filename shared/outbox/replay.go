@@ -88,7 +88,13 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 		if req.DryRun {
 			continue
 		}
-		if err := s.replay(ctx, m); err != nil {
+		err = s.replay(ctx, m)
+		if message.ErrorCode(err) == message.ECONFLICT {
+			// Another request replays it, or has moved it on: not this
+			// call's to count, and no reason to stop the others.
+			continue
+		}
+		if err != nil {
 			return res, err
 		}
 		res.Replayed++
@@ -107,7 +113,23 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 // entry, which the relay may have published meanwhile, with a due one, in
 // one write: a replay that read the message FAILED before another one moved
 // it on must not take away the entry the message now waits on.
-func (s *Service) replay(ctx context.Context, m message.Message) error {
+//
+// One replay of m's failure at a time, across processes (ClaimReplay): of
+// several at once, the others are ECONFLICT. One that failed gives way, so
+// that the client can try again at once.
+func (s *Service) replay(ctx context.Context, m message.Message) (err error) {
+	release, err := s.Store.ClaimReplay(ctx, m.ID, m.Seq)
+	if errors.Is(err, message.ErrReplayed) {
+		return err
+	}
+	if err != nil {
+		return storeError("replay message", err)
+	}
+	defer func() {
+		if err != nil {
+			release(context.WithoutCancel(ctx))
+		}
+	}()
 	now := s.Now().UTC()
 	next := message.NewOutboxEntry(m.ID, m.Seq+1, now, now)
 	if err := s.Store.ReplaceOutbox(ctx, next); err != nil {
@@ -118,7 +140,7 @@ func (s *Service) replay(ctx context.Context, m message.Message) error {
 		LastError: m.LastError, Replay: true,
 		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeReplayed, Error: "replayed from the dead-letter queue: " + m.FailureReason},
 	}
-	err := s.Store.RecordOutcome(ctx, o)
+	err = s.Store.RecordOutcome(ctx, o)
 	if errors.Is(err, message.ErrStaleOutcome) {
 		return &message.Error{Code: message.ECONFLICT, Message: "the message changed while it was being retried; read it again"}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -309,5 +311,100 @@ func TestOverlappingReplaysKeepTheEntry(t *testing.T) {
 	}
 	if seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"])); seen[id] != 1 {
 		t.Fatalf("queued %v, want %s once", seen, id)
+	}
+}
+
+// TestRetriesAtOnceReplayOnce: of several retries of one FAILED message at
+// once (a double click, two operators), one replays it and the others are
+// told of a conflict; the message has one replay in its log.
+func TestRetriesAtOnceReplayOnce(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	for range 10 {
+		id := failedAt(t, a, time.Now().UTC().Add(-time.Hour))
+		var ok, conflict atomic.Int32
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				_, err := a.Service(nil).Retry(ctx, id)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case message.ErrorCode(err) == message.ECONFLICT:
+					conflict.Add(1)
+				default:
+					t.Errorf("retry: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		m, err := a.Store.GetMessage(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		replays := 0
+		for _, d := range m.Deliveries {
+			if d.Outcome == message.OutcomeReplayed {
+				replays++
+			}
+		}
+		if ok.Load() != 1 || conflict.Load() != 3 || m.Seq != 1 || replays != 1 {
+			t.Fatalf("4 retries at once: %d made, %d conflicts; message at seq %d with %d replays; want 1, 3, 1, 1", ok.Load(), conflict.Load(), m.Seq, replays)
+		}
+	}
+}
+
+// TestBulkReplaysAtOnceShareTheWork: two bulk replays of the same ids at
+// once each replay some, none twice, and neither fails for the other.
+func TestBulkReplaysAtOnceShareTheWork(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	var ids []string
+	for range 30 {
+		ids = append(ids, failedAt(t, a, time.Now().UTC().Add(-time.Hour)))
+	}
+	res := make([]message.ReplayResult, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() { res[i], errs[i] = a.Service(nil).Replay(ctx, message.ReplayRequest{IDs: ids}) })
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil || res[0].Replayed+res[1].Replayed != len(ids) {
+		t.Fatalf("two bulk replays at once: %d (%v) and %d (%v) replayed, want %d between them and no error", res[0].Replayed, errs[0], res[1].Replayed, errs[1], len(ids))
+	}
+	for _, id := range ids {
+		if m, err := a.Store.GetMessage(ctx, id); err != nil || m.Seq != 1 || m.Status != message.StatusUnsent {
+			t.Fatalf("message %s after the replays: %s at seq %d (%v), want UNSENT at 1", id, m.Status, m.Seq, err)
+		}
+	}
+}
+
+// outcomeFailsOnce fails the first RecordOutcome, writing nothing.
+type outcomeFailsOnce struct {
+	outbox.Store
+	failed *atomic.Bool
+}
+
+func (s outcomeFailsOnce) RecordOutcome(ctx context.Context, o message.Outcome) error {
+	if s.failed.CompareAndSwap(false, true) {
+		return errors.New("server selection error: context deadline exceeded")
+	}
+	return s.Store.RecordOutcome(ctx, o)
+}
+
+// TestFailedRetryCanBeTriedAgainAtOnce: a retry that failed (the store
+// blinked) gives way, so the client's next try replays the message.
+func TestFailedRetryCanBeTriedAgainAtOnce(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	id := failedAt(t, a, time.Now().UTC().Add(-time.Hour))
+	svc := a.Service(nil)
+	svc.Store = outcomeFailsOnce{Store: a.Store, failed: &atomic.Bool{}}
+	if _, err := svc.Retry(ctx, id); message.ErrorCode(err) != message.EUNAVAILABLE {
+		t.Fatalf("retry whose write failed: %v, want the store unavailable", err)
+	}
+	if m, err := svc.Retry(ctx, id); err != nil || m.Status != message.StatusUnsent || m.Seq != 1 {
+		t.Fatalf("retry tried again at once: %+v %v, want the message UNSENT at seq 1", m, err)
 	}
 }
