@@ -88,6 +88,10 @@ type IdempotencyRecord struct {
 	RequestHash string    `bson:"requestHash"`
 	MessageID   string    `bson:"messageId"`
 	CreatedAt   time.Time `bson:"createdAt"`
+	// Abandoned says the request that put the record has ended without
+	// storing its message (it answered 503): a repeat need not wait out the
+	// in-progress window before it takes the key over.
+	Abandoned bool `bson:"abandoned,omitempty"`
 }
 
 // SchedulerState is whether the outbox publisher runs.

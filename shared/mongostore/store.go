@@ -439,6 +439,31 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 	return nil
 }
 
+// AbandonIdempotencyRecord marks the record under key abandoned if it
+// still names messageID. On FerretDB the record is read by _id and updated
+// by _id (see DeleteIdempotencyRecord): a record put in its place between
+// the two may be marked instead, which only lets a repeat take that key
+// over sooner, under that record's own message id, which yields one
+// message all the same.
+func (s *Store) AbandonIdempotencyRecord(ctx context.Context, key, messageID string) error {
+	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
+	if s.ferret {
+		var cur message.IdempotencyRecord
+		err := s.idempotency.FindOne(ctx, byID(key)).Decode(&cur)
+		if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && cur.MessageID != messageID) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("abandon idempotency record: %w", err)
+		}
+		filter = byID(key)
+	}
+	if _, err := s.idempotency.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "abandoned", Value: true}}}}); err != nil {
+		return fmt.Errorf("abandon idempotency record: %w", err)
+	}
+	return nil
+}
+
 // takeoverStale is the age after which a takeover marker (see
 // DeleteIdempotencyRecord and ClaimReplay) no longer stands: its caller's
 // writes take milliseconds.

@@ -38,6 +38,9 @@ type Store interface {
 	// under key still names messageID (not one a concurrent request put in
 	// its place).
 	DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error
+	// AbandonIdempotencyRecord marks the record under key abandoned (see
+	// message.IdempotencyRecord), if it still names messageID.
+	AbandonIdempotencyRecord(ctx context.Context, key, messageID string) error
 
 	// DueOutbox returns up to limit unpublished entries due at or before
 	// now, earliest first.

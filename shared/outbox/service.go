@@ -144,6 +144,17 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 				return got, true, nil
 			}
 		}
+		if key != "" {
+			// The client hears 503 and tries again: its repeat takes the
+			// key over at once rather than get 409 for the in-progress
+			// window. Under the same message id, so that a write that
+			// was applied after all still makes one message.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			if aerr := s.Store.AbandonIdempotencyRecord(actx, key, id); aerr != nil {
+				s.Logger.Warn("could not mark the key of a failed request abandoned; a repeat within in_progress_window gets 409", "in_progress_window", s.InProgressWindow, "error", aerr)
+			}
+			cancel()
+		}
 		return message.Message{}, false, storeError("store message", err)
 	}
 	return m, false, nil
@@ -260,7 +271,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		if message.ErrorCode(err) != message.ENOTFOUND {
 			return rec, nil, storeError("load message", err)
 		}
-		if now.Sub(existing.CreatedAt) < s.InProgressWindow {
+		if now.Sub(existing.CreatedAt) < s.InProgressWindow && !existing.Abandoned {
 			return rec, nil, &message.Error{Code: message.EINPROGRESS, Field: "Idempotency-Key",
 				Message: "is in use by a request still being processed"}
 		}

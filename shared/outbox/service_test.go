@@ -383,3 +383,67 @@ func TestExpiredKeyRepeatedAtOnceMakesOneMessage(t *testing.T) {
 		}
 	}
 }
+
+// createsFail fails every CreateMessages while on; with applied set, after
+// writing the batch all the same (a write whose answer was lost).
+type createsFail struct {
+	outbox.Store
+	on      *atomic.Bool
+	applied bool
+	wrote   chan<- string
+}
+
+func (f createsFail) CreateMessages(ctx context.Context, items []outbox.NewMessage) []error {
+	if !f.on.Load() {
+		return f.Store.CreateMessages(ctx, items)
+	}
+	if f.applied {
+		for i, err := range f.Store.CreateMessages(ctx, items) {
+			if err != nil {
+				return []error{err}
+			}
+			f.wrote <- items[i].Message.ID
+		}
+	}
+	errs := make([]error, len(items))
+	for i := range errs {
+		errs[i] = errors.New("connection reset by peer")
+	}
+	return errs
+}
+
+// TestRepeatAfterAFailedCreate: a create with an Idempotency-Key that
+// answered 503 leaves its key to the client's repeat at once, not after a
+// 409 for the in-progress window: the repeat creates the message, or, if
+// the failed write was applied after all, answers with that one message.
+func TestRepeatAfterAFailedCreate(t *testing.T) {
+	for _, applied := range []bool{false, true} {
+		t.Run(fmt.Sprint("applied=", applied), func(t *testing.T) {
+			a := testenv.App(t, testenv.Env(t, nil))
+			svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+			on := &atomic.Bool{}
+			on.Store(true)
+			wrote := make(chan string, 1)
+			svc.Store = createsFail{Store: a.Store, on: on, applied: applied, wrote: wrote}
+			ctx := context.Background()
+			req := message.CreateRequest{To: "+905551111111", Content: "after a 503"}
+			if _, _, err := svc.Create(ctx, req, "key-503"); message.ErrorCode(err) != message.EUNAVAILABLE {
+				t.Fatalf("create whose write failed: %v, want unavailable", err)
+			}
+			on.Store(false)
+			m, replayed, err := svc.Create(ctx, req, "key-503")
+			if err != nil || replayed != applied {
+				t.Fatalf("repeat at once: replayed %v, %v; want a message, replayed %v", replayed, err, applied)
+			}
+			if applied {
+				if id := <-wrote; m.ID != id {
+					t.Fatalf("repeat answered with %s, want the message the failed write stored, %s", m.ID, id)
+				}
+			}
+			again, replayed, err := svc.Create(ctx, req, "key-503")
+			if err != nil || !replayed || again.ID != m.ID {
+				t.Fatalf("second repeat: %s, replayed %v, %v; want %s replayed", again.ID, replayed, err, m.ID)
+			}
+		})
+	}
+}
