@@ -18,6 +18,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/redistest"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
@@ -165,13 +166,9 @@ func TestFastPath(t *testing.T) {
 	}
 }
 
-// TestDeadLetterAlertIsRateLimited: GET /status counts the failures on every
-// probe; the warning that they are above DLQ_ALERT_THRESHOLD is logged once
-// a minute, not once a probe, and the count still answers every time.
-func TestDeadLetterAlertIsRateLimited(t *testing.T) {
-	a := testenv.App(t, testenv.Env(t, map[string]string{"DLQ_ALERT_THRESHOLD": "0"}))
-	var logs logbuf.Buffer
-	a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+// storeFailedMessage stores a FAILED message, in the failed index.
+func storeFailedMessage(t *testing.T, a *app.App) {
+	t.Helper()
 	ctx := t.Context()
 	now := time.Now().UTC()
 	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, now)
@@ -182,6 +179,17 @@ func TestDeadLetterAlertIsRateLimited(t *testing.T) {
 	if err := a.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDeadLetterAlertIsRateLimited: GET /status counts the failures on every
+// probe; the warning that they are above DLQ_ALERT_THRESHOLD is logged once
+// a minute, not once a probe, and the count still answers every time.
+func TestDeadLetterAlertIsRateLimited(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, map[string]string{"DLQ_ALERT_THRESHOLD": "0"}))
+	var logs logbuf.Buffer
+	a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	ctx := t.Context()
+	storeFailedMessage(t, a)
 	for range 3 {
 		if n, err := a.FailedMessages(ctx); err != nil || n != 1 {
 			t.Fatalf("FailedMessages = %d, %v; want 1", n, err)
@@ -203,16 +211,7 @@ func TestDeadLettersFromEitherSideCheckTheAlert(t *testing.T) {
 			a.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			var counted atomic.Int64
 			a.Observe = func(event string, n int) { counted.Add(int64(n)) }
-			ctx := t.Context()
-			now := time.Now().UTC()
-			m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "failed"}, now)
-			m.Status, m.FailureReason = message.StatusFailed, "permanent failure"
-			if err := a.Store.CreateMessage(ctx, m, message.NewOutboxEntry(m.ID, 0, now, now)); err != nil {
-				t.Fatal(err)
-			}
-			if err := a.Store.IndexFailed(ctx, m.FailedRecord()); err != nil {
-				t.Fatal(err)
-			}
+			storeFailedMessage(t, a)
 			observe := a.Relay(nil).Observe
 			if side == "processor" {
 				p, err := a.Processor()

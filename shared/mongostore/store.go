@@ -418,25 +418,39 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 // marker older than takeoverStale belongs to a caller that died or failed
 // before its delete: it is replaced, or the key would answer 409 for good.
 func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
-	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
+	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
+	if err != nil || !ok {
+		return err
+	}
 	if s.ferret {
-		var cur message.IdempotencyRecord
-		err := s.idempotency.FindOne(ctx, byID(key)).Decode(&cur)
-		if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && cur.MessageID != messageID) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("delete idempotency record: %w", err)
-		}
 		if err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyTakenOver); err != nil {
 			return err
 		}
-		filter = byID(key)
 	}
 	if _, err := s.idempotency.DeleteOne(ctx, filter); err != nil {
 		return fmt.Errorf("delete idempotency record: %w", err)
 	}
 	return nil
+}
+
+// idempotencyFilter returns the filter of a write to the record under key
+// if it still names messageID, and ok false if it does not. On a real
+// MongoDB the filter checks messageId itself, in the write; on FerretDB,
+// where that condition would be a full scan, the record is read by _id
+// here and the filter is its _id alone.
+func (s *Store) idempotencyFilter(ctx context.Context, key, messageID string) (filter bson.D, ok bool, err error) {
+	if !s.ferret {
+		return bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}, true, nil
+	}
+	var cur message.IdempotencyRecord
+	err = s.idempotency.FindOne(ctx, byID(key)).Decode(&cur)
+	if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && cur.MessageID != messageID) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read idempotency record: %w", err)
+	}
+	return byID(key), true, nil
 }
 
 // AbandonIdempotencyRecord marks the record under key abandoned if it
@@ -446,17 +460,9 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 // over sooner, under that record's own message id, which yields one
 // message all the same.
 func (s *Store) AbandonIdempotencyRecord(ctx context.Context, key, messageID string) error {
-	filter := bson.D{{Key: "_id", Value: key}, {Key: "messageId", Value: messageID}}
-	if s.ferret {
-		var cur message.IdempotencyRecord
-		err := s.idempotency.FindOne(ctx, byID(key)).Decode(&cur)
-		if errors.Is(err, mongo.ErrNoDocuments) || (err == nil && cur.MessageID != messageID) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("abandon idempotency record: %w", err)
-		}
-		filter = byID(key)
+	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
+	if err != nil || !ok {
+		return err
 	}
 	if _, err := s.idempotency.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "abandoned", Value: true}}}}); err != nil {
 		return fmt.Errorf("abandon idempotency record: %w", err)
