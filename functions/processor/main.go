@@ -30,7 +30,7 @@ func main() {
 		defer emf.Flush()
 		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
-			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 13 s by a batch's time at least",
+			a.Logger.Error("invocation too short to start a delivery: the function's timeout must exceed WEBHOOK_TIMEOUT plus 15 s by a batch's time at least",
 				"time_left", time.Until(dl).Round(time.Millisecond), "needed", reserve)
 		}
 		sum, err := batches.Handle(ctx, ev)
@@ -51,11 +51,12 @@ func main() {
 }
 
 // startReserve is how much of its invocation a record needs left to be
-// started: the longest wait for the rate limiter, one webhook call and the
-// record of its outcome (up to processor.RecordTimeout on a slow MongoDB),
-// with a second to spare. Lambda ending the invocation between a 2xx and
-// its record would have the redelivered batch call the webhook again,
-// should the done marker in Redis be missing too.
+// started: the longest wait for a claim another consumer holds
+// (processor.ClaimWait), the longest wait for the rate limiter, one
+// webhook call and the record of its outcome (up to processor.RecordTimeout
+// on a slow MongoDB), with a second to spare. Lambda ending the invocation
+// between a 2xx and its record would have the redelivered batch call the
+// webhook again, should the done marker in Redis be missing too.
 func startReserve(maxInlineWait, webhookTimeout time.Duration) time.Duration {
-	return maxInlineWait + webhookTimeout + processor.RecordTimeout + time.Second
+	return processor.ClaimWait + maxInlineWait + webhookTimeout + processor.RecordTimeout + time.Second
 }

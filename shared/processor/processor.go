@@ -623,20 +623,20 @@ type claim struct {
 	until time.Time
 }
 
-// claimWait bounds how long a copy of a message's current dispatch waits
+// ClaimWait bounds how long a copy of a message's current dispatch waits
 // for the claim of another consumer that has not reached its webhook call
 // (see awaitClaim). A consumer that took the claim for a copy of an older
 // dispatch gives it back after one read of the message.
-const claimWait = 2 * time.Second
+const ClaimWait = 2 * time.Second
 
-// awaitClaim waits, up to claimWait, for the claim on env's message, held
+// awaitClaim waits, up to ClaimWait, for the claim on env's message, held
 // by another consumer, to be given back, and takes it as token. It stops
 // early once the holder has marked env's dispatch taken (it delivers this
 // very dispatch, and will record the outcome), when the inbox fails or
 // says the message is done. ctx carries the claim when it is taken; err is
 // set only when ctx ended first.
 func (p *Processor) awaitClaim(ctx context.Context, env message.Envelope, token string) (context.Context, bool, error) {
-	deadline := time.Now().Add(claimWait)
+	deadline := time.Now().Add(ClaimWait)
 	for delay := 10 * time.Millisecond; ; delay *= 2 {
 		if taken, err := p.Inbox.Taken(ctx, env.ID, env.Seq); err != nil || taken {
 			return ctx, false, nil
