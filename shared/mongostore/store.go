@@ -404,7 +404,20 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 	return message.IdempotencyRecord{}, false, errors.New("put idempotency record: key keeps appearing and vanishing")
 }
 
-// DeleteIdempotencyRecord removes the record with this key if it still
+// DeleteIdempotencyRecord gives back the key of a request that was not
+// accepted: it removes the record under key if it still names messageID.
+func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
+	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
+	if err != nil || !ok {
+		return err
+	}
+	if _, err := s.idempotency.DeleteOne(ctx, filter); err != nil {
+		return fmt.Errorf("delete idempotency record: %w", err)
+	}
+	return nil
+}
+
+// ExpireIdempotencyRecord removes an expired record under key if it still
 // names messageID: a record a concurrent request has put in its place
 // since the caller read it stays. On a real MongoDB that is one atomic
 // delete. On FerretDB, whose extra filter conditions are full scans and
@@ -414,16 +427,13 @@ func (s *Store) PutIdempotencyRecord(ctx context.Context, r message.IdempotencyR
 // its place, and both would create a message under the key. So a caller
 // must first win a unique insert named after the record it read (the one
 // atomic write FerretDB offers); a loser gets message.ErrKeyTakenOver.
-// Those markers stay, a few bytes for each expired key used again. A
-// marker older than takeoverStale belongs to a caller that died or failed
-// before its delete: it is replaced, or the key would answer 409 for good.
-func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error {
+func (s *Store) ExpireIdempotencyRecord(ctx context.Context, key, messageID string) error {
 	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
 	if err != nil || !ok {
 		return err
 	}
 	if s.ferret {
-		if err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyTakenOver); err != nil {
+		if _, err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyTakenOver); err != nil {
 			return err
 		}
 	}
@@ -455,10 +465,10 @@ func (s *Store) idempotencyFilter(ctx context.Context, key, messageID string) (f
 
 // AbandonIdempotencyRecord marks the record under key abandoned if it
 // still names messageID. On FerretDB the record is read by _id and updated
-// by _id (see DeleteIdempotencyRecord): a record put in its place between
-// the two may be marked instead, which only lets a repeat take that key
-// over sooner, under that record's own message id, which yields one
-// message all the same.
+// by _id (see idempotencyFilter): a record put in its place between the
+// two may be marked instead, which only lets a repeat take that key over
+// sooner, under that record's own message id, which yields one message all
+// the same.
 func (s *Store) AbandonIdempotencyRecord(ctx context.Context, key, messageID string) error {
 	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
 	if err != nil || !ok {
@@ -470,57 +480,82 @@ func (s *Store) AbandonIdempotencyRecord(ctx context.Context, key, messageID str
 	return nil
 }
 
-// takeoverStale is the age after which a takeover marker (see
-// DeleteIdempotencyRecord and ClaimReplay) no longer stands: its caller's
-// writes take milliseconds.
+// A takeover marker is a guard document under a unique _id that one
+// caller at a time wins by inserting it (see ExpireIdempotencyRecord and
+// ClaimReplay). A marker not marked done stands for takeoverStale: its
+// caller's writes take milliseconds, and one older belongs to a caller
+// that died or failed midway, whose work may be taken over. One marked
+// done stands until a real MongoDB purges it, guardKeep later; FerretDB,
+// which has no TTL indexes, keeps it, a few bytes each.
+type takeoverMarker struct {
+	ID      string    `bson:"_id"`
+	At      time.Time `bson:"at"`
+	Done    bool      `bson:"done,omitempty"`
+	PurgeAt time.Time `bson:"purgeAt"`
+}
+
+// takeoverStale is the age after which a takeover marker not done no
+// longer stands.
 const takeoverStale = 30 * time.Second
 
-// takeOver inserts the marker id, or replaces one older than
-// takeoverStale; busy if a live one is there.
-func (s *Store) takeOver(ctx context.Context, id string, busy error) error {
-	now := time.Now().UTC()
-	marker := bson.D{{Key: "_id", Value: id}, {Key: "at", Value: now}}
+// takeOver inserts the marker id, or replaces one not done and older than
+// takeoverStale; busy if a marker that stands is there. It returns the
+// marker's time, which settleTakeover needs.
+func (s *Store) takeOver(ctx context.Context, id string, busy error) (time.Time, error) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	marker := takeoverMarker{ID: id, At: now, PurgeAt: now.Add(guardKeep)}
 	_, err := s.guards().InsertOne(ctx, marker)
 	if err == nil {
-		return nil
+		return now, nil
 	}
 	if !mongo.IsDuplicateKeyError(err) {
-		return fmt.Errorf("take over %s: %w", id, err)
+		return now, fmt.Errorf("take over %s: %w", id, err)
 	}
-	var cur struct {
-		At time.Time `bson:"at"`
-	}
+	var cur takeoverMarker
 	if err := s.guards().FindOne(ctx, byID(id)).Decode(&cur); err != nil {
 		if errors.Is(err, mongo.ErrNoDocuments) {
-			return busy // gone meanwhile: a repeat sorts it out
+			return now, busy // gone meanwhile: a repeat sorts it out
 		}
-		return fmt.Errorf("take over %s: %w", id, err)
+		return now, fmt.Errorf("take over %s: %w", id, err)
 	}
-	if now.Sub(cur.At) < takeoverStale {
-		return busy
+	if cur.Done || now.Sub(cur.At) < takeoverStale {
+		return now, busy
 	}
 	if _, err := s.guards().ReplaceOne(ctx, byID(id), marker); err != nil {
-		return fmt.Errorf("take over %s: %w", id, err)
+		return now, fmt.Errorf("take over %s: %w", id, err)
 	}
-	return nil
+	return now, nil
 }
 
 // ClaimReplay makes the caller the one replay of dispatch seq of message
-// id, or returns message.ErrReplayed if another request is replaying it.
-// On the embedded MongoDB a replay's read-then-write is not atomic, and
-// every one of several replays at once would be told it had made the
-// replay; on a real MongoDB the losers' writes were refused, but only
-// after each had put the next dispatch's entry back to pending. The marker
-// of a replay made stays, a few bytes a replay, so that a request that
-// read the message before the replay cannot make it again; release drops
-// the marker of a replay that failed, so that it can be tried again at
-// once.
-func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (release func(context.Context), err error) {
+// id, or returns message.ErrReplayed if another request is replaying it or
+// has replayed it. On the embedded MongoDB a replay's read-then-write is
+// not atomic, and every one of several replays at once would be told it
+// had made the replay; on a real MongoDB the losers' writes were refused,
+// but only after each had put the next dispatch's entry back to pending.
+// settle ends the claim: the marker of a replay made is marked done, so
+// that a request that read the message before the replay, however long
+// ago, cannot make it again; that of a replay that failed is dropped, so
+// that the client can try again at once.
+func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool), err error) {
 	marker := fmt.Sprintf("replay:%s:%d", id, seq)
-	if err := s.takeOver(ctx, marker, message.ErrReplayed); err != nil {
+	at, err := s.takeOver(ctx, marker, message.ErrReplayed)
+	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context) { _, _ = s.guards().DeleteOne(ctx, byID(marker)) }, nil
+	return func(ctx context.Context, replayed bool) {
+		// Only this caller's marker: one that outlived takeoverStale may
+		// have been taken over since.
+		mine := byID(marker)
+		if !s.ferret {
+			mine = append(mine, bson.E{Key: "at", Value: at})
+		}
+		if replayed {
+			_, _ = s.guards().UpdateOne(ctx, mine, bson.D{{Key: "$set", Value: bson.D{{Key: "done", Value: true}}}})
+		} else {
+			_, _ = s.guards().DeleteOne(ctx, mine)
+		}
+	}, nil
 }
 
 // DueOutbox returns up to limit unpublished entries due at or before now,

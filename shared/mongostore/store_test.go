@@ -477,7 +477,7 @@ func TestIdempotencyRecords(t *testing.T) {
 			if _, err := s.GuardsCollection().ReplaceOne(ctx, bson.D{{Key: "_id", Value: marker}}, bson.D{{Key: "at", Value: time.Now().UTC().Add(-tc.age)}}, options.Replace().SetUpsert(true)); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.DeleteIdempotencyRecord(ctx, stuck.Key, stuck.MessageID); !errors.Is(err, tc.want) {
+			if err := s.ExpireIdempotencyRecord(ctx, stuck.Key, stuck.MessageID); !errors.Is(err, tc.want) {
 				t.Fatalf("delete with a takeover marker %s old: %v, want %v", tc.age, err, tc.want)
 			}
 		}
@@ -1184,5 +1184,70 @@ func TestIndexFailedDropsOnlyItsOwnEntry(t *testing.T) {
 	recs, err := s.ListFailed(ctx, nil, 10)
 	if err != nil || len(recs) != 1 || recs[0].Reason != later.Reason {
 		t.Fatalf("failed index holds %+v (%v), want the later failure's entry", recs, err)
+	}
+}
+
+// TestReplayClaims: one replay of a failure at a time. A replay that
+// failed gives way at once; one that was made stands for good, so that a
+// request that read the message before it, however long ago, cannot make
+// it again; one whose caller died gives way after 30 s. Claims are purged
+// by a real MongoDB two days on.
+func TestReplayClaims(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	id := newID(t)
+	age := func(seq int, by time.Duration) {
+		t.Helper()
+		filter := bson.D{{Key: "_id", Value: fmt.Sprintf("replay:%s:%d", id, seq)}}
+		if _, err := s.GuardsCollection().UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{{Key: "at", Value: time.Now().UTC().Add(-by)}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := func(seq int, want error) func(context.Context, bool) {
+		t.Helper()
+		settle, err := s.ClaimReplay(ctx, id, seq)
+		if !errors.Is(err, want) {
+			t.Fatalf("claim of the replay of dispatch %d: %v, want %v", seq, err, want)
+		}
+		return settle
+	}
+
+	settle := claim(0, nil)
+	claim(0, message.ErrReplayed)
+	claim(1, nil) // another failure's replay is another claim
+	settle(ctx, false)
+	settle = claim(0, nil) // a replay that failed gave way
+	var marker struct {
+		PurgeAt time.Time `bson:"purgeAt"`
+	}
+	if err := s.GuardsCollection().FindOne(ctx, bson.D{{Key: "_id", Value: "replay:" + id + ":0"}}).Decode(&marker); err != nil {
+		t.Fatal(err)
+	}
+	if until := time.Until(marker.PurgeAt); until < 47*time.Hour || until > 49*time.Hour {
+		t.Fatalf("the claim is purged in %s, want two days", until)
+	}
+	settle(ctx, true)
+	age(0, time.Hour)
+	claim(0, message.ErrReplayed) // made: it stands
+
+	claim(2, nil) // its caller dies: it gives way 30 s on
+	claim(2, message.ErrReplayed)
+	age(2, time.Minute)
+	claim(2, nil)
+
+	// Giving back the key of a rejected request leaves no marker.
+	before, err := s.GuardsCollection().CountDocuments(ctx, bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := message.IdempotencyRecord{Key: "rejected", RequestHash: "h", MessageID: newID(t), CreatedAt: time.Now().UTC()}
+	if _, _, err := s.PutIdempotencyRecord(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteIdempotencyRecord(ctx, r.Key, r.MessageID); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := s.GuardsCollection().CountDocuments(ctx, bson.D{}); err != nil || after != before {
+		t.Fatalf("guards after giving back a key: %d (%v), want %d", after, err, before)
 	}
 }

@@ -34,10 +34,13 @@ type Store interface {
 	// PutIdempotencyRecord inserts r. If a record with r.Key exists it
 	// returns that record and inserted false.
 	PutIdempotencyRecord(ctx context.Context, r message.IdempotencyRecord) (existing message.IdempotencyRecord, inserted bool, err error)
-	// DeleteIdempotencyRecord removes an expired record, if the record
-	// under key still names messageID (not one a concurrent request put in
-	// its place).
+	// DeleteIdempotencyRecord gives back the key of a request that was not
+	// accepted, if the record under key still names messageID.
 	DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error
+	// ExpireIdempotencyRecord removes an expired record, if the record
+	// under key still names messageID (not one a concurrent request put in
+	// its place); message.ErrKeyTakenOver if another request is doing so.
+	ExpireIdempotencyRecord(ctx context.Context, key, messageID string) error
 	// AbandonIdempotencyRecord marks the record under key abandoned (see
 	// message.IdempotencyRecord), if it still names messageID.
 	AbandonIdempotencyRecord(ctx context.Context, key, messageID string) error
@@ -84,8 +87,9 @@ type Store interface {
 	RemoveFailed(ctx context.Context, id string) error
 	// ClaimReplay makes the caller the one replay of dispatch seq of
 	// message id, or returns message.ErrReplayed (ECONFLICT) if another
-	// request has it. release gives it up, for a replay that failed.
-	ClaimReplay(ctx context.Context, id string, seq int) (release func(context.Context), err error)
+	// request has it or had it. settle ends the claim, saying whether the
+	// replay was made (a replay that failed can be tried again at once).
+	ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool), err error)
 	CountFailed(ctx context.Context) (int64, error)
 	// IndexFailed adds a FAILED message to the index, or updates it there.
 	IndexFailed(ctx context.Context, r message.FailedRecord) error

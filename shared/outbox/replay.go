@@ -114,11 +114,11 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 // one write: a replay that read the message FAILED before another one moved
 // it on must not take away the entry the message now waits on.
 //
-// One replay of m's failure at a time, across processes (ClaimReplay): of
-// several at once, the others are ECONFLICT. One that failed gives way, so
-// that the client can try again at once.
+// One replay of m's failure, across processes (ClaimReplay): of several at
+// once, the others are ECONFLICT. One that failed gives way, so that the
+// client can try again at once.
 func (s *Service) replay(ctx context.Context, m message.Message) (err error) {
-	release, err := s.Store.ClaimReplay(ctx, m.ID, m.Seq)
+	settle, err := s.Store.ClaimReplay(ctx, m.ID, m.Seq)
 	if errors.Is(err, message.ErrReplayed) {
 		return err
 	}
@@ -126,9 +126,9 @@ func (s *Service) replay(ctx context.Context, m message.Message) (err error) {
 		return storeError("replay message", err)
 	}
 	defer func() {
-		if err != nil {
-			release(context.WithoutCancel(ctx))
-		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		settle(sctx, err == nil)
 	}()
 	now := s.Now().UTC()
 	next := message.NewOutboxEntry(m.ID, m.Seq+1, now, now)

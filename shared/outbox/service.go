@@ -253,7 +253,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		if now.Sub(existing.CreatedAt) > s.IdempotencyTTL {
 			// Expired: expiry is enforced here because the embedded
 			// MongoDB has no TTL indexes.
-			if err := s.Store.DeleteIdempotencyRecord(ctx, key, existing.MessageID); errors.Is(err, message.ErrKeyTakenOver) {
+			if err := s.Store.ExpireIdempotencyRecord(ctx, key, existing.MessageID); errors.Is(err, message.ErrKeyTakenOver) {
 				return rec, nil, err
 			} else if err != nil {
 				return rec, nil, storeError("expire idempotency key", err)
