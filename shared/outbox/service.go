@@ -148,8 +148,14 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 			// The client hears 503 and tries again: its repeat takes the
 			// key over at once rather than get 409 for the in-progress
 			// window. Under the same message id, so that a write that
-			// was applied after all still makes one message.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			// was applied after all still makes one message. Within the
+			// request's deadline: in AWS the 503 must get out before
+			// Lambda ends the function.
+			until := time.Now().Add(2 * time.Second)
+			if dl, ok := ctx.Deadline(); ok && dl.Before(until) {
+				until = dl
+			}
+			actx, cancel := context.WithDeadline(context.WithoutCancel(ctx), until)
 			if aerr := s.Store.AbandonIdempotencyRecord(actx, key, id); aerr != nil {
 				s.Logger.Warn("could not mark the key of a failed request abandoned; a repeat within in_progress_window gets 409", "in_progress_window", s.InProgressWindow, "error", aerr)
 			}

@@ -447,3 +447,35 @@ func TestRepeatAfterAFailedCreate(t *testing.T) {
 		})
 	}
 }
+
+// abandonHangs is a store whose writes of the key's abandonment hang until
+// their context ends.
+type abandonHangs struct{ outbox.Store }
+
+func (abandonHangs) AbandonIdempotencyRecord(ctx context.Context, _, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestFailedCreateAnswersWithinItsDeadline: marking the key of a failed
+// create abandoned does not hold its answer past the request's deadline,
+// which in AWS is 2 s before Lambda ends the function.
+func TestFailedCreateAnswersWithinItsDeadline(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(func(context.Context) (bool, error) { return false, nil })
+	on := &atomic.Bool{}
+	on.Store(true)
+	svc.Store = abandonHangs{createsFail{Store: a.Store, on: on}}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	_, _, err := svc.Create(ctx, message.CreateRequest{To: "+905551111111", Content: "late"}, "key-deadline")
+	if message.ErrorCode(err) != message.EUNAVAILABLE {
+		t.Fatalf("create whose write failed: %v, want unavailable", err)
+	}
+	// The abandonment's own limit is 2 s; well under it past the deadline
+	// is the deadline's doing, with room for a loaded machine.
+	if late := time.Since(deadline); late > time.Second {
+		t.Fatalf("answered %s after the request's deadline", late)
+	}
+}
