@@ -333,11 +333,16 @@ func TestNoTakenMarkForARedisClaimIsAnError(t *testing.T) {
 	if ok, _, _, err := p.Inbox.Claim(ctx, inStandIn, "token-2", 0, time.Minute); err != nil || !ok {
 		t.Fatalf("claim with Redis down: %v %v", ok, err)
 	}
-	if err := p.Inbox.MarkTaken(ctx, inRedis, 0, time.Minute); err == nil {
+	if err := p.Inbox.MarkTaken(ctx, inRedis, "token-1", 0, time.Minute); err == nil {
 		t.Fatal("MarkTaken of a claim taken in Redis, with Redis down: nil, want the error")
 	}
-	if err := p.Inbox.MarkTaken(ctx, inStandIn, 0, time.Minute); err != nil {
+	if err := p.Inbox.MarkTaken(ctx, inStandIn, "token-2", 0, time.Minute); err != nil {
 		t.Fatalf("MarkTaken of a claim taken in the stand-in, with Redis down: %v, want nil", err)
+	}
+	// A claim taken in Redis on a message whose older claim the stand-in
+	// still holds (kept after a record that failed) is no stand-in claim.
+	if err := p.Inbox.MarkTaken(ctx, inStandIn, "token-3", 1, time.Minute); err == nil {
+		t.Fatal("MarkTaken of another claim on a message the stand-in holds a claim on, with Redis down: nil, want the error")
 	}
 }
 

@@ -76,13 +76,15 @@ func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.
 // answers for it (see Taken). For a claim taken in Redis, which then
 // failed, the error stands, whatever other deliveries found meanwhile: the
 // processor makes no call without a mark, and the copy, requeued, is
-// claimed in the stand-in.
-func (g *guards) MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error {
+// claimed in the stand-in. Which claim is the delivery's own is told by its
+// token: the stand-in may still hold an older claim on the same message,
+// kept after a record that failed.
+func (g *guards) MarkTaken(ctx context.Context, id, token string, seq int, ttl time.Duration) error {
 	err := g.redis.MarkTaken(ctx, id, seq, ttl)
 	if !g.fallback(err) {
 		return nil
 	}
-	if _, inStandIn := g.standIn.Load(id); inStandIn {
+	if held, ok := g.standIn.Load(id); ok && held == token {
 		return nil
 	}
 	return err

@@ -40,9 +40,10 @@ type Inbox interface {
 	// seq is the dispatch of the copy at hand.
 	Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (claimed bool, state outbox.InboxState, webhookMessageID string, err error)
 	// MarkTaken marks dispatch seq of id taken for ttl, right before its
-	// webhook call: the stale sweep counts an attempt only for a dispatch
-	// so marked (see outbox.Inbox.Taken).
-	MarkTaken(ctx context.Context, id string, seq int, ttl time.Duration) error
+	// webhook call, by the delivery that holds the claim token: the stale
+	// sweep counts an attempt only for a dispatch so marked (see
+	// outbox.Inbox.Taken).
+	MarkTaken(ctx context.Context, id, token string, seq int, ttl time.Duration) error
 	// Taken reports whether dispatch seq of id was so marked: whether a
 	// consumer that never answered got as far as its webhook call.
 	Taken(ctx context.Context, id string, seq int) (bool, error)

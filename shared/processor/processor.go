@@ -425,11 +425,12 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	// the call would fail at once, and be counted as an attempt and as a
 	// failure of the webhook.
 	err := ctx.Err()
-	if c, _ := ctx.Value(claimKey{}).(claim); err == nil && p.CallReserve > 0 && c.until.Sub(p.Now()) < p.CallReserve {
+	c, _ := ctx.Value(claimKey{}).(claim)
+	if err == nil && p.CallReserve > 0 && c.until.Sub(p.Now()) < p.CallReserve {
 		err = errClaimRunningOut
 	}
 	if err == nil {
-		err = p.Inbox.MarkTaken(ctx, m.ID, m.Seq, p.TakenTTL)
+		err = p.Inbox.MarkTaken(ctx, m.ID, c.token, m.Seq, p.TakenTTL)
 	}
 	if err != nil {
 		if done != nil {

@@ -9,13 +9,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
-	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
-var (
-	_ processor.Inbox = (*Store)(nil)
-	_ outbox.Inbox    = (*Store)(nil)
-)
+// The processor's inbox is app's guards, over this store and MongoDB.
+var _ outbox.Inbox = (*Store)(nil)
 
 // Inbox values: an in-progress claim, or "d:" and the webhook's message ID.
 const (

@@ -29,9 +29,10 @@ const (
 	retryBackoff = 100 * time.Millisecond
 )
 
-// Store is a Redis client whose keys all start with one prefix. It is the
-// processor's inbox (processor.Inbox, outbox.Inbox) and the relay's lease
-// (outbox.Lease). It is safe for concurrent use.
+// Store is a Redis client whose keys all start with one prefix. It keeps
+// the processor's inbox (claims, taken markers, done markers; see
+// outbox.Inbox) and the relay's lease (outbox.Lease). It is safe for
+// concurrent use.
 type Store struct {
 	client *redis.Client
 	prefix string
