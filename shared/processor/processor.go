@@ -323,7 +323,7 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		// outcome, or it took the claim for a copy of an older dispatch,
 		// which it lets go as soon as it has read the message: this copy,
 		// perhaps the dispatch's only one, must not be dropped for it.
-		ctx, claimed, err := p.awaitClaim(ctx, env, token)
+		ctx, claimed, err := p.awaitClaim(ctx, log, env, token)
 		switch {
 		case err != nil:
 			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the claim: %w", err)}
@@ -636,7 +636,7 @@ const ClaimWait = 2 * time.Second
 // very dispatch, and will record the outcome), when the inbox fails or
 // says the message is done. ctx carries the claim when it is taken; err is
 // set only when ctx ended first.
-func (p *Processor) awaitClaim(ctx context.Context, env message.Envelope, token string) (context.Context, bool, error) {
+func (p *Processor) awaitClaim(ctx context.Context, log *slog.Logger, env message.Envelope, token string) (context.Context, bool, error) {
 	deadline := time.Now().Add(ClaimWait)
 	for delay := 10 * time.Millisecond; ; delay *= 2 {
 		if taken, err := p.Inbox.Taken(ctx, env.ID, env.Seq); err != nil || taken {
@@ -656,7 +656,13 @@ func (p *Processor) awaitClaim(ctx context.Context, env message.Envelope, token 
 		cctx := context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
 		claimed, state, _, err := p.Inbox.Claim(cctx, env.ID, token, env.Seq, p.ClaimTTL)
 		switch {
-		case err != nil || state == outbox.InboxDone:
+		case err != nil:
+			// A retried command may have taken the claim on its first
+			// try: left, it would hold off the next copy until it
+			// expires.
+			p.release(cctx, log, env.ID)
+			return ctx, false, nil
+		case state == outbox.InboxDone:
 			return ctx, false, nil
 		case claimed:
 			return cctx, true, nil
