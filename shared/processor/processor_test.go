@@ -1314,3 +1314,35 @@ func TestNoCallThatCouldOutliveItsClaim(t *testing.T) {
 		})
 	}
 }
+
+// heldThenFailing is an inbox that answers the first claim as held by
+// another consumer, then takes the next one in Redis but answers with an
+// error, as a command retried after its first try took the claim would.
+type heldThenFailing struct {
+	processor.Inbox
+	calls *atomic.Int32
+}
+
+func (i heldThenFailing) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
+	if i.calls.Add(1) == 1 {
+		return false, outbox.InboxInProgress, "", nil
+	}
+	_, _, _, _ = i.Inbox.Claim(ctx, id, token, seq, ttl)
+	return false, outbox.InboxNone, "", errors.New("i/o timeout")
+}
+
+// TestClaimWaitLeavesNoClaimBehind: a copy waiting for another consumer's
+// claim whose claim attempt fails gives back what that attempt may have
+// taken, so the next copy is not held off until the claim expires.
+func TestClaimWaitLeavesNoClaimBehind(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	p.Inbox = heldThenFailing{Inbox: p.Inbox, calls: &atomic.Int32{}}
+	if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Ack {
+		t.Fatalf("copy whose claim attempt failed: %+v", r)
+	}
+	if ok, state, _, err := f.a.Redis.Claim(context.Background(), env.ID, "next", env.Seq, time.Minute); err != nil || !ok {
+		t.Fatalf("the next copy's claim: %v (%v), %v; want it taken", ok, state, err)
+	}
+}
