@@ -66,7 +66,10 @@ var beforeUnindex func()
 // delete would take that entry away, and nothing would write it again (a
 // FAILED message has no outbox entry left for the sweep to repair it from).
 // So the message is read after the delete, and indexed again if it is
-// FAILED; a failure recorded after that read indexes itself.
+// FAILED; a failure recorded after that read indexes itself. (A replay
+// between the read and the write leaves an entry for a message no longer
+// FAILED, as in IndexFailed's own race, until a bulk replay drops it; the
+// window is a few milliseconds.)
 func (s *Store) RemoveFailed(ctx context.Context, id string) error {
 	if _, err := s.failed().DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
 		return fmt.Errorf("unindex failed message %s: %w", id, err)
