@@ -93,6 +93,10 @@ type group struct {
 	wg  sync.WaitGroup
 	mu  sync.Mutex
 	err error
+	// after, if set, is a group of parts stopped after this one's (the
+	// demo receiver, which deliveries in flight still call); its first
+	// error counts as this group's.
+	after *group
 }
 
 func (g *group) go_(cancel context.CancelFunc, f func() error) {
@@ -121,10 +125,15 @@ var (
 	serverWriteTimeout = httpapi.DefaultRequestTimeout + 5*time.Second
 )
 
+// shutdownGrace is how long a stop waits for the requests of a server
+// without a write timeout.
+const shutdownGrace = 15 * time.Second
+
 // serve serves h on ln until ctx ends, then shuts the server down
-// gracefully, letting requests in flight finish. writeTimeout bounds the
-// time from a request's headers to the end of its answer (0: none, for the
-// profiler, whose CPU profiles take as long as asked).
+// gracefully, letting requests in flight finish: for as long as one may
+// take, writeTimeout, which bounds the time from a request's headers to the
+// end of its answer (0: none, for the profiler, whose CPU profiles take as
+// long as asked; it gets shutdownGrace).
 func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Listener, h http.Handler, writeTimeout time.Duration) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: serverReadTimeout, WriteTimeout: writeTimeout, IdleTimeout: 2 * time.Minute}
 	g.go_(cancel, func() error {
@@ -135,7 +144,11 @@ func (g *group) serve(ctx context.Context, cancel context.CancelFunc, ln net.Lis
 			return err
 		case <-ctx.Done():
 		}
-		shutCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		grace := writeTimeout
+		if grace <= 0 {
+			grace = shutdownGrace
+		}
+		shutCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), grace)
 		defer stop()
 		if err := srv.Shutdown(shutCtx); err != nil {
 			return err
@@ -152,8 +165,12 @@ func (g *group) wait() { g.wg.Wait() }
 // firstErr returns the first part's error so far, if any.
 func (g *group) firstErr() error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.err
+	err := g.err
+	g.mu.Unlock()
+	if err == nil && g.after != nil {
+		return g.after.firstErr()
+	}
+	return err
 }
 
 // waitErr blocks until ctx ends and every part has stopped, and returns the
@@ -161,7 +178,5 @@ func (g *group) firstErr() error {
 func (g *group) waitErr(ctx context.Context) error {
 	<-ctx.Done()
 	g.wg.Wait()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.err
+	return g.firstErr()
 }

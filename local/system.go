@@ -49,8 +49,13 @@ func (s *system) run(ctx context.Context) error {
 	s.logger = app.NewLogger(cfg, s.stdout).With("role", s.role)
 	s.logger.Info("starting", "config", cfg)
 
+	// The demo receiver runs on a context of its own, ended only once
+	// every other part has stopped: deliveries in flight at a stop still
+	// call it, and one that found it gone would count a failed attempt.
+	lastCtx, cancelLast := context.WithCancel(context.WithoutCancel(ctx))
 	ctx, cancel := context.WithCancel(ctx)
-	var g group
+	var last group
+	g := group{after: &last}
 	// On every return, stop the parts already running, then wait for
 	// them: they run until ctx ends, so waiting first would hang. Deferred
 	// again once the parts using the app start, so that they stop before
@@ -58,6 +63,8 @@ func (s *system) run(ctx context.Context) error {
 	stopParts := func() {
 		cancel()
 		g.wait()
+		cancelLast()
+		last.wait()
 	}
 	defer stopParts()
 
@@ -75,7 +82,12 @@ func (s *system) run(ctx context.Context) error {
 		}
 		cfg.WebhookURL = "http://" + ln.Addr().String() + "/webhook"
 		s.logger.Info("demo webhook receiver listening", "url", cfg.WebhookURL)
-		g.serve(ctx, cancel, ln, receiver.NewHandler(s.logger.With("component", "receiver"), key), serverWriteTimeout)
+		h := receiver.NewHandler(s.logger.With("component", "receiver"), key)
+		if s.role == "receiver" {
+			g.serve(ctx, cancel, ln, h, serverWriteTimeout)
+		} else {
+			last.serve(lastCtx, cancel, ln, h, serverWriteTimeout)
+		}
 	}
 	if s.role == "receiver" {
 		return g.waitErr(ctx)
