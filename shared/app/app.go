@@ -44,8 +44,10 @@ type App struct {
 	// Lambda, Prometheus counters in local mode.
 	Observe func(event string, n int)
 	// RelayLeaseTTL is how long one relay pass may hold the lease; a pass
-	// stops taking batches after half of it. A publisher killed while
-	// holding it delays the next pass by at most this long.
+	// stops taking batches after half of it, and ends its work in time to
+	// record the last one before the lease expires (see
+	// outbox.Relay.LeaseTTL). A publisher killed while holding it delays
+	// the next pass by at most this long.
 	RelayLeaseTTL time.Duration
 	// Timing, if set, receives the processor's latencies.
 	Timing func(kind string, d time.Duration)
@@ -66,7 +68,7 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 	if cfg.MongoURI == "" {
 		return nil, errors.New("MONGODB_URI: not set (local mode starts the embedded MongoDB first)")
 	}
-	a := &App{Config: cfg, Logger: logger, Now: now, RelayLeaseTTL: 10 * time.Second}
+	a := &App{Config: cfg, Logger: logger, Now: now, RelayLeaseTTL: 20 * time.Second}
 	// Start-up never waits forever on a dependency that accepts
 	// connections but does not answer.
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)

@@ -30,9 +30,15 @@ type Relay struct {
 	Gate        Gate // nil: always started
 	Retry       message.RetryPolicy
 	BatchSize   int
-	// LeaseTTL bounds one pass; a pass stops taking new batches after half
-	// of it, so the lease never expires under a running pass.
-	LeaseTTL      time.Duration
+	// LeaseTTL bounds one pass, which must end while it holds the lease:
+	// its batches are published within LeaseTTL - MarkTimeout of its start,
+	// so that the record of the last one ends in time too, and it takes
+	// no new batch after half of LeaseTTL. LeaseTTL must exceed
+	// MarkTimeout.
+	LeaseTTL time.Duration
+	// MarkTimeout bounds the write that records a batch the broker
+	// confirmed (0: 10 s).
+	MarkTimeout   time.Duration
 	StaleDuration time.Duration
 	// SweepEvery spaces the stale sweeps (0: every pass). The sweep scans
 	// the in-flight entries, which on the embedded MongoDB means decoding
@@ -79,8 +85,15 @@ const createGrace = 30 * time.Second
 // recovers it: a few writes, or until a sweep that died lets go.
 const sweepClaimTTL = 30 * time.Second
 
-// markTimeout bounds the write that records a batch the broker confirmed.
-const markTimeout = 10 * time.Second
+// defaultMarkTimeout is Relay.MarkTimeout's default.
+const defaultMarkTimeout = 10 * time.Second
+
+func (r *Relay) markTimeout() time.Duration {
+	if r.MarkTimeout > 0 {
+		return r.MarkTimeout
+	}
+	return defaultMarkTimeout
+}
 
 const leaseName = "outbox-relay"
 
@@ -98,6 +111,7 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 			return sum, nil
 		}
 	}
+	leased := time.Now()
 	release, ok, err := r.Lease.Acquire(ctx, leaseName, r.LeaseTTL)
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -123,8 +137,16 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 		}()
 	}
 
-	// The budget starts with the pass, sweep included: the lease must not
-	// expire under a running pass.
+	// The lease must not expire under a running pass: another relay would
+	// take it and publish the same entries again. The pass's work ends in
+	// time for the record of its last batch, which gets MarkTimeout of its
+	// own, to end before the lease does.
+	if r.LeaseTTL > r.markTimeout() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, leased.Add(r.LeaseTTL-r.markTimeout()))
+		defer cancel()
+	}
+	// The budget starts with the pass, sweep included.
 	budget := r.Now().Add(r.LeaseTTL / 2)
 	// Sweep first, so that what it puts back in the outbox is published in
 	// this same pass.
@@ -279,7 +301,7 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[stri
 		// line leaves it due, and the next pass publishes it again. A pass
 		// stopped meanwhile (SIGTERM, a Lambda deadline) still records what
 		// the broker confirmed, rather than have it all published twice.
-		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.markTimeout())
 		defer cancel()
 		if err := r.Store.MarkPublished(mctx, keys, r.Now().UTC()); err != nil {
 			return len(entries), fmt.Errorf("mark published: %w", err)

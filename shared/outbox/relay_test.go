@@ -831,3 +831,61 @@ func TestStoppedPassReportsNoRedisOutage(t *testing.T) {
 		t.Fatalf("a stopped pass reported Redis down:\n%s", out)
 	}
 }
+
+// confirmsAtTheDeadline publishes, then holds the confirms until just
+// before its context's deadline, as a broker under load can.
+type confirmsAtTheDeadline struct{ outbox.Publisher }
+
+func (p confirmsAtTheDeadline) PublishConfirmed(ctx context.Context, envs []message.Envelope) ([]message.Envelope, error) {
+	got, err := p.Publisher.PublishConfirmed(ctx, envs)
+	if dl, ok := ctx.Deadline(); ok {
+		time.Sleep(time.Until(dl) - 50*time.Millisecond)
+	}
+	return got, err
+}
+
+// slowMark is a store whose MarkPublished takes half a second.
+type slowMark struct{ outbox.Store }
+
+func (s slowMark) MarkPublished(ctx context.Context, keys []string, at time.Time) error {
+	time.Sleep(500 * time.Millisecond)
+	return s.Store.MarkPublished(ctx, keys, at)
+}
+
+// TestPassEndsWhileItHoldsTheLease: a pass whose confirms come late still
+// records its batch before its lease expires, so that a relay that takes
+// the lease next finds the batch published, and no message is published
+// twice.
+func TestPassEndsWhileItHoldsTheLease(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ids := accept(t, a, 5)
+	slow := a.Relay(nil)
+	slow.LeaseTTL, slow.MarkTimeout = 3*time.Second, time.Second
+	slow.Publisher = confirmsAtTheDeadline{slow.Publisher}
+	slow.Store = slowMark{slow.Store}
+	next := testenv.App(t, env).Relay(nil)
+	next.LeaseTTL = 3 * time.Second
+
+	done := make(chan error, 1)
+	go func() {
+		// As local mode bounds a pass: by the lease.
+		ctx, cancel := context.WithTimeout(context.Background(), slow.LeaseTTL)
+		defer cancel()
+		_, err := slow.Pass(ctx)
+		done <- err
+	}()
+	time.Sleep(slow.LeaseTTL + 100*time.Millisecond)
+	if _, err := next.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the slow pass: %v", err)
+	}
+	seen := envelopes(t, testenv.Drain(t, env["RABBITMQ_QUEUE"]))
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("message %s published %d times, want once", id, seen[id])
+		}
+	}
+}
