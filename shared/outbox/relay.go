@@ -31,13 +31,12 @@ type Relay struct {
 	Retry       message.RetryPolicy
 	BatchSize   int
 	// LeaseTTL bounds one pass, which must end while it holds the lease:
-	// its batches are published within LeaseTTL - MarkTimeout of its start,
-	// so that the record of the last one ends in time too, and it takes
-	// no new batch after half of LeaseTTL. LeaseTTL must exceed
-	// MarkTimeout.
+	// its batches are published within LeaseTTL - MarkTimeout (less a
+	// margin) of taking it, so that the record of the last one ends in
+	// time too, and it takes no new batch after half of that.
 	LeaseTTL time.Duration
 	// MarkTimeout bounds the write that records a batch the broker
-	// confirmed (0: 10 s).
+	// confirmed (0: 10 s; at most half of LeaseTTL).
 	MarkTimeout   time.Duration
 	StaleDuration time.Duration
 	// SweepEvery spaces the stale sweeps (0: every pass). The sweep scans
@@ -88,11 +87,14 @@ const sweepClaimTTL = 30 * time.Second
 // defaultMarkTimeout is Relay.MarkTimeout's default.
 const defaultMarkTimeout = 10 * time.Second
 
+// markTimeout is MarkTimeout, or its default, and at most half of
+// LeaseTTL, so that a pass has time left to publish whatever the settings.
 func (r *Relay) markTimeout() time.Duration {
-	if r.MarkTimeout > 0 {
-		return r.MarkTimeout
+	d := r.MarkTimeout
+	if d <= 0 {
+		d = defaultMarkTimeout
 	}
-	return defaultMarkTimeout
+	return min(d, r.LeaseTTL/2)
 }
 
 const leaseName = "outbox-relay"
@@ -140,24 +142,26 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	// The lease must not expire under a running pass: another relay would
 	// take it and publish the same entries again. The pass's work ends in
 	// time for the record of its last batch, which gets MarkTimeout of its
-	// own, to end before the lease does.
-	if r.LeaseTTL > r.markTimeout() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, leased.Add(r.LeaseTTL-r.markTimeout()))
-		defer cancel()
-	}
-	// The budget starts with the pass, sweep included.
-	budget := r.Now().Add(r.LeaseTTL / 2)
+	// own, to end before the lease does, with a margin: a write its
+	// timeout gave up on may still be applied. It takes no new batch after
+	// half of that time (the sweep included), so that the last one has as
+	// long again to be published.
+	work := r.LeaseTTL - r.markTimeout() - min(time.Second, r.LeaseTTL/10)
+	callerDeadline, callerHasDeadline := ctx.Deadline()
+	ctx, cancel := context.WithDeadline(ctx, leased.Add(work))
+	defer cancel()
+	budget := r.Now().Add(work / 2)
 	// Sweep first, so that what it puts back in the outbox is published in
 	// this same pass.
 	var sweepErr error
 	if r.sweepDue() {
 		sweepErr = r.Sweep(ctx, &sum)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		// Stop well before the deadline (a Lambda invocation's): the
-		// batch in flight must still be confirmed and recorded.
-		left := time.Until(dl)
+	if callerHasDeadline {
+		// Stop well before the caller's deadline too (a Lambda
+		// invocation's): the batch in flight must still be confirmed
+		// and recorded.
+		left := time.Until(callerDeadline)
 		if end := r.Now().Add(left - max(left/5, 2*time.Second)); end.Before(budget) {
 			budget = end
 		}

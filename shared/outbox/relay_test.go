@@ -889,3 +889,37 @@ func TestPassEndsWhileItHoldsTheLease(t *testing.T) {
 		}
 	}
 }
+
+// confirmsIn is a publisher whose confirms take d, and which, like the
+// real one, gives up waiting for them when ctx ends.
+type confirmsIn struct {
+	outbox.Publisher
+	d time.Duration
+}
+
+func (p confirmsIn) PublishConfirmed(ctx context.Context, envs []message.Envelope) ([]message.Envelope, error) {
+	got, err := p.Publisher.PublishConfirmed(ctx, envs)
+	select {
+	case <-time.After(p.d):
+		return got, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestSlowBatchesEndWithinThePass: a pass through a backlog whose batches
+// take a while to be confirmed stops taking batches early enough for the
+// last one to be confirmed before the pass's deadline, rather than fail
+// with it cut short (and have it published again).
+func TestSlowBatchesEndWithinThePass(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"BATCH_SIZE": "2"})
+	a := testenv.App(t, env)
+	accept(t, a, 6)
+	r := a.Relay(nil)
+	r.LeaseTTL, r.MarkTimeout = 8*time.Second, 2*time.Second
+	r.Publisher = confirmsIn{r.Publisher, 3 * time.Second}
+	s, err := r.Pass(context.Background())
+	if err != nil || s.Published == 0 || s.Failed != 0 {
+		t.Fatalf("pass through slow batches: %+v, %v; want batches published and none cut short", s, err)
+	}
+}
