@@ -20,6 +20,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
 func post(t *testing.T, url string) *http.Response {
@@ -281,17 +282,25 @@ func TestStatusReportsARateLimitFailingOpen(t *testing.T) {
 	}
 }
 
-// TestReleaseClearsAStandInClaimOnceRedisIsBack: a claim taken in the
-// MongoDB stand-in while Redis was down, and released after Redis came
-// back, leaves nothing there: left, the sweep would take it for a dispatch
-// that may have reached the webhook and count an attempt.
-func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
+// processorBehindACut returns an app whose Redis is reached through a
+// proxy the test can cut, and its processor.
+func processorBehindACut(t *testing.T) (*redistest.Cut, *app.App, *processor.Processor) {
+	t.Helper()
 	cut := redistest.NewCut(t)
 	a := testenv.App(t, testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"}))
 	p, err := a.Processor()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cut, a, p
+}
+
+// TestReleaseClearsAStandInClaimOnceRedisIsBack: a claim taken in the
+// MongoDB stand-in while Redis was down, and released after Redis came
+// back, leaves nothing there: left, the sweep would take it for a dispatch
+// that may have reached the webhook and count an attempt.
+func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
+	cut, a, p := processorBehindACut(t)
 	ctx := context.Background()
 	const id = "0195f0a2-7b1c-7cde-8f00-0000000000c1"
 	cut.Set(true)
@@ -318,12 +327,7 @@ func TestReleaseClearsAStandInClaimOnceRedisIsBack(t *testing.T) {
 // count no attempt if its processor died in it. A claim taken in the
 // stand-in needs no mark: it answers for its dispatch itself.
 func TestNoTakenMarkForARedisClaimIsAnError(t *testing.T) {
-	cut := redistest.NewCut(t)
-	a := testenv.App(t, testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"}))
-	p, err := a.Processor()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cut, _, p := processorBehindACut(t)
 	ctx := context.Background()
 	const inRedis, inStandIn = "0195f0a2-7b1c-7cde-8f00-0000000000d1", "0195f0a2-7b1c-7cde-8f00-0000000000d2"
 	if ok, _, _, err := p.Inbox.Claim(ctx, inRedis, "token-1", 0, time.Minute); err != nil || !ok {
