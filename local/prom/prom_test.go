@@ -25,6 +25,16 @@ func scrape(t *testing.T, m *Metrics) (int, string) {
 	return rec.Code, string(body)
 }
 
+// expectSeries checks that the scraped body holds each of want.
+func expectSeries(t *testing.T, body string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("scrape lacks %q:\n%s", w, body)
+		}
+	}
+}
+
 // TestScrapeSurvivesAnOutboxReadFailure: with MongoDB down, a scrape still
 // answers 200 with every other series, says the backlog could not be read,
 // and quotes nothing of the driver's error.
@@ -40,16 +50,12 @@ func TestScrapeSurvivesAnOutboxReadFailure(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("scrape answered %d, want 200:\n%s", code, body)
 	}
-	for _, want := range []string{
+	expectSeries(t, body,
 		`rms_messages_total{event="delivered"} 3`,
 		"rms_circuit_breaker_state 2",
 		"rms_outbox_stats_up 0",
 		"go_goroutines",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("scrape lacks %q", want)
-		}
-	}
+	)
 	for _, unwanted := range []string{"\nrms_outbox_backlog ", "\nrms_outbox_oldest_age_seconds ", "mongo.internal"} {
 		if strings.Contains(body, unwanted) {
 			t.Errorf("scrape holds %q:\n%s", unwanted, body)
@@ -67,11 +73,7 @@ func TestScrapeReadsTheBacklog(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("scrape answered %d, want 200", code)
 	}
-	for _, want := range []string{"rms_outbox_backlog 7", "rms_outbox_stats_up 1", "rms_outbox_oldest_age_seconds 9"} {
-		if !strings.Contains(body, want) {
-			t.Errorf("scrape lacks %q:\n%s", want, body)
-		}
-	}
+	expectSeries(t, body, "rms_outbox_backlog 7", "rms_outbox_stats_up 1", "rms_outbox_oldest_age_seconds 9")
 }
 
 // TestScrapeReportsDependenciesAndFailedMessages: each dependency check
@@ -89,17 +91,13 @@ func TestScrapeReportsDependenciesAndFailedMessages(t *testing.T) {
 		},
 	})
 	_, body := scrape(t, m)
-	for _, want := range []string{
+	expectSeries(t, body,
 		`rms_dependency_up{dependency="mongodb"} 0`,
 		`rms_dependency_up{dependency="redis"} 1`,
 		`rms_dependency_up{dependency="panics"} 0`,
 		`rms_dependency_up{dependency="hangs"} 0`,
 		"\nrms_messages_failed 4",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("scrape lacks %q:\n%s", want, body)
-		}
-	}
+	)
 	failedErr = errors.New("server selection timeout")
 	if code, body := scrape(t, m); code != http.StatusOK || strings.Contains(body, "\nrms_messages_failed ") {
 		t.Errorf("scrape with the count unreadable: %d, holding rms_messages_failed:\n%s", code, body)
@@ -120,16 +118,12 @@ func TestScrapeReportsQueuesAndRelayPasses(t *testing.T) {
 		Relay: func() (time.Time, int64) { return last, 3 },
 	})
 	_, body := scrape(t, m)
-	for _, want := range []string{
+	expectSeries(t, body,
 		`rms_queue_messages_ready{queue="messages"} 12`,
 		`rms_queue_messages_ready{queue="messages.dlq"} 1`,
 		`rms_queue_consumers{queue="messages"} 2`,
 		"rms_relay_pass_failures_total 3",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("scrape lacks %q:\n%s", want, body)
-		}
-	}
+	)
 	if strings.Contains(body, "rms_relay_last_pass_timestamp_seconds ") {
 		t.Errorf("a last pass reported before any:\n%s", body)
 	}
