@@ -44,10 +44,9 @@ type App struct {
 	// Lambda, Prometheus counters in local mode.
 	Observe func(event string, n int)
 	// RelayLeaseTTL is how long one relay pass may hold the lease; a pass
-	// stops taking batches after half of it, and ends its work in time to
-	// record the last one before the lease expires (see
-	// outbox.Relay.LeaseTTL). A publisher killed while holding it delays
-	// the next pass by at most this long.
+	// ends its work in time to record its last batch before the lease
+	// expires (see outbox.Relay.LeaseTTL). A publisher killed while
+	// holding it delays the next pass by at most this long.
 	RelayLeaseTTL time.Duration
 	// Timing, if set, receives the processor's latencies.
 	Timing func(kind string, d time.Duration)

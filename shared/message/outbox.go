@@ -68,9 +68,10 @@ type Outcome struct {
 	Read *Message
 }
 
-// ErrKeyTakenOver is returned when another request is taking over the same
-// expired Idempotency-Key: the caller answers as for a key in use.
-var ErrKeyTakenOver = &Error{Code: EINPROGRESS, Field: "Idempotency-Key", Message: "is in use by a request still being processed"}
+// ErrKeyInUse is returned for an Idempotency-Key another request holds:
+// the first request with it, still running, or another repeat taking over
+// the same expired key.
+var ErrKeyInUse = &Error{Code: EINPROGRESS, Field: "Idempotency-Key", Message: "is in use by a request still being processed"}
 
 // ErrReplayed is returned when another request is replaying the same
 // failure of a message.

@@ -426,14 +426,14 @@ func (s *Store) DeleteIdempotencyRecord(ctx context.Context, key, messageID stri
 // each delete it, the second taking away the record the first has put in
 // its place, and both would create a message under the key. So a caller
 // must first win a unique insert named after the record it read (the one
-// atomic write FerretDB offers); a loser gets message.ErrKeyTakenOver.
+// atomic write FerretDB offers); a loser gets message.ErrKeyInUse.
 func (s *Store) ExpireIdempotencyRecord(ctx context.Context, key, messageID string) error {
 	filter, ok, err := s.idempotencyFilter(ctx, key, messageID)
 	if err != nil || !ok {
 		return err
 	}
 	if s.ferret {
-		if _, err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyTakenOver); err != nil {
+		if _, err := s.takeOver(ctx, "idempotency-expired:"+messageID+":"+key, message.ErrKeyInUse); err != nil {
 			return err
 		}
 	}

@@ -473,7 +473,7 @@ func TestIdempotencyRecords(t *testing.T) {
 		for _, tc := range []struct {
 			age  time.Duration
 			want error
-		}{{time.Second, message.ErrKeyTakenOver}, {time.Minute, nil}} {
+		}{{time.Second, message.ErrKeyInUse}, {time.Minute, nil}} {
 			if _, err := s.GuardsCollection().ReplaceOne(ctx, bson.D{{Key: "_id", Value: marker}}, bson.D{{Key: "at", Value: time.Now().UTC().Add(-tc.age)}}, options.Replace().SetUpsert(true)); err != nil {
 				t.Fatal(err)
 			}

@@ -39,7 +39,7 @@ type Store interface {
 	DeleteIdempotencyRecord(ctx context.Context, key, messageID string) error
 	// ExpireIdempotencyRecord removes an expired record, if the record
 	// under key still names messageID (not one a concurrent request put in
-	// its place); message.ErrKeyTakenOver if another request is doing so.
+	// its place); message.ErrKeyInUse if another request is doing so.
 	ExpireIdempotencyRecord(ctx context.Context, key, messageID string) error
 	// AbandonIdempotencyRecord marks the record under key abandoned (see
 	// message.IdempotencyRecord), if it still names messageID.

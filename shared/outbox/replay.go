@@ -119,11 +119,8 @@ func (s *Service) Replay(ctx context.Context, req message.ReplayRequest) (messag
 // client can try again at once.
 func (s *Service) replay(ctx context.Context, m message.Message) (err error) {
 	settle, err := s.Store.ClaimReplay(ctx, m.ID, m.Seq)
-	if errors.Is(err, message.ErrReplayed) {
-		return err
-	}
 	if err != nil {
-		return storeError("replay message", err)
+		return storeError("replay message", err) // message.ErrReplayed as it is
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -259,9 +258,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 		if now.Sub(existing.CreatedAt) > s.IdempotencyTTL {
 			// Expired: expiry is enforced here because the embedded
 			// MongoDB has no TTL indexes.
-			if err := s.Store.ExpireIdempotencyRecord(ctx, key, existing.MessageID); errors.Is(err, message.ErrKeyTakenOver) {
-				return rec, nil, err
-			} else if err != nil {
+			if err := s.Store.ExpireIdempotencyRecord(ctx, key, existing.MessageID); err != nil {
 				return rec, nil, storeError("expire idempotency key", err)
 			}
 			continue
@@ -278,8 +275,7 @@ func (s *Service) claimKey(ctx context.Context, key, hash, id string, now time.T
 			return rec, nil, storeError("load message", err)
 		}
 		if now.Sub(existing.CreatedAt) < s.InProgressWindow && !existing.Abandoned {
-			return rec, nil, &message.Error{Code: message.EINPROGRESS, Field: "Idempotency-Key",
-				Message: "is in use by a request still being processed"}
+			return rec, nil, message.ErrKeyInUse
 		}
 		return existing, nil, nil
 	}

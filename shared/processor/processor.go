@@ -224,11 +224,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 		close(mine.done)
 	}()
 
-	token := rand.Text()
-	// The claim runs from before it is asked for: a retried command may
-	// have taken it on its first try.
-	ctx = context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
-	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL)
+	ctx, claimed, state, wid, err := p.takeClaim(ctx, env, rand.Text())
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
 		// failed too). Go on with the durable check alone: the status and
@@ -237,7 +233,7 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 		claimed = true
 	}
 	if !claimed {
-		return p.handleClaimed(ctx, log, env, body, token, state, wid, redelivered)
+		return p.handleClaimed(ctx, log, env, body, state, wid, redelivered)
 	}
 	return p.handleOwn(ctx, log, env, body)
 }
@@ -286,7 +282,7 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 
 // handleClaimed deals with a copy whose message somebody else has claimed
 // or finished.
-func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, token string, state outbox.InboxState, wid string, redelivered bool) Result {
+func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, state outbox.InboxState, wid string, redelivered bool) Result {
 	m, err := p.Store.GetMessage(ctx, env.ID)
 	if err != nil {
 		if message.ErrorCode(err) == message.ENOTFOUND {
@@ -323,7 +319,7 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		// outcome, or it took the claim for a copy of an older dispatch,
 		// which it lets go as soon as it has read the message: this copy,
 		// perhaps the dispatch's only one, must not be dropped for it.
-		ctx, claimed, err := p.awaitClaim(ctx, log, env, token)
+		ctx, claimed, err := p.awaitClaim(ctx, log, env)
 		switch {
 		case err != nil:
 			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the claim: %w", err)}
@@ -345,12 +341,11 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	// after all, its own outcome wins (see message.Outcome.Read), or its
 	// done marker lets the next dispatch record SENT without delivering
 	// again.
-	counted := true
-	if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
+	taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq)
+	if err != nil {
 		log.Warn("inbox unavailable; counting the unfinished dispatch as an attempt", "error", err)
-	} else if !taken {
-		counted = false
 	}
+	counted := taken || err != nil
 	attempts := m.Attempts
 	if counted {
 		attempts++
@@ -634,9 +629,11 @@ const ClaimWait = 2 * time.Second
 // by another consumer, to be given back, and takes it as token. It stops
 // early once the holder has marked env's dispatch taken (it delivers this
 // very dispatch, and will record the outcome), when the inbox fails or
-// says the message is done. ctx carries the claim when it is taken; err is
+// says the message is done. It asks with the token Handle's first claim
+// was asked with (in ctx). ctx carries the claim when it is taken; err is
 // set only when ctx ended first.
-func (p *Processor) awaitClaim(ctx context.Context, log *slog.Logger, env message.Envelope, token string) (context.Context, bool, error) {
+func (p *Processor) awaitClaim(ctx context.Context, log *slog.Logger, env message.Envelope) (context.Context, bool, error) {
+	first, _ := ctx.Value(claimKey{}).(claim)
 	deadline := time.Now().Add(ClaimWait)
 	for delay := 10 * time.Millisecond; ; delay *= 2 {
 		if taken, err := p.Inbox.Taken(ctx, env.ID, env.Seq); err != nil || taken {
@@ -653,8 +650,7 @@ func (p *Processor) awaitClaim(ctx context.Context, log *slog.Logger, env messag
 			return ctx, false, ctx.Err()
 		case <-t.C:
 		}
-		cctx := context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
-		claimed, state, _, err := p.Inbox.Claim(cctx, env.ID, token, env.Seq, p.ClaimTTL)
+		cctx, claimed, state, _, err := p.takeClaim(ctx, env, first.token)
 		switch {
 		case err != nil:
 			// A retried command may have taken the claim on its first
@@ -668,6 +664,15 @@ func (p *Processor) awaitClaim(ctx context.Context, log *slog.Logger, env messag
 			return cctx, true, nil
 		}
 	}
+}
+
+// takeClaim asks the inbox for the claim on env's message as token. The
+// returned context carries the claim from before it is asked for: a
+// retried command may have taken it on its first try.
+func (p *Processor) takeClaim(ctx context.Context, env message.Envelope, token string) (context.Context, bool, outbox.InboxState, string, error) {
+	ctx = context.WithValue(ctx, claimKey{}, claim{token: token, until: p.Now().Add(p.ClaimTTL)})
+	claimed, state, wid, err := p.Inbox.Claim(ctx, env.ID, token, env.Seq, p.ClaimTTL)
+	return ctx, claimed, state, wid, err
 }
 
 // errClaimRunningOut stops a delivery whose claim could expire during its

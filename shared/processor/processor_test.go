@@ -675,20 +675,6 @@ func TestDeferralKeepsTheClaimUntilItIsWritten(t *testing.T) {
 	}
 }
 
-// readPaused is a processor store whose message reads wait for release
-// before they read; entered is told of each.
-type readPaused struct {
-	processor.Store
-	entered chan<- struct{}
-	release <-chan struct{}
-}
-
-func (s readPaused) GetMessage(ctx context.Context, id string) (message.Message, error) {
-	s.entered <- struct{}{}
-	<-s.release
-	return s.Store.GetMessage(ctx, id)
-}
-
 // takenAsked is an inbox that tells asked of each Taken question.
 type takenAsked struct {
 	processor.Inbox
@@ -728,7 +714,7 @@ func TestOldCopysClaimDoesNotDropTheCurrentDispatch(t *testing.T) {
 
 	stale := f.processor(t)
 	entered, release := make(chan struct{}, 1), make(chan struct{})
-	stale.Store = readPaused{Store: stale.Store, entered: entered, release: release}
+	stale.Store = readHeld{Store: stale.Store, entered: entered, release: release}
 	staleDone := make(chan processor.Result, 1)
 	go func() { staleDone <- stale.Handle(context.Background(), body(old), false) }()
 	<-entered // the old copy holds the claim
@@ -972,17 +958,22 @@ func TestTwoRedeliveredCopiesInOneProcessAreDeliveredOnce(t *testing.T) {
 }
 
 // readHeld is a processor store whose message reads wait for release,
-// then fail, as in a MongoDB outage; entered is told of each read.
+// then read, or with fail set fail, as in a MongoDB outage; entered is
+// told of each read.
 type readHeld struct {
 	processor.Store
 	entered chan<- struct{}
 	release <-chan struct{}
+	fail    bool
 }
 
-func (s readHeld) GetMessage(context.Context, string) (message.Message, error) {
+func (s readHeld) GetMessage(ctx context.Context, id string) (message.Message, error) {
 	s.entered <- struct{}{}
 	<-s.release
-	return message.Message{}, errors.New("server selection error: context deadline exceeded")
+	if s.fail {
+		return message.Message{}, errors.New("server selection error: context deadline exceeded")
+	}
+	return s.Store.GetMessage(ctx, id)
 }
 
 // claimsCounted is an inbox that counts the claims asked of it.
@@ -1020,7 +1011,7 @@ func TestASecondCopyEndsAsTheFirst(t *testing.T) {
 	env := f.published(t)
 	p := f.processor(t)
 	entered, release := make(chan struct{}, 2), make(chan struct{})
-	p.Store = readHeld{Store: p.Store, entered: entered, release: release}
+	p.Store = readHeld{Store: p.Store, entered: entered, release: release, fail: true}
 	var claims atomic.Int32
 	p.Inbox = claimsCounted{Inbox: p.Inbox, n: &claims}
 	results := make(chan processor.Result, 2)
