@@ -5,11 +5,12 @@
 GO        ?= go
 BIN       := bin/rms
 LOCALTAGS := ferretdb_no_postgresql
-GOTEST    := env -u RABBITMQ_URI -u REDIS_URI $(GO) test -race -count=1 -tags $(LOCALTAGS)
-FUZZTIME  ?= 10s
 # The tests and the chaos runs use the local RabbitMQ and
 # Redis whatever RABBITMQ_URI and REDIS_URI say; make run uses those.
-CHECK_LOCAL := env -u RABBITMQ_URI -u REDIS_URI scripts/check-services.sh
+LOCAL_ONLY  := env -u RABBITMQ_URI -u REDIS_URI
+GOTEST    := $(LOCAL_ONLY) $(GO) test -race -count=1 -tags $(LOCALTAGS)
+FUZZTIME  ?= 10s
+CHECK_LOCAL := $(LOCAL_ONLY) scripts/check-services.sh
 # Where the embedded MongoDB keeps its files: DATA_DIR as the binary reads it
 # (unset or empty: ./.data). Only clean-data uses it.
 DATA_DIR  := $(or $(DATA_DIR),./.data)

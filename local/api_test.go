@@ -10,6 +10,7 @@ import (
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
 type problem struct {
@@ -35,6 +36,17 @@ func do(t *testing.T, method, url, body string, header map[string]string) (*http
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, b
+}
+
+// getMessage reads message id through the API at api.
+func getMessage(t *testing.T, api, id string) message.Message {
+	t.Helper()
+	resp, b := do(t, "GET", api+"/messages/"+id, "", nil)
+	var m message.Message
+	if err := json.Unmarshal(b, &m); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /messages/%s: %d %v %s", id, resp.StatusCode, err, b)
+	}
+	return m
 }
 
 // TestAPIErrors runs every rejection of the API against the real system and

@@ -39,12 +39,7 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	get := func() message.Message {
-		_, b := do(t, "GET", api+"/messages/"+m.ID, "", nil)
-		var got message.Message
-		_ = json.Unmarshal(b, &got)
-		return got
-	}
+	get := func() message.Message { return getMessage(t, api, m.ID) }
 	waitFor(t, 30*time.Second, func() bool { return get().Status == message.StatusFailed }, func() string { return fmt.Sprint(get()) })
 	failed := get()
 	if failed.FailureReason == "" || failed.LastError == "" || failed.Attempts != 1 || len(failed.Deliveries) != 1 || failed.Deliveries[0].StatusCode != 400 {

@@ -496,9 +496,8 @@ func TestShutdownFinishesDeliveriesInFlight(t *testing.T) {
 
 	api, stop = startSystem(t, env)
 	defer stop()
-	resp, b = do(t, "GET", api+"/messages/"+m.ID, "", nil)
-	if err := json.Unmarshal(b, &m); err != nil || resp.StatusCode != http.StatusOK || m.Status != message.StatusSent || m.Attempts != 1 {
-		t.Fatalf("after the restart: %d %+v %v, want SENT after one attempt", resp.StatusCode, m, err)
+	if m = getMessage(t, api, m.ID); m.Status != message.StatusSent || m.Attempts != 1 {
+		t.Fatalf("after the restart: %+v, want SENT after one attempt", m)
 	}
 }
 

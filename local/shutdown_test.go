@@ -15,17 +15,6 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 )
 
-// getMessage reads message id through the API at api.
-func getMessage(t *testing.T, api, id string) message.Message {
-	t.Helper()
-	resp, b := do(t, "GET", api+"/messages/"+id, "", nil)
-	var m message.Message
-	if err := json.Unmarshal(b, &m); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /messages/%s: %d %v %s", id, resp.StatusCode, err, b)
-	}
-	return m
-}
-
 // TestDemoReceiverOutlivesTheDeliveriesInFlight: with no WEBHOOK_URL the
 // demo receiver stands in for the webhook, and a stop ends it only after
 // the deliveries in flight have finished. Here two of three messages wait

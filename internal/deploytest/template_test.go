@@ -453,10 +453,7 @@ func TestTemplateFunctionsBuild(t *testing.T) {
 			cmd := exec.CommandContext(t.Context(), "make", "--no-print-directory", "-C", s.dir, target, "ARTIFACTS_DIR="+out)
 			// Under `make test` the outer make's flags (a jobserver, -n)
 			// must not leak into this one.
-			cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
-				name, _, _ := strings.Cut(kv, "=")
-				return name == "MAKEFLAGS" || name == "MFLAGS" || name == "MAKELEVEL"
-			})
+			cmd.Env = makeEnv()
 			if b, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("make %s ARTIFACTS_DIR=%s failed: %v\n%s", target, out, err, b)
 			}

@@ -84,10 +84,7 @@ func TestKeylessAPIServedDirectlyRefusesOtherSites(t *testing.T) {
 	if st["state"] != string(message.SchedulerStarted) {
 		t.Errorf("after the refused requests the scheduler is %v, want started", st["state"])
 	}
-	type page struct {
-		Items []message.Message `json:"items"`
-	}
-	if p := decodeJSON[page](t, serveTo(h, "localhost", http.MethodGet, "/messages", "")); len(p.Items) != 0 {
+	if p := decodeJSON[message.Page](t, serveTo(h, "localhost", http.MethodGet, "/messages", "")); len(p.Items) != 0 {
 		t.Errorf("the refused requests stored %d messages", len(p.Items))
 	}
 

@@ -132,7 +132,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, maxBody int64, v any, fi
 	}
 	// encoding/json decodes null into a struct without a word, leaving it
 	// empty: for POST /dlq/replay that reads as no body, every failure.
-	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) > 0 && t[0] != '{' {
+	if i := skipSpace(raw, 0); i < len(raw) && raw[i] != '{' {
 		return message.Errorf(message.EINVALID, "body must be a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -164,7 +164,7 @@ func checkKeys(raw []byte, fields []string) error {
 	var seen uint64 // bit n: fields[n] was given
 	i := skipSpace(raw, 0)
 	if i == len(raw) || raw[i] != '{' {
-		return nil // not an object: Decode has answered for it
+		return nil // not an object: decodeBody has refused it
 	}
 	i++
 	for {

@@ -238,22 +238,18 @@ func TestListMessages(t *testing.T) {
 	ts.record(t, ids[1], message.StatusSent, message.Delivery{Attempt: 1, Outcome: message.OutcomeDelivered, StatusCode: 202})
 	ts.record(t, ids[4], message.StatusUnsent, message.Delivery{Attempt: 1, Outcome: message.OutcomeRetry, StatusCode: 503})
 
-	type page struct {
-		Items      []message.Message `json:"items"`
-		NextCursor string            `json:"nextCursor"`
-	}
-	p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2", ""))
+	p := decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages?limit=2", ""))
 	if len(p.Items) != 2 || p.Items[0].ID != ids[4] || p.NextCursor != ids[3] {
 		t.Fatalf("first page = %+v", p)
 	}
 	if p.Items[0].Deliveries != nil {
 		t.Errorf("list shows deliveries: %+v", p.Items[0])
 	}
-	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+p.NextCursor, ""))
+	p = decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+p.NextCursor, ""))
 	if len(p.Items) != 2 || p.Items[0].ID != ids[2] {
 		t.Fatalf("second page = %+v", p)
 	}
-	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?status=SENT", ""))
+	p = decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages?status=SENT", ""))
 	if len(p.Items) != 1 || p.Items[0].ID != ids[1] || p.NextCursor != "" {
 		t.Fatalf("SENT page = %+v", p)
 	}
@@ -280,7 +276,7 @@ func TestListMessages(t *testing.T) {
 		t.Errorf("limit=500: %d %s", w.Code, w.Body)
 	}
 	// A cursor in capitals is the same id, and pages from the same place.
-	p = decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+strings.ToUpper(ids[3]), ""))
+	p = decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages?limit=2&cursor="+strings.ToUpper(ids[3]), ""))
 	if len(p.Items) != 2 || p.Items[0].ID != ids[2] || p.Items[1].ID != ids[1] {
 		t.Errorf("page after the uppercase cursor = %+v, want %s and %s", p, ids[2], ids[1])
 	}
@@ -520,10 +516,7 @@ func TestBodyKeysAreExactAndGivenOnce(t *testing.T) {
 // FAILED.
 func (ts *testServer) expectOnlyFailed(t *testing.T, id string) {
 	t.Helper()
-	type page struct {
-		Items []message.Message `json:"items"`
-	}
-	if p := decodeJSON[page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
+	if p := decodeJSON[message.Page](t, ts.do(t, http.MethodGet, "/messages", "")); len(p.Items) != 1 {
 		t.Errorf("%d messages stored, want only the first", len(p.Items))
 	}
 	if m, err := ts.a.Store.GetMessage(t.Context(), id); err != nil || m.Status != message.StatusFailed {
