@@ -703,19 +703,37 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 	return notReady, nil
 }
 
-// MarkPublished sets publishedAt on the entries with these keys. Missing
-// keys match nothing and are no error. An entry published again gets the
-// later time, which is right. Per-_id updates, not an $in filter, for the
-// reason on Store.ferret.
-func (s *Store) MarkPublished(ctx context.Context, keys []string, at time.Time) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	models := make([]mongo.WriteModel, 0, len(keys))
-	for _, k := range keys {
-		models = append(models, mongo.NewUpdateOneModel().
-			SetFilter(byID(k)).
-			SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "publishedAt", Value: at}}}}))
+// MarkPublished sets publishedAt on these entries, each if it is still the
+// one read: an entry written again since under its key (a replay tried
+// again, an Idempotency-Key taken over) has another createdAt and stays
+// due, for the relay to publish in its turn. A missing entry matches
+// nothing and is no error. An entry published again gets the later time,
+// which is right. Per-_id updates, not an $in filter, for the reason on
+// Store.ferret; on FerretDB, where the createdAt condition would be a full
+// scan, each entry is read by _id and written by _id alone.
+func (s *Store) MarkPublished(ctx context.Context, entries []message.OutboxEntry, at time.Time) error {
+	update := bson.D{{Key: "$set", Value: bson.D{{Key: "publishedAt", Value: at}}}}
+	models := make([]mongo.WriteModel, 0, len(entries))
+	for _, e := range entries {
+		filter := bson.D{{Key: "_id", Value: e.Key}, {Key: "createdAt", Value: e.CreatedAt}}
+		if s.ferret {
+			var cur struct {
+				CreatedAt time.Time `bson:"createdAt"`
+			}
+			err := s.outbox.FindOne(ctx, byID(e.Key)).Decode(&cur)
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("mark outbox published: %w", err)
+			}
+			// As stored: BSON dates keep milliseconds.
+			if bson.NewDateTimeFromTime(cur.CreatedAt) != bson.NewDateTimeFromTime(e.CreatedAt) {
+				continue
+			}
+			filter = byID(e.Key)
+		}
+		models = append(models, mongo.NewUpdateOneModel().SetFilter(filter).SetUpdate(update))
 	}
 	if err := bulkWrite(ctx, s.outbox, models); err != nil {
 		return fmt.Errorf("mark outbox published: %w", err)

@@ -568,14 +568,15 @@ func TestOutbox(t *testing.T) {
 	}
 
 	// Publish b then c later; a missing key is no error.
-	if err := s.MarkPublished(ctx, []string{"b:0", "missing:0"}, t0.Add(20*time.Second)); err != nil {
+	missing := message.NewOutboxEntry("missing", 0, t0, t0)
+	if err := s.MarkPublished(ctx, []message.OutboxEntry{entries[1], missing}, t0.Add(20*time.Second)); err != nil {
 		t.Fatalf("mark published: %v", err)
 	}
-	if err := s.MarkPublished(ctx, []string{"c:2"}, t0.Add(30*time.Second)); err != nil {
+	if err := s.MarkPublished(ctx, entries[2:3], t0.Add(30*time.Second)); err != nil {
 		t.Fatalf("mark published: %v", err)
 	}
 	// Marking again with the same time changes nothing.
-	if err := s.MarkPublished(ctx, []string{"b:0"}, t0.Add(20*time.Second)); err != nil {
+	if err := s.MarkPublished(ctx, entries[1:2], t0.Add(20*time.Second)); err != nil {
 		t.Fatalf("mark published again: %v", err)
 	}
 	if err := s.MarkPublished(ctx, nil, t0); err != nil {
@@ -672,7 +673,7 @@ func processing(t *testing.T, s *mongostore.Store, seq int) message.Message {
 	if err := s.CreateMessage(t.Context(), m, e); err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	if err := s.MarkPublished(t.Context(), []string{e.Key}, t0); err != nil {
+	if err := s.MarkPublished(t.Context(), []message.OutboxEntry{e}, t0); err != nil {
 		t.Fatalf("mark published: %v", err)
 	}
 	return m
@@ -1061,13 +1062,53 @@ func BenchmarkCreateMessage(b *testing.B) {
 	}
 }
 
+// TestMarkPublishedLeavesAnEntryWrittenAgain: an entry written again under
+// its key while the relay waited for the broker's confirm (a replay tried
+// again, an Idempotency-Key taken over) stays due, for the relay to
+// publish; it does not wait for the stale sweep. Both forms: the embedded
+// store's read then write, and a real MongoDB's condition in the filter.
+func TestMarkPublishedLeavesAnEntryWrittenAgain(t *testing.T) {
+	for _, form := range []string{"embedded", "mongodb"} {
+		t.Run(form, func(t *testing.T) {
+			s, ctx := newStore(t), t.Context()
+			if form == "mongodb" {
+				defer s.UseMongoDBForms()()
+			}
+			read := message.NewOutboxEntry("m", 0, t0, t0)
+			if err := s.EnsureOutbox(ctx, read); err != nil {
+				t.Fatal(err)
+			}
+			again := message.NewOutboxEntry("m", 0, t0, t0.Add(time.Second))
+			if err := s.ReplaceOutbox(ctx, again); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.MarkPublished(ctx, []message.OutboxEntry{read}, t0.Add(2*time.Second)); err != nil {
+				t.Fatalf("mark the entry as read: %v", err)
+			}
+			due, err := s.DueOutbox(ctx, t0.Add(time.Minute), 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(due) != 1 || !due[0].CreatedAt.Equal(again.CreatedAt.Truncate(time.Millisecond)) {
+				t.Fatalf("due after marking the entry as read = %+v, want the entry written again", due)
+			}
+			// The entry as it is now (sub-millisecond digits and all) is marked.
+			if err := s.MarkPublished(ctx, []message.OutboxEntry{again}, t0.Add(2*time.Second)); err != nil {
+				t.Fatalf("mark the entry written again: %v", err)
+			}
+			if due, err := s.DueOutbox(ctx, t0.Add(time.Minute), 10); err != nil || len(due) != 0 {
+				t.Fatalf("due after marking the entry written again = %+v (%v), want none", due, err)
+			}
+		})
+	}
+}
+
 // TestMarkLargeBatches: FerretDB stops answering a single command of 100
 // update statements; the store splits large batches.
 func TestMarkLargeBatches(t *testing.T) {
 	s, ctx := newStore(t), context.Background()
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	var entries []message.OutboxEntry
-	var keys []string
 	for i := range 250 {
 		id := fmt.Sprintf("0195f0a2-7b1c-7cde-8f00-%012d", i)
 		e := message.NewOutboxEntry(id, 0, now, now)
@@ -1075,14 +1116,13 @@ func TestMarkLargeBatches(t *testing.T) {
 			t.Fatal(err)
 		}
 		entries = append(entries, e)
-		keys = append(keys, e.Key)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := s.MarkProcessing(ctx, entries, now); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.MarkPublished(ctx, keys, now); err != nil {
+	if err := s.MarkPublished(ctx, entries, now); err != nil {
 		t.Fatal(err)
 	}
 	due, err := s.DueOutbox(ctx, now.Add(time.Hour), 500)

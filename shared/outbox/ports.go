@@ -55,9 +55,10 @@ type Store interface {
 	// that do not exist, and those at an earlier Seq than their entry (a
 	// replay writes the entry of the next dispatch before the message).
 	MarkProcessing(ctx context.Context, entries []message.OutboxEntry, at time.Time) (notReady []string, err error)
-	// MarkPublished records that the entries with these keys were published
-	// and confirmed by the broker. A key that no longer exists is ignored.
-	MarkPublished(ctx context.Context, keys []string, at time.Time) error
+	// MarkPublished records that these entries were published and
+	// confirmed by the broker. An entry that no longer exists, or was
+	// written again since it was read (another CreatedAt), is left alone.
+	MarkPublished(ctx context.Context, entries []message.OutboxEntry, at time.Time) error
 	// MarkUnpublished hands entries stored as published (the fast path's)
 	// whose publish was not confirmed back to the relay, which publishes
 	// them when they fall due.

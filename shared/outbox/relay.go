@@ -294,23 +294,27 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[stri
 	}
 	sum.Waiting += len(entries) - len(envs)
 	confirmed, pubErr := r.Publisher.PublishConfirmed(ctx, envs)
-	keys := make([]string, 0, len(confirmed))
-	for _, env := range confirmed {
-		keys = append(keys, message.OutboxKey(env.ID, env.Seq))
+	byKey := make(map[string]message.OutboxEntry, len(entries))
+	for _, e := range entries {
+		byKey[e.Key] = e
 	}
-	sum.Published += len(keys)
-	sum.Failed += len(envs) - len(keys)
-	if len(keys) > 0 {
+	published := make([]message.OutboxEntry, 0, len(confirmed))
+	for _, env := range confirmed {
+		published = append(published, byKey[message.OutboxKey(env.ID, env.Seq)])
+	}
+	sum.Published += len(published)
+	sum.Failed += len(envs) - len(published)
+	if len(published) > 0 {
 		// Only now is the entry recorded as published. A crash before this
 		// line leaves it due, and the next pass publishes it again. A pass
 		// stopped meanwhile (SIGTERM, a Lambda deadline) still records what
 		// the broker confirmed, rather than have it all published twice.
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.markTimeout())
 		defer cancel()
-		if err := r.Store.MarkPublished(mctx, keys, r.Now().UTC()); err != nil {
+		if err := r.Store.MarkPublished(mctx, published, r.Now().UTC()); err != nil {
 			return len(entries), fmt.Errorf("mark published: %w", err)
 		}
-		r.observe("published", len(keys))
+		r.observe("published", len(published))
 	}
 	if pubErr != nil {
 		return len(entries), fmt.Errorf("publish outbox batch: %w", pubErr)

@@ -847,9 +847,9 @@ func (p confirmsAtTheDeadline) PublishConfirmed(ctx context.Context, envs []mess
 // slowMark is a store whose MarkPublished takes half a second.
 type slowMark struct{ outbox.Store }
 
-func (s slowMark) MarkPublished(ctx context.Context, keys []string, at time.Time) error {
+func (s slowMark) MarkPublished(ctx context.Context, entries []message.OutboxEntry, at time.Time) error {
 	time.Sleep(500 * time.Millisecond)
-	return s.Store.MarkPublished(ctx, keys, at)
+	return s.Store.MarkPublished(ctx, entries, at)
 }
 
 // TestPassEndsWhileItHoldsTheLease: a pass whose confirms come late still
@@ -921,5 +921,47 @@ func TestSlowBatchesEndWithinThePass(t *testing.T) {
 	s, err := r.Pass(context.Background())
 	if err != nil || s.Published == 0 || s.Failed != 0 {
 		t.Fatalf("pass through slow batches: %+v, %v; want batches published and none cut short", s, err)
+	}
+}
+
+// rewritesBeforeConfirm is a publisher that writes each entry again under
+// its key, as a replay tried again would, before the broker confirms it.
+type rewritesBeforeConfirm struct {
+	outbox.Publisher
+	store outbox.Store
+	at    time.Time
+}
+
+func (p rewritesBeforeConfirm) PublishConfirmed(ctx context.Context, envs []message.Envelope) ([]message.Envelope, error) {
+	got, err := p.Publisher.PublishConfirmed(ctx, envs)
+	for _, env := range envs {
+		if err := p.store.ReplaceOutbox(ctx, message.NewOutboxEntry(env.ID, env.Seq, p.at, p.at)); err != nil {
+			return nil, err
+		}
+	}
+	return got, err
+}
+
+// TestEntryWrittenAgainDuringItsPublishStaysDue: a pass records as
+// published only the entries it read; one written again under its key
+// while the broker confirmed the earlier copy stays due, so the next pass
+// publishes it instead of leaving it to the stale sweep.
+func TestEntryWrittenAgainDuringItsPublishStaysDue(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ids := accept(t, a, 3)
+	r := a.Relay(nil)
+	now := time.Now().UTC().Add(time.Second)
+	r.Now = func() time.Time { return now }
+	r.Publisher = rewritesBeforeConfirm{r.Publisher, a.Store, now}
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != len(ids) {
+		t.Fatalf("pass: %+v %v", s, err)
+	}
+	due, err := a.Store.DueOutbox(context.Background(), now, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != len(ids) {
+		t.Fatalf("%d entries due after the pass, want the %d written again during it", len(due), len(ids))
 	}
 }
