@@ -123,6 +123,14 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 	}
 	ts := c.now()
 	req.Header.Set("Content-Type", "application/json")
+	// An empty Idempotency-Key entry, never sent, lets the transport send
+	// the call again on a new connection when the kept-alive one it chose
+	// turns out closed by the receiver (many close idle connections after
+	// seconds, and one may close just as the call goes out). A POST is
+	// otherwise not sent again, and the call would fail and cost an
+	// attempt for nothing the receiver did. Sending it again is what the
+	// next attempt would do anyway: webhook-id stays the same.
+	req.Header["Idempotency-Key"] = nil
 	req.Header.Set("User-Agent", UserAgent)
 	req.Header.Set(HeaderID, m.ID)
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
@@ -190,19 +198,23 @@ func messageID(body []byte) string {
 	return s
 }
 
-// retryAfter parses a Retry-After value, delay-seconds or an HTTP-date
-// (RFC 9110 section 10.2.3), into a delay from now, at most a year. Anything
-// else, or a date in the past, is 0.
+// maxRetryAfter bounds a Retry-After delay.
+const maxRetryAfter = 365 * 24 * time.Hour
+
+// retryAfter parses a Retry-After value, delay-seconds (digits only) or an
+// HTTP-date (RFC 9110 section 10.2.3), into a delay from now, at most
+// maxRetryAfter, which is also what more seconds than int64 holds mean.
+// Anything else, or a date in the past, is 0.
 func retryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		const maxSecs = int64(365 * 24 * time.Hour / time.Second)
-		return time.Duration(min(max(secs, 0), maxSecs)) * time.Second
+	if v != "" && strings.Trim(v, "0123456789") == "" {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
+		return time.Duration(secs) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), 365*24*time.Hour)
+		return min(t.Sub(now), maxRetryAfter)
 	}
 	return 0
 }

@@ -1,6 +1,7 @@
 package webhook_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -288,6 +289,10 @@ func TestAnswers(t *testing.T) {
 		{"retry-after date", 503, map[string]string{"Retry-After": now.Add(90 * time.Second).Format(http.TimeFormat)}, ``, "", 90 * time.Second},
 		{"retry-after in the past", 503, map[string]string{"Retry-After": now.Add(-time.Hour).Format(http.TimeFormat)}, ``, "", 0},
 		{"retry-after garbage", 503, map[string]string{"Retry-After": "soon"}, ``, "", 0},
+		{"retry-after over a year", 503, map[string]string{"Retry-After": "31536001"}, ``, "", 365 * 24 * time.Hour},
+		{"retry-after beyond int64", 503, map[string]string{"Retry-After": "99999999999999999999"}, ``, "", 365 * 24 * time.Hour},
+		{"retry-after signed", 503, map[string]string{"Retry-After": "+60"}, ``, "", 0},
+		{"retry-after negative", 503, map[string]string{"Retry-After": "-60"}, ``, "", 0},
 		{"server error", 500, nil, `{"error":"boom"}`, "", 0},
 	}
 	for _, tt := range tests {
@@ -367,5 +372,62 @@ func TestNewRejects(t *testing.T) {
 		if _, err := webhook.New(o); err == nil {
 			t.Errorf("New(%+v) succeeded", o)
 		}
+	}
+}
+
+// TestSendGoesAgainOnAConnectionTheWebhookClosed: a receiver may close a
+// kept-alive connection just as the next call goes out on it (Node.js
+// closes idle ones after 5 s). The call goes again on a new connection
+// instead of failing and costing an attempt, and the entry that allows it
+// (an empty Idempotency-Key) is not sent.
+func TestSendGoesAgainOnAConnectionTheWebhookClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	keys := make(chan string, 10)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first := conns.Add(1) == 1
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if v, ok := req.Header["Idempotency-Key"]; ok {
+						keys <- strings.Join(v, ",")
+					}
+					if first && i == 1 {
+						return // closed as the second call came, unanswered
+					}
+					io.WriteString(conn, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+				}
+			}()
+		}
+	}()
+	c := newClient(t, webhook.Options{URL: "http://" + ln.Addr().String()})
+	for i := range 2 {
+		resp, err := c.Send(t.Context(), msg)
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("call %d: %+v, %v; want 202 through a new connection", i+1, resp, err)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the closed one and its replacement)", n)
+	}
+	select {
+	case v := <-keys:
+		t.Errorf("an Idempotency-Key %q went on the wire", v)
+	default:
 	}
 }
