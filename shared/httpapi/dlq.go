@@ -31,9 +31,10 @@ func handleRetryMessage(log *slog.Logger, msgs Messages) http.Handler {
 
 // replayBody is the optional body of POST /dlq/replay.
 type replayBody struct {
-	Since *string `json:"since"`
-	// IDs is read apart: "ids":null and "ids":[] must not pass for an
-	// absent ids, which means every failure.
+	// Since and IDs are read apart: "since":null, "since":"", "ids":null
+	// and "ids":[] must not pass for an absent field, which means every
+	// failure.
+	Since  json.RawMessage `json:"since"`
 	IDs    json.RawMessage `json:"ids"`
 	DryRun bool            `json:"dryRun"`
 }
@@ -58,8 +59,10 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 			return
 		}
 		req := message.ReplayRequest{DryRun: b.DryRun}
-		if v := q.Get("dryRun"); v != "" {
-			dry, err := strconv.ParseBool(v)
+		if q.Has("dryRun") {
+			// ?dryRun= (a script's unset variable) is no answer: it must
+			// not read as a real run.
+			dry, err := strconv.ParseBool(q.Get("dryRun"))
 			if err != nil {
 				writeInvalid(w, r, "dryRun", "must be true or false")
 				return
@@ -97,14 +100,23 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 			}
 		}
 		req.IDs = unique
-		since := q.Get("since")
+		// since given but empty (?since=, "since":"", "since":null) is a
+		// mistake, not "every failure", and so is since given twice.
+		since, hasSince := q.Get("since"), q.Has("since")
 		if b.Since != nil {
-			since = *b.Since
+			if hasSince {
+				writeInvalid(w, r, "since", "is given in both the query and the body: give it once")
+				return
+			}
+			hasSince = true
+			if err := json.Unmarshal(b.Since, &since); err != nil {
+				since = ""
+			}
 		}
-		if since != "" {
+		if hasSince {
 			t, err := time.Parse(time.RFC3339, since)
 			if err != nil {
-				writeInvalid(w, r, "since", "must be an RFC 3339 timestamp, such as 2030-01-02T15:04:05Z")
+				writeInvalid(w, r, "since", "must be an RFC 3339 timestamp, such as 2030-01-02T15:04:05Z; leave it out to replay every failed message")
 				return
 			}
 			req.Since = &t

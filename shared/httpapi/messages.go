@@ -56,6 +56,14 @@ func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Ha
 		if !jsonContentType(w, r, true) {
 			return
 		}
+		// A key sent empty or twice is a client's mistake: read as no
+		// key, it would make a second message on the retry it was
+		// meant to make safe.
+		keys, keyed := r.Header["Idempotency-Key"]
+		if keyed && (len(keys) != 1 || strings.TrimSpace(keys[0]) == "") {
+			writeInvalid(w, r, "Idempotency-Key", "must be given once, not empty; leave it out to send without one")
+			return
+		}
 		key := r.Header.Get("Idempotency-Key")
 		if utf8.RuneCountInString(key) > MaxIdempotencyKeyLength {
 			writeInvalid(w, r, "Idempotency-Key",

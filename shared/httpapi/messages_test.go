@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,7 @@ func TestCreateMessage(t *testing.T) {
 		{name: "trailing garbage", body: valid + ` x`, status: 400, code: message.EINVALID},
 		{name: "idempotency key not UTF-8", body: valid, headers: []string{"Idempotency-Key", "order-\xff\xfe"}, status: 400, field: "Idempotency-Key"},
 		{name: "idempotency key too long", body: valid, headers: []string{"Idempotency-Key", strings.Repeat("k", 256)}, status: 400, field: "Idempotency-Key"},
+		{name: "idempotency key of spaces", body: valid, headers: []string{"Idempotency-Key", "  "}, status: 400, field: "Idempotency-Key"},
 		{name: "body too large", body: body(phone, strings.Repeat("a", 17<<10)), status: 413, code: message.ETOOLARGE},
 		{name: "trailing data too large", body: valid + strings.Repeat(" ", 17<<10) + "{}", status: 413, code: message.ETOOLARGE},
 		{name: "no content type", body: valid, headers: []string{"Content-Type", ""}, status: 415},
@@ -102,6 +104,25 @@ func TestCreateMessage(t *testing.T) {
 				t.Errorf("problem echoes the phone number: %s", w.Body)
 			}
 		})
+	}
+}
+
+// TestIdempotencyKeyGivenEmptyOrTwice: an Idempotency-Key header sent
+// empty (a client's unset variable) or twice is a 400, not a request
+// without a key, which would make a second message on the retry the key
+// was meant to make safe.
+func TestIdempotencyKeyGivenEmptyOrTwice(t *testing.T) {
+	ts := newTestServer(t)
+	for _, keys := range [][]string{{""}, {"a", "b"}, {"a", "a"}} {
+		r := httptest.NewRequest(http.MethodPost, "/messages", strings.NewReader(body(phone, "once")))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header["Idempotency-Key"] = keys
+		w := httptest.NewRecorder()
+		ts.h.ServeHTTP(w, r)
+		readProblem(t, w, http.StatusBadRequest, "Idempotency-Key")
+	}
+	if page, err := ts.a.Store.ListMessages(t.Context(), message.Filter{Limit: 10}); err != nil || len(page.Items) != 0 {
+		t.Fatalf("after the rejected requests: %d messages (%v), want none", len(page.Items), err)
 	}
 }
 
