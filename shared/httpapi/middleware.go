@@ -273,8 +273,11 @@ func problemRouter(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, pattern := mux.Handler(r)
 		// For a path not in its clean form ServeMux gives the pattern the
-		// clean path matches but a handler that redirects there.
-		if pattern != "" && isClean(r.URL.Path) {
+		// clean path matches but a handler that redirects there. It
+		// cleans the escaped path, so that is the one to check:
+		// /messages/%2E%2E is clean there (an id of ".."), though its
+		// decoded form is not, and a handler run below would run twice.
+		if pattern != "" && isClean(r.URL.EscapedPath()) {
 			if st := stateFrom(r.Context()); st != nil {
 				st.pattern = pattern
 			}
