@@ -68,7 +68,7 @@ func proxy(h http.Handler, log *slog.Logger) func(context.Context, events.APIGat
 				"api_request_id", ev.RequestContext.RequestID,
 				"error", err.Error(),
 			)
-			return unreadableRequest(), nil
+			return unreadableRequest(ev.RequestContext.RequestID), nil
 		}
 		if id := ev.RequestContext.RequestID; !httpapi.ValidRequestID(r.Header.Get(httpapi.RequestIDHeader)) && httpapi.ValidRequestID(id) {
 			r.Header.Set(httpapi.RequestIDHeader, id)
@@ -97,21 +97,30 @@ func checkRequestLine(ev events.APIGatewayProxyRequest) error {
 
 // unreadableRequest is the 400 problem for an event that is not a valid
 // HTTP request. Its detail is fixed: the parser's error would echo parts of
-// the request back.
-func unreadableRequest() events.APIGatewayProxyResponse {
+// the request back. It carries API Gateway's request ID, as the log line
+// does, so that the two can be tied together.
+func unreadableRequest(requestID string) events.APIGatewayProxyResponse {
+	if !httpapi.ValidRequestID(requestID) {
+		requestID = ""
+	}
 	body, _ := json.Marshal(httpapi.Problem{ // A Problem always encodes.
-		Type:   "about:blank",
-		Title:  http.StatusText(http.StatusBadRequest),
-		Status: http.StatusBadRequest,
-		Detail: "the request could not be read: its method, path or query string is malformed, or its body is marked base64 and is not",
+		Type:      "about:blank",
+		Title:     http.StatusText(http.StatusBadRequest),
+		Status:    http.StatusBadRequest,
+		Detail:    "the request could not be read: its method, path or query string is malformed, or its body is marked base64 and is not",
+		RequestID: requestID,
 	})
+	headers := map[string][]string{
+		"Content-Type":           {"application/problem+json"},
+		"X-Content-Type-Options": {"nosniff"},
+		"Cache-Control":          {"no-store"},
+	}
+	if requestID != "" {
+		headers[httpapi.RequestIDHeader] = []string{requestID}
+	}
 	return events.APIGatewayProxyResponse{
-		StatusCode: http.StatusBadRequest,
-		MultiValueHeaders: map[string][]string{
-			"Content-Type":           {"application/problem+json"},
-			"X-Content-Type-Options": {"nosniff"},
-			"Cache-Control":          {"no-store"},
-		},
-		Body: string(body) + "\n",
+		StatusCode:        http.StatusBadRequest,
+		MultiValueHeaders: headers,
+		Body:              string(body) + "\n",
 	}
 }

@@ -83,6 +83,10 @@ func TestProxyAnswersUnreadableEventsWithAProblem(t *testing.T) {
 			if p.Type == "" || p.Title == "" || p.Status != http.StatusBadRequest || p.Detail == "" {
 				t.Errorf("incomplete problem: %+v", p)
 			}
+			id := ev.RequestContext.RequestID
+			if got := http.Header(resp.MultiValueHeaders).Get(httpapi.RequestIDHeader); id == "" || p.RequestID != id || got != id {
+				t.Errorf("request ID: %q in the problem, %q in the header; want API Gateway's %q, which the log line has", p.RequestID, got, id)
+			}
 			if strings.Contains(logs.String(), secret) || strings.Contains(logs.String(), strings.TrimPrefix(secret, "+")) {
 				t.Errorf("the log holds the query string: %s", logs.String())
 			}
