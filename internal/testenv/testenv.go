@@ -9,11 +9,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,32 +126,61 @@ func Name(t testing.TB) string {
 	return fmt.Sprintf("t_%s_%d", n, time.Now().UnixNano()%1e9)
 }
 
-// handedOut holds the ports FreeAddr returned in this process: the kernel
-// may offer a port again as soon as its listener closes, long before the
-// test binds it (0.07% of groups of four calls had a duplicate).
-var handedOut = struct {
+// FreePorts is the range FreeAddr hands out ports from: below the
+// kernel's ephemeral range (32768-60999 on Linux), from which every
+// listener on port 0 and every outgoing connection takes its port, so
+// that none of those can take one between FreeAddr's check and the test's
+// bind.
+const FreePortsFrom, FreePortsTo = 20000, 30000
+
+// portLocks holds open the lock file of each port FreeAddr handed out in
+// this process: go test runs packages side by side, and a lock on the file
+// keeps the port from every other test process until this one exits (the
+// kernel then drops it), and from a second call in this one.
+var portLocks struct {
 	sync.Mutex
-	ports map[string]bool
-}{ports: map[string]bool{}}
+	files []*os.File
+}
+
+// PortLockFile is the file whose lock reserves port for a test process.
+func PortLockFile(port int) string {
+	return filepath.Join(os.TempDir(), "rms-test-ports", strconv.Itoa(port))
+}
 
 // FreeAddr returns a loopback address with a port that was free a moment
-// ago and that no other call in this process returned.
+// ago and that no other call, in this process or another test process,
+// returned.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err := os.MkdirAll(filepath.Dir(PortLockFile(0)), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	portLocks.Lock()
+	defer portLocks.Unlock()
+	n := FreePortsTo - FreePortsFrom
+	start := rand.IntN(n)
+	for i := range n {
+		port := FreePortsFrom + (start+i)%n
+		f, err := os.OpenFile(PortLockFile(port), os.O_CREATE|os.O_RDWR, 0o666)
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr := ln.Addr().String()
-		_ = ln.Close()
-		if !handedOut.ports[addr] {
-			handedOut.ports[addr] = true
-			return addr
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			_ = f.Close()
+			continue
 		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			_ = f.Close() // in use by something else; closing drops the lock
+			continue
+		}
+		_ = ln.Close()
+		portLocks.files = append(portLocks.files, f)
+		return addr
 	}
+	t.Fatalf("no free port in %d-%d", FreePortsFrom, FreePortsTo)
+	return ""
 }
 
 // Env returns the environment of a system isolated for this test: its own
