@@ -12,12 +12,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -99,6 +101,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if strings.ContainsAny(dir, "?#%") {
 		return nil, fmt.Errorf("embedded mongodb: data directory %q (really %q): the characters ? # %% cannot be used in it (FerretDB puts the path in a URI unescaped)", cfg.Dir, dir)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			_ = lock.Close()
+		}
+	}()
 
 	// FerretDB wants a SQLite URI naming a directory: the trailing slash is
 	// required. url.URL escapes characters such as spaces in the path.
@@ -169,11 +181,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	s := &Server{cancel: cancel, done: make(chan struct{})}
+	started = true // from here on the lock goes with the server
 	go func() {
 		defer close(s.done)
 		// Run always returns nil; it closes the listener, the connections
-		// and the SQLite databases before it returns.
+		// and the SQLite databases before it returns. Only then may
+		// another server open the directory.
 		_ = fdb.Run(runCtx)
+		_ = lock.Close()
 	}()
 	// The listener is bound inside ferretdb.New, so the address is known now.
 	s.uri = fdb.MongoDBURI()
@@ -209,6 +224,38 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}()
 	logger.Info("embedded mongodb started", "uri", s.uri, "dir", dir)
 	return s, nil
+}
+
+// lockName is the file in the data directory whose lock marks it in use.
+// FerretDB takes only files ending in .sqlite for databases.
+const lockName = "rms-embedded.lock"
+
+// lockDir takes the data directory for this process, with an exclusive
+// lock on a file in it that the kernel drops when the process ends however
+// it ends, and writes the process's PID in the file for the error of the
+// next one. Two servers on one directory do not work together: FerretDB
+// keeps what it knows of the databases in memory, so each misses the
+// other's collections and writes (measured: one counted none of the
+// other's documents, and its inserts failed with disk I/O errors), and
+// each one's group commit knows only its own commits.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("embedded mongodb: data directory %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		_ = f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("embedded mongodb: data directory %s is in use by another embedded MongoDB (process %s): "+
+				"point this process at that one with its EMBEDDED_MONGODB_ADDR, or give it another DATA_DIR", dir, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("embedded mongodb: lock data directory %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
 
 // ping connects with the driver and pings until the server answers or the

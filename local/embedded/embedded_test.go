@@ -3,9 +3,11 @@ package embedded_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,4 +137,29 @@ func TestSyncSetting(t *testing.T) {
 	if err := srv.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSecondServerOnOneDirectoryIsRefused: a second server on a data
+// directory in use is refused, naming the process that holds it, rather
+// than serving its own view of the databases, which misses the first
+// one's writes; once the first has stopped, the directory is free again.
+func TestSecondServerOnOneDirectoryIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	first, err := embedded.Start(t.Context(), embedded.Config{Addr: "127.0.0.1:0", Dir: dir, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := embedded.Start(t.Context(), embedded.Config{Addr: "127.0.0.1:0", Dir: dir, Logger: quiet})
+	if err == nil {
+		_ = second.Close(context.Background())
+		_ = first.Close(context.Background())
+		t.Fatal("a second server started on a data directory in use")
+	}
+	if want := fmt.Sprintf("in use by another embedded MongoDB (process %d)", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("error = %v, want it to say %q", err, want)
+	}
+	if err := first.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	start(t, dir)
 }
