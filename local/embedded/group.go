@@ -382,6 +382,10 @@ func (p *proxy) serve(ctx context.Context) {
 	}
 }
 
+// clientCutOff is how long into a stop the proxy closes a client's
+// connection: after FerretDB's 3 s for its clients, with a margin.
+const clientCutOff = 4 * time.Second
+
 // maxMessage bounds a wire protocol message: MongoDB's maxMessageSizeBytes.
 const maxMessage = 48_000_000
 
@@ -392,6 +396,14 @@ const replyBuffer = 64 << 10
 // handle copies one client's connection. It returns when either side ends.
 func (p *proxy) handle(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	// A client that stops reading its answers would hold this connection,
+	// and the server's Close with it, for good: a write to it has no
+	// deadline, and FerretDB cuts off only its own side of the proxy (3 s
+	// into a stop). So a stop cuts the client off too, a little later.
+	cut := context.AfterFunc(ctx, func() {
+		time.AfterFunc(clientCutOff, func() { _ = c.Close() })
+	})
+	defer cut()
 	var d net.Dialer
 	b, err := d.DialContext(ctx, "tcp", p.backend)
 	if err != nil {

@@ -2,9 +2,12 @@ package embedded
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -353,4 +356,54 @@ func TestCommitsThatWriteNothingEnd(t *testing.T) {
 			t.Errorf("after %q: the WAL hook ended the commit: %v, want %v", tc.stmts, byWAL, tc.writes)
 		}
 	}
+}
+
+// opMsg is an OP_MSG wire message with one body section.
+func opMsg(id int32, doc bson.D) []byte {
+	body, _ := bson.Marshal(doc)
+	msg := make([]byte, 21, 21+len(body))
+	binary.LittleEndian.PutUint32(msg[0:], uint32(21+len(body)))
+	binary.LittleEndian.PutUint32(msg[4:], uint32(id))
+	binary.LittleEndian.PutUint32(msg[12:], 2013) // OP_MSG; flags 0; section kind 0
+	return append(msg, body...)
+}
+
+// TestStopCutsOffAClientThatDoesNotRead: a client that sends queries and
+// never reads the answers does not hold the server's Close, which returns
+// once the proxy cuts it off.
+func TestStopCutsOffAClientThatDoesNotRead(t *testing.T) {
+	srv, coll := startFull(t, t.TempDir())
+	big := strings.Repeat("x", 1<<20)
+	if _, err := coll.InsertOne(t.Context(), bson.D{{Key: "_id", Value: "big"}, {Key: "b", Value: big}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = coll.Database().Client().Disconnect(context.Background())
+	u, err := url.Parse(srv.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Each answer holds the 1 MiB document: far more than the sockets
+	// buffer, so the proxy's writes to this client block.
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := int32(1); i < 200; i++ {
+			if _, err := c.Write(opMsg(i, bson.D{{Key: "find", Value: "c"}, {Key: "filter", Value: bson.D{}}, {Key: "$db", Value: "t"}})); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // for the answers to fill the sockets
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Second)
+	defer cancel()
+	if err := srv.Close(ctx); err != nil {
+		t.Fatalf("Close with a client that does not read its answers: %v", err)
+	}
+	c.Close()
+	<-sent
 }
