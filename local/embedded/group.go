@@ -180,9 +180,24 @@ func walCommitted(tls *libc.TLS, _ uintptr, db uintptr, zDb uintptr, nFrame int3
 		walEnded.Add(1)
 	}
 	if nFrame >= walAutocheckpoint {
-		sqlite3.Xsqlite3_wal_checkpoint(tls, db, zDb)
+		if rc := sqlite3.Xsqlite3_wal_checkpoint(tls, db, zDb); rc&0xff == sqlite3.SQLITE_IOERR {
+			checkpointFailed(rc)
+		}
 	}
 	return sqlite3.SQLITE_OK
+}
+
+// checkpointErr is the first I/O error of a checkpoint in this process
+// (nil if none). A checkpoint fsyncs the WAL and the database file through
+// SQLite's own handles, and Linux reports a failed write-back once to the
+// handles that were open when it failed: groupSync's may not hear of it.
+// So an I/O error here makes every server of the process fail as a failed
+// fsync of its own would (see groupSync.failed).
+var checkpointErr atomic.Pointer[error]
+
+func checkpointFailed(rc int32) {
+	err := fmt.Errorf("sqlite checkpoint: I/O error (extended code %d)", rc)
+	checkpointErr.CompareAndSwap(nil, &err)
 }
 
 // fsyncFile flushes an open file's data to disk, as SQLite itself does
@@ -211,12 +226,12 @@ type groupSync struct {
 	synced atomic.Uint64
 
 	mu       sync.Mutex
-	files    map[string]uint64 // the inode of each WAL file as the last round saw it
-	added    uint64            // dbFilesAdded as the last round saw it
-	started  uint64            // rounds begun
-	finished uint64            // rounds ended (one runs at a time)
-	running  bool              // a round is in progress
-	done     chan struct{}     // closed when it ends
+	files    map[string]*walFile // each WAL file's handle, kept from round to round
+	added    uint64              // dbFilesAdded as the last round saw it
+	started  uint64              // rounds begun
+	finished uint64              // rounds ended (one runs at a time)
+	running  bool                // a round is in progress
+	done     chan struct{}       // closed when it ends
 	// failed is sticky: after a failed fsync Linux may drop the dirty
 	// pages and report a later fsync as successful, so nothing written
 	// since can be known to be on disk. Only a restart (which recovers
@@ -224,8 +239,24 @@ type groupSync struct {
 	failed error
 }
 
+// walFile is a WAL file's handle and the inode it is open on.
+type walFile struct {
+	f   *os.File
+	ino uint64
+}
+
 func newGroupSync(dir string, logger *slog.Logger) *groupSync {
-	return &groupSync{dir: dir, logger: logger, done: make(chan struct{}), files: map[string]uint64{}}
+	return &groupSync{dir: dir, logger: logger, done: make(chan struct{}), files: map[string]*walFile{}}
+}
+
+// close closes the WAL files' handles. Call it when no round can run.
+func (g *groupSync) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for path, w := range g.files {
+		_ = w.f.Close()
+		delete(g.files, path)
+	}
 }
 
 // wait returns once everything another client could have read before the
@@ -258,6 +289,9 @@ func (g *groupSync) wait() error {
 		g.mu.Unlock()
 		upTo := commits.Load()
 		err := g.syncAll()
+		if ce := checkpointErr.Load(); err == nil && ce != nil {
+			err = *ce
+		}
 		g.mu.Lock()
 		g.running = false
 		if err != nil {
@@ -290,16 +324,13 @@ func (g *groupSync) syncAll() error {
 		if filepath.Dir(file) != g.dir {
 			return true
 		}
-		wal := file + "-wal"
-		ino, serr := syncFile(wal)
+		fresh, serr := g.syncWAL(file + "-wal")
 		switch {
 		case errors.Is(serr, os.ErrNotExist):
-			delete(g.files, wal)
 		case serr != nil:
 			err = serr
 			return false
-		case g.files[wal] != ino:
-			g.files[wal] = ino
+		case fresh:
 			changed = true
 		}
 		return true
@@ -319,26 +350,50 @@ func (g *groupSync) syncAll() error {
 	return nil
 }
 
-// syncFile opens path, flushes it and returns its inode: the inode of the
-// very file flushed, so that a file replaced later shows as changed to the
-// next round.
-func syncFile(path string) (uint64, error) {
-	f, err := os.Open(path)
+// syncWAL flushes the WAL file at path and reports whether this round
+// found it new (first seen, or replaced since the last round). The flush
+// goes through a handle kept open from round to round: Linux reports a
+// failed write-back to each handle open when it failed, but to a handle
+// opened later only if no handle has seen the error yet, and SQLite's own,
+// in a checkpoint, may have. A handle opened afresh for each round could
+// then flush "successfully" pages the kernel had dropped.
+func (g *groupSync) syncWAL(path string) (fresh bool, err error) {
+	w := g.files[path]
+	st, err := os.Stat(path)
+	if err == nil && (w == nil || w.ino != inode(st)) {
+		if w != nil {
+			_ = w.f.Close()
+			delete(g.files, path)
+		}
+		// The inode of the very file opened, so that a file replaced
+		// between the two calls shows as changed to the next round.
+		var f *os.File
+		if f, err = os.Open(path); err == nil {
+			if st, err = f.Stat(); err != nil {
+				_ = f.Close()
+			} else {
+				w = &walFile{f: f, ino: inode(st)}
+				g.files[path] = w
+				fresh = true
+			}
+		}
+	}
 	if err != nil {
-		return 0, err
+		if errors.Is(err, os.ErrNotExist) && g.files[path] != nil {
+			_ = g.files[path].f.Close()
+			delete(g.files, path)
+		}
+		return false, err
 	}
-	defer f.Close()
-	if err := fsyncFile(f); err != nil {
-		return 0, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
+	return fresh, fsyncFile(w.f)
+}
+
+// inode returns a file's inode number.
+func inode(st os.FileInfo) uint64 {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		return sys.Ino, nil
+		return sys.Ino
 	}
-	return 1, nil
+	return 1
 }
 
 // proxy accepts clients on front and connects each to FerretDB at backend,
@@ -356,6 +411,7 @@ type proxy struct {
 // its clients a few seconds and then closes theirs, which ends each one.
 func (p *proxy) serve(ctx context.Context) {
 	var wg sync.WaitGroup
+	defer p.sync.close() // after the connections, whose answers wait on rounds
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { _ = p.front.Close() })
 	defer stop()

@@ -18,6 +18,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // fsyncGate replaces fsyncFile for a test: until armed it passes calls
@@ -189,6 +190,61 @@ func TestFullSyncFailureIsSticky(t *testing.T) {
 	defer cancel2()
 	if err := coll.FindOne(ctx2, bson.D{{Key: "_id", Value: "first"}}).Err(); err == nil {
 		t.Fatal("the server answered after a failed fsync")
+	}
+}
+
+// TestCheckpointIOErrorFailsTheServer: an I/O error of SQLite's own
+// checkpoint, which fsyncs through SQLite's handles, fails the server as a
+// failed fsync of its own does: the next write is not acknowledged.
+func TestCheckpointIOErrorFailsTheServer(t *testing.T) {
+	_, coll := startFull(t, t.TempDir())
+	t.Cleanup(func() { checkpointErr.Store(nil) })
+	checkpointFailed(sqlite3.SQLITE_IOERR_FSYNC)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "after"}}); err == nil {
+		t.Fatal("a write was acknowledged after a checkpoint's I/O error")
+	}
+}
+
+// TestFullSyncKeepsItsWALHandles: each round flushes a WAL file through
+// the handle the first round opened, not one opened afresh, which Linux
+// would not tell of a write-back error another handle (SQLite's) had seen.
+func TestFullSyncKeepsItsWALHandles(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	handles := map[string]map[*os.File]bool{}
+	real := fsyncFile
+	fsyncFile = func(f *os.File) error {
+		mu.Lock()
+		if handles[f.Name()] == nil {
+			handles[f.Name()] = map[*os.File]bool{}
+		}
+		handles[f.Name()][f] = true
+		mu.Unlock()
+		return real(f)
+	}
+	t.Cleanup(func() { fsyncFile = real })
+	_, coll := startFull(t, dir)
+	for i := range 5 {
+		if _, err := coll.InsertOne(t.Context(), bson.D{{Key: "_id", Value: i}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	wals := 0
+	for name, hs := range handles {
+		if !strings.HasSuffix(name, "-wal") || !strings.HasPrefix(name, dir) {
+			continue
+		}
+		wals++
+		if len(hs) != 1 {
+			t.Errorf("%s flushed through %d handles, want one kept open", filepath.Base(name), len(hs))
+		}
+	}
+	if wals == 0 {
+		t.Fatalf("no WAL file under %s was flushed: %v", dir, handles)
 	}
 }
 
