@@ -349,6 +349,55 @@ func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
 	}
 }
 
+// TestRoleWaitsForTheServerThatHoldsItsDirectory: a role that finds its
+// address free but its DATA_DIR held by another process's embedded
+// MongoDB (with EMBEDDED_MONGODB_SYNC=normal a winner of the start race
+// binds the address last) waits for that server to answer, instead of
+// exiting or starting a second one on the directory.
+func TestRoleWaitsForTheServerThatHoldsItsDirectory(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+	srv, err := embedded.Start(context.Background(), embedded.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(env["DATA_DIR"], "mongodb")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) }) // after the api's stop
+	out := &logbuf.Buffer{}
+	ctx, end := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	t.Cleanup(func() { end(); <-served })
+	go func() {
+		defer close(served)
+		for !strings.Contains(out.String(), "another process is starting the embedded mongodb") {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		// The server now answers at the role's address.
+		ln, err := net.Listen("tcp", env["EMBEDDED_MONGODB_ADDR"])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		stopListening := context.AfterFunc(ctx, func() { ln.Close() })
+		defer stopListening()
+		backend := strings.TrimSuffix(strings.TrimPrefix(srv.URI(), "mongodb://"), "/")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go forward(c, backend)
+		}
+	}()
+	_, _, stop := startRole(t, "api", env, out)
+	stop()
+	if !strings.Contains(out.String(), "waiting for it") || !strings.Contains(out.String(), "using the embedded mongodb already running") {
+		t.Errorf("the api did not wait for the server holding its directory, then use it:\n%s", out.String())
+	}
+}
+
 // TestRunningMongoDBWithAnotherDataDirIsRefused: a role that finds an
 // embedded MongoDB already answering at its address uses it only if it
 // keeps its data in the role's DATA_DIR; one started with another

@@ -263,12 +263,18 @@ func (s *system) embeddedMongo(ctx context.Context, cfg config.Config) (string, 
 		})
 	}
 	srv, err := start()
-	if errors.Is(err, embedded.ErrAddrInUse) && s.role != "mongodb" {
+	// A loser of the race may find the address free still (with
+	// EMBEDDED_MONGODB_SYNC=normal the winner binds it last) and the
+	// directory taken.
+	taken := func(err error) bool {
+		return errors.Is(err, embedded.ErrAddrInUse) || errors.Is(err, embedded.ErrDirInUse)
+	}
+	if taken(err) && s.role != "mongodb" {
 		// Roles started together all find no server and race to start
 		// one; the losers use the winner's once it answers, or start
 		// their own if the winner died and freed the address.
 		s.logger.Info("another process is starting the embedded mongodb; waiting for it", "addr", cfg.EmbeddedMongoDBAddr)
-		for deadline := time.Now().Add(startWait); errors.Is(err, embedded.ErrAddrInUse) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(startWait); taken(err) && time.Now().Before(deadline); {
 			select {
 			case <-ctx.Done():
 				return "", nil, ctx.Err()

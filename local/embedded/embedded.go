@@ -66,6 +66,10 @@ type Server struct {
 // address.
 var ErrAddrInUse = errors.New("address already in use")
 
+// ErrDirInUse is returned by Start when another server has the data
+// directory.
+var ErrDirInUse = errors.New("in use")
+
 // Start starts the server and returns once it answers a ping. The server
 // runs until ctx is done or Close is called.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
@@ -101,16 +105,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if strings.ContainsAny(dir, "?#%") {
 		return nil, fmt.Errorf("embedded mongodb: data directory %q (really %q): the characters ? # %% cannot be used in it (FerretDB puts the path in a URI unescaped)", cfg.Dir, dir)
 	}
-	lock, err := lockDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	started := false
-	defer func() {
-		if !started {
-			_ = lock.Close()
-		}
-	}()
 
 	// FerretDB wants a SQLite URI naming a directory: the trailing slash is
 	// required. url.URL escapes characters such as spaces in the path.
@@ -149,6 +143,20 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		return nil, fmt.Errorf("embedded mongodb: listen on %s: %w", cfg.Addr, err)
 	}
+	// The directory after the address: processes started together race
+	// for both, and a loser should learn first of the address, to wait
+	// for the winner to answer there.
+	lock, err := lockDir(dir)
+	if err != nil {
+		_ = front.Close()
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			_ = lock.Close()
+		}
+	}()
 	listen := cfg.Addr
 	if cfg.Sync == "normal" {
 		_ = front.Close()
@@ -247,8 +255,8 @@ func lockDir(dir string) (*os.File, error) {
 		holder, _ := io.ReadAll(io.LimitReader(f, 32))
 		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("embedded mongodb: data directory %s is in use by another embedded MongoDB (process %s): "+
-				"point this process at that one with its EMBEDDED_MONGODB_ADDR, or give it another DATA_DIR", dir, strings.TrimSpace(string(holder)))
+			return nil, fmt.Errorf("embedded mongodb: data directory %s is %w by another embedded MongoDB (process %s): "+
+				"point this process at that one with its EMBEDDED_MONGODB_ADDR, or give it another DATA_DIR", dir, ErrDirInUse, strings.TrimSpace(string(holder)))
 		}
 		return nil, fmt.Errorf("embedded mongodb: lock data directory %s: %w", dir, err)
 	}
