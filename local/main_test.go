@@ -398,6 +398,44 @@ func TestRoleWaitsForTheServerThatHoldsItsDirectory(t *testing.T) {
 	}
 }
 
+// TestRunningMongoDBWithoutFsyncIsRefused: a role whose
+// EMBEDDED_MONGODB_SYNC is full does not use a running embedded MongoDB
+// started with normal, whose acknowledged writes a power cut can take
+// back; a role set to normal uses it.
+func TestRunningMongoDBWithoutFsyncIsRefused(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"LOG_LEVEL": "info"})
+	srv, err := embedded.Start(context.Background(), embedded.Config{
+		Addr: env["EMBEDDED_MONGODB_ADDR"], Dir: filepath.Join(env["DATA_DIR"], "mongodb"), Sync: "normal",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"api"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "EMBEDDED_MONGODB_SYNC=normal") {
+			t.Fatalf("run: %v, want a refusal naming EMBEDDED_MONGODB_SYNC", err)
+		}
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("the api still runs 30 s after it found a mongodb that does not fsync")
+	}
+	env["EMBEDDED_MONGODB_SYNC"] = "normal"
+	out := &logbuf.Buffer{}
+	_, _, stop := startRole(t, "api", env, out)
+	stop()
+	if !strings.Contains(out.String(), "using the embedded mongodb already running") {
+		t.Errorf("a role set to normal did not use the running server:\n%s", out)
+	}
+}
+
 // TestRunningMongoDBWithAnotherDataDirIsRefused: a role that finds an
 // embedded MongoDB already answering at its address uses it only if it
 // keeps its data in the role's DATA_DIR; one started with another

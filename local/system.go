@@ -306,12 +306,12 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 	// A server answers a moment before it has recorded its directory, and
 	// a directory copied or moved names its old place until then: an
 	// answer other than this DATA_DIR is asked again for markerWait.
-	var served string
+	var served embedded.Served
 	var err error
 	same := false
 	for deadline := time.Now().Add(markerWait); ; {
-		served, err = embedded.DataDir(ctx, uri)
-		same = err == nil && embedded.SameDir(want, served)
+		served, err = embedded.Describe(ctx, uri)
+		same = err == nil && embedded.SameDir(want, served.DataDir)
 		if same || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -321,6 +321,11 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 		}
 	}
 	switch {
+	case same && served.Sync == "normal" && cfg.EmbeddedMongoDBSync != "normal":
+		// The role would answer 202 for writes that a power cut can
+		// take back, though its own setting says they are on disk.
+		return fmt.Errorf("the embedded mongodb at EMBEDDED_MONGODB_ADDR %s runs with EMBEDDED_MONGODB_SYNC=normal (no fsync), "+
+			"and this process's is %s: restart that one with full, or set normal here too", cfg.EmbeddedMongoDBAddr, cfg.EmbeddedMongoDBSync)
 	case same:
 	case errors.Is(err, embedded.ErrNoMarker):
 		s.logger.Warn("the mongodb answering at EMBEDDED_MONGODB_ADDR does not say where it keeps its data; using it, and not DATA_DIR",
@@ -330,9 +335,9 @@ func (s *system) useRunning(ctx context.Context, cfg config.Config, uri string) 
 		return fmt.Errorf("embedded mongodb at EMBEDDED_MONGODB_ADDR %s: %w", cfg.EmbeddedMongoDBAddr, err)
 	default:
 		return fmt.Errorf("the embedded mongodb at EMBEDDED_MONGODB_ADDR %s keeps its data in %s, not in DATA_DIR's %s: "+
-			"stop the process running it, or give this one the same DATA_DIR, or another EMBEDDED_MONGODB_ADDR", cfg.EmbeddedMongoDBAddr, served, want)
+			"stop the process running it, or give this one the same DATA_DIR, or another EMBEDDED_MONGODB_ADDR", cfg.EmbeddedMongoDBAddr, served.DataDir, want)
 	}
-	s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr, "dir", served)
+	s.logger.Info("using the embedded mongodb already running", "addr", cfg.EmbeddedMongoDBAddr, "dir", served.DataDir, "sync", served.Sync)
 	return nil
 }
 

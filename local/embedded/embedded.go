@@ -218,7 +218,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.uri = u.String()
 	}
 
-	if err := ping(ctx, s.uri, dir); err != nil {
+	sync := cfg.Sync
+	if sync == "" {
+		sync = "full"
+	}
+	if err := ping(ctx, s.uri, dir, sync); err != nil {
 		cancel()
 		<-s.done
 		s.wg.Wait() // the proxy, if any, has closed its listener
@@ -267,8 +271,9 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // ping connects with the driver and pings until the server answers or the
-// deadline passes; then it records dir in the server (see writeMarker).
-func ping(ctx context.Context, uri, dir string) error {
+// deadline passes; then it records dir and sync in the server (see
+// writeMarker).
+func ping(ctx context.Context, uri, dir, sync string) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetAppName("embedded-ping"))
@@ -279,7 +284,7 @@ func ping(ctx context.Context, uri, dir string) error {
 	if err := client.Ping(ctx, nil); err != nil {
 		return err
 	}
-	return writeMarker(ctx, client, dir)
+	return writeMarker(ctx, client, dir, sync)
 }
 
 // IndexIDs gives every collection created so far the _id index that
