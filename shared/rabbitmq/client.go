@@ -38,8 +38,10 @@ type Client struct {
 
 	pub  *managedConn
 	pool chan *pubChannel // idle confirm-mode channels
-	// discards counts goroutines closing channels that were given up.
-	discards sync.WaitGroup
+	// discards counts goroutines left to finish calls on the publishing
+	// connection that their callers gave up on: closing a channel, opening
+	// one past its caller's deadline, reading queue depths.
+	discards tracker
 
 	mu        sync.Mutex
 	closed    bool
@@ -138,7 +140,7 @@ func (c *Client) Close() error {
 			}
 			break
 		}
-		c.discards.Wait()
+		c.discards.wait()
 	})
 	return c.closeErr
 }

@@ -105,6 +105,89 @@ func checkURI(uri string) error {
 	return nil
 }
 
+// tracker counts goroutines left to finish calls to the broker that their
+// caller stopped waiting for (a channel open, a channel close), so that
+// whoever closes the connection they run on can wait for them: such a call
+// returns once its connection is closed, at the latest. A broker that has
+// stopped answering would otherwise keep them, and what they hold, until
+// amqp091's heartbeat gives up, or for good on a blocked connection.
+type tracker struct {
+	mu      sync.Mutex
+	waiting bool // wait has begun
+	wg      sync.WaitGroup
+}
+
+// start runs f in a goroutine that wait waits for. It reports false, and
+// does not run f, once wait has begun: the connection is closed by then, so
+// that f would fail, and a WaitGroup must not be added to while it is
+// waited on.
+func (t *tracker) start(f func()) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.waiting {
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// wait refuses new goroutines and waits for those started. The caller
+// closes the connection first, or the wait lasts as long as the broker's
+// silence.
+func (t *tracker) wait() {
+	t.mu.Lock()
+	t.waiting = true
+	t.mu.Unlock()
+	t.wg.Wait()
+}
+
+// within runs call, which waits for the broker, in a goroutine that bg
+// tracks, and waits for it until ctx ends: amqp091's calls take no context,
+// and a broker that stopped answering (a half-open connection, a blocked
+// one) would hold the caller until the heartbeat gives up, or for good. If
+// ctx ends first, within returns ctx's error at once; what call returns
+// later is handed to drop (which closes the channel it opened, say) in that
+// goroutine. It returns ErrClosed if bg's owner is closing.
+func within[T any](ctx context.Context, bg *tracker, call func() (T, error), drop func(T)) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	// Unbuffered: a result is either taken by the caller or dropped, never
+	// both and never neither.
+	done := make(chan result)
+	if !bg.start(func() {
+		v, err := call()
+		select {
+		case done <- result{v, err}:
+		case <-ctx.Done():
+			if err == nil {
+				drop(v)
+			}
+		}
+	}) {
+		return zero, ErrClosed
+	}
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// closeChannel closes ch, waiting for the broker's close-ok; it is for
+// goroutines a tracker counts.
+func closeChannel(ch *amqp.Channel) { _ = ch.Close() }
+
 // managedConn is one AMQP connection that re-dials itself. A connection is
 // declared into existence with the topology each time it is (re)made, so a
 // broker that lost its definitions gets them back.
@@ -117,6 +200,9 @@ type managedConn struct {
 	life     context.Context // ends when the owner closes
 	stop     context.CancelFunc
 	loopDone chan struct{}
+	// bg counts the calls on this connection that their callers gave up
+	// on; close and abort wait for them.
+	bg tracker
 
 	mu        sync.Mutex
 	conn      *amqp.Connection // nil while down
@@ -238,8 +324,29 @@ func (m *managedConn) connect(ctx context.Context) (*watched, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.declare(ctx, conn); err != nil {
-		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+	// The handshake's deadline is gone by now, and a declare that ctx
+	// ends leaves calls behind that wait for the broker (the channel's
+	// close-ok among them) until the heartbeat gives up. The connection
+	// is thrown away if the declare fails, so ending ctx closes its
+	// socket, which ends them at once. Close ends ctx too: m.life is its
+	// parent.
+	stopWatch := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	err = m.declare(ctx, conn)
+	if err == nil && !stopWatch() {
+		// ctx ended as the declare finished: the socket is closed, or
+		// about to be.
+		err = fmt.Errorf("declare rabbitmq topology: %w", ctx.Err())
+	}
+	if err != nil {
+		// Once ctx has ended the socket is going: a close handshake on
+		// it would wait for a close-ok until closeTimeout. Otherwise the
+		// watch stays on through the handshake, which ending ctx cuts
+		// short too.
+		if ctx.Err() == nil {
+			_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		}
+		stopWatch()
+		_ = raw.Close()
 		return nil, err
 	}
 	w := &watched{
@@ -250,6 +357,7 @@ func (m *managedConn) connect(ctx context.Context) (*watched, error) {
 	if m.life.Err() != nil {
 		m.mu.Unlock()
 		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		_ = raw.Close()
 		return nil, ErrClosed
 	}
 	m.gen++
@@ -298,9 +406,19 @@ func (m *managedConn) dial(ctx context.Context) (*amqp.Connection, net.Conn, err
 		if err == nil {
 			_ = conn.Close()
 		}
+		_ = raw.Close()
 		return nil, nil, fmt.Errorf("connect to rabbitmq %s: %w", redactURI(m.uri), ctx.Err())
 	}
 	if err != nil {
+		// DialConfig leaves the socket open when it fails after the TCP
+		// dial: on TLS settings it cannot load (cacertfile, certfile,
+		// keyfile), and when the handshake fails (no SASL mechanism in
+		// common, refused credentials), where amqp091's reader goes on
+		// reading it until the broker gives up on the handshake. Only a
+		// failed TLS handshake closes it. Closing it twice does no harm.
+		if raw != nil {
+			_ = raw.Close()
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
@@ -310,13 +428,20 @@ func (m *managedConn) dial(ctx context.Context) (*amqp.Connection, net.Conn, err
 	return conn, raw, nil
 }
 
+// declare declares the topology within ctx on a channel of its own. It
+// leaves the channel to close in the background: the close waits for the
+// broker's close-ok, which on a live connection that stopped answering
+// (redeclare runs on one) comes only when the connection goes, and the
+// caller must not wait that long. The connection's close waits for it.
 func (m *managedConn) declare(ctx context.Context, conn *amqp.Connection) error {
-	ch, err := conn.Channel()
+	ch, err := within(ctx, &m.bg, conn.Channel, closeChannel)
 	if err != nil {
 		return fmt.Errorf("open channel to declare topology: %w", err)
 	}
-	defer ch.Close()
-	return Declare(ctx, ch, m.topo)
+	err = Declare(ctx, ch, m.topo)
+	// Refused only while the connection closes: the channel goes with it.
+	_ = m.bg.start(func() { closeChannel(ch) })
+	return err
 }
 
 // redeclareAfter is how long refusals that point at a missing queue or
@@ -453,6 +578,18 @@ func (m *managedConn) waitUnblocked(ctx context.Context) error {
 	}
 }
 
+// blockedErr returns an error if the broker blocks the connection now (a
+// memory or disk alarm): it reads nothing from a blocked connection, so a
+// call that waits for its answer would wait until the alarm clears.
+func (m *managedConn) blockedErr() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.blocked != nil {
+		return fmt.Errorf("rabbitmq blocks the %s connection: %s", m.name, m.blockWhy)
+	}
+	return nil
+}
+
 // status returns nil if the connection is up and not blocked.
 func (m *managedConn) status() error {
 	m.mu.Lock()
@@ -484,9 +621,16 @@ func (m *managedConn) detach() (*amqp.Connection, net.Conn) {
 }
 
 // close stops the watcher and closes the connection, waiting up to
-// closeTimeout for the broker's close-ok.
+// closeTimeout for the broker's close-ok, then for the calls left behind on
+// it, which return once it is closed.
 func (m *managedConn) close() error {
 	conn, raw := m.detach()
+	defer m.bg.wait()
+	if raw != nil {
+		// Before the wait: the calls left behind return once the socket
+		// is closed, whatever the close handshake below came to.
+		defer func() { _ = raw.Close() }()
+	}
 	if conn == nil || conn.IsClosed() {
 		return nil
 	}
@@ -515,6 +659,7 @@ func (m *managedConn) abort() {
 	if raw != nil {
 		_ = raw.Close()
 	}
+	m.bg.wait()
 }
 
 // dropForTest closes the socket under the connection, as a network failure

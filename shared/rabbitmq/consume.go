@@ -161,14 +161,14 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 	c.state.Store(int32(stateReconnecting))
 	defer c.state.Store(int32(stateStopped))
 	mc.startDown()
-	var calls sync.WaitGroup
+	var calls tracker
 	defer func() {
 		if err := mc.close(); err != nil {
 			c.log.Warn("close consume connection", "err", err)
 		}
 		// Calls to the broker that the stop gave up on return once the
 		// connection is closed; none outlives Consume.
-		calls.Wait()
+		calls.wait()
 	}()
 
 	// Consume stops when its ctx ends or the Client closes.
@@ -236,7 +236,7 @@ func (c *Client) Consume(ctx context.Context, opts ConsumeOptions, handle Handle
 // the handlers are done acknowledging on it, and whether the broker was
 // silent: it did not confirm the cancel within stopTimeout (the call goes on,
 // counted in calls, until the connection closes).
-func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeOptions, jobs chan<- amqp.Delivery, calls *sync.WaitGroup) (*amqp.Channel, bool, error) {
+func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeOptions, jobs chan<- amqp.Delivery, calls *tracker) (*amqp.Channel, bool, error) {
 	subscribed := false
 	for attempt := 0; ; attempt++ {
 		c.state.Store(int32(stateReconnecting))
@@ -248,8 +248,15 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 			return nil, false, nil // ctx ended or the Client closed
 		}
 		tag := fmt.Sprintf("rms-%s-%d-%d", opts.Queue, os.Getpid(), consumerSeq.Add(1))
-		ch, deliveries, err := subscribe(conn, opts, tag)
+		sub, err := within(ctx, calls, func() (subscription, error) { return subscribe(conn, opts, tag) },
+			func(s subscription) { closeChannel(s.ch) })
 		if err != nil {
+			if ctx.Err() != nil {
+				// Stopped while subscribing: a broker that stopped
+				// answering keeps the call, in the background, until the
+				// connection is closed.
+				return nil, false, nil
+			}
 			if conn.IsClosed() {
 				mc.markDown(gen, err)
 			}
@@ -263,6 +270,7 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 			c.log.Warn("consume: subscribe failed; retrying", "queue", opts.Queue, "attempt", attempt+1, "err", err)
 			continue
 		}
+		ch, deliveries := sub.ch, sub.deliveries
 		subscribed = true
 		attempt = 0
 		c.state.Store(int32(stateConsuming))
@@ -298,7 +306,11 @@ func (c *Client) consumeLoop(ctx context.Context, mc *managedConn, opts ConsumeO
 			}
 		}
 		c.log.Warn("consume: subscription lost; re-subscribing", "queue", opts.Queue, "err", reason)
-		_ = ch.Close()
+		// A channel the broker cancelled the subscription on is still
+		// open, and its close waits for a close-ok: in the background, so
+		// that a connection that has stopped answering does not hold the
+		// re-subscription, or the stop.
+		_ = calls.start(func() { closeChannel(ch) })
 	}
 }
 
@@ -317,14 +329,14 @@ const stopTimeout = 3 * time.Second
 // own and waits up to stopTimeout for it to return; it reports whether it
 // did. A call given up on returns once the connection closes: calls counts
 // it until then, so that Consume can wait for it rather than leak it.
-func awaitBroker(calls *sync.WaitGroup, call func()) bool {
+func awaitBroker(calls *tracker, call func()) bool {
 	done := make(chan struct{})
-	calls.Add(1)
-	go func() {
-		defer calls.Done()
+	if !calls.start(func() {
 		defer close(done)
 		call()
-	}()
+	}) {
+		return false
+	}
 	t := time.NewTimer(stopTimeout)
 	defer t.Stop()
 	select {
@@ -335,22 +347,30 @@ func awaitBroker(calls *sync.WaitGroup, call func()) bool {
 	}
 }
 
-// subscribe opens a channel with the prefetch set and starts consuming.
-func subscribe(conn *amqp.Connection, opts ConsumeOptions, tag string) (*amqp.Channel, <-chan amqp.Delivery, error) {
+// subscription is a channel consuming a queue.
+type subscription struct {
+	ch         *amqp.Channel
+	deliveries <-chan amqp.Delivery
+}
+
+// subscribe opens a channel with the prefetch set and starts consuming. It
+// waits for the broker three times, with no deadline: consumeLoop runs it
+// through within.
+func subscribe(conn *amqp.Connection, opts ConsumeOptions, tag string) (subscription, error) {
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, nil, fmt.Errorf("open channel: %w", err)
+		return subscription{}, fmt.Errorf("open channel: %w", err)
 	}
 	if err := ch.Qos(opts.Prefetch, 0, false); err != nil {
 		_ = ch.Close()
-		return nil, nil, fmt.Errorf("set prefetch: %w", err)
+		return subscription{}, fmt.Errorf("set prefetch: %w", err)
 	}
 	deliveries, err := ch.Consume(opts.Queue, tag, false, false, false, false, nil)
 	if err != nil {
 		_ = ch.Close()
-		return nil, nil, err
+		return subscription{}, err
 	}
-	return ch, deliveries, nil
+	return subscription{ch: ch, deliveries: deliveries}, nil
 }
 
 // permanent reports whether a subscribe error will not go away by retrying.

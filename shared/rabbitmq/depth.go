@@ -18,17 +18,26 @@ type QueueDepth struct {
 // with a passive declare of each on a channel of its own: one that neither
 // creates a queue nor changes one. It gives up when ctx ends; a broker
 // that does not answer leaves its channel to close with the connection.
+// While the broker blocks the publishing connection (a memory or disk
+// alarm) it returns an error at once: the broker reads nothing from that
+// connection until the alarm clears, and each call would leave a channel
+// open waiting until then.
 func (c *Client) QueueDepths(ctx context.Context) ([]QueueDepth, error) {
 	conn, _, err := c.pub.get(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if err := c.pub.blockedErr(); err != nil {
+		return nil, fmt.Errorf("inspect queues: %w", err)
 	}
 	type result struct {
 		depths []QueueDepth
 		err    error
 	}
 	done := make(chan result, 1)
-	go func() {
+	// Close waits for the goroutine, which returns once the connection
+	// is closed at the latest.
+	if !c.discards.start(func() {
 		ch, err := conn.Channel()
 		if err != nil {
 			done <- result{err: fmt.Errorf("open channel: %w", err)}
@@ -45,11 +54,13 @@ func (c *Client) QueueDepths(ctx context.Context) ([]QueueDepth, error) {
 			r.depths = append(r.depths, QueueDepth{Queue: name, Ready: q.Messages, Consumers: q.Consumers})
 		}
 		done <- r
-	}()
+	}) {
+		return nil, ErrClosed
+	}
 	select {
 	case r := <-done:
 		return r.depths, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("inspect queues: %w", ctx.Err())
 	}
 }

@@ -1,5 +1,7 @@
 package rabbitmq
 
+import amqp "github.com/rabbitmq/amqp091-go"
+
 // DropConnectionsForTest closes the sockets under every connection the
 // client has, as a network failure would.
 func (c *Client) DropConnectionsForTest() {
@@ -18,4 +20,12 @@ func (c *Client) LocalAddrsForTest() []string {
 		}
 	}
 	return out
+}
+
+// SetBlockedForTest makes the publishing connection behave as if the broker
+// had blocked it (active) or unblocked it, as connection.blocked and
+// connection.unblocked do during a memory or disk alarm, which a test cannot
+// raise without affecting everyone else on the broker.
+func (c *Client) SetBlockedForTest(active bool, reason string) {
+	c.pub.setBlocked(amqp.Blocking{Active: active, Reason: reason})
 }

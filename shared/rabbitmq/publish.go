@@ -68,12 +68,25 @@ func (c *Client) acquire(ctx context.Context) (*pubChannel, error) {
 		}
 		break
 	}
-	ch, err := conn.Channel()
+	// Opening the channel and putting it in confirm mode wait for the
+	// broker, which may have stopped answering: the caller's deadline (a
+	// relay's lease, a Lambda's budget) bounds the wait, and a channel
+	// opened too late is closed in the background.
+	p, err := within(ctx, &c.discards, func() (*pubChannel, error) { return c.open(conn, gen) }, c.discard)
 	if err != nil {
 		if conn.IsClosed() {
 			c.pub.markDown(gen, err)
 		}
 		return nil, fmt.Errorf("open publish channel: %w", err)
+	}
+	return p, nil
+}
+
+// open opens a confirm-mode channel on conn, connection generation gen.
+func (c *Client) open(conn *amqp.Connection, gen uint64) (*pubChannel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
 	}
 	p := &pubChannel{
 		ch:      ch,
@@ -84,7 +97,7 @@ func (c *Client) acquire(ctx context.Context) (*pubChannel, error) {
 	}
 	if err := ch.Confirm(false); err != nil {
 		c.discard(p)
-		return nil, fmt.Errorf("put channel in confirm mode: %w", err)
+		return nil, fmt.Errorf("confirm mode: %w", err)
 	}
 	return p, nil
 }
@@ -104,15 +117,13 @@ func (c *Client) release(p *pubChannel, reusable bool) {
 
 // discard closes p in the background: a close waits for the broker's
 // close-ok, which the caller (whose context may have ended) should not.
+// Close waits for it, once the connection is closed; if Close is already
+// waiting, the channel goes with the connection.
 func (c *Client) discard(p *pubChannel) {
 	if p.ch.IsClosed() {
 		return
 	}
-	c.discards.Add(1)
-	go func() {
-		defer c.discards.Done()
-		_ = p.ch.Close()
-	}()
+	_ = c.discards.start(func() { closeChannel(p.ch) })
 }
 
 // outgoing is one message to publish.
