@@ -129,13 +129,16 @@ func (p *freezingProxy) forward(dst, src net.Conn) {
 }
 
 // uri is testURI with its host and port replaced by the proxy's.
-func (p *freezingProxy) uri(t *testing.T) string {
+func (p *freezingProxy) uri(t *testing.T) string { return uriThrough(t, p.ln) }
+
+// uriThrough is testURI with its host and port replaced by ln's.
+func uriThrough(t *testing.T, ln net.Listener) string {
 	t.Helper()
 	u, err := amqp.ParseURI(testURI())
 	if err != nil {
 		t.Fatalf("parse %s: %v", testURI(), err)
 	}
-	addr := p.ln.Addr().(*net.TCPAddr)
+	addr := ln.Addr().(*net.TCPAddr)
 	u.Host, u.Port = addr.IP.String(), addr.Port
 	return u.String()
 }
@@ -268,20 +271,7 @@ func TestStopDoesNotWaitForASilentBroker(t *testing.T) {
 				wantBack = "stuck"
 			}
 
-			const bound = 8 * time.Second
-			select {
-			case err := <-done:
-				took := time.Since(begin)
-				t.Logf("Consume returned %s after the stop, on a frozen connection", took.Round(10*time.Millisecond))
-				if err != nil {
-					t.Errorf("Consume: %v", err)
-				}
-				if took > bound {
-					t.Errorf("Consume took %s to stop on a silent broker, want under %s", took.Round(10*time.Millisecond), bound)
-				}
-			case <-time.After(time.Minute):
-				t.Fatal("Consume did not return within a minute of the stop, on a frozen connection")
-			}
+			awaitStop(t, done, begin, 8*time.Second, "on a silent broker")
 			if handlerCancelled.Load() {
 				t.Error("the handler's context was cancelled: the silent broker shortened its drain")
 			}
@@ -421,16 +411,7 @@ func (p *stallingProxy) forwardFrames(client, up net.Conn, n int, stall func(amq
 }
 
 // uri is testURI with its host and port replaced by the proxy's.
-func (p *stallingProxy) uri(t *testing.T) string {
-	t.Helper()
-	u, err := amqp.ParseURI(testURI())
-	if err != nil {
-		t.Fatalf("parse %s: %v", testURI(), err)
-	}
-	addr := p.ln.Addr().(*net.TCPAddr)
-	u.Host, u.Port = addr.IP.String(), addr.Port
-	return u.String()
-}
+func (p *stallingProxy) uri(t *testing.T) string { return uriThrough(t, p.ln) }
 
 // waitStalled fails the test unless a connection stalls within d.
 func (p *stallingProxy) waitStalled(t *testing.T, d time.Duration) {
@@ -535,12 +516,7 @@ func TestCloseDoesNotWaitForAStalledRedial(t *testing.T) {
 	topo := newTopology(t, adminConn(t))
 	// Connection 0 is Dial's; the re-dial after the drop is connection 1.
 	proxy := newStallingProxy(t, stallOnChannelsFrom(1))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := rabbitmq.Dial(ctx, proxy.uri(t), topo, testLogger(t))
-	if err != nil {
-		t.Fatalf("Dial through the proxy: %v", err)
-	}
+	c := dialThrough(t, proxy.uri(t), topo)
 	c.DropConnectionsForTest()
 	// The first re-dial is immediate; once the broker has opened its
 	// declare channel, the proxy stalls it.
@@ -564,12 +540,7 @@ func TestStopDoesNotWaitForAStalledResubscribe(t *testing.T) {
 	conn := adminConn(t)
 	topo := newTopology(t, conn)
 	proxy := newStallingProxy(t, amqpFrame.basicCancel)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := rabbitmq.Dial(ctx, proxy.uri(t), topo, testLogger(t))
-	if err != nil {
-		t.Fatalf("Dial through the proxy: %v", err)
-	}
+	c := dialThrough(t, proxy.uri(t), topo)
 	t.Cleanup(func() { _ = c.Close() })
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -591,19 +562,37 @@ func TestStopDoesNotWaitForAStalledResubscribe(t *testing.T) {
 	stop()
 	// The stop waits up to closeTimeout (3 s) for the connection's
 	// close-ok, which the silent broker does not send.
-	const bound = 8 * time.Second
+	awaitStop(t, done, begin, 8*time.Second, "while re-subscribing on a silent broker")
+}
+
+// dialThrough dials uri (a proxy's) for topo, within 10 s.
+func dialThrough(t *testing.T, uri string, topo rabbitmq.Topology) *rabbitmq.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := rabbitmq.Dial(ctx, uri, topo, testLogger(t))
+	if err != nil {
+		t.Fatalf("Dial through the proxy: %v", err)
+	}
+	return c
+}
+
+// awaitStop fails the test unless Consume, stopped at begin, returns on
+// done without an error within bound.
+func awaitStop(t *testing.T, done <-chan error, begin time.Time, bound time.Duration, while string) {
+	t.Helper()
 	select {
 	case err := <-done:
 		took := time.Since(begin)
-		t.Logf("Consume returned %s after the stop", took.Round(10*time.Millisecond))
+		t.Logf("Consume returned %s after the stop, %s", took.Round(10*time.Millisecond), while)
 		if err != nil {
 			t.Errorf("Consume: %v", err)
 		}
 		if took > bound {
-			t.Errorf("Consume took %s to stop while re-subscribing on a silent connection, want under %s", took.Round(10*time.Millisecond), bound)
+			t.Errorf("Consume took %s to stop %s, want under %s", took.Round(10*time.Millisecond), while, bound)
 		}
 	case <-time.After(time.Minute):
-		t.Fatal("Consume did not return within a minute of the stop")
+		t.Fatalf("Consume did not return within a minute of the stop, %s", while)
 	}
 }
 
@@ -693,12 +682,7 @@ func TestRedeclareGivesUpWithItsContextOnASilentBroker(t *testing.T) {
 		}
 		return false
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := rabbitmq.Dial(ctx, proxy.uri(t), topo, testLogger(t))
-	if err != nil {
-		t.Fatalf("Dial through the proxy: %v", err)
-	}
+	c := dialThrough(t, proxy.uri(t), topo)
 	t.Cleanup(func() { _ = c.Close() })
 	deleteQueue(t, conn, topo.Queue)
 
