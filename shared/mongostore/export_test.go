@@ -20,11 +20,7 @@ func (s *Store) GuardsCollection() *mongo.Collection { return s.guards() }
 // Ferret reports whether s talks to FerretDB, the embedded MongoDB.
 func (s *Store) Ferret() bool { return s.ferret }
 
-// UseMongoDBForms makes s write as it does on a real MongoDB, with the
-// conditions in the filters (FerretDB runs them too, by a full scan),
-// until the returned function is called.
-func (s *Store) UseMongoDBForms() (restore func()) {
-	was := s.ferret
-	s.ferret = false
-	return func() { s.ferret = was }
-}
+// SetMongoDBForms makes s write as it does on a real MongoDB (true), with
+// the conditions in the filters, which FerretDB runs too (by a full scan),
+// or as on FerretDB (false).
+func (s *Store) SetMongoDBForms(on bool) { s.ferret = !on }

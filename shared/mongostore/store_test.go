@@ -1071,9 +1071,7 @@ func TestMarkPublishedLeavesAnEntryWrittenAgain(t *testing.T) {
 	for _, form := range []string{"embedded", "mongodb"} {
 		t.Run(form, func(t *testing.T) {
 			s, ctx := newStore(t), t.Context()
-			if form == "mongodb" {
-				defer s.UseMongoDBForms()()
-			}
+			s.SetMongoDBForms(form == "mongodb")
 			read := message.NewOutboxEntry("m", 0, t0, t0)
 			if err := s.EnsureOutbox(ctx, read); err != nil {
 				t.Fatal(err)
