@@ -235,12 +235,12 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 	if !claimed {
 		return p.handleClaimed(ctx, log, env, body, state, wid, redelivered)
 	}
-	return p.handleOwn(ctx, log, env, body)
+	return p.handleOwn(ctx, log, env, body, redelivered)
 }
 
 // handleOwn delivers a copy whose message's claim it holds, if the message
 // still waits for this dispatch.
-func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte) Result {
+func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, redelivered bool) Result {
 	m, err := p.Store.GetMessage(ctx, env.ID)
 	switch {
 	case message.ErrorCode(err) == message.ENOTFOUND:
@@ -276,6 +276,20 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		// scheduled, or the stale sweep republished it).
 		p.release(ctx, log, env.ID)
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "stale_copy"}
+	}
+	if redelivered {
+		// The claim was free, yet the previous consumer of this copy may
+		// have died in its webhook call: its claim was taken in the
+		// MongoDB stand-in while Redis was down, and Redis, back (empty),
+		// does not hold it. The dispatch's taken mark (Redis's, or that
+		// stand-in claim) says so: the copy is one of a dispatch whose
+		// consumer did not finish, handled as when its claim is found.
+		// Called again here, that lost call would count no attempt.
+		if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err == nil && taken {
+			res := p.deferUnfinished(ctx, log, env, m, true, nil)
+			p.release(ctx, log, env.ID)
+			return res
+		}
 	}
 	return p.deliver(ctx, log, m)
 }
@@ -324,7 +338,7 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		case err != nil:
 			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the claim: %w", err)}
 		case claimed:
-			return p.handleOwn(ctx, log, env, body)
+			return p.handleOwn(ctx, log, env, body, false)
 		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}
@@ -345,7 +359,16 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	if err != nil {
 		log.Warn("inbox unavailable; counting the unfinished dispatch as an attempt", "error", err)
 	}
-	counted := taken || err != nil
+	return p.deferUnfinished(ctx, log, env, m, taken, err)
+}
+
+// deferUnfinished puts m back in the outbox for when the claim of a
+// consumer that did not finish its dispatch has expired, counting the
+// dispatch as an attempt if it was taken (or the inbox could not tell,
+// takenErr).
+func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, env message.Envelope, m message.Message, taken bool, takenErr error) Result {
+	now := p.Now()
+	counted := taken || takenErr != nil
 	attempts := m.Attempts
 	if counted {
 		attempts++

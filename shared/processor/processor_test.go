@@ -880,6 +880,43 @@ func TestCopyOfADeadHoldersLastAttemptIsLeftToTheSweep(t *testing.T) {
 	}
 }
 
+// TestCopyOfAStandInHoldersDispatchCountsItsAttempt: a consumer claimed the
+// dispatch in the MongoDB stand-in while Redis was down, Redis came back
+// empty, and the consumer died in its webhook call (its taken marker in
+// the new Redis, or none if Redis was still down at the mark). The
+// redelivered copy finds Redis's claim free; the dispatch is still taken
+// (guards.Taken reads the stand-in too), so the copy defers the message,
+// counting the lost call, and makes no call of its own: else that call
+// would go uncounted and the next retry's backoff be one step short.
+func TestCopyOfAStandInHoldersDispatchCountsItsAttempt(t *testing.T) {
+	for _, marked := range []bool{true, false} {
+		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
+			f := setup(t, 0, nil)
+			env := f.published(t)
+			ctx := context.Background()
+			if ok, _, _, err := f.a.Store.ClaimInbox(ctx, env.ID, "dead-holder", env.Seq, time.Minute); err != nil || !ok {
+				t.Fatalf("claim in the stand-in as the dead holder: %v %v", ok, err)
+			}
+			if marked {
+				if err := f.a.Redis.MarkTaken(ctx, env.ID, env.Seq, time.Hour); err != nil {
+					t.Fatalf("mark taken as the dead holder: %v", err)
+				}
+			}
+			if r := f.processor(t).Handle(ctx, body(env), true); r.Outcome != message.OutcomeDeferred {
+				t.Fatalf("redelivered copy: %+v, %d calls; want a deferral and no call", r, f.calls.Load())
+			}
+			m := f.message(t, env.ID)
+			if m.Status != message.StatusUnsent || m.Attempts != 1 || m.Seq != 1 || f.calls.Load() != 0 {
+				t.Fatalf("after the copy: %s attempts %d seq %d, %d calls; want UNSENT, 1 attempt, seq 1, no call",
+					m.Status, m.Attempts, m.Seq, f.calls.Load())
+			}
+			if st, _, err := f.a.Redis.Peek(ctx, env.ID); err != nil || st != outbox.InboxNone {
+				t.Fatalf("the copy's claim in Redis: %v %v; want it released", st, err)
+			}
+		})
+	}
+}
+
 // TestBatchStartsNoRecordTooCloseToTheDeadline: with one record at a time,
 // the second record waits for the first one's delivery (1 s) and then has
 // less than the reserve left, so it is not started: the batch reports it
