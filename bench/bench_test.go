@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -55,5 +59,46 @@ func TestSettingsFromEnvironment(t *testing.T) {
 	got := settingsFromEnvironment(func(k string) string { return env[k] }, map[string]string{"MONGODB_URI": "mongodb://bench/"})
 	if want := []string{"BATCH_SIZE", "PROCESSOR_CONCURRENCY"}; !slices.Equal(got, want) {
 		t.Fatalf("settings %v, want %v", got, want)
+	}
+}
+
+// TestWaitDeliveredEndsWithTheLastDelivery: waitDelivered, which counts
+// the phase's ids only when the sink's new ids could complete them (and
+// once a second), returns as soon as the last one arrives, not a count
+// period later, and ids of other phases do not make it end early.
+func TestWaitDeliveredEndsWithTheLastDelivery(t *testing.T) {
+	s, err := startSink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close(context.Background())
+	b := &bench{opts: flags{Wait: 20 * time.Second, Stall: 10 * time.Second}, log: io.Discard, sink: s, stack: &stack{}}
+	deliver := func(id string) {
+		req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader("{}"))
+		req.Header.Set("webhook-id", id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		resp.Body.Close()
+	}
+	ids := []string{"a", "b", "c", "d"}
+	deliver("a")
+	lastAt := make(chan time.Time, 1)
+	go func() {
+		for _, id := range []string{"warm-up", "b", "c"} {
+			time.Sleep(300 * time.Millisecond)
+			deliver(id)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		deliver("d")
+		lastAt <- time.Now()
+	}()
+	if n := b.waitDelivered(context.Background(), ids, "test"); n != len(ids) {
+		t.Fatalf("waitDelivered = %d, want %d", n, len(ids))
+	}
+	if late := time.Since(<-lastAt); late > 200*time.Millisecond {
+		t.Errorf("waitDelivered returned %s after the last delivery", late)
 	}
 }
