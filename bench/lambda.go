@@ -44,6 +44,9 @@ func (b *bench) lambda(ctx context.Context) {
 		r.check(path, fmt.Sprintf("%.1f MB", mb), "<= 15 MB", mb <= targetBootstrap)
 	}
 	if err := b.lambdaProcessor(ctx); err != nil {
+		for _, k := range []string{"ms_per_event", "ms_per_msg", "delivered_pct"} {
+			r.set("lambda_processor_"+k, nil)
+		}
 		r.fail("Lambda processor event", err)
 	}
 }

@@ -137,6 +137,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	b.rep.set("mode", mode)
 	b.rep.set("cpus", runtime.NumCPU())
 	b.rep.set("e2e_messages", o.N)
+	b.rep.set("e2e_clients", o.Clients)
+	b.rep.set("warmup_messages", o.Warmup)
+	// A CPU profiler samples inside the processes for -profile-for of the
+	// throughput phase: its cost is in their CPU figures.
+	b.rep.set("profiled", o.Profile != "")
+	if o.Profile != "" {
+		b.rep.title += "; PROFILED: the CPU figures include the profilers' cost"
+	}
 	b.rep.set("latency_offered_msgs_per_s", o.Rate)
 	b.rep.set("latency_duration_s", o.Duration.Seconds())
 	b.rep.set("machine_loadavg_1m_start", loadAverage())

@@ -57,6 +57,8 @@ func (b *bench) sampleCommands(ctx context.Context) commandCounts {
 // in a phase: the clearest view of what each message costs the database.
 func (b *bench) reportCommands(prefix string, before, after commandCounts, msgs int) {
 	if before == nil || after == nil || msgs == 0 {
+		b.rep.set(prefix+"mongodb_cmds_per_msg", nil)
+		b.rep.set(prefix+"mongodb_write_cmds_per_msg", nil)
 		return
 	}
 	type cmd struct {
