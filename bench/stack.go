@@ -221,12 +221,16 @@ func (b *bench) stopSystem(ctx context.Context) {
 	b.logf("processes stopped")
 }
 
+// stopAll stops the processes of roles together: SIGTERM, and SIGKILL to
+// those still running 20 s later (one deadline for all, so that stopping
+// them does not eat the time the cleanups after it have).
 func stopAll(ctx context.Context, procs map[string]*proc, roles []string) {
 	for _, r := range roles {
 		procs[r].signal(syscall.SIGTERM)
 	}
+	deadline := time.Now().Add(20 * time.Second)
 	for _, r := range roles {
-		procs[r].waitOrKill(ctx, 20*time.Second)
+		procs[r].waitOrKill(ctx, time.Until(deadline))
 	}
 }
 
