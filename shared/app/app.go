@@ -51,7 +51,9 @@ type App struct {
 	// Timing, if set, receives the processor's latencies.
 	Timing func(kind string, d time.Duration)
 
-	breaker *sharedBreaker
+	// breaker is made by the first Processor call, which the status and
+	// metrics routes may race (they serve before the processor starts).
+	breaker atomic.Pointer[sharedBreaker]
 	guards  *guards
 	// lastAlert is when the dead-letter count was last checked, lastWarn
 	// when it was last logged above its threshold (UnixNano).
@@ -205,7 +207,8 @@ func (a *App) Processor() (*processor.Processor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webhook client: %w", err)
 	}
-	if a.breaker == nil {
+	br := a.breaker.Load()
+	if br == nil {
 		b := &sharedBreaker{redis: a.Redis, cooldown: a.Config.BreakerCooldown, now: time.Now}
 		b.local = processor.NewLocalBreaker(processor.BreakerSettings{
 			Name:         "webhook",
@@ -220,14 +223,17 @@ func (a *App) Processor() (*processor.Processor, error) {
 				}
 			},
 		})
-		a.breaker = b
+		br = b
+		if !a.breaker.CompareAndSwap(nil, b) {
+			br = a.breaker.Load() // another call made it first
+		}
 	}
 	p := &processor.Processor{
 		Store:           a.Store,
 		Inbox:           a.guards,
 		Sender:          sender,
 		DeadLetters:     a.Rabbit,
-		Breaker:         a.breaker,
+		Breaker:         br,
 		Retry:           a.Retry(),
 		ClaimTTL:        a.Config.ClaimTTL(),
 		CallReserve:     a.Config.WebhookTimeout + processor.RecordTimeout/2,
@@ -249,10 +255,11 @@ func (a *App) Processor() (*processor.Processor, error) {
 
 // BreakerState returns the webhook circuit breaker's state in this process.
 func (a *App) BreakerState() string {
-	if a.breaker == nil {
+	b := a.breaker.Load()
+	if b == nil {
 		return "closed"
 	}
-	return a.breaker.State()
+	return b.State()
 }
 
 // WebhookCheck reports the webhook as this process's circuit breaker sees
@@ -266,8 +273,8 @@ func (a *App) WebhookCheck() httpapi.Check {
 		if st := a.BreakerState(); st == "open" {
 			return errors.New("circuit breaker open: the webhook failed too often; deliveries wait for the cool-down")
 		}
-		if a.breaker != nil {
-			if n := a.breaker.local.ConsecutiveFailures(); n >= webhookFailingAfter {
+		if b := a.breaker.Load(); b != nil {
+			if n := b.local.ConsecutiveFailures(); n >= webhookFailingAfter {
 				return fmt.Errorf("the last %d calls to the webhook failed; the circuit stays closed until BREAKER_MIN_REQUESTS calls within BREAKER_WINDOW have failed often enough", n)
 			}
 		}

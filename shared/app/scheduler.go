@@ -138,6 +138,9 @@ func (s *StoreScheduler) read() (_ any, err error) {
 	s.mu.Lock()
 	sets := s.sets
 	s.mu.Unlock()
+	// What the read brings back is as old as its start: a stop stored
+	// while it ran is seen within gateCacheTTL of its end.
+	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), gateReadTimeout)
 	defer cancel()
 	state, _, err := s.Store.SchedulerState(ctx, s.Default)
@@ -150,7 +153,7 @@ func (s *StoreScheduler) read() (_ any, err error) {
 		s.readErr, s.readAt = err, time.Now()
 		return nil, err
 	}
-	s.cached, s.cachedAt = state, time.Now()
+	s.cached, s.cachedAt = state, began
 	s.readErr = nil
 	return state, nil
 }

@@ -64,6 +64,55 @@ func TestGateSeesAStopMadeDuringItsRead(t *testing.T) {
 	}
 }
 
+// TestGateTrustsAReadFromItsStart: a slow read of the state is as old as
+// its start, not its end: a stop made through another process while it
+// read is seen within the gate's cache period of the read's end, not a
+// whole period after it.
+func TestGateTrustsAReadFromItsStart(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	ctx := context.Background()
+	api, other := a.LocalScheduler(), a.LocalScheduler()
+	if _, err := other.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held := &heldRead{Store: api.Store, reading: make(chan struct{}), release: make(chan struct{})}
+	api.Store = held
+	gate := api.Gate()
+	during := make(chan bool)
+	go func() {
+		open, _ := gate(ctx)
+		during <- open
+	}()
+	<-held.reading
+	if _, err := other.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the read takes longer than the cache period
+	close(held.release)
+	<-during // begun before the stop: either answer is right
+	if open, err := gate(ctx); err != nil || open {
+		t.Fatalf("gate right after a slow read that began before the stop = %v, %v; want closed", open, err)
+	}
+}
+
+// TestBreakerStateWhileTheProcessorStarts: the status and metrics routes
+// read the breaker's state while the processor, starting, makes it (in
+// role all they serve first); the race detector checks them.
+func TestBreakerStateWhileTheProcessorStarts(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, map[string]string{"WEBHOOK_URL": "http://127.0.0.1:1/hook"}))
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.BreakerState(); _ = a.WebhookCheck().Check(context.Background()) })
+	wg.Go(func() {
+		if _, err := a.Processor(); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Wait()
+	if st := a.BreakerState(); st != "closed" {
+		t.Errorf("breaker state = %q, want closed", st)
+	}
+}
+
 // failingRead fails every read of the scheduler state, after delay, and
 // counts them.
 type failingRead struct {

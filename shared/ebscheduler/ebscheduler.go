@@ -141,8 +141,14 @@ func (s *Scheduler) get(ctx context.Context, opts ...func(*scheduler.Options)) (
 var errUnavailable = &message.Error{Code: message.EUNAVAILABLE, Message: "the publisher schedule cannot be read or changed right now"}
 
 func (s *Scheduler) remember(st httpapi.SchedulerStatus) httpapi.SchedulerStatus {
+	return s.rememberFrom(st, s.now())
+}
+
+// rememberFrom caches st as read at at: what a read brings back is as old
+// as its start.
+func (s *Scheduler) rememberFrom(st httpapi.SchedulerStatus, at time.Time) httpapi.SchedulerStatus {
 	s.mu.Lock()
-	s.cached, s.cachedAt = st, s.now()
+	s.cached, s.cachedAt = st, at
 	s.failed, s.failedAt = nil, time.Time{}
 	s.mu.Unlock()
 	return st
@@ -179,6 +185,7 @@ func (s *Scheduler) Gate() outbox.Gate {
 func (s *Scheduler) gateRead(ctx context.Context) (httpapi.SchedulerStatus, error) {
 	rctx, cancel := context.WithTimeout(ctx, gateTimeout)
 	defer cancel()
+	began := s.now()
 	out, err := s.get(rctx, oneAttempt)
 	if err != nil {
 		// A caller that gave up (its client went away, its deadline
@@ -191,7 +198,7 @@ func (s *Scheduler) gateRead(ctx context.Context) (httpapi.SchedulerStatus, erro
 		}
 		return httpapi.SchedulerStatus{}, err
 	}
-	return s.remember(status(out, out.State)), nil
+	return s.rememberFrom(status(out, out.State), began), nil
 }
 
 func status(out *scheduler.GetScheduleOutput, state types.ScheduleState) httpapi.SchedulerStatus {

@@ -414,3 +414,44 @@ func TestGateForgetsCallerCancel(t *testing.T) {
 		t.Errorf("%d reads, want 1", gets)
 	}
 }
+
+// TestGateTrustsAReadFromItsStart: the gate's read is as old as its start:
+// a schedule disabled while a slow read ran is read again by the next gate
+// call once the cache period from the read's start has passed, not a whole
+// period after its end.
+func TestGateTrustsAReadFromItsStart(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	state, gets := "ENABLED", 0
+	var ttl time.Duration
+	s := newScheduler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		checkRequest(t, r)
+		gets++
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, schedule(state))
+		// The read took the whole cache period, and the schedule was
+		// disabled meanwhile.
+		now = now.Add(ttl)
+		state = "DISABLED"
+	}))
+	ttl = ebscheduler.CacheTTL(s)
+	ebscheduler.SetClock(s, func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	})
+	gate := s.Gate()
+	if open, err := gate(context.Background()); err != nil || !open {
+		t.Fatalf("first gate call: %v %v; want open (read before the stop)", open, err)
+	}
+	if open, err := gate(context.Background()); err != nil || open {
+		t.Fatalf("gate right after the slow read: %v %v; want closed, read again", open, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if gets != 2 {
+		t.Errorf("%d reads, want 2", gets)
+	}
+}
