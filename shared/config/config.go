@@ -349,6 +349,17 @@ func (c Config) Validate() error {
 	if c.RetryMaxDelay < c.RetryBaseDelay {
 		bad("RETRY_MAX_DELAY", "must not be less than RETRY_BASE_DELAY")
 	}
+	// Upper bounds: the durations derived from these (the claim, the taken
+	// marker: twice and more) must not overflow, and the MongoDB stand-in
+	// keeps its claims, which stand for taken markers, 48 hours past their
+	// end (mongostore's guardKeep): longer than a taken marker lives for
+	// the longest STALE_DURATION.
+	if c.WebhookTimeout > maxWebhookTimeout {
+		bad("WEBHOOK_TIMEOUT", "must be at most %s", maxWebhookTimeout)
+	}
+	if c.StaleDuration > maxStaleDuration {
+		bad("STALE_DURATION", "must be at most %s", maxStaleDuration)
+	}
 	// A claim must outlive one delivery, and a message must stay PROCESSING
 	// longer than a claim before it counts as stale.
 	if c.StaleDuration <= c.ClaimTTL() {
@@ -392,6 +403,12 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// The longest WEBHOOK_TIMEOUT and STALE_DURATION (see Validate).
+const (
+	maxWebhookTimeout = 10 * time.Minute
+	maxStaleDuration  = 12 * time.Hour
+)
 
 // basePath is what API Gateway accepts as a base path mapping, with the
 // leading slash Load adds.

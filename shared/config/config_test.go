@@ -52,6 +52,31 @@ func TestLoadNamesTheBadVariable(t *testing.T) {
 	}
 }
 
+// TestDurationsHaveUpperBounds: a WEBHOOK_TIMEOUT or STALE_DURATION so
+// long that the durations made from them overflow (a claim of -1124095h)
+// or outlive what the MongoDB stand-in keeps is refused, naming it; the
+// longest allowed pass.
+func TestDurationsHaveUpperBounds(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		name string // "" if valid
+	}{
+		{map[string]string{"WEBHOOK_TIMEOUT": "2000000h"}, "WEBHOOK_TIMEOUT"},
+		{map[string]string{"WEBHOOK_TIMEOUT": "11m", "STALE_DURATION": "1h"}, "WEBHOOK_TIMEOUT"},
+		{map[string]string{"WEBHOOK_TIMEOUT": "10m", "STALE_DURATION": "1h"}, ""},
+		{map[string]string{"STALE_DURATION": "30h", "INBOX_TTL": "60h"}, "STALE_DURATION"},
+		{map[string]string{"STALE_DURATION": "12h", "INBOX_TTL": "24h"}, ""},
+	} {
+		c, err := config.Load(env(tc.env))
+		switch {
+		case tc.name == "" && err != nil:
+			t.Errorf("%v: %v, want it accepted", tc.env, err)
+		case tc.name != "" && (err == nil || !strings.Contains(err.Error(), tc.name)):
+			t.Errorf("%v: accepted (claim %s), want an error naming %s", tc.env, c.ClaimTTL(), tc.name)
+		}
+	}
+}
+
 // TestTLSChecksCannotBeTurnedOff: a MongoDB URI that turns off the
 // server's certificate or host name check is refused, naming the option,
 // whatever its case; the same option set to false is fine.
