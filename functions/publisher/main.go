@@ -30,13 +30,19 @@ func main() {
 	// from MongoDB, as in local mode.
 	a.RelayLeaseTTL = time.Minute
 	relay := a.Relay(nil)
-	on := a.LocalScheduler().Gate()
+	// Each invocation gets a gate that has read nothing yet: a "stopped"
+	// cached by the previous run, seconds old, would end this one after
+	// its first pass although the schedule was started since.
+	newGate := func() outbox.Gate { return a.LocalScheduler().Gate() }
 	if a.Config.ScheduleName != "" {
 		s, err := ebscheduler.NewFromEnvironment(os.Getenv, a.Config.ScheduleName, a.Config.ScheduleGroup)
 		if err != nil {
 			app.Fatal(a.Logger, "scheduler client", err)
 		}
-		on = s.Gate()
+		newGate = func() outbox.Gate {
+			s.ForgetGate()
+			return s.Gate()
+		}
 	}
 	// The handler takes no payload: what the schedule sends (its Input,
 	// or the default notification it sends without one) says nothing the
@@ -47,7 +53,7 @@ func main() {
 		defer emf.FlushBefore(ctx, 500*time.Millisecond)()
 		// A failed pass is logged where it fails; the invocation fails
 		// only if its last pass did.
-		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, on)
+		sum, err := relay.RunFor(ctx, a.Config.PublishWindow, a.Config.PublishInterval, 5*time.Second, newGate())
 		a.Logger.Info("relay passes", "summary", sum, "failed", err != nil)
 		// Written at 0 too, so that an alarm on it has data to judge.
 		emf.Add("relay_pass_failures", sum.FailedPasses)

@@ -154,6 +154,18 @@ func (s *Scheduler) rememberFrom(st httpapi.SchedulerStatus, at time.Time) httpa
 	return st
 }
 
+// ForgetGate drops what the gate last read, and a failed read it
+// remembers, so that its next call reads the schedule. The publisher
+// function calls it at each invocation: being invoked says the schedule is
+// enabled, newer news than a "disabled" the previous run may have cached
+// seconds before.
+func (s *Scheduler) ForgetGate() {
+	s.mu.Lock()
+	s.cachedAt = time.Time{}
+	s.failed, s.failedAt = nil, time.Time{}
+	s.mu.Unlock()
+}
+
 // Gate returns the outbox gate of the API's fast path: open while the
 // schedule is enabled, as last read at most cacheTTL ago. It fails fast:
 // a read gets one attempt and gateTimeout, and a failed read is returned

@@ -455,3 +455,24 @@ func TestGateTrustsAReadFromItsStart(t *testing.T) {
 		t.Errorf("%d reads, want 2", gets)
 	}
 }
+
+// TestForgetGateReadsAgain: after ForgetGate, the gate reads the schedule
+// again instead of answering from what it read a moment before.
+func TestForgetGateReadsAgain(t *testing.T) {
+	f := &fakeScheduler{t: t, state: "DISABLED"}
+	s := newScheduler(t, f)
+	gate := s.Gate()
+	if open, err := gate(context.Background()); err != nil || open {
+		t.Fatalf("gate: %v %v; want closed", open, err)
+	}
+	f.mu.Lock()
+	f.state = "ENABLED"
+	f.mu.Unlock()
+	s.ForgetGate()
+	if open, err := gate(context.Background()); err != nil || !open {
+		t.Fatalf("gate after ForgetGate: %v %v; want open, read again", open, err)
+	}
+	if gets, _ := f.counts(); gets != 2 {
+		t.Errorf("%d reads, want 2", gets)
+	}
+}
