@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
@@ -61,6 +64,9 @@ type Client struct {
 	keys    [][]byte
 	now     func() time.Time
 	http    *http.Client
+	// fresh sends on a new connection every time: for the one resend of a
+	// call the receiver cut off as it went out on a kept-alive one.
+	fresh *http.Client
 }
 
 // New returns a Client for o.
@@ -88,12 +94,13 @@ func New(o Options) (*Client, error) {
 	t.MaxConnsPerHost = 0
 	t.IdleConnTimeout = 90 * time.Second
 	t.TLSClientConfig = &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
-	c.http = &http.Client{
-		Transport: t,
-		// A redirect is the webhook's answer, not an instruction to post
-		// the message somewhere else.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	// A redirect is the webhook's answer, not an instruction to post the
+	// message somewhere else.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	c.http = &http.Client{Transport: t, CheckRedirect: noRedirect}
+	ft := t.Clone()
+	ft.DisableKeepAlives = true
+	c.fresh = &http.Client{Transport: ft, CheckRedirect: noRedirect}
 	return c, nil
 }
 
@@ -123,14 +130,6 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 	}
 	ts := c.now()
 	req.Header.Set("Content-Type", "application/json")
-	// An empty Idempotency-Key entry, never sent, lets the transport send
-	// the call again on a new connection when the kept-alive one it chose
-	// turns out closed by the receiver (many close idle connections after
-	// seconds, and one may close just as the call goes out). A POST is
-	// otherwise not sent again, and the call would fail and cost an
-	// attempt for nothing the receiver did. Sending it again is what the
-	// next attempt would do anyway: webhook-id stays the same.
-	req.Header["Idempotency-Key"] = nil
 	req.Header.Set("User-Agent", UserAgent)
 	req.Header.Set(HeaderID, m.ID)
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
@@ -143,7 +142,26 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 	}
 
 	start := time.Now()
-	resp, err := c.http.Do(req)
+	var reused, answered atomic.Bool
+	trace := &httptrace.ClientTrace{
+		GotConn:              func(i httptrace.GotConnInfo) { reused.Store(i.Reused) },
+		GotFirstResponseByte: func() { answered.Store(true) },
+	}
+	resp, err := c.http.Do(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	if err != nil && reused.Load() && !answered.Load() && ctx.Err() == nil && cutOff(err) {
+		// The receiver closed the kept-alive connection as the call went
+		// out on it (many close idle ones after a few seconds): the call
+		// goes once more, at once, on a new connection, rather than fail
+		// and cost an attempt and a backoff for nothing the receiver did.
+		// Once: a receiver that takes calls and drops them unanswered
+		// gets its retries with their backoff, as before. (net/http
+		// itself resends a POST only if nothing of it was written.)
+		again, rerr := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+		if rerr == nil {
+			again.Header = req.Header.Clone()
+			resp, err = c.fresh.Do(again)
+		}
+	}
 	if err != nil {
 		// *url.Error repeats the full URL; keep only its cause.
 		var ue *url.Error
@@ -164,6 +182,14 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 		Duration:   time.Since(start),
 	}
 	return r, nil
+}
+
+// cutOff reports whether err is a connection closed under a call before
+// any answer: the end of the stream, or a reset.
+func cutOff(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "server closed idle connection")
 }
 
 // encode marshals v once, without escaping <, > and & (the body is not

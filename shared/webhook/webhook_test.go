@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -378,8 +379,8 @@ func TestNewRejects(t *testing.T) {
 // TestSendGoesAgainOnAConnectionTheWebhookClosed: a receiver may close a
 // kept-alive connection just as the next call goes out on it (Node.js
 // closes idle ones after 5 s). The call goes again on a new connection
-// instead of failing and costing an attempt, and the entry that allows it
-// (an empty Idempotency-Key) is not sent.
+// instead of failing and costing an attempt, with the same headers and no
+// Idempotency-Key.
 func TestSendGoesAgainOnAConnectionTheWebhookClosed(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -429,5 +430,44 @@ func TestSendGoesAgainOnAConnectionTheWebhookClosed(t *testing.T) {
 	case v := <-keys:
 		t.Errorf("an Idempotency-Key %q went on the wire", v)
 	default:
+	}
+}
+
+// TestSendGoesAgainOnlyOnce: a receiver that takes calls and drops them
+// unanswered, whatever connection they come on, sees one call of a Send go
+// out at most twice (the kept-alive connection, then one new one), however
+// many idle connections the client keeps, and the Send fails.
+func TestSendGoesAgainOnlyOnce(t *testing.T) {
+	var drop atomic.Bool
+	var calls atomic.Int32
+	var ready sync.WaitGroup
+	gate := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !drop.Load() {
+			ready.Done()
+			<-gate
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		calls.Add(1)
+		panic(http.ErrAbortHandler) // closes the connection unanswered
+	}))
+	defer srv.Close()
+	c := newClient(t, webhook.Options{URL: srv.URL})
+	// Eight calls at once leave eight idle kept-alive connections.
+	ready.Add(8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { _, _ = c.Send(t.Context(), msg) })
+	}
+	ready.Wait()
+	close(gate)
+	wg.Wait()
+	drop.Store(true)
+	if _, err := c.Send(t.Context(), msg); err == nil {
+		t.Error("Send to a receiver that drops every call: no error")
+	}
+	if n := calls.Load(); n < 1 || n > 2 {
+		t.Errorf("one Send reached the receiver %d times, want once or twice", n)
 	}
 }
