@@ -708,27 +708,44 @@ func (s *Store) MarkProcessing(ctx context.Context, entries []message.OutboxEntr
 // again, an Idempotency-Key taken over) has another createdAt and stays
 // due, for the relay to publish in its turn. A missing entry matches
 // nothing and is no error. An entry published again gets the later time,
-// which is right. Per-_id updates, not an $in filter, for the reason on
-// Store.ferret; on FerretDB, where the createdAt condition would be a full
-// scan, each entry is read by _id and written by _id alone.
+// which is right. Per-_id updates, for the reason on Store.ferret; on
+// FerretDB, where the createdAt condition would make each update a full
+// scan, the entries are read in one query first (one scan of the pending
+// entries, as DueOutbox makes every pass) and written by _id alone.
 func (s *Store) MarkPublished(ctx context.Context, entries []message.OutboxEntry, at time.Time) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	var stored map[string]bson.DateTime
+	if s.ferret {
+		keys := make([]string, len(entries))
+		for i, e := range entries {
+			keys[i] = e.Key
+		}
+		cur, err := s.outbox.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: keys}}}},
+			options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}, {Key: "createdAt", Value: 1}}))
+		if err != nil {
+			return fmt.Errorf("mark outbox published: %w", err)
+		}
+		var found []struct {
+			Key       string        `bson:"_id"`
+			CreatedAt bson.DateTime `bson:"createdAt"`
+		}
+		if err := cur.All(ctx, &found); err != nil {
+			return fmt.Errorf("mark outbox published: %w", err)
+		}
+		stored = make(map[string]bson.DateTime, len(found))
+		for _, f := range found {
+			stored[f.Key] = f.CreatedAt
+		}
+	}
 	update := bson.D{{Key: "$set", Value: bson.D{{Key: "publishedAt", Value: at}}}}
 	models := make([]mongo.WriteModel, 0, len(entries))
 	for _, e := range entries {
 		filter := bson.D{{Key: "_id", Value: e.Key}, {Key: "createdAt", Value: e.CreatedAt}}
 		if s.ferret {
-			var cur struct {
-				CreatedAt time.Time `bson:"createdAt"`
-			}
-			err := s.outbox.FindOne(ctx, byID(e.Key)).Decode(&cur)
-			if errors.Is(err, mongo.ErrNoDocuments) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("mark outbox published: %w", err)
-			}
 			// As stored: BSON dates keep milliseconds.
-			if bson.NewDateTimeFromTime(cur.CreatedAt) != bson.NewDateTimeFromTime(e.CreatedAt) {
+			if c, ok := stored[e.Key]; !ok || c != bson.NewDateTimeFromTime(e.CreatedAt) {
 				continue
 			}
 			filter = byID(e.Key)
