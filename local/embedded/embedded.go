@@ -57,9 +57,12 @@ type Config struct {
 type Server struct {
 	uri    string
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   chan struct{} // FerretDB has stopped
 	ids    *idIndexer
 	wg     sync.WaitGroup
+	// stopped is closed once the server is done with its data directory
+	// and has let go of its lock.
+	stopped chan struct{}
 }
 
 // ErrAddrInUse is returned by Start when something else listens on the
@@ -189,14 +192,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	s := &Server{cancel: cancel, done: make(chan struct{})}
-	started = true // from here on the lock goes with the server
 	go func() {
 		defer close(s.done)
 		// Run always returns nil; it closes the listener, the connections
-		// and the SQLite databases before it returns. Only then may
-		// another server open the directory.
+		// and the SQLite databases before it returns.
 		_ = fdb.Run(runCtx)
-		_ = lock.Close()
 	}()
 	// The listener is bound inside ferretdb.New, so the address is known now.
 	s.uri = fdb.MongoDBURI()
@@ -233,6 +233,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	go func() {
 		defer s.wg.Done()
 		s.ids.run(runCtx, time.Second)
+	}()
+	// From here on the lock goes with the server: it is let go once
+	// FerretDB, the proxy (holding WAL files open) and the id indexer
+	// (opening the database files itself) are all done with the directory,
+	// whether Close or the end of ctx stopped them. Only then may another
+	// server open it.
+	started = true
+	s.stopped = make(chan struct{})
+	go func() {
+		<-s.done
+		s.wg.Wait()
+		_ = lock.Close()
+		close(s.stopped)
 	}()
 	logger.Info("embedded mongodb started", "uri", s.uri, "dir", dir)
 	return s, nil
@@ -303,14 +316,8 @@ func (s *Server) URI() string { return s.uri }
 // (close the stores) first for a stop in milliseconds.
 func (s *Server) Close(ctx context.Context) error {
 	s.cancel()
-	stopped := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		<-s.done
-		close(stopped)
-	}()
 	select {
-	case <-stopped:
+	case <-s.stopped:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("embedded mongodb: wait for shutdown: %w", ctx.Err())

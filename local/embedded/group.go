@@ -181,23 +181,22 @@ func walCommitted(tls *libc.TLS, _ uintptr, db uintptr, zDb uintptr, nFrame int3
 	}
 	if nFrame >= walAutocheckpoint {
 		if rc := sqlite3.Xsqlite3_wal_checkpoint(tls, db, zDb); rc&0xff == sqlite3.SQLITE_IOERR {
-			checkpointFailed(rc)
+			checkpointFailed(filepath.Dir(dbFilename(tls, db)), rc)
 		}
 	}
 	return sqlite3.SQLITE_OK
 }
 
-// checkpointErr is the first I/O error of a checkpoint in this process
-// (nil if none). A checkpoint fsyncs the WAL and the database file through
-// SQLite's own handles, and Linux reports a failed write-back once to the
-// handles that were open when it failed: groupSync's may not hear of it.
-// So an I/O error here makes every server of the process fail as a failed
-// fsync of its own would (see groupSync.failed).
-var checkpointErr atomic.Pointer[error]
+// checkpointErrs holds, per data directory, the first I/O error of a
+// checkpoint of one of its databases. A checkpoint fsyncs the WAL and the
+// database file through SQLite's own handles, and Linux reports a failed
+// write-back once to the handles that were open when it failed: groupSync's
+// may not hear of it. So an I/O error here makes the directory's server
+// fail as a failed fsync of its own would (see groupSync.failed).
+var checkpointErrs sync.Map // dir string -> error
 
-func checkpointFailed(rc int32) {
-	err := fmt.Errorf("sqlite checkpoint: I/O error (extended code %d)", rc)
-	checkpointErr.CompareAndSwap(nil, &err)
+func checkpointFailed(dir string, rc int32) {
+	checkpointErrs.LoadOrStore(dir, fmt.Errorf("sqlite checkpoint: I/O error (extended code %d)", rc))
 }
 
 // fsyncFile flushes an open file's data to disk, as SQLite itself does
@@ -289,8 +288,8 @@ func (g *groupSync) wait() error {
 		g.mu.Unlock()
 		upTo := commits.Load()
 		err := g.syncAll()
-		if ce := checkpointErr.Load(); err == nil && ce != nil {
-			err = *ce
+		if ce, ok := checkpointErrs.Load(g.dir); ok && err == nil {
+			err = ce.(error)
 		}
 		g.mu.Lock()
 		g.running = false

@@ -194,16 +194,26 @@ func TestFullSyncFailureIsSticky(t *testing.T) {
 }
 
 // TestCheckpointIOErrorFailsTheServer: an I/O error of SQLite's own
-// checkpoint, which fsyncs through SQLite's handles, fails the server as a
-// failed fsync of its own does: the next write is not acknowledged.
+// checkpoint, which fsyncs through SQLite's handles, fails the server of
+// that directory as a failed fsync of its own does: the next write is not
+// acknowledged. A server of another directory goes on.
 func TestCheckpointIOErrorFailsTheServer(t *testing.T) {
-	_, coll := startFull(t, t.TempDir())
-	t.Cleanup(func() { checkpointErr.Store(nil) })
-	checkpointFailed(sqlite3.SQLITE_IOERR_FSYNC)
+	dir, other := t.TempDir(), t.TempDir()
+	_, coll := startFull(t, dir)
+	_, fine := startFull(t, other)
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkpointErrs.Delete(real) })
+	checkpointFailed(real, sqlite3.SQLITE_IOERR_FSYNC)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "after"}}); err == nil {
 		t.Fatal("a write was acknowledged after a checkpoint's I/O error")
+	}
+	if _, err := fine.InsertOne(ctx, bson.D{{Key: "_id", Value: "after"}}); err != nil {
+		t.Fatalf("the server of another directory: %v", err)
 	}
 }
 
