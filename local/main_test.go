@@ -374,8 +374,15 @@ func TestRoleWaitsForTheServerThatHoldsItsDirectory(t *testing.T) {
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
-		// The server now answers at the role's address.
-		ln, err := net.Listen("tcp", env["EMBEDDED_MONGODB_ADDR"])
+		// The server now answers at the role's address. The role, trying
+		// to start its own, binds it for a moment every 200 ms.
+		var ln net.Listener
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if ln, err = net.Listen("tcp", env["EMBEDDED_MONGODB_ADDR"]); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
 		if err != nil {
 			t.Error(err)
 			return

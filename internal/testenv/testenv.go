@@ -130,8 +130,9 @@ func Name(t testing.TB) string {
 // kernel's ephemeral range (32768-60999 on Linux), from which every
 // listener on port 0 and every outgoing connection takes its port, so
 // that none of those can take one between FreeAddr's check and the test's
-// bind.
-const FreePortsFrom, FreePortsTo = 20000, 30000
+// bind; and below MongoDB's 27017 and the embedded one's 27018, so that a
+// make run started meanwhile finds its port free.
+const FreePortsFrom, FreePortsTo = 20000, 27000
 
 // portLocks holds open the lock file of each port FreeAddr handed out in
 // this process: go test runs packages side by side, and a lock on the file
@@ -152,18 +153,24 @@ func PortLockFile(port int) string {
 // returned.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(PortLockFile(0)), 0o777); err != nil {
+	dir := filepath.Dir(PortLockFile(0))
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
+	// Shared by every user's tests, as /tmp is: the umask would leave it
+	// writable by its creator alone. (Another user's chmod fails, and
+	// need not succeed: the creator's did.)
+	_ = os.Chmod(dir, 0o777|os.ModeSticky)
 	portLocks.Lock()
 	defer portLocks.Unlock()
 	n := FreePortsTo - FreePortsFrom
 	start := rand.IntN(n)
 	for i := range n {
 		port := FreePortsFrom + (start+i)%n
-		f, err := os.OpenFile(PortLockFile(port), os.O_CREATE|os.O_RDWR, 0o666)
+		// Read-only is enough for a lock, and opens another user's file.
+		f, err := os.OpenFile(PortLockFile(port), os.O_CREATE|os.O_RDONLY, 0o644)
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
 		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
 			_ = f.Close()
