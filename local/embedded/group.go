@@ -252,9 +252,8 @@ func newGroupSync(dir string, logger *slog.Logger) *groupSync {
 func (g *groupSync) close() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for path, w := range g.files {
-		_ = w.f.Close()
-		delete(g.files, path)
+	for path := range g.files {
+		g.forget(path)
 	}
 }
 
@@ -357,34 +356,47 @@ func (g *groupSync) syncAll() error {
 // in a checkpoint, may have. A handle opened afresh for each round could
 // then flush "successfully" pages the kernel had dropped.
 func (g *groupSync) syncWAL(path string) (fresh bool, err error) {
-	w := g.files[path]
 	st, err := os.Stat(path)
-	if err == nil && (w == nil || w.ino != inode(st)) {
-		if w != nil {
-			_ = w.f.Close()
-			delete(g.files, path)
-		}
-		// The inode of the very file opened, so that a file replaced
-		// between the two calls shows as changed to the next round.
-		var f *os.File
-		if f, err = os.Open(path); err == nil {
-			if st, err = f.Stat(); err != nil {
-				_ = f.Close()
-			} else {
-				w = &walFile{f: f, ino: inode(st)}
-				g.files[path] = w
-				fresh = true
-			}
-		}
-	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) && g.files[path] != nil {
-			_ = g.files[path].f.Close()
-			delete(g.files, path)
+		if errors.Is(err, os.ErrNotExist) {
+			g.forget(path)
 		}
 		return false, err
 	}
+	w := g.files[path]
+	if w == nil || w.ino != inode(st) {
+		g.forget(path)
+		if w, err = openWALFile(path); err != nil {
+			return false, err
+		}
+		g.files[path] = w
+		fresh = true
+	}
 	return fresh, fsyncFile(w.f)
+}
+
+// openWALFile opens the WAL file at path, with the inode of the very file
+// opened, so that a file replaced between a round's stat and this open
+// shows as changed to the next round.
+func openWALFile(path string) (*walFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return &walFile{f: f, ino: inode(st)}, nil
+}
+
+// forget closes the handle of the WAL file at path, if any.
+func (g *groupSync) forget(path string) {
+	if w := g.files[path]; w != nil {
+		_ = w.f.Close()
+		delete(g.files, path)
+	}
 }
 
 // inode returns a file's inode number.

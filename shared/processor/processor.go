@@ -286,7 +286,7 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		// consumer did not finish, handled as when its claim is found.
 		// Called again here, that lost call would count no attempt.
 		if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err == nil && taken {
-			res := p.deferUnfinished(ctx, log, env, m, true, nil)
+			res := p.deferUnfinished(ctx, log, env, m, true)
 			p.release(ctx, log, env.ID)
 			return res
 		}
@@ -359,16 +359,15 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	if err != nil {
 		log.Warn("inbox unavailable; counting the unfinished dispatch as an attempt", "error", err)
 	}
-	return p.deferUnfinished(ctx, log, env, m, taken, err)
+	return p.deferUnfinished(ctx, log, env, m, taken || err != nil)
 }
 
 // deferUnfinished puts m back in the outbox for when the claim of a
 // consumer that did not finish its dispatch has expired, counting the
-// dispatch as an attempt if it was taken (or the inbox could not tell,
-// takenErr).
-func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, env message.Envelope, m message.Message, taken bool, takenErr error) Result {
+// dispatch as an attempt if counted (it was taken, or the inbox could not
+// tell).
+func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, env message.Envelope, m message.Message, counted bool) Result {
 	now := p.Now()
-	counted := taken || takenErr != nil
 	attempts := m.Attempts
 	if counted {
 		attempts++
