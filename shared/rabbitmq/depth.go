@@ -3,6 +3,8 @@ package rabbitmq
 import (
 	"context"
 	"fmt"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // QueueDepth is what the broker reports of one queue.
@@ -30,37 +32,29 @@ func (c *Client) QueueDepths(ctx context.Context) ([]QueueDepth, error) {
 	if err := c.pub.blockedErr(); err != nil {
 		return nil, fmt.Errorf("inspect queues: %w", err)
 	}
-	type result struct {
-		depths []QueueDepth
-		err    error
+	// Close waits for a call given up on, which returns once the
+	// connection is closed at the latest.
+	depths, err := within(ctx, &c.discards, func() ([]QueueDepth, error) { return c.depths(conn) }, func([]QueueDepth) {})
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("inspect queues: %w", err)
 	}
-	done := make(chan result, 1)
-	// Close waits for the goroutine, which returns once the connection
-	// is closed at the latest.
-	if !c.discards.start(func() {
-		ch, err := conn.Channel()
+	return depths, err
+}
+
+// depths reads the depths on a channel of its own on conn.
+func (c *Client) depths(conn *amqp.Connection) ([]QueueDepth, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	var depths []QueueDepth
+	for _, name := range []string{c.topo.Queue, c.topo.DeadLetterQueue} {
+		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
 		if err != nil {
-			done <- result{err: fmt.Errorf("open channel: %w", err)}
-			return
+			return depths, fmt.Errorf("inspect queue %q: %w", name, err)
 		}
-		defer ch.Close()
-		var r result
-		for _, name := range []string{c.topo.Queue, c.topo.DeadLetterQueue} {
-			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
-			if err != nil {
-				r.err = fmt.Errorf("inspect queue %q: %w", name, err)
-				break
-			}
-			r.depths = append(r.depths, QueueDepth{Queue: name, Ready: q.Messages, Consumers: q.Consumers})
-		}
-		done <- r
-	}) {
-		return nil, ErrClosed
+		depths = append(depths, QueueDepth{Queue: name, Ready: q.Messages, Consumers: q.Consumers})
 	}
-	select {
-	case r := <-done:
-		return r.depths, r.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("inspect queues: %w", ctx.Err())
-	}
+	return depths, nil
 }
