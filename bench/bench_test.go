@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -73,32 +74,44 @@ func TestWaitDeliveredEndsWithTheLastDelivery(t *testing.T) {
 	}
 	defer s.close(context.Background())
 	b := &bench{opts: flags{Wait: 20 * time.Second, Stall: 10 * time.Second}, log: io.Discard, sink: s, stack: &stack{}}
-	deliver := func(id string) {
+	deliver := func(id string) error {
 		req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader("{}"))
 		req.Header.Set("webhook-id", id)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			t.Error(err)
-			return
+			return err
 		}
-		resp.Body.Close()
+		return resp.Body.Close()
 	}
 	ids := []string{"a", "b", "c", "d"}
-	deliver("a")
-	lastAt := make(chan time.Time, 1)
+	if err := deliver("a"); err != nil {
+		t.Fatal(err)
+	}
+	type last struct {
+		at  time.Time
+		err error
+	}
+	lastAt := make(chan last, 1)
 	go func() {
+		var err error
 		for _, id := range []string{"warm-up", "b", "c"} {
 			time.Sleep(300 * time.Millisecond)
-			deliver(id)
+			err = errors.Join(err, deliver(id))
 		}
 		time.Sleep(1500 * time.Millisecond)
-		deliver("d")
-		lastAt <- time.Now()
+		err = errors.Join(err, deliver("d"))
+		lastAt <- last{time.Now(), err}
 	}()
-	if n := b.waitDelivered(context.Background(), ids, "test"); n != len(ids) {
+	n := b.waitDelivered(context.Background(), ids, "test")
+	l := <-lastAt
+	if l.err != nil {
+		t.Fatal(l.err)
+	}
+	if n != len(ids) {
 		t.Fatalf("waitDelivered = %d, want %d", n, len(ids))
 	}
-	if late := time.Since(<-lastAt); late > 200*time.Millisecond {
+	// A count period (1 s) late is what this guards against.
+	if late := time.Since(l.at); late > 500*time.Millisecond {
 		t.Errorf("waitDelivered returned %s after the last delivery", late)
 	}
 }

@@ -222,6 +222,10 @@ func TestCheckpointIOErrorFailsTheServer(t *testing.T) {
 // would not tell of a write-back error another handle (SQLite's) had seen.
 func TestFullSyncKeepsItsWALHandles(t *testing.T) {
 	dir := t.TempDir()
+	realDir, err := filepath.EvalSymlinks(dir) // SQLite names its files so
+	if err != nil {
+		t.Fatal(err)
+	}
 	var mu sync.Mutex
 	handles := map[string]map[*os.File]bool{}
 	real := fsyncFile
@@ -245,7 +249,7 @@ func TestFullSyncKeepsItsWALHandles(t *testing.T) {
 	defer mu.Unlock()
 	wals := 0
 	for name, hs := range handles {
-		if !strings.HasSuffix(name, "-wal") || !strings.HasPrefix(name, dir) {
+		if !strings.HasSuffix(name, "-wal") || !strings.HasPrefix(name, realDir) {
 			continue
 		}
 		wals++
@@ -467,8 +471,14 @@ func TestStopCutsOffAClientThatDoesNotRead(t *testing.T) {
 	time.Sleep(2 * time.Second) // for the answers to fill the sockets
 	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Second)
 	defer cancel()
+	begin := time.Now()
 	if err := srv.Close(ctx); err != nil {
 		t.Fatalf("Close with a client that does not read its answers: %v", err)
+	}
+	// Sooner than the cut-off, the client held nothing: the test tested
+	// nothing.
+	if took := time.Since(begin); took < clientCutOff-time.Second {
+		t.Fatalf("Close took %s: the client's answers never filled the sockets", took)
 	}
 	c.Close()
 	<-sent

@@ -420,26 +420,22 @@ func TestGateForgetsCallerCancel(t *testing.T) {
 // call once the cache period from the read's start has passed, not a whole
 // period after its end.
 func TestGateTrustsAReadFromItsStart(t *testing.T) {
-	var mu sync.Mutex
+	f := &fakeScheduler{t: t, state: "ENABLED"}
 	now := time.Unix(1_800_000_000, 0)
-	state, gets := "ENABLED", 0
 	var ttl time.Duration
 	s := newScheduler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		checkRequest(t, r)
-		gets++
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, schedule(state))
+		f.ServeHTTP(w, r)
 		// The read took the whole cache period, and the schedule was
 		// disabled meanwhile.
+		f.mu.Lock()
 		now = now.Add(ttl)
-		state = "DISABLED"
+		f.state = "DISABLED"
+		f.mu.Unlock()
 	}))
 	ttl = ebscheduler.CacheTTL(s)
 	ebscheduler.SetClock(s, func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		return now
 	})
 	gate := s.Gate()
@@ -449,9 +445,7 @@ func TestGateTrustsAReadFromItsStart(t *testing.T) {
 	if open, err := gate(context.Background()); err != nil || open {
 		t.Fatalf("gate right after the slow read: %v %v; want closed, read again", open, err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if gets != 2 {
+	if gets, _ := f.counts(); gets != 2 {
 		t.Errorf("%d reads, want 2", gets)
 	}
 }

@@ -30,6 +30,9 @@ type freezingProxy struct {
 	frozen   chan struct{} // closed by freeze
 	closed   chan struct{} // closed by close
 	once     sync.Once
+	// down, if set, passes the broker's bytes on to the client of
+	// connection n through the proxy (from 0), in place of forward.
+	down func(client, up net.Conn, n int)
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -39,12 +42,18 @@ type freezingProxy struct {
 // newFreezingProxy listens on a free loopback port, forwards to upstream and
 // is closed at the end of the test.
 func newFreezingProxy(t *testing.T, upstream string) *freezingProxy {
+	return startProxy(t, upstream, nil)
+}
+
+// startProxy starts a freezingProxy to upstream whose broker-to-client
+// direction, if down is set, down handles.
+func startProxy(t *testing.T, upstream string, down func(client, up net.Conn, n int)) *freezingProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &freezingProxy{upstream: upstream, ln: ln, frozen: make(chan struct{}), closed: make(chan struct{})}
+	p := &freezingProxy{upstream: upstream, ln: ln, frozen: make(chan struct{}), closed: make(chan struct{}), down: down}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -70,7 +79,7 @@ func (p *freezingProxy) close() {
 
 func (p *freezingProxy) accept() {
 	defer p.wg.Done()
-	for {
+	for n := 0; ; n++ {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
@@ -93,7 +102,14 @@ func (p *freezingProxy) accept() {
 		p.mu.Unlock()
 		p.wg.Add(2)
 		go p.forward(up, client)
-		go p.forward(client, up)
+		if p.down != nil {
+			go func() {
+				defer p.wg.Done()
+				p.down(client, up, n)
+			}()
+		} else {
+			go p.forward(client, up)
+		}
 	}
 }
 
@@ -322,60 +338,18 @@ func (f amqpFrame) basicCancel() bool { return f.typ == 1 && f.class == 60 && f.
 // notices only when its heartbeat gives up (15 s). Unlike freezingProxy it
 // can let a connection's handshake through and stall the next call.
 type stallingProxy struct {
-	ln      net.Listener
-	stalled chan struct{} // closed when the first connection stalls
-	once    sync.Once
-
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
+	*freezingProxy               // never frozen: its accept and close
+	stalled        chan struct{} // closed when the first connection stalls
+	once           sync.Once
 }
 
 // newStallingProxy listens on a free loopback port, forwards to the broker
 // and is closed at the end of the test.
 func newStallingProxy(t *testing.T, stall func(amqpFrame) bool) *stallingProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("proxy listen: %v", err)
-	}
-	p := &stallingProxy{ln: ln, stalled: make(chan struct{})}
-	upstream := brokerAddr(t)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for n := 0; ; n++ {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.DialTimeout("tcp", upstream, 5*time.Second)
-			if err != nil {
-				_ = client.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, client, up)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go func() {
-				defer p.wg.Done()
-				_, _ = io.Copy(up, client)
-			}()
-			go func() {
-				defer p.wg.Done()
-				p.forwardFrames(client, up, n, stall)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
+	p := &stallingProxy{stalled: make(chan struct{})}
+	p.freezingProxy = startProxy(t, brokerAddr(t), func(client, up net.Conn, n int) {
+		p.forwardFrames(client, up, n, stall)
 	})
 	return p
 }
@@ -410,9 +384,6 @@ func (p *stallingProxy) forwardFrames(client, up net.Conn, n int, stall func(amq
 	}
 }
 
-// uri is testURI with its host and port replaced by the proxy's.
-func (p *stallingProxy) uri(t *testing.T) string { return uriThrough(t, p.ln) }
-
 // waitStalled fails the test unless a connection stalls within d.
 func (p *stallingProxy) waitStalled(t *testing.T, d time.Duration) {
 	t.Helper()
@@ -441,12 +412,7 @@ func stallOnChannelsFrom(first int) func(amqpFrame) bool {
 func TestPublishGivesUpWithItsContextOnASilentBroker(t *testing.T) {
 	topo := newTopology(t, adminConn(t))
 	proxy := newFreezingProxy(t, brokerAddr(t))
-	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer dcancel()
-	c, err := rabbitmq.Dial(dctx, proxy.uri(t), topo, testLogger(t))
-	if err != nil {
-		t.Fatalf("Dial through the proxy: %v", err)
-	}
+	c := dialThrough(t, proxy.uri(t), topo)
 	closed := false
 	t.Cleanup(func() {
 		if !closed {
@@ -554,10 +520,11 @@ func TestStopDoesNotWaitForAStalledResubscribe(t *testing.T) {
 
 	deleteQueue(t, conn, topo.Queue)
 	proxy.waitStalled(t, 10*time.Second)
-	// The consumer re-subscribes as soon as it hears of the cancel; half a
-	// second lets it get to the calls that go unanswered. (There is no
-	// state to wait for: the consumer is stuck in one of them.)
-	time.Sleep(500 * time.Millisecond)
+	// The consumer, told of the cancel, goes back to reconnecting and at
+	// once re-subscribes; a moment more lets it get into the calls that go
+	// unanswered (it gives no sign of being inside one).
+	waitFor(t, 10*time.Second, "consumer state reconnecting", func() bool { return c.ConsumerState() == rabbitmq.ConsumerReconnecting })
+	time.Sleep(100 * time.Millisecond)
 	begin := time.Now()
 	stop()
 	// The stop waits up to closeTimeout (3 s) for the connection's
