@@ -126,7 +126,7 @@ func Name(t testing.TB) string {
 	return fmt.Sprintf("t_%s_%d", n, time.Now().UnixNano()%1e9)
 }
 
-// FreePorts is the range FreeAddr hands out ports from: below the
+// FreePortsFrom and FreePortsTo bound the ports FreeAddr hands out: below the
 // kernel's ephemeral range (32768-60999 on Linux), from which every
 // listener on port 0 and every outgoing connection takes its port, so
 // that none of those can take one between FreeAddr's check and the test's
@@ -140,7 +140,8 @@ const FreePortsFrom, FreePortsTo = 20000, 27000
 // kernel then drops it), and from a second call in this one.
 var portLocks struct {
 	sync.Mutex
-	files []*os.File
+	files   []*os.File
+	dirMade bool // the lock files' directory exists
 }
 
 // PortLockFile is the file whose lock reserves port for a test process.
@@ -153,16 +154,19 @@ func PortLockFile(port int) string {
 // returned.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	dir := filepath.Dir(PortLockFile(0))
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	// Shared by every user's tests, as /tmp is: the umask would leave it
-	// writable by its creator alone. (Another user's chmod fails, and
-	// need not succeed: the creator's did.)
-	_ = os.Chmod(dir, 0o777|os.ModeSticky)
 	portLocks.Lock()
 	defer portLocks.Unlock()
+	if !portLocks.dirMade {
+		dir := filepath.Dir(PortLockFile(0))
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		// Shared by every user's tests, as /tmp is: the umask would leave
+		// it writable by its creator alone. (Another user's chmod fails,
+		// and need not succeed: the creator's did.)
+		_ = os.Chmod(dir, 0o777|os.ModeSticky)
+		portLocks.dirMade = true
+	}
 	n := FreePortsTo - FreePortsFrom
 	start := rand.IntN(n)
 	for i := range n {

@@ -122,7 +122,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	q := url.Values{}
 	q.Add("_pragma", "synchronous(normal)")
 	switch cfg.Sync {
-	case "", "full", "normal":
+	case "":
+		cfg.Sync = "full"
+	case "full", "normal":
 	default:
 		return nil, fmt.Errorf("embedded mongodb: sync %q is neither full nor normal", cfg.Sync)
 	}
@@ -218,11 +220,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.uri = u.String()
 	}
 
-	sync := cfg.Sync
-	if sync == "" {
-		sync = "full"
-	}
-	if err := ping(ctx, s.uri, dir, sync); err != nil {
+	if err := ping(ctx, s.uri, dir, cfg.Sync); err != nil {
 		cancel()
 		<-s.done
 		s.wg.Wait() // the proxy, if any, has closed its listener

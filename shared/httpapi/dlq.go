@@ -109,9 +109,8 @@ func handleReplay(log *slog.Logger, msgs Messages, maxBody int64) http.Handler {
 				return
 			}
 			hasSince = true
-			if err := json.Unmarshal(b.Since, &since); err != nil {
-				since = ""
-			}
+			// Not a string (null, a number): since stays "", refused below.
+			_ = json.Unmarshal(b.Since, &since)
 		}
 		if hasSince {
 			t, err := time.Parse(time.RFC3339, since)

@@ -286,7 +286,7 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		// consumer did not finish, handled as when its claim is found.
 		// Called again here, that lost call would count no attempt.
 		if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err == nil && taken {
-			res := p.deferUnfinished(ctx, log, env, m, true)
+			res := p.deferUnfinished(ctx, log, m, true)
 			p.release(ctx, log, env.ID)
 			return res
 		}
@@ -359,14 +359,14 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 	if err != nil {
 		log.Warn("inbox unavailable; counting the unfinished dispatch as an attempt", "error", err)
 	}
-	return p.deferUnfinished(ctx, log, env, m, taken || err != nil)
+	return p.deferUnfinished(ctx, log, m, taken || err != nil)
 }
 
 // deferUnfinished puts m back in the outbox for when the claim of a
 // consumer that did not finish its dispatch has expired, counting the
 // dispatch as an attempt if counted (it was taken, or the inbox could not
 // tell).
-func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, env message.Envelope, m message.Message, counted bool) Result {
+func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, m message.Message, counted bool) Result {
 	now := p.Now()
 	attempts := m.Attempts
 	if counted {
@@ -379,7 +379,7 @@ func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, env m
 		// SENT would be refused). The stale sweep decides once the holder
 		// is surely done.
 		log.Info("copy of a dispatch whose consumer did not finish, with no attempts left; left to the stale sweep")
-		return Result{Action: Ack, MessageID: env.ID, Outcome: "left_to_sweep"}
+		return Result{Action: Ack, MessageID: m.ID, Outcome: "left_to_sweep"}
 	}
 	// Said at Info here, as the sweep's case above is: record logs a
 	// deferral at Debug, and this one is for a consumer that probably

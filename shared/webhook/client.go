@@ -156,11 +156,11 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 		// Once: a receiver that takes calls and drops them unanswered
 		// gets its retries with their backoff, as before. (net/http
 		// itself resends a POST only if nothing of it was written.)
-		again, rerr := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
-		if rerr == nil {
-			again.Header = req.Header.Clone()
-			resp, err = c.fresh.Do(again)
-		}
+		// The same request, with its body again (a bytes.Reader's
+		// GetBody cannot fail).
+		again := req.Clone(ctx)
+		again.Body, _ = req.GetBody()
+		resp, err = c.fresh.Do(again)
 	}
 	if err != nil {
 		// *url.Error repeats the full URL; keep only its cause.
