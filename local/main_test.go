@@ -349,6 +349,31 @@ func TestRolesStartedTogetherShareOneMongoDB(t *testing.T) {
 	}
 }
 
+// refusal runs role with env and returns the error it ends with, failing
+// the test if it ends without one or still runs 30 s later (then it is
+// stopped).
+func refusal(t *testing.T, role string, env map[string]string) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{role}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("%s ended without an error, want a refusal", role)
+		}
+		return err
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatalf("%s still runs 30 s after it started, want a refusal", role)
+		return nil
+	}
+}
+
 // TestRoleWaitsForTheServerThatHoldsItsDirectory: a role that finds its
 // address free but its DATA_DIR held by another process's embedded
 // MongoDB (with EMBEDDED_MONGODB_SYNC=normal a winner of the start race
@@ -418,21 +443,8 @@ func TestRunningMongoDBWithoutFsyncIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close(context.Background()) })
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"api"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "EMBEDDED_MONGODB_SYNC=normal") {
-			t.Fatalf("run: %v, want a refusal naming EMBEDDED_MONGODB_SYNC", err)
-		}
-	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		t.Fatal("the api still runs 30 s after it found a mongodb that does not fsync")
+	if err := refusal(t, "api", env); !strings.Contains(err.Error(), "EMBEDDED_MONGODB_SYNC=normal") {
+		t.Fatalf("run: %v, want a refusal naming EMBEDDED_MONGODB_SYNC", err)
 	}
 	env["EMBEDDED_MONGODB_SYNC"] = "normal"
 	out := &logbuf.Buffer{}
@@ -457,18 +469,9 @@ func TestRunningMongoDBWithAnotherDataDirIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close(context.Background()) })
-	done := make(chan error, 1)
-	go func() {
-		done <- run(context.Background(), []string{"api"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
-	}()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "DATA_DIR") || !strings.Contains(err.Error(), other) ||
-			!strings.Contains(err.Error(), filepath.Join(env["DATA_DIR"], "mongodb")) {
-			t.Fatalf("run: %v, want a refusal naming DATA_DIR and both directories", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the api still runs 30 s after it found another directory's mongodb")
+	if err := refusal(t, "api", env); !strings.Contains(err.Error(), "DATA_DIR") || !strings.Contains(err.Error(), other) ||
+		!strings.Contains(err.Error(), filepath.Join(env["DATA_DIR"], "mongodb")) {
+		t.Fatalf("run: %v, want a refusal naming DATA_DIR and both directories", err)
 	}
 
 	// Without the server's word on its directory, the role uses it.
