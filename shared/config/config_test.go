@@ -215,15 +215,34 @@ func TestRedactedHidesSecretsInEveryURLForm(t *testing.T) {
 			c := config.Default()
 			c.MongoURI, c.RedisURI, c.WebhookURL = tt.uri, tt.uri, tt.uri
 			r := c.Redacted()
-			for _, got := range []string{r.MongoURI, r.RedisURI, r.WebhookURL} {
+			for i, got := range []string{r.MongoURI, r.RedisURI, r.WebhookURL} {
 				if tt.secret != "" && strings.Contains(got, tt.secret) {
 					t.Errorf("redacted %q still holds the secret: %s", tt.uri, got)
 				}
-				if !strings.Contains(got, tt.keep) {
+				// The webhook URL is masked more: its whole user part and
+				// query (redact.Endpoint).
+				if i < 2 && !strings.Contains(got, tt.keep) {
 					t.Errorf("redacted %q lost %q: %s", tt.uri, tt.keep, got)
 				}
 			}
 		})
+	}
+}
+
+// A webhook's token may be its user name, with no password (basic auth
+// with an API key), or a bare query key: connection strings keep a lone
+// user name, the webhook URL does not.
+func TestRedactedHidesWebhookTokens(t *testing.T) {
+	for _, uri := range []string{
+		"https://s3cretTokenXYZ@hooks.example.com/in",
+		"https://s3cretTokenXYZ:@hooks.example.com/",
+		"https://hooks.example.com/?s3cretTokenXYZ",
+	} {
+		c := config.Default()
+		c.WebhookURL = uri
+		if got := c.Redacted().WebhookURL; strings.Contains(got, "s3cretTokenXYZ") || !strings.Contains(got, "hooks.example.com") {
+			t.Errorf("redacted webhook URL %q: %s", uri, got)
+		}
 	}
 }
 

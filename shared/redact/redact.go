@@ -15,7 +15,7 @@ const Mask = "REDACTED"
 // safeQuery lists the connection-string options whose values are kept;
 // every other option's value is masked, since some carry secrets
 // (tlsCertificateKeyFilePassword, the session token in
-// authMechanismProperties, a webhook's ?token=, ...).
+// authMechanismProperties, ...). Endpoint masks a query whole.
 var safeQuery = map[string]bool{
 	"appname": true, "authmechanism": true, "authsource": true, "connecttimeoutms": true,
 	"directconnection": true, "heartbeat": true, "maxpoolsize": true, "readpreference": true,
@@ -25,8 +25,8 @@ var safeQuery = map[string]bool{
 
 // URL returns raw safe to log: the password masked (and the user too when
 // it cannot be told from the password: a redis:// URL's lone name is its
-// password), every query value not in safeQuery masked and any fragment
-// masked. Everything up to the last '@' counts as the user part, so a
+// password), every query value not in safeQuery masked (and a key with no
+// value whole) and any fragment masked. Everything up to the last '@' counts as the user part, so a
 // password holding '/', '?' or '#' is masked whole; a path or query with
 // an '@' in it is then masked too, which errs on the safe side. A string
 // without "://" (host:port) is kept, up to its last '@'.
@@ -56,23 +56,39 @@ func URL(raw string) string {
 	return b.String()
 }
 
-// Endpoint is URL with the path masked too: a webhook's path often is its
-// token (Slack, Discord and many others).
+// Endpoint masks more than URL, for a URL that may hold a token anywhere
+// (a webhook's): its whole user part (a token is often the user name of
+// basic auth, with no password), its path beyond "/" (Slack, Discord and
+// many others put the token there), its whole query, keys included (a
+// token may be a bare key), and its fragment. The scheme and host stay.
 func Endpoint(raw string) string {
-	s := URL(raw)
-	scheme, rest, ok := strings.Cut(s, "://")
+	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		return s
+		return URL(raw)
 	}
-	end := len(rest)
-	if i := strings.IndexAny(rest, "?#"); i >= 0 {
-		end = i
+	var b strings.Builder
+	b.WriteString(scheme + "://")
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		b.WriteString(Mask + "@")
+		rest = rest[at+1:]
 	}
-	slash := strings.IndexByte(rest[:end], '/')
-	if slash < 0 || slash == end-1 {
-		return s
+	rest, fragment, hasFragment := strings.Cut(rest, "#")
+	rest, query, hasQuery := strings.Cut(rest, "?")
+	host, path, hasPath := strings.Cut(rest, "/")
+	b.WriteString(host)
+	if hasPath {
+		b.WriteString("/")
+		if path != "" {
+			b.WriteString(Mask)
+		}
 	}
-	return scheme + "://" + rest[:slash] + "/" + Mask + rest[end:]
+	if hasQuery && query != "" {
+		b.WriteString("?" + Mask)
+	}
+	if hasFragment && fragment != "" {
+		b.WriteString("#" + Mask)
+	}
+	return b.String()
 }
 
 // userInfo masks the password of a URL's user part.
@@ -89,19 +105,26 @@ func userInfo(scheme, u string) string {
 	return u
 }
 
+// maskQuery masks the value of every option not in safeQuery, and a key
+// without a value whole (it may be a token itself). The options keep their
+// order and their escaping. A query that does not parse is masked whole.
 func maskQuery(query string) string {
-	q, err := url.ParseQuery(query)
-	if err != nil {
+	if _, err := url.ParseQuery(query); err != nil {
 		return Mask
 	}
-	for k, vs := range q {
-		if !safeQuery[strings.ToLower(k)] {
-			for i := range vs {
-				vs[i] = Mask
-			}
+	pairs := strings.Split(query, "&")
+	for i, pair := range pairs {
+		k, _, hasValue := strings.Cut(pair, "=")
+		key, _ := url.QueryUnescape(k) // ParseQuery took it
+		switch {
+		case pair == "" || safeQuery[strings.ToLower(key)]:
+		case hasValue:
+			pairs[i] = k + "=" + Mask
+		default:
+			pairs[i] = Mask
 		}
 	}
-	return q.Encode()
+	return strings.Join(pairs, "&")
 }
 
 // Password returns the password in raw's user part, read the way URL reads

@@ -25,6 +25,8 @@ func TestURL(t *testing.T) {
 		{"cache:6379", "cache:6379"},
 		{"user:s3cret@cache:6379", "REDACTED@cache:6379"},
 		{"https://h.example/p?q=%zz", "https://h.example/p?REDACTED"},
+		{"amqps://u:p@broker/vh?s3cretTokenXYZ&heartbeat=10&x=1", "amqps://u:REDACTED@broker/vh?REDACTED&heartbeat=10&x=REDACTED"},
+		{"mongodb://db/?w=majority&&retryWrites=true", "mongodb://db/?w=majority&&retryWrites=true"},
 	} {
 		if got := redact.URL(c.in); got != c.want {
 			t.Errorf("URL(%q) = %q, want %q", c.in, got, c.want)
@@ -35,10 +37,16 @@ func TestURL(t *testing.T) {
 func TestEndpoint(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{"https://hooks.slack.com/services/T000/B000/XXXXXXXX", "https://hooks.slack.com/REDACTED"},
-		{"https://hooks.example.com/in?token=s3cret", "https://hooks.example.com/REDACTED?token=REDACTED"},
+		{"https://hooks.example.com/in?token=s3cret", "https://hooks.example.com/REDACTED?REDACTED"},
 		{"https://hooks.example.com/", "https://hooks.example.com/"},
 		{"http://127.0.0.1:9000", "http://127.0.0.1:9000"},
-		{"https://u:p@h.example/x", "https://u:REDACTED@h.example/REDACTED"},
+		{"https://u:p@h.example/x", "https://REDACTED@h.example/REDACTED"},
+		// A token as the user name, with or without an empty password.
+		{"https://s3cretTokenXYZ@hooks.example.com/in", "https://REDACTED@hooks.example.com/REDACTED"},
+		{"https://sk_live_abc:@hooks.example.com", "https://REDACTED@hooks.example.com"},
+		// A token as a bare query key, and options that URL would keep.
+		{"https://hooks.example.com/?s3cretTokenXYZ", "https://hooks.example.com/?REDACTED"},
+		{"https://hooks.example.com?tls=s3cret&w=t0ken#f", "https://hooks.example.com?REDACTED#REDACTED"},
 	} {
 		if got := redact.Endpoint(c.in); got != c.want {
 			t.Errorf("Endpoint(%q) = %q, want %q", c.in, got, c.want)
