@@ -419,18 +419,12 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		o := message.Outcome{MessageID: m.ID, Seq: m.Seq, Status: message.StatusSent, Attempts: m.Attempts + 1, At: now,
 			WebhookMessageID: wid,
 			Delivery:         &message.Delivery{At: now, Attempt: m.Attempts + 1, Outcome: message.OutcomeDelivered, Error: "recovered from the inbox after an unrecorded delivery"}}
-		sum.Recovered++
-		err := r.Store.RecordOutcome(ctx, o)
-		if err == nil {
-			// Counted as delivered here: the processor that made the
-			// call counts a delivery only when it records SENT, and the
-			// read under the claim found none. A stale outcome is
-			// somebody else's record, counted there. (A processor still
-			// recording at this very moment counts it too: the store
-			// does not say whether SENT was there before.)
-			r.observe("delivered", 1)
-		}
-		return ignoreStale(err)
+		// Counted as delivered here: the processor that made the call
+		// counts a delivery only when it records SENT, and the read under
+		// the claim found none. (A processor still recording at this very
+		// moment counts it too: the store does not say whether SENT was
+		// there before.)
+		return r.recordSwept(ctx, o, &sum.Recovered, "delivered")
 	}
 
 	// A dispatch whose webhook call a processor started and never
@@ -469,18 +463,34 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 		if err := r.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
 			return fmt.Errorf("notify dead-letter queue: %w", err)
 		}
-		sum.DeadLettered++
-		r.observe("dead_lettered", 1)
+		if err := r.recordSwept(ctx, o, &sum.DeadLettered, "dead_lettered"); err != nil {
+			return err
+		}
 		log.Warn("stale message dead-lettered", "attempts", attempts)
-		return ignoreStale(r.Store.RecordOutcome(ctx, o))
+		return nil
 	}
 	o.Status = message.StatusUnsent
 	o.NextAttemptAt = &now
 	o.Delivery = &message.Delivery{At: now, Attempt: attempts, Outcome: message.OutcomeStaleRecover, Error: why}
-	sum.Recovered++
-	r.observe("recovered", 1)
+	if err := r.recordSwept(ctx, o, &sum.Recovered, "recovered"); err != nil {
+		return err
+	}
 	log.Warn("stale message recovered", "attempts", attempts)
-	return ignoreStale(r.Store.RecordOutcome(ctx, o))
+	return nil
+}
+
+// recordSwept records the sweep's outcome o and, once it is recorded,
+// counts it in *n and as event. A write that failed leaves the entry
+// stale, for the next pass to decide and count; a stale outcome (a
+// processor recorded first) is somebody else's, counted there, and not an
+// error.
+func (r *Relay) recordSwept(ctx context.Context, o message.Outcome, n *int, event string) error {
+	err := r.Store.RecordOutcome(ctx, o)
+	if err == nil {
+		*n++
+		r.observe(event, 1)
+	}
+	return ignoreStale(err)
 }
 
 func ignoreStale(err error) error {

@@ -271,6 +271,54 @@ func TestSweepCountsTheAttemptWhenRedisCannotTell(t *testing.T) {
 	testenv.Drain(t, env["RABBITMQ_DLQ"])
 }
 
+// TestSweepCountsOnlyWhatItRecorded: a stale message whose outcome the
+// sweep failed to write stays stale, and the next pass decides again; the
+// metrics count it once, when its outcome is written, as the processor
+// counts its own.
+func TestSweepCountsOnlyWhatItRecorded(t *testing.T) {
+	for _, c := range []struct {
+		name, retries, event string
+		taken                bool
+	}{
+		{"recovered", "3", "recovered", false},
+		{"dead-lettered", "0", "dead_lettered", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			env := testenv.Env(t, map[string]string{"MAX_RETRIES": c.retries, "STALE_DURATION": "1m"})
+			a, id, r, advance := publishedOnce(t, env)
+			ctx := context.Background()
+			if c.taken {
+				if err := a.Redis.MarkTaken(ctx, id, 0, time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.Store = outcomeFailsOnce{Store: r.Store, failed: new(atomic.Bool)}
+			var mu sync.Mutex
+			events := map[string]int{}
+			r.Observe = func(event string, n int) {
+				mu.Lock()
+				defer mu.Unlock()
+				events[event] += n
+			}
+			advance(2 * time.Minute)
+			if s, err := r.Pass(ctx); err == nil || s.Recovered+s.DeadLettered != 0 {
+				t.Fatalf("pass whose outcome write failed: %+v %v, want an error and nothing counted", s, err)
+			}
+			advance(2 * time.Minute)
+			if s, err := r.Pass(ctx); err != nil || s.Recovered+s.DeadLettered != 1 {
+				t.Fatalf("next pass: %+v %v, want one message decided", s, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if events[c.event] != 1 || events["recovered"]+events["dead_lettered"] != 1 {
+				t.Fatalf("events %v, want %s counted once", events, c.event)
+			}
+			testenv.Drain(t, env["RABBITMQ_DLQ"])
+			testenv.Drain(t, env["RABBITMQ_QUEUE"])
+		})
+	}
+}
+
 // TestRelayLeavesAnEntryWhoseMessageIsBeingStored: a create stores the
 // entry, then the message. A pass between the two leaves the entry due
 // instead of publishing a copy the processor would drop; once the message
