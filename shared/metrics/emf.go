@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -56,7 +57,8 @@ func (e *EMF) Add(name string, n int) {
 
 // Set records a gauge named name: a value read now, such as the outbox's
 // backlog, in a CloudWatch unit ("Count", "Seconds", "None", ...). A later
-// Set before the next Flush replaces it.
+// Set before the next Flush replaces it. A NaN or infinite value is not
+// written.
 func (e *EMF) Set(name string, value float64, unit string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -129,6 +131,9 @@ func (e *EMF) write(counts map[string]int, gauges map[string]gauge, timings map[
 		if _, counted := counts[n]; counted {
 			continue // one value per name in a line; the count wins
 		}
+		if v := gauges[n].value; math.IsNaN(v) || math.IsInf(v, 0) {
+			continue // JSON has no such number: it would lose the whole line
+		}
 		defs = append(defs, map[string]string{"Name": n, "Unit": gauges[n].unit})
 		line[n] = gauges[n].value
 	}
@@ -158,12 +163,22 @@ func (e *EMF) write(counts map[string]int, gauges map[string]gauge, timings map[
 // FlushBefore flushes once, margin before ctx's deadline, so that an
 // invocation that runs out of time still reports what it counted: Lambda
 // ends a timed-out invocation before its deferred calls run. Call stop when
-// the invocation ends (before the last Flush).
+// the invocation ends (before the last Flush): it cancels the early flush,
+// or waits for it if it has started, since that flush has taken the counts
+// and Lambda may freeze the process once the invocation returns.
 func (e *EMF) FlushBefore(ctx context.Context, margin time.Duration) (stop func()) {
 	dl, ok := ctx.Deadline()
 	if !ok {
 		return func() {}
 	}
-	t := time.AfterFunc(time.Until(dl)-margin, func() { _ = e.Flush() })
-	return func() { t.Stop() }
+	done := make(chan struct{})
+	t := time.AfterFunc(time.Until(dl)-margin, func() {
+		defer close(done)
+		_ = e.Flush()
+	})
+	return func() {
+		if !t.Stop() {
+			<-done
+		}
+	}
 }

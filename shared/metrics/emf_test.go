@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -115,6 +116,78 @@ func TestEMFFlushBefore(t *testing.T) {
 	}
 	if stop := e.FlushBefore(context.Background(), time.Second); stop == nil {
 		t.Fatal("no stop without a deadline")
+	}
+}
+
+// blockedWriter holds its first Write until release is closed, and says
+// on started that it has begun.
+type blockedWriter struct {
+	started, release chan struct{}
+	once             sync.Once
+	mu               sync.Mutex
+	lines            int
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() {
+		close(w.started)
+		<-w.release
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines++
+	return len(p), nil
+}
+
+// TestEMFStopWaitsForTheEarlyFlush: an early flush that has started has
+// taken the counts, so the invocation's last Flush finds none; stop waits
+// for it to be written, or the invocation would return (and Lambda freeze
+// the process) with the line unwritten.
+func TestEMFStopWaitsForTheEarlyFlush(t *testing.T) {
+	w := &blockedWriter{started: make(chan struct{}), release: make(chan struct{})}
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "processor", W: w, Now: time.Now}
+	e.Add("delivered", 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 110*time.Millisecond)
+	defer cancel()
+	stop := e.FlushBefore(ctx, 100*time.Millisecond)
+	<-w.started
+	stopped := make(chan struct{})
+	go func() {
+		stop()
+		_ = e.Flush()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		t.Fatal("stop returned while the early flush was still writing")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(w.release)
+	<-stopped
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lines != 1 {
+		t.Fatalf("%d lines written, want the early flush's one", w.lines)
+	}
+}
+
+// TestEMFSkipsAGaugeJSONCannotHold: a NaN or infinite gauge is left out
+// of its line; the counts beside it are written.
+func TestEMFSkipsAGaugeJSONCannotHold(t *testing.T) {
+	var buf bytes.Buffer
+	e := &metrics.EMF{Namespace: "ReliableMessaging", Function: "publisher", W: &buf, Now: time.Now}
+	e.Add("delivered", 5)
+	e.Set("outbox_oldest_age", math.Inf(1), "Seconds")
+	e.Set("outbox_backlog", math.NaN(), "Count")
+	if err := e.Flush(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line["delivered"] != 5.0 {
+		t.Fatalf("line %q (%v), want the count", buf.String(), err)
+	}
+	if _, ok := line["outbox_oldest_age"]; ok {
+		t.Fatalf("line %q holds the infinite gauge", buf.String())
 	}
 }
 
