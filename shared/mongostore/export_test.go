@@ -1,6 +1,10 @@
 package mongostore
 
-import "go.mongodb.org/mongo-driver/v2/mongo"
+import (
+	"context"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+)
 
 // SetBeforeUnindex sets the hook IndexFailed runs between its read of the
 // message and its removal of the entry it wrote, until the returned
@@ -24,3 +28,8 @@ func (s *Store) Ferret() bool { return s.ferret }
 // the conditions in the filters, which FerretDB runs too (by a full scan),
 // or as on FerretDB (false).
 func (s *Store) SetMongoDBForms(on bool) { s.ferret = !on }
+
+// WinTakeover is winTakeover.
+func (s *Store) WinTakeover(ctx context.Context, id, gen string) (bool, error) {
+	return s.winTakeover(ctx, id, gen)
+}

@@ -21,8 +21,10 @@ import (
 //
 // Each guard is a document under a unique _id, taken by an insert: the one
 // write the embedded MongoDB (FerretDB) makes atomic. Taking over an expired
-// guard is a delete followed by an insert, so two processes racing for the
-// same expired guard still end with one winner of the insert.
+// guard is a delete followed by an insert, by the one caller whose insert of
+// that expiry's takeover document landed (see winTakeover): two processes
+// racing for the same expired guard end with one winner, and neither deletes
+// the guard the other has just inserted.
 const guardsColl = "guards"
 
 type guardDoc struct {
@@ -70,11 +72,49 @@ func (s *Store) take(ctx context.Context, doc guardDoc, now time.Time) (bool, gu
 		if cur.ExpiresAt.After(now) {
 			return false, cur, nil
 		}
+		won, err := s.winTakeover(ctx, doc.ID, cur.Token)
+		if err != nil {
+			return false, guardDoc{}, err
+		}
+		if !won {
+			return false, cur, nil // another caller is taking it over
+		}
 		if err := s.deleteGuard(ctx, doc.ID, bson.D{{Key: "token", Value: cur.Token}}, func(g guardDoc) bool { return g.Token == cur.Token }); err != nil {
 			return false, guardDoc{}, err
 		}
 	}
 	return false, guardDoc{}, fmt.Errorf("guard %s changed hands while taking it", doc.ID)
+}
+
+// winTakeover says whether this caller takes over generation gen of guard
+// id (an expired guard's token, a stale marker's time): of all callers that
+// found it expired, the one whose insert of the generation's takeover
+// document lands. A read, a check and a write would let several through:
+// on FerretDB, whose conditional writes are not atomic, and for a marker's
+// replace, on any MongoDB. A takeover document whose winner did not finish
+// within takeoverStale (it died) gives way to the next one, numbered k+1.
+// Takeover documents stand until purged, guardKeep later (never on
+// FerretDB: a few bytes each, and takeovers happen only during a Redis
+// outage or after a request died midway).
+func (s *Store) winTakeover(ctx context.Context, id, gen string) (bool, error) {
+	for k := 0; ; k++ {
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		doc := takeoverMarker{ID: fmt.Sprintf("%s|takeover:%s:%d", id, gen, k), At: now, PurgeAt: now.Add(guardKeep)}
+		_, err := s.guards().InsertOne(ctx, doc)
+		if err == nil {
+			return true, nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return false, fmt.Errorf("take over %s: %w", id, err)
+		}
+		var cur takeoverMarker
+		if err := s.guards().FindOne(ctx, byID(doc.ID)).Decode(&cur); err != nil {
+			return false, fmt.Errorf("take over %s: %w", id, err)
+		}
+		if now.Sub(cur.At) < takeoverStale {
+			return false, nil
+		}
+	}
 }
 
 // ClaimInbox is the durable stand-in for the Redis inbox claim. The claim's

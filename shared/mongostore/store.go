@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -499,7 +500,8 @@ type takeoverMarker struct {
 const takeoverStale = 30 * time.Second
 
 // takeOver inserts the marker id, or replaces one not done and older than
-// takeoverStale; busy if a marker that stands is there. It returns the
+// takeoverStale, if it wins that takeover (winTakeover); busy if a marker
+// that stands is there, or another caller took it over. It returns the
 // marker's time, which settleTakeover needs.
 func (s *Store) takeOver(ctx context.Context, id string, busy error) (time.Time, error) {
 	now := time.Now().UTC().Truncate(time.Millisecond)
@@ -519,6 +521,13 @@ func (s *Store) takeOver(ctx context.Context, id string, busy error) (time.Time,
 		return now, fmt.Errorf("take over %s: %w", id, err)
 	}
 	if cur.Done || now.Sub(cur.At) < takeoverStale {
+		return now, busy
+	}
+	won, err := s.winTakeover(ctx, id, strconv.FormatInt(cur.At.UnixMilli(), 10))
+	if err != nil {
+		return now, err
+	}
+	if !won {
 		return now, busy
 	}
 	if _, err := s.guards().ReplaceOne(ctx, byID(id), marker); err != nil {

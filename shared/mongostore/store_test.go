@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1287,5 +1288,93 @@ func TestReplayClaims(t *testing.T) {
 	}
 	if after, err := s.GuardsCollection().CountDocuments(ctx, bson.D{}); err != nil || after != before {
 		t.Fatalf("guards after giving back a key: %d (%v), want %d", after, err, before)
+	}
+}
+
+// ageGuards moves every guard and takeover document's time by back.
+func ageGuards(t *testing.T, s *mongostore.Store, back time.Duration) {
+	t.Helper()
+	update := bson.D{{Key: "$set", Value: bson.D{{Key: "at", Value: time.Now().UTC().Add(-back)}}}}
+	if _, err := s.GuardsCollection().UpdateMany(t.Context(), bson.D{}, update); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTakeoversHaveOneWinner: callers that find the same inbox claim
+// expired, or the same replay marker stale, at the same moment: one of them
+// takes it over, in both forms. A read, a check and a write let several
+// through: on FerretDB for the guards (so two processors held one claim
+// while Redis was down), and on any MongoDB for the markers (so two
+// replays of one failure ran).
+func TestTakeoversHaveOneWinner(t *testing.T) {
+	for _, mongoForms := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mongodb forms %v", mongoForms), func(t *testing.T) {
+			s, ctx := newStore(t), t.Context()
+			s.SetMongoDBForms(mongoForms)
+			race := func(what string, take func(i int) bool) {
+				t.Helper()
+				var wins atomic.Int32
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				for i := range 8 {
+					wg.Go(func() {
+						<-start
+						if take(i) {
+							wins.Add(1)
+						}
+					})
+				}
+				close(start)
+				wg.Wait()
+				if n := wins.Load(); n != 1 {
+					t.Fatalf("%s: %d winners, want 1", what, n)
+				}
+			}
+			for round := range 5 {
+				id := newID(t)
+				if ok, _, _, err := s.ClaimInbox(ctx, id, "dead", 0, time.Millisecond); err != nil || !ok {
+					t.Fatalf("first claim: %v %v", ok, err)
+				}
+				time.Sleep(3 * time.Millisecond)
+				race(fmt.Sprint("expired inbox claim, round ", round), func(i int) bool {
+					ok, _, _, err := s.ClaimInbox(ctx, id, fmt.Sprint("tok", i), 0, time.Minute)
+					return err == nil && ok
+				})
+			}
+			for round := range 3 {
+				id := newID(t)
+				if _, err := s.ClaimReplay(ctx, id, 0); err != nil {
+					t.Fatal(err)
+				}
+				ageGuards(t, s, time.Minute)
+				race(fmt.Sprint("stale replay marker, round ", round), func(int) bool {
+					_, err := s.ClaimReplay(ctx, id, 0)
+					return err == nil
+				})
+			}
+		})
+	}
+}
+
+// TestATakeoverWhoseWinnerDiedGivesWay: the winner of a takeover may die
+// before it finishes; its takeover document stands for takeoverStale, then
+// the next caller may take the same generation over, once.
+func TestATakeoverWhoseWinnerDiedGivesWay(t *testing.T) {
+	s, ctx := newStore(t), t.Context()
+	want := func(what string, won bool) {
+		t.Helper()
+		if got, err := s.WinTakeover(ctx, "inbox:m", "gen"); err != nil || got != won {
+			t.Fatalf("%s: won %v (%v), want %v", what, got, err, won)
+		}
+	}
+	want("first", true)
+	want("while the winner works", false)
+	ageGuards(t, s, 10*time.Second)
+	want("10 s on", false)
+	ageGuards(t, s, time.Minute)
+	want("once the winner's document is stale", true)
+	want("after the second winner", false)
+	if got, err := s.WinTakeover(ctx, "inbox:m", "next-gen"); err != nil || !got {
+		t.Fatalf("another generation: won %v (%v), want true", got, err)
 	}
 }
