@@ -29,16 +29,28 @@ func (s *Store) failed() *mongo.Collection { return s.messages.Database().Collec
 // stay, counted as a failure, until a bulk replay noticed it. So the
 // message is read after the write, and the entry dropped if the message is
 // no longer FAILED; a replay that writes its status after that read drops
-// the entry itself.
+// the entry itself. A late call for an older failure of a message that was
+// replayed and failed again (indexed meanwhile) finds the message FAILED at
+// another time, and writes the message's own entry back.
 func (s *Store) IndexFailed(ctx context.Context, r message.FailedRecord) error {
 	_, err := s.failed().ReplaceOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, r, options.Replace().SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("index failed message %s: %w", r.MessageID, err)
 	}
 	var m struct {
-		Status message.Status `bson:"status"`
+		Status        message.Status `bson:"status"`
+		UpdatedAt     time.Time      `bson:"updatedAt"`
+		FailureReason string         `bson:"failureReason"`
 	}
-	err = s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, options.FindOne().SetProjection(bson.D{{Key: "status", Value: 1}})).Decode(&m)
+	projection := bson.D{{Key: "status", Value: 1}, {Key: "updatedAt", Value: 1}, {Key: "failureReason", Value: 1}}
+	err = s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, options.FindOne().SetProjection(projection)).Decode(&m)
+	if err == nil && m.Status == message.StatusFailed && !m.UpdatedAt.Equal(r.FailedAt.Truncate(time.Millisecond)) {
+		own := message.FailedRecord{MessageID: r.MessageID, FailedAt: m.UpdatedAt, Reason: m.FailureReason}
+		if _, err := s.failed().ReplaceOne(ctx, bson.D{{Key: "_id", Value: r.MessageID}}, own); err != nil {
+			return fmt.Errorf("index failed message %s: %w", r.MessageID, err)
+		}
+		return nil
+	}
 	if errors.Is(err, mongo.ErrNoDocuments) || err == nil && m.Status != message.StatusFailed {
 		if beforeUnindex != nil {
 			beforeUnindex()

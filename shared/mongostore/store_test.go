@@ -1226,6 +1226,29 @@ func TestIndexFailedDropsOnlyItsOwnEntry(t *testing.T) {
 	}
 }
 
+// TestIndexFailedKeepsTheLaterFailure: a late call for a failure that a
+// replay and a second failure have overtaken (the second indexed first)
+// leaves the index holding the message's failure as it stands, so that
+// ListFailed's since and a bulk replay by since see it.
+func TestIndexFailedKeepsTheLaterFailure(t *testing.T) {
+	s := newStore(t)
+	ctx := t.Context()
+	m := newMessage(t, t0)
+	m.Status, m.FailureReason, m.UpdatedAt = message.StatusFailed, "failed again", t0.Add(time.Minute)
+	create(t, s, m)
+	if err := s.IndexFailed(ctx, m.FailedRecord()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.IndexFailed(ctx, message.FailedRecord{MessageID: m.ID, FailedAt: t0, Reason: "first failure"}); err != nil {
+		t.Fatal(err)
+	}
+	since := t0.Add(30 * time.Second)
+	recs, err := s.ListFailed(ctx, &since, 10)
+	if err != nil || len(recs) != 1 || recs[0].Reason != "failed again" || !recs[0].FailedAt.Equal(m.UpdatedAt.Truncate(time.Millisecond)) {
+		t.Fatalf("failed index since the second failure holds %+v (%v), want the second failure", recs, err)
+	}
+}
+
 // TestReplayClaims: one replay of a failure at a time. A replay that
 // failed gives way at once; one that was made stands for good, so that a
 // request that read the message before it, however long ago, cannot make
