@@ -113,6 +113,14 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 			return sum, nil
 		}
 	}
+	// A caller with a deadline (a Lambda invocation) needs callerReserve
+	// after the pass: the pass's writes end before that, the record of the
+	// last batch included, instead of running on into a timeout.
+	callerDeadline, callerHasDeadline := ctx.Deadline()
+	var markBy time.Time
+	if callerHasDeadline {
+		markBy = callerDeadline.Add(-callerReserve)
+	}
 	leased := time.Now()
 	release, ok, err := r.Lease.Acquire(ctx, leaseName, r.LeaseTTL)
 	switch {
@@ -131,10 +139,15 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 		return sum, nil
 	default:
 		defer func() {
-			// Released even when ctx is done, but never waited on forever:
-			// an unreleased lease only expires.
+			// Released even when ctx is done, but never waited on forever
+			// (nor past the caller's deadline): an unreleased lease only
+			// expires.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
+			if callerHasDeadline {
+				rctx, cancel = context.WithDeadline(rctx, callerDeadline)
+				defer cancel()
+			}
 			release(rctx)
 		}()
 	}
@@ -147,7 +160,6 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	// half of that time (the sweep included), so that the last one has as
 	// long again to be published.
 	work := r.LeaseTTL - r.markTimeout() - min(time.Second, r.LeaseTTL/10)
-	callerDeadline, callerHasDeadline := ctx.Deadline()
 	ctx, cancel := context.WithDeadline(ctx, leased.Add(work))
 	defer cancel()
 	budget := r.Now().Add(work / 2)
@@ -168,7 +180,7 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	}
 	waiting := map[string]bool{}
 	for r.Now().Before(budget) && ctx.Err() == nil {
-		n, err := r.publishBatch(ctx, &sum, waiting)
+		n, err := r.publishBatch(ctx, &sum, waiting, markBy)
 		if err != nil {
 			return sum, errors.Join(sweepErr, err)
 		}
@@ -257,10 +269,15 @@ func (r *Relay) sweepDue() bool {
 	return true
 }
 
+// callerReserve is what a caller with a deadline (a Lambda invocation)
+// keeps after a pass: for the lease's release and the invocation's end.
+const callerReserve = time.Second
+
 // publishBatch publishes one batch of due entries and returns its size.
 // Entries in waiting (keys this pass left for their message to be stored)
-// are passed over, and entries it leaves are added.
-func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[string]bool) (int, error) {
+// are passed over, and entries it leaves are added. The record of the
+// batch ends by markBy, if set.
+func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[string]bool, markBy time.Time) (int, error) {
 	now := r.Now().UTC()
 	due, err := r.Store.DueOutbox(ctx, now, r.BatchSize+len(waiting))
 	if err != nil {
@@ -309,8 +326,14 @@ func (r *Relay) publishBatch(ctx context.Context, sum *Summary, waiting map[stri
 		// line leaves it due, and the next pass publishes it again. A pass
 		// stopped meanwhile (SIGTERM, a Lambda deadline) still records what
 		// the broker confirmed, rather than have it all published twice.
+		// A write cut short by markBy leaves the entries due, as a
+		// crash would; the invocation's timeout would cut it off anyway.
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.markTimeout())
 		defer cancel()
+		if !markBy.IsZero() {
+			mctx, cancel = context.WithDeadline(mctx, markBy)
+			defer cancel()
+		}
 		if err := r.Store.MarkPublished(mctx, published, r.Now().UTC()); err != nil {
 			return len(entries), fmt.Errorf("mark published: %w", err)
 		}

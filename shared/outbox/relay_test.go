@@ -319,6 +319,39 @@ func TestSweepCountsOnlyWhatItRecorded(t *testing.T) {
 	}
 }
 
+// markHangs is a store whose MarkPublished answers only when its context
+// ends: a store that stalls.
+type markHangs struct{ outbox.Store }
+
+func (markHangs) MarkPublished(ctx context.Context, _ []message.OutboxEntry, _ time.Time) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestPassEndsBeforeItsCallersDeadline: a Lambda invocation's deadline
+// bounds the record of the pass's last batch too: on a store that stalls,
+// the pass gives up in time for the lease's release and the invocation's
+// end, instead of running its MarkTimeout (10 s) past the deadline into a
+// timeout. The entries stay due, as after a crash.
+func TestPassEndsBeforeItsCallersDeadline(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ids := accept(t, a, 3)
+	r := a.Relay(nil)
+	r.Store = markHangs{r.Store}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	s, err := r.Pass(ctx)
+	if took := time.Since(start); err == nil || took > 2500*time.Millisecond {
+		t.Fatalf("pass with a 3 s deadline on a stalled store: %+v %v after %s, want an error within 2.5 s", s, err, took)
+	}
+	if due, err := a.Store.DueOutbox(context.Background(), time.Now().Add(time.Hour), 10); err != nil || len(due) != len(ids) {
+		t.Fatalf("due after the cut-short record: %d (%v), want %d", len(due), err, len(ids))
+	}
+	testenv.Drain(t, env["RABBITMQ_QUEUE"])
+}
+
 // TestRelayLeavesAnEntryWhoseMessageIsBeingStored: a create stores the
 // entry, then the message. A pass between the two leaves the entry due
 // instead of publishing a copy the processor would drop; once the message
