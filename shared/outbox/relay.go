@@ -113,13 +113,15 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 			return sum, nil
 		}
 	}
-	// A caller with a deadline (a Lambda invocation) needs callerReserve
-	// after the pass: the pass's writes end before that, the record of the
+	// The margin kept before the lease expires, and before the deadline of
+	// a caller that has one (a Lambda invocation, for the lease's release
+	// and its own end): the pass's writes end by then, the record of its
 	// last batch included, instead of running on into a timeout.
+	margin := min(time.Second, r.LeaseTTL/10)
 	callerDeadline, callerHasDeadline := ctx.Deadline()
 	var markBy time.Time
 	if callerHasDeadline {
-		markBy = callerDeadline.Add(-callerReserve)
+		markBy = callerDeadline.Add(-margin)
 	}
 	leased := time.Now()
 	release, ok, err := r.Lease.Acquire(ctx, leaseName, r.LeaseTTL)
@@ -159,7 +161,7 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	// timeout gave up on may still be applied. It takes no new batch after
 	// half of that time (the sweep included), so that the last one has as
 	// long again to be published.
-	work := r.LeaseTTL - r.markTimeout() - min(time.Second, r.LeaseTTL/10)
+	work := r.LeaseTTL - r.markTimeout() - margin
 	ctx, cancel := context.WithDeadline(ctx, leased.Add(work))
 	defer cancel()
 	budget := r.Now().Add(work / 2)
@@ -268,10 +270,6 @@ func (r *Relay) sweepDue() bool {
 	r.lastSweep = now
 	return true
 }
-
-// callerReserve is what a caller with a deadline (a Lambda invocation)
-// keeps after a pass: for the lease's release and the invocation's end.
-const callerReserve = time.Second
 
 // publishBatch publishes one batch of due entries and returns its size.
 // Entries in waiting (keys this pass left for their message to be stored)
