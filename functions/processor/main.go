@@ -20,7 +20,7 @@ func main() {
 	if err != nil {
 		app.Fatal(a.Logger, "processor setup", err)
 	}
-	reserve := startReserve(p.MaxInlineWait, a.Config.WebhookTimeout)
+	reserve := processor.StartReserve(p.MaxInlineWait, a.Config.WebhookTimeout)
 	// A batch that a store failed waits before it goes back, up to 30 s:
 	// the event source mapping invokes one batch at a time, so the wait
 	// holds off the whole consumer during an outage.
@@ -48,15 +48,4 @@ func main() {
 		a.Logger.Info("batch processed", "summary", sum)
 		return sum, nil
 	})
-}
-
-// startReserve is how much of its invocation a record needs left to be
-// started: the longest wait for a claim another consumer holds
-// (processor.ClaimWait), the longest wait for the rate limiter, one
-// webhook call and the record of its outcome (up to processor.RecordTimeout
-// on a slow MongoDB), with a second to spare. Lambda ending the invocation
-// between a 2xx and its record would have the redelivered batch call the
-// webhook again, should the done marker in Redis be missing too.
-func startReserve(maxInlineWait, webhookTimeout time.Duration) time.Duration {
-	return processor.ClaimWait + maxInlineWait + webhookTimeout + processor.RecordTimeout + time.Second
 }

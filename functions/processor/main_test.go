@@ -15,11 +15,11 @@ import (
 func TestRecordsStartWithTimeToRecordTheirOutcome(t *testing.T) {
 	for _, webhook := range []time.Duration{time.Millisecond, 5 * time.Second, 30 * time.Second} {
 		const wait = 2 * time.Second
-		if r := startReserve(wait, webhook); r < processor.ClaimWait+wait+webhook+processor.RecordTimeout {
+		if r := processor.StartReserve(wait, webhook); r < processor.ClaimWait+wait+webhook+processor.RecordTimeout {
 			t.Errorf("with WEBHOOK_TIMEOUT %s: reserve %s leaves less than %s to record after the call", webhook, r, processor.RecordTimeout)
 		}
 		// The function's 90 s timeout must still leave time for a batch.
-		if r := startReserve(wait, webhook); r > 60*time.Second {
+		if r := processor.StartReserve(wait, webhook); r > 60*time.Second {
 			t.Errorf("with WEBHOOK_TIMEOUT %s: reserve %s leaves too little of the 90 s timeout", webhook, r)
 		}
 	}

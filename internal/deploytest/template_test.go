@@ -20,8 +20,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/httpapi"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
 // The tests in this file hold template.yaml (the AWS SAM template) to the
@@ -827,13 +829,13 @@ func (s *samTemplate) timeoutSeconds(t *testing.T, fn string) int {
 }
 
 // TestTemplateWebhookTimeoutFitsTheProcessor: the processor starts a
-// delivery only with MaxInlineWait (2 s) + WEBHOOK_TIMEOUT + 3 s of its
-// invocation left (functions/processor/main.go). Every WebhookTimeout the
-// template accepts must leave at least half of the function's timeout for
-// starting deliveries; a longer one made every invocation refuse its whole
-// batch, which Amazon MQ then redelivered forever.
+// delivery only with processor.StartReserve of its invocation left
+// (WEBHOOK_TIMEOUT plus 15 s; functions/processor/main.go). Every
+// WebhookTimeout the template accepts must leave at least half of the
+// function's timeout for starting deliveries; a longer one made every
+// invocation refuse its whole batch, which Amazon MQ then redelivered
+// forever.
 func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
-	const slack = 5 * time.Second
 	s := samLoad(t)
 	param, re := s.parameterPattern(t, "WebhookTimeout")
 	def, _ := samString(samGet(param, "Default"))
@@ -841,7 +843,9 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 		t.Errorf("WebhookTimeout's default %q does not match its own pattern", def)
 	}
 	secs := s.timeoutSeconds(t, "ProcessorFunction")
-	limit := time.Duration(secs)*time.Second/2 - slack
+	timeout := time.Duration(secs) * time.Second
+	// The longest WEBHOOK_TIMEOUT whose reserve leaves half the timeout.
+	limit := timeout/2 - processor.StartReserve(app.MaxInlineWait, 0)
 	var candidates []string
 	for n := 1; n <= 600; n++ {
 		candidates = append(candidates, fmt.Sprintf("%ds", n), fmt.Sprintf("%dms", n*100))
@@ -858,7 +862,8 @@ func TestTemplateWebhookTimeoutFitsTheProcessor(t *testing.T) {
 			t.Errorf("WebhookTimeout accepts %q, which is no positive duration", c)
 		}
 		if d > limit {
-			t.Errorf("WebhookTimeout accepts %s: with the processor's %d s timeout, at most %s leaves half of an invocation for deliveries", c, secs, limit)
+			t.Errorf("WebhookTimeout accepts %s: the processor then starts a delivery only with %s of its %d s left; at most %s leaves half of an invocation for deliveries",
+				c, processor.StartReserve(app.MaxInlineWait, d), secs, limit)
 		}
 	}
 	if len(accepted) < 30 {

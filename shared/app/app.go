@@ -240,7 +240,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		InboxTTL:        a.Config.InboxTTL,
 		TakenTTL:        2*a.Config.StaleDuration + a.Config.ClaimTTL(),
 		BreakerCooldown: a.Config.BreakerCooldown,
-		MaxInlineWait:   2 * time.Second,
+		MaxInlineWait:   MaxInlineWait,
 		Now:             a.Now,
 		Logger:          a.Logger,
 		Timing:          a.Timing,
@@ -285,6 +285,10 @@ func (a *App) WebhookCheck() httpapi.Check {
 // webhookFailingAfter is how many failed calls in a row make the webhook
 // check fail while the circuit is still closed: one or two can be a blip.
 const webhookFailingAfter = 3
+
+// MaxInlineWait is the longest a delivery waits for the outbound rate
+// limiter in place; a longer wait puts the message back in the outbox.
+const MaxInlineWait = 2 * time.Second
 
 // SharedWebhookCheck reports the webhook as every processor sees it: failing
 // while the circuit breaker they share through Redis is open, which any of

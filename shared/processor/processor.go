@@ -54,6 +54,17 @@ type Result struct {
 // before a record starts (HandleRabbitMQEvent) leaves them their time.
 const RecordTimeout = 10 * time.Second
 
+// StartReserve is how much of a Lambda invocation a record needs left to be
+// started: the longest wait for a claim another consumer holds (ClaimWait),
+// the longest wait for the rate limiter, one webhook call and the record of
+// its outcome (up to RecordTimeout on a slow MongoDB), with a second to
+// spare. Lambda ending the invocation between a 2xx and its record would
+// have the redelivered batch call the webhook again, should the done marker
+// in Redis be missing too.
+func StartReserve(maxInlineWait, webhookTimeout time.Duration) time.Duration {
+	return ClaimWait + maxInlineWait + webhookTimeout + RecordTimeout + time.Second
+}
+
 // releaseTimeout bounds the release of a claim.
 const releaseTimeout = 5 * time.Second
 
