@@ -7,14 +7,15 @@
 #
 #   docker build -t rms:local .
 #   docker run --rm -p 127.0.0.1:8080:8080 --add-host=host.docker.internal:host-gateway \
-#     -v rms-data:/data --stop-timeout 35 \
+#     -v rms-data:/data --stop-timeout 40 \
 #     -e RABBITMQ_URI=amqp://rms:<password>@host.docker.internal:5672/ \
 #     -e REDIS_URI=host.docker.internal:6379 rms:local
 #
 # The volume keeps the embedded MongoDB, and with it every message accepted
 # but not yet delivered, beyond the container; a stop may take up to about
-# 30 s (deliveries in flight finish and are recorded), more than docker
-# stop's default 10 s before it kills.
+# 35 s (requests and deliveries in flight finish and are recorded, then the
+# embedded MongoDB closes), more than docker stop's default 10 s before it
+# kills; compose gives it 40 s too.
 #
 # RabbitMQ's guest user may only connect from loopback, which a container is
 # not: give the broker a user of its own (rabbitmqctl add_user, then

@@ -31,8 +31,9 @@ setup: build-local ## declare the RabbitMQ exchange and queues and the MongoDB i
 build-local: ## build the local binary (bin/rms) with the embedded MongoDB
 	$(GO) build -tags $(LOCALTAGS) -trimpath -o $(BIN) ./local
 
-test: vet ## run every test with the race detector, plus short fuzz runs
+test: ## run every test with the race detector, plus short fuzz runs (services checked first, then vet)
 	@$(CHECK_LOCAL) --tools
+	@$(MAKE) --no-print-directory vet
 	$(GOTEST) -timeout 30m ./...
 	$(MAKE) fuzz
 

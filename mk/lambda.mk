@@ -10,18 +10,23 @@ LAMBDA_BUILD   = GOOS=$(LAMBDA_GOOS) GOARCH=$(LAMBDA_GOARCH) CGO_ENABLED=0 $(GO)
 # CA bundles a database needs (DocumentDB's global-bundle.pem) go in certs/;
 # they are packaged next to bootstrap, in /var/task at run time.
 COPY_CERTS = @if ls certs/*.pem >/dev/null 2>&1; then cp certs/*.pem $(ARTIFACTS_DIR)/; fi
+# A build target run by hand without ARTIFACTS_DIR would write to /bootstrap.
+NEED_ARTIFACTS_DIR = @if [ -z '$(ARTIFACTS_DIR)' ]; then echo 'ARTIFACTS_DIR is not set: sam build sets it; by hand, use make build' >&2; exit 2; fi
 
 .PHONY: build build-ApiFunction build-PublisherFunction build-ProcessorFunction
 
 build-ApiFunction:
+	$(NEED_ARTIFACTS_DIR)
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/api
 	$(COPY_CERTS)
 
 build-PublisherFunction:
+	$(NEED_ARTIFACTS_DIR)
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/publisher
 	$(COPY_CERTS)
 
 build-ProcessorFunction:
+	$(NEED_ARTIFACTS_DIR)
 	$(LAMBDA_BUILD) -o $(ARTIFACTS_DIR)/bootstrap ./functions/processor
 	$(COPY_CERTS)
 

@@ -32,15 +32,26 @@ read -r redis_host redis_port < <(hostport "${REDIS_URI:-127.0.0.1:6379}" 6379)
 # this script knows how to start.
 local_default() { { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ] || [ "$1" = ::1 ]; } && [ "$2" = "$3" ]; }
 
-up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+# Bounded where coreutils' timeout is at hand: an address that drops
+# packets would hold a bare connect for the kernel's TCP timeout, minutes.
+up() {
+  if command -v timeout >/dev/null; then
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+  else
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+  fi
+}
 
 wait_up() { # host port seconds
   for _ in $(seq 1 "$3"); do up "$1" "$2" && return 0; sleep 1; done
   return 1
 }
 
-# The Docker alternative to starting them natively (mk/docker.mk).
+# The Docker alternative to starting them natively (mk/docker.mk): for make
+# run; the tests also manage the local broker with rabbitmqctl and start
+# redis-server binaries of their own (--tools), which containers do not give.
 docker_infra='make docker-infra, which starts MongoDB, RabbitMQ and Redis in containers on 127.0.0.1:27017, 5672 and 6379'
+[ $tools = 1 ] && docker_infra="$docker_infra; that is enough for make run, not for make test, which needs RabbitMQ and Redis installed here"
 
 fail=0
 if ! up $rabbit_host $rabbit_port; then
