@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -630,6 +631,15 @@ func TestWebhookRateLimitDrainsABacklog(t *testing.T) {
 	defer hook.mu.Unlock()
 	if hook.total != n {
 		t.Errorf("webhook received %d deliveries of %d messages, want each once", hook.total, n)
+	}
+	// The limit's work shows on GET /metrics: deliveries waited in place,
+	// and the messages that did not fit were put back in the outbox.
+	_, b := do(t, "GET", api+"/metrics", "", nil)
+	for _, action := range []string{"waited", "deferred"} {
+		m := regexp.MustCompile(`rms_rate_limited_total\{action="` + action + `",limit="webhook"\} (\d+)`).FindSubmatch(b)
+		if m == nil || string(m[1]) == "0" {
+			t.Errorf("/metrics counts no delivery %s by the rate limit:\n%s", action, b)
+		}
 	}
 }
 

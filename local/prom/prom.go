@@ -20,9 +20,10 @@ import (
 
 // Metrics is one process's registry.
 type Metrics struct {
-	reg     *prometheus.Registry
-	events  *prometheus.CounterVec
-	timings *prometheus.HistogramVec
+	reg         *prometheus.Registry
+	events      *prometheus.CounterVec
+	timings     *prometheus.HistogramVec
+	rateLimited *prometheus.CounterVec
 }
 
 // Sources are read at each scrape.
@@ -57,14 +58,21 @@ func New(src Sources) *Metrics {
 		}, []string{"event"}),
 		timings: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "rms_latency_seconds",
-			Help:    "Latency by kind: webhook (one webhook call), delivery (from acceptance to a 2xx answer).",
+			Help:    "Latency by kind: webhook (one webhook call), delivery (from acceptance to a 2xx answer), rate_limit_wait (a delivery's wait in place for the outbound rate limit).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}, []string{"kind"}),
 	}
 	for _, e := range []string{"accepted", "published", "delivered", "retried", "dead_lettered", "deferred", "recovered", "requeued"} {
 		m.events.WithLabelValues(e) // present from the start, at 0
 	}
-	m.reg.MustRegister(m.events, m.timings,
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rms_rate_limited_total",
+		Help: "Rate limiting by limit and action: webhook waited (a delivery waited in place for the outbound limit), webhook deferred (a message put back in the outbox by it), api refused (a request answered 429).",
+	}, []string{"limit", "action"})
+	for _, la := range rateLimitEvents {
+		m.rateLimited.WithLabelValues(la[0], la[1])
+	}
+	m.reg.MustRegister(m.events, m.timings, m.rateLimited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.Breaker != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -98,8 +106,23 @@ func New(src Sources) *Metrics {
 	return m
 }
 
+// rateLimitEvents maps the rate limits' events (see processor.Processor's
+// and httpapi.RateLimit's Observe) to rms_rate_limited_total's limit and
+// action.
+var rateLimitEvents = map[string][2]string{
+	"webhook_rate_limit_waited":   {"webhook", "waited"},
+	"webhook_rate_limit_deferred": {"webhook", "deferred"},
+	"api_rate_limited":            {"api", "refused"},
+}
+
 // Observe counts n events; it fits the roles' Observe hooks.
-func (m *Metrics) Observe(event string, n int) { m.events.WithLabelValues(event).Add(float64(n)) }
+func (m *Metrics) Observe(event string, n int) {
+	if la, ok := rateLimitEvents[event]; ok {
+		m.rateLimited.WithLabelValues(la[0], la[1]).Add(float64(n))
+		return
+	}
+	m.events.WithLabelValues(event).Add(float64(n))
+}
 
 // Time records a latency; it fits the processor's Timing hook.
 func (m *Metrics) Time(kind string, d time.Duration) {

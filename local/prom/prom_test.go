@@ -138,3 +138,28 @@ func TestScrapeReportsQueuesAndRelayPasses(t *testing.T) {
 		t.Errorf("scrape lacks the last pass's time:\n%s", body)
 	}
 }
+
+// TestScrapeCountsRateLimiting: the rate limits' events are counted in
+// rms_rate_limited_total by limit and action, each series there from the
+// start, and not among the message events.
+func TestScrapeCountsRateLimiting(t *testing.T) {
+	m := New(Sources{})
+	_, body := scrape(t, m)
+	expectSeries(t, body,
+		`rms_rate_limited_total{action="waited",limit="webhook"} 0`,
+		`rms_rate_limited_total{action="deferred",limit="webhook"} 0`,
+		`rms_rate_limited_total{action="refused",limit="api"} 0`)
+	m.Observe("webhook_rate_limit_waited", 2)
+	m.Observe("webhook_rate_limit_deferred", 3)
+	m.Observe("api_rate_limited", 1)
+	m.Time("rate_limit_wait", 150*time.Millisecond)
+	_, body = scrape(t, m)
+	expectSeries(t, body,
+		`rms_rate_limited_total{action="waited",limit="webhook"} 2`,
+		`rms_rate_limited_total{action="deferred",limit="webhook"} 3`,
+		`rms_rate_limited_total{action="refused",limit="api"} 1`,
+		`rms_latency_seconds_count{kind="rate_limit_wait"} 1`)
+	if strings.Contains(body, "rate_limit_waited") || strings.Contains(body, `event="api_rate_limited"`) {
+		t.Errorf("a rate-limit event among the message events:\n%s", body)
+	}
+}

@@ -355,7 +355,7 @@ func (a *App) APIHandler(sched httpapi.Scheduler, gate outbox.Gate) http.Handler
 		allow := func(ctx context.Context, client string) (bool, time.Duration, error) {
 			return a.Redis.Allow(ctx, client, r, a.Config.APIRateBurst)
 		}
-		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger))
+		mw = append(mw, httpapi.RateLimit(allow, a.Config.APIKey, a.Logger, a.observe))
 		// Redis can answer PING and still fail the limit's script (an
 		// ACL without EVAL, a key of the wrong type): the report runs
 		// the script on a key of its own.

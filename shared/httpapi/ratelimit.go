@@ -28,8 +28,9 @@ type AllowFunc func(ctx context.Context, client string) (ok bool, retryAfter tim
 // right key shows the checks' error text there, so unlimited it would be
 // the fast way to guess keys. When allow fails (Redis is down) requests go
 // through: the limit fails open, with a warning in the log at the start and
-// end of each outage.
-func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger) func(http.Handler) http.Handler {
+// end of each outage. observe, if not nil, counts each 429 as
+// "api_rate_limited".
+func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger, observe func(event string, n int)) func(http.Handler) http.Handler {
 	isKey := keyMatcher(apiKey)
 	var degraded atomic.Bool
 	return func(next http.Handler) http.Handler {
@@ -57,6 +58,9 @@ func RateLimit(allow AllowFunc, apiKey string, logger *slog.Logger) func(http.Ha
 				logger.Info("inbound rate limit available again")
 			}
 			if !ok {
+				if observe != nil {
+					observe("api_rate_limited", 1)
+				}
 				secs := int(math.Ceil(wait.Seconds()))
 				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 				writeStatusProblem(w, r, http.StatusTooManyRequests, "rate limit exceeded; retry after the time in Retry-After")

@@ -32,7 +32,7 @@ func TestRateLimitFailsOpenOnlyForItsStore(t *testing.T) {
 		return store.Allow(ctx, client, 100, 10)
 	}
 	logs := &logbuf.Buffer{}
-	h := httpapi.RateLimit(allow, "", slog.New(slog.NewTextHandler(logs, nil)))(
+	h := httpapi.RateLimit(allow, "", slog.New(slog.NewTextHandler(logs, nil)), nil)(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	serve := func(ctx context.Context) int {
 		w := httptest.NewRecorder()
@@ -78,7 +78,7 @@ func TestRateLimitStoreHangingPastTheDeadline(t *testing.T) {
 	logs := &logbuf.Buffer{}
 	ts := newTestServer(t, func(o *httpapi.Options) {
 		o.RequestTimeout = 100 * time.Millisecond
-		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(hang, "", slog.New(slog.NewTextHandler(logs, nil)))}
+		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(hang, "", slog.New(slog.NewTextHandler(logs, nil)), nil)}
 	})
 	readProblem(t, ts.do(t, http.MethodGet, "/messages", ""), http.StatusServiceUnavailable, "")
 	if !strings.Contains(logs.String(), "inbound rate limit unavailable") {

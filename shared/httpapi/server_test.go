@@ -378,7 +378,7 @@ func TestStatusHandlerServesOnlyTheProbes(t *testing.T) {
 // no API key and whatever the rate limit says. It is logged at debug level
 // only, since probes poll it.
 func TestLivezCallsNoDependency(t *testing.T) {
-	var checked, limited atomic.Int32
+	var checked, limited, counted atomic.Int32
 	refuse := func(context.Context, string) (bool, time.Duration, error) {
 		limited.Add(1)
 		return false, time.Second, nil
@@ -390,7 +390,12 @@ func TestLivezCallsNoDependency(t *testing.T) {
 	ts := newTestServer(t, func(o *httpapi.Options) {
 		o.Health = httpapi.Health{Service: "api", Checks: []httpapi.Check{mongoDown}}
 		o.APIKey = "the-key"
-		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(refuse, o.APIKey, o.Logger)}
+		observe := func(event string, n int) {
+			if event == "api_rate_limited" {
+				counted.Add(int32(n))
+			}
+		}
+		o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(refuse, o.APIKey, o.Logger, observe)}
 	})
 
 	w := ts.do(t, http.MethodGet, "/livez", "")
@@ -408,6 +413,9 @@ func TestLivezCallsNoDependency(t *testing.T) {
 	}
 	if w := ts.do(t, http.MethodGet, "/messages", "", "X-API-Key", "the-key"); w.Code != http.StatusTooManyRequests {
 		t.Errorf("GET /messages with the limit refusing: %d, want 429", w.Code)
+	}
+	if n := counted.Load(); n != 1 {
+		t.Errorf("%d requests counted as api_rate_limited, want the one 429", n)
 	}
 	logged := false
 	for _, line := range strings.Split(ts.logs.String(), "\n") {

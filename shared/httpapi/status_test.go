@@ -115,7 +115,7 @@ func TestStatusWithAKeyCountsAgainstTheRateLimit(t *testing.T) {
 	for _, apiKey := range []string{"the-key", ""} {
 		ts := newTestServer(t, func(o *httpapi.Options) {
 			o.APIKey = apiKey
-			o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(refuse, apiKey, o.Logger)}
+			o.Middleware = []func(http.Handler) http.Handler{httpapi.RateLimit(refuse, apiKey, o.Logger, nil)}
 		})
 		for _, tc := range []struct {
 			path    string

@@ -113,6 +113,9 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 			if events["deferred"] != n {
 				t.Errorf("events %v, want %d deferred", events, n)
 			}
+			if want := map[bool]int{true: n}[tc.name == "rate limited"]; events["webhook_rate_limit_deferred"] != want {
+				t.Errorf("events %v, want %d webhook_rate_limit_deferred", events, want)
+			}
 			if f.calls.Load() != 0 || len(tm.of("webhook")) != 0 {
 				t.Errorf("%d webhook calls and %d timed, want none", f.calls.Load(), len(tm.of("webhook")))
 			}
@@ -206,5 +209,40 @@ func TestFailedCallsAreTimed(t *testing.T) {
 	}
 	if got := tm.of("webhook"); len(got) != 1 {
 		t.Fatalf("webhook timings %v, want none for the request that never went out", got)
+	}
+}
+
+// TestRateLimitWaitIsCounted: a delivery that waits in place for the
+// outbound rate limit is counted as webhook_rate_limit_waited and its wait
+// timed as rate_limit_wait; one that does not wait counts neither.
+func TestRateLimitWaitIsCounted(t *testing.T) {
+	for _, wait := range []time.Duration{0, 50 * time.Millisecond} {
+		f := setup(t, 0, nil)
+		env := f.published(t)
+		p := f.processor(t)
+		p.Limiter = limiterThen{wait: wait, then: func() {}}
+		var mu sync.Mutex
+		events := map[string]int{}
+		p.Observe = func(event string, k int) {
+			mu.Lock()
+			defer mu.Unlock()
+			events[event] += k
+		}
+		var tm timings
+		p.Timing = tm.record
+		if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDelivered {
+			t.Fatalf("wait %s: %+v, want delivered", wait, r)
+		}
+		mu.Lock()
+		waited := events["webhook_rate_limit_waited"]
+		mu.Unlock()
+		timed := tm.of("rate_limit_wait")
+		want := 0
+		if wait > 0 {
+			want = 1
+		}
+		if waited != want || len(timed) != want || (want == 1 && timed[0] != wait) {
+			t.Fatalf("wait %s: counted %d waits, timed %v; want %d, of %s", wait, waited, timed, want, wait)
+		}
 	}
 }

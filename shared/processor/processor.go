@@ -115,11 +115,15 @@ type Processor struct {
 	Logger        *slog.Logger
 	// Observe, if set, counts outcomes: "delivered" (a delivery recovered
 	// from the inbox's done marker included), "retried", "dead_lettered",
-	// "deferred", and "requeued" for a copy handed back to the queue.
+	// "deferred", and "requeued" for a copy handed back to the queue; and
+	// the outbound rate limit's doings: "webhook_rate_limit_waited" (a
+	// delivery waited in place) and "webhook_rate_limit_deferred" (a
+	// message put back in the outbox, also counted "deferred").
 	Observe func(event string, n int)
 	// Timing, if set, records latencies: "webhook" for each call made,
 	// answered or failed; "delivery" to the 2xx answer from acceptance, or
-	// from the later sendAt or replay (see deliveryStart).
+	// from the later sendAt or replay (see deliveryStart); "rate_limit_wait"
+	// for each wait in place for the outbound rate limit.
 	Timing func(kind string, d time.Duration)
 
 	outcomesOnce sync.Once
@@ -423,9 +427,14 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			// message refused now; spread them over as long again, so
 			// that a backlog does not come back all at once to be
 			// refused again.
+			p.observe("webhook_rate_limit_deferred")
 			return p.deferMessage(ctx, log, m, wait+mrand.N(max(wait, 1)), "rate limited")
 		}
 		if wait > 0 {
+			p.observe("webhook_rate_limit_waited")
+			if p.Timing != nil {
+				p.Timing("rate_limit_wait", wait)
+			}
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
