@@ -300,10 +300,16 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		// stand-in claim) says so: the copy is one of a dispatch whose
 		// consumer did not finish, handled as when its claim is found.
 		// Called again here, that lost call would count no attempt.
-		if taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq); err == nil && taken {
+		taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq)
+		if err == nil && taken {
 			res := p.deferUnfinished(ctx, log, m, true)
 			p.release(ctx, log, env.ID)
 			return res
+		}
+		if err != nil {
+			// The claim was free, so the inbox answered a moment ago: a
+			// blink. Delivering is the way that loses nothing.
+			log.Warn("inbox unavailable; cannot tell whether a consumer died in this dispatch's webhook call; delivering", "error", err)
 		}
 	}
 	return p.deliver(ctx, log, m)

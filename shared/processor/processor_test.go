@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -687,6 +689,31 @@ func (i takenAsked) Taken(ctx context.Context, id string, seq int) (bool, error)
 	default:
 	}
 	return i.Inbox.Taken(ctx, id, seq)
+}
+
+// takenFails is an inbox whose Taken fails.
+type takenFails struct{ processor.Inbox }
+
+func (takenFails) Taken(context.Context, string, int) (bool, error) {
+	return false, errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
+}
+
+// TestRedeliveredCopyWhoseTakenMarkCannotBeReadIsDelivered: a redelivered
+// copy whose claim is free is delivered when the inbox cannot say whether a
+// consumer died in the dispatch's webhook call, and the log says so.
+func TestRedeliveredCopyWhoseTakenMarkCannotBeReadIsDelivered(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	p.Inbox = takenFails{p.Inbox}
+	out := &logbuf.Buffer{}
+	p.Logger = slog.New(slog.NewTextHandler(out, nil))
+	if r := p.Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered || f.calls.Load() != 1 {
+		t.Fatalf("redelivered copy: %+v after %d calls, want delivered", r, f.calls.Load())
+	}
+	if !strings.Contains(out.String(), "cannot tell whether a consumer died") {
+		t.Fatalf("no word of the unread taken mark:\n%s", out)
+	}
 }
 
 // TestOldCopysClaimDoesNotDropTheCurrentDispatch: a copy of an older
