@@ -63,8 +63,8 @@ func (s *prefixWriter) Write(b []byte) (int, error) {
 }
 
 // defaultEndpoint reports whether host is API Gateway's own name for a REST
-// API in any partition.
+// API in any partition, its dual-stack (IPv6) name included.
 func defaultEndpoint(host string) bool {
 	return strings.Contains(host, ".execute-api.") &&
-		(strings.HasSuffix(host, ".amazonaws.com") || strings.HasSuffix(host, ".amazonaws.com.cn"))
+		(strings.HasSuffix(host, ".amazonaws.com") || strings.HasSuffix(host, ".amazonaws.com.cn") || strings.HasSuffix(host, ".api.aws"))
 }

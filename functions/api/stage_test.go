@@ -29,6 +29,8 @@ func TestPathPrefix(t *testing.T) {
 	}{
 		{"abc123.execute-api.eu-west-1.amazonaws.com", "", "/messages", "/messages", "/v1/messages/1"},
 		{"abc123.execute-api.cn-north-1.amazonaws.com.cn", "", "/messages", "/messages", "/v1/messages/1"},
+		{"abc123.execute-api.eu-west-1.api.aws", "", "/messages", "/messages", "/v1/messages/1"},
+		{"api.aws.example.org", "", "/messages", "/messages", "/messages/1"},
 		{"abc123.execute-api.eu-west-1.amazonaws.com", "/api", "/messages", "/messages", "/v1/messages/1"},
 		{"api.example.com", "", "/messages", "/messages", "/messages/1"},
 		{"amazonaws.com.example.org", "", "/messages", "/messages", "/messages/1"},
