@@ -21,6 +21,8 @@ const (
 	batchID2     = "01938f3a-0000-7000-8000-000000000003"
 	duplicatedID = "01938f3a-0000-7000-8000-000000000004"
 	unknownID    = "01938f3a-0000-7000-8000-000000000005"
+	diedInCallID = "01938f3a-0000-7000-8000-000000000006"
+	neverTakenID = "01938f3a-0000-7000-8000-000000000007"
 )
 
 // startProcessor runs the processor function delivering to a counting test
@@ -103,6 +105,42 @@ func TestProcessorBatch(t *testing.T) {
 	}
 	if got := hook.counts(); !equalCounts(got, want) {
 		t.Errorf("after the redelivered batch: webhook calls %v, want %v", got, want)
+	}
+}
+
+// TestProcessorRedeliveredBatch: Amazon MQ hands a batch out again, marked
+// redelivered, after an invocation that failed or timed out. A record whose
+// dispatch that invocation took to its webhook call (its claim and taken
+// mark still in Redis) is not called again now: it is put back in the
+// outbox for when the claim expires, counting the lost call as an attempt.
+// A record the dead invocation never took is delivered.
+func TestProcessorRedeliveredBatch(t *testing.T) {
+	fn, a, env, hook := startProcessor(t)
+	seedPublished(t, a, diedInCallID, neverTakenID)
+	ctx := ctxFor(t)
+	cfg := testenv.Config(t, env)
+	if ok, _, _, err := a.Redis.Claim(ctx, diedInCallID, "timed-out-invocation", 0, cfg.ClaimTTL()); err != nil || !ok {
+		t.Fatalf("claim as the timed-out invocation: %v %v", ok, err)
+	}
+	if err := a.Redis.MarkTaken(ctx, diedInCallID, 0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	sum := batchSummary(t, fn.invokeFile("processor-rabbitmq-redelivered.json"))
+	if sum.Records != 2 || sum.Outcomes[message.OutcomeDeferred] != 1 || sum.Outcomes[message.OutcomeDelivered] != 1 || sum.NotRecorded != 0 {
+		t.Errorf("summary %+v, want one deferred and one delivered", sum)
+	}
+	if got, want := hook.counts(), map[string]int{neverTakenID: 1}; !equalCounts(got, want) {
+		t.Errorf("webhook calls %v, want %v", got, want)
+	}
+	requireSent(t, a, neverTakenID)
+	m, err := a.Store.GetMessage(ctx, diedInCallID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Status != message.StatusUnsent || m.Attempts != 1 || m.NextAttemptAt == nil ||
+		m.NextAttemptAt.Before(before.Add(cfg.ClaimTTL()-time.Second)) || m.NextAttemptAt.After(time.Now().Add(cfg.ClaimTTL()+time.Second)) {
+		t.Errorf("the record whose call was lost: %s after %d attempts, next at %v; want UNSENT after 1, once the claim (%s) has expired", m.Status, m.Attempts, m.NextAttemptAt, cfg.ClaimTTL())
 	}
 }
 
