@@ -409,6 +409,11 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 	// that comes after finds it held and leaves the copy alone, so the two
 	// never decide at once (a dead-letter written while the webhook
 	// answers 2xx).
+	// Whether a processor took the dispatch to its webhook call is read
+	// before the sweep's own claim: with Redis down, that claim goes to
+	// the MongoDB stand-in, where a claim is the taken mark, and would
+	// answer for a dispatch nobody took.
+	taken, takenErr := r.Inbox.Taken(ctx, m.ID, m.Seq)
 	token := rand.Text()
 	claimed, state, wid, err := r.Inbox.Claim(ctx, m.ID, token, m.Seq, sweepClaimTTL)
 	if err != nil {
@@ -460,12 +465,12 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 	// storing it as published and publishing it.
 	counted := true
 	why := fmt.Sprintf("no outcome recorded within %s; published again", r.StaleDuration)
-	if taken, err := r.Inbox.Taken(ctx, m.ID, m.Seq); err != nil {
+	if takenErr != nil {
 		if e.FastPath && m.Attempts == 0 {
 			counted = false
 			why = fmt.Sprintf("no outcome recorded within %s of the fast path; published again without counting an attempt", r.StaleDuration)
 		} else {
-			log.Warn("inbox unavailable; counting the stale dispatch as an attempt", "error", err)
+			log.Warn("inbox unavailable; counting the stale dispatch as an attempt", "error", takenErr)
 		}
 	} else if !taken {
 		counted = false

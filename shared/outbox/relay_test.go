@@ -896,6 +896,35 @@ func TestSweepCountsADispatchTakenWhileRedisWasDown(t *testing.T) {
 	}
 }
 
+// TestSweepDoesNotTakeItsOwnClaimForATakenDispatch: with Redis down the
+// sweep's claim goes to the MongoDB stand-in, where a claim is also the
+// dispatch's taken mark. A fast-path entry nobody took, never attempted,
+// is published again without counting an attempt (the API may have died
+// between storing and publishing it), as when Redis is up; it is not
+// counted for the sweep's own claim and, with no retries, dead-lettered.
+func TestSweepDoesNotTakeItsOwnClaimForATakenDispatch(t *testing.T) {
+	env := testenv.Env(t, map[string]string{"MAX_RETRIES": "0", "STALE_DURATION": "1m", "REDIS_URI": "127.0.0.1:1"})
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	m := message.New(uuid.Must(uuid.NewV7()).String(), message.CreateRequest{To: "+905551111111", Content: "orphan"}, now)
+	m.Status = message.StatusProcessing
+	e := message.NewOutboxEntry(m.ID, 0, now.Add(10*time.Second), now)
+	e.PublishedAt, e.FastPath = &now, true
+	if err := a.Store.CreateMessage(ctx, m, e); err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	r.Now = func() time.Time { return now.Add(2 * time.Minute) }
+	if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.DeadLettered != 0 {
+		t.Fatalf("recovery pass with Redis down: %+v %v, want it recovered", s, err)
+	}
+	if got, _ := a.Store.GetMessage(ctx, m.ID); got.Attempts != 0 || got.Seq != 1 || got.Status != message.StatusProcessing {
+		t.Fatalf("after recovery: attempts %d seq %d status %s, want 0 attempts at seq 1", got.Attempts, got.Seq, got.Status)
+	}
+	testenv.Drain(t, env["RABBITMQ_QUEUE"])
+}
+
 // TestStoppedPassReportsNoRedisOutage: a pass whose context has ended
 // (a shutdown) stops at the lease without logging that Redis is down.
 func TestStoppedPassReportsNoRedisOutage(t *testing.T) {
