@@ -507,12 +507,13 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	}
 	if done != nil {
 		// Only failures that say something about the webhook's health trip
-		// the breaker: a permanent 4xx is about the message, a call this
-		// side cut short is about this side.
+		// the breaker: most permanent 4xx are about the message, a call this
+		// side cut short is about this side. A permanent answer about the
+		// endpoint (endpointFault) is about its health.
 		switch {
 		case cutShort:
 			done(ErrNotCalled)
-		case class == ClassRetryable:
+		case class == ClassRetryable, class == ClassPermanent && endpointFault(resp.StatusCode):
 			done(errors.New(reason))
 		default:
 			done(nil)
@@ -805,6 +806,24 @@ const (
 	ClassRetryable
 	ClassPermanent
 )
+
+// endpointFault reports whether a permanent answer is about the endpoint
+// rather than the message: a redirect (it moved); 401, 403 or 407 (its
+// credentials or our signature: a wrong WEBHOOK_SECRET, a clock minutes
+// off); 404, 405 or 410 (no webhook there). Every message gets the same
+// answer then, so the breaker counts it a failure: once it opens, the
+// backlog waits in the outbox, no attempt counted, instead of draining into
+// the dead-letter queue, and the status reports say the webhook is failing.
+// The message that got the answer is dead-lettered all the same, as every
+// permanent failure is, and so is each half-open probe's.
+func endpointFault(code int) bool {
+	switch code {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusProxyAuthRequired,
+		http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusGone:
+		return true
+	}
+	return code >= 300 && code < 400
+}
 
 // Classify sorts an answer: 2xx delivered; transport errors, 408, 429 and
 // 5xx retryable; every other status (3xx, 4xx) permanent. reason is a short

@@ -544,6 +544,44 @@ func TestWebhookCheckSeesFailuresBeforeTheBreakerTrips(t *testing.T) {
 	}
 }
 
+// TestEndpointAnswersTripTheBreaker: an answer about the endpoint (401 for
+// a wrong secret, 404, a redirect) is permanent for its message, as every
+// 3xx and 4xx, but every message would get it, so the breaker counts it: once
+// it opens, the backlog waits in the outbox instead of draining into the
+// dead-letter queue. An answer about the message (400) does not count.
+func TestEndpointAnswersTripTheBreaker(t *testing.T) {
+	for _, tc := range []struct {
+		code  int32
+		trips bool
+	}{
+		{http.StatusUnauthorized, true},
+		{http.StatusNotFound, true},
+		{http.StatusPermanentRedirect, true},
+		{http.StatusBadRequest, false},
+		{http.StatusUnprocessableEntity, false},
+	} {
+		t.Run(http.StatusText(int(tc.code)), func(t *testing.T) {
+			f := setup(t, 0, map[string]string{"BREAKER_MIN_REQUESTS": "3", "BREAKER_FAILURE_RATIO": "0.5", "BREAKER_COOLDOWN": "20s"})
+			f.code.Store(tc.code)
+			p := f.processor(t)
+			for range 3 {
+				if r := p.Handle(context.Background(), body(f.published(t)), false); r.Outcome != message.OutcomeFailed {
+					t.Fatalf("Handle: %+v, want the message dead-lettered", r)
+				}
+			}
+			r := p.Handle(context.Background(), body(f.published(t)), false)
+			want := map[bool]string{true: message.OutcomeDeferred, false: message.OutcomeFailed}[tc.trips]
+			if r.Outcome != want {
+				t.Fatalf("fourth message after three %d answers: %+v, want %s (breaker %s)", tc.code, r, want, f.a.BreakerState())
+			}
+			if err := f.a.WebhookCheck().Check(context.Background()); (err != nil) != tc.trips {
+				t.Fatalf("webhook check after three %d answers: %v, want failing %v", tc.code, err, tc.trips)
+			}
+			testenv.Drain(t, f.env["RABBITMQ_DLQ"])
+		})
+	}
+}
+
 // TestOpenBreakerDefersWithoutCountingAnAttempt: once failures trip the
 // breaker, a message waits in the outbox for the cool-down, its attempts
 // unchanged, and the webhook is not called.
