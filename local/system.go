@@ -70,19 +70,16 @@ func (s *system) run(ctx context.Context) error {
 
 	// The demo receiver stands in for WEBHOOK_URL when none is set.
 	if s.role == "receiver" || (cfg.WebhookURL == "" && s.has("processor")) {
-		// During a rotation the demo receiver verifies with the newest
-		// secret, the last one.
-		var key []byte
-		if keys, _ := config.DecodeWebhookSecrets(cfg.WebhookSecret); len(keys) > 0 { // validated by Load
-			key = keys[len(keys)-1]
-		}
+		// During a rotation the demo receiver takes a signature made
+		// with either secret.
+		keys, _ := config.DecodeWebhookSecrets(cfg.WebhookSecret) // validated by Load
 		ln, err := listen("tcp", cfg.ReceiverAddr)
 		if err != nil {
 			return fmt.Errorf("demo receiver on RECEIVER_ADDR %s: %w", cfg.ReceiverAddr, err)
 		}
 		cfg.WebhookURL = "http://" + ln.Addr().String() + "/webhook"
 		s.logger.Info("demo webhook receiver listening", "url", cfg.WebhookURL)
-		h := receiver.NewHandler(s.logger.With("component", "receiver"), key)
+		h := receiver.NewHandler(s.logger.With("component", "receiver"), keys...)
 		if s.role == "receiver" {
 			g.serve(ctx, cancel, ln, h, serverWriteTimeout)
 		} else {

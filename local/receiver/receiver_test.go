@@ -152,3 +152,54 @@ func TestOtherMethod(t *testing.T) {
 		t.Fatalf("DELETE / = %d; want 405", resp.StatusCode)
 	}
 }
+
+// TestARotationsSecretsAreBothTaken: during a rotation (two secrets) a
+// delivery signed with either is accepted, one signed with neither is not.
+func TestARotationsSecretsAreBothTaken(t *testing.T) {
+	newKey := []byte("fedcba9876543210fedcba9876543210")
+	logs := &syncBuffer{}
+	srv := httptest.NewServer(receiver.NewHandler(slog.New(slog.NewJSONHandler(logs, nil)), key, newKey))
+	t.Cleanup(srv.Close)
+	body := `{"id":"m1","to":"+905551234567","content":"hi"}`
+	for _, tc := range []struct {
+		id   string
+		k    []byte
+		want int
+	}{
+		{"m-old", key, http.StatusAccepted},
+		{"m-new", newKey, http.StatusAccepted},
+		{"m-other", []byte("another key of thirty-two bytes!"), http.StatusUnauthorized},
+	} {
+		if resp, b := post(t, srv.URL, body, signed(tc.id, body, time.Now(), tc.k)); resp.StatusCode != tc.want {
+			t.Errorf("signed for %s: %d (%s), want %d", tc.id, resp.StatusCode, b, tc.want)
+		}
+	}
+}
+
+// TestADeliverySeenBeforeIsAnsweredAsBefore: a webhook-id the receiver has
+// accepted (a retry, or a replay within the signature's tolerance) is
+// answered as the first time, with the same messageId, as the Standard
+// Webhooks specification asks consumers to deduplicate.
+func TestADeliverySeenBeforeIsAnsweredAsBefore(t *testing.T) {
+	url, logs := start(t, key)
+	body := `{"id":"m1","to":"+905551234567","content":"hi"}`
+	answer := func(id string) string {
+		t.Helper()
+		resp, b := post(t, url, body, signed(id, body, time.Now(), key))
+		var a struct{ MessageID string }
+		if err := json.Unmarshal(b, &a); err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("delivery %s: %d %s", id, resp.StatusCode, b)
+		}
+		return a.MessageID
+	}
+	first := answer("m1")
+	if again := answer("m1"); again != first {
+		t.Fatalf("the same webhook-id again answered messageId %s, want %s as the first time", again, first)
+	}
+	if other := answer("m2"); other == first {
+		t.Fatalf("another webhook-id answered the first one's messageId %s", other)
+	}
+	if !strings.Contains(logs.String(), "received again") {
+		t.Fatalf("the repeat is not logged as one:\n%s", logs)
+	}
+}
