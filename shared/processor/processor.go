@@ -239,6 +239,15 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 		close(mine.done)
 	}()
 
+	// A redelivered copy reads whether its dispatch was taken before it
+	// claims the message: with Redis down its own claim goes to the
+	// MongoDB stand-in, where a claim is the taken mark, and would answer
+	// for a call nobody made.
+	var prior *takenMark
+	if redelivered {
+		prior = &takenMark{}
+		prior.taken, prior.err = p.Inbox.Taken(ctx, env.ID, env.Seq)
+	}
 	ctx, claimed, state, wid, err := p.takeClaim(ctx, env, rand.Text())
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
@@ -250,12 +259,19 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 	if !claimed {
 		return p.handleClaimed(ctx, log, env, body, state, wid, redelivered)
 	}
-	return p.handleOwn(ctx, log, env, body, redelivered)
+	return p.handleOwn(ctx, log, env, body, prior)
+}
+
+// takenMark is what the inbox said, before the claim, of whether a copy's
+// dispatch was taken to its webhook call.
+type takenMark struct {
+	taken bool
+	err   error
 }
 
 // handleOwn delivers a copy whose message's claim it holds, if the message
-// still waits for this dispatch.
-func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, redelivered bool) Result {
+// still waits for this dispatch. prior is set for a redelivered copy.
+func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message.Envelope, body []byte, prior *takenMark) Result {
 	m, err := p.Store.GetMessage(ctx, env.ID)
 	switch {
 	case message.ErrorCode(err) == message.ENOTFOUND:
@@ -292,24 +308,25 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		p.release(ctx, log, env.ID)
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "stale_copy"}
 	}
-	if redelivered {
+	if prior != nil {
 		// The claim was free, yet the previous consumer of this copy may
 		// have died in its webhook call: its claim was taken in the
 		// MongoDB stand-in while Redis was down, and Redis, back (empty),
 		// does not hold it. The dispatch's taken mark (Redis's, or that
-		// stand-in claim) says so: the copy is one of a dispatch whose
-		// consumer did not finish, handled as when its claim is found.
-		// Called again here, that lost call would count no attempt.
-		taken, err := p.Inbox.Taken(ctx, m.ID, m.Seq)
-		if err == nil && taken {
+		// stand-in claim), read before the claim, says so: the copy is
+		// one of a dispatch whose consumer did not finish, handled as when
+		// its claim is found. Called again here, that lost call would
+		// count no attempt. (m.Seq is env.Seq here, the dispatch asked
+		// about.)
+		if prior.err == nil && prior.taken {
 			res := p.deferUnfinished(ctx, log, m, true)
 			p.release(ctx, log, env.ID)
 			return res
 		}
-		if err != nil {
-			// The claim was free, so the inbox answered a moment ago: a
-			// blink. Delivering is the way that loses nothing.
-			log.Warn("inbox unavailable; cannot tell whether a consumer died in this dispatch's webhook call; delivering", "error", err)
+		if prior.err != nil {
+			// The claim was then taken, so the inbox answered a moment
+			// later: a blink. Delivering is the way that loses nothing.
+			log.Warn("inbox unavailable; cannot tell whether a consumer died in this dispatch's webhook call; delivering", "error", prior.err)
 		}
 	}
 	return p.deliver(ctx, log, m)
@@ -359,7 +376,7 @@ func (p *Processor) handleClaimed(ctx context.Context, log *slog.Logger, env mes
 		case err != nil:
 			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the claim: %w", err)}
 		case claimed:
-			return p.handleOwn(ctx, log, env, body, false)
+			return p.handleOwn(ctx, log, env, body, nil)
 		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}

@@ -754,6 +754,24 @@ func TestRedeliveredCopyWhoseTakenMarkCannotBeReadIsDelivered(t *testing.T) {
 	}
 }
 
+// TestRedeliveredCopyWithRedisDownIsNotTakenForItsOwnClaim: with Redis
+// down a copy's claim goes to the MongoDB stand-in, where a claim is also
+// the dispatch's taken mark. A redelivered copy of a dispatch nobody took
+// (handed back before its call, a channel reset) is delivered: it does not
+// take its own claim for a consumer that died in the call, which charged an
+// attempt for a call never made (and, with none left, dead-lettered the
+// message undelivered).
+func TestRedeliveredCopyWithRedisDownIsNotTakenForItsOwnClaim(t *testing.T) {
+	f := setup(t, 0, map[string]string{"REDIS_URI": "127.0.0.1:1", "MAX_RETRIES": "0"})
+	env := f.published(t)
+	if r := f.processor(t).Handle(context.Background(), body(env), true); r.Outcome != message.OutcomeDelivered || f.calls.Load() != 1 {
+		t.Fatalf("redelivered copy with Redis down: %+v after %d calls, want delivered", r, f.calls.Load())
+	}
+	if m := f.message(t, env.ID); m.Status != message.StatusSent || m.Attempts != 1 {
+		t.Fatalf("message %s after %d attempts, want SENT after 1", m.Status, m.Attempts)
+	}
+}
+
 // TestOldCopysClaimDoesNotDropTheCurrentDispatch: a copy of an older
 // dispatch holds the message's claim for as long as it takes to read the
 // message and find it stale. The only copy of the current dispatch, coming
