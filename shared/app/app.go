@@ -98,7 +98,8 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 		a.Close(ctx)
 		return nil, fmt.Errorf("set up redis client: %w", err)
 	}
-	a.guards = &guards{redis: a.Redis, mongo: a.Store, logger: logger}
+	a.guards = &guards{redis: a.Redis, mongo: a.Store, logger: logger,
+		standInKeep: 2*a.Config.StaleDuration + a.Config.ClaimTTL()}
 	if err := a.Redis.Ping(ctx); err != nil {
 		logger.Warn("redis is unreachable; running degraded until it answers", "error", err)
 	}

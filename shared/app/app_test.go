@@ -20,6 +20,7 @@ import (
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/outbox"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
 
@@ -428,5 +429,88 @@ func TestLivezWhileMongoDBIsDown(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /livez with MongoDB closed: %d, want 200", resp.StatusCode)
+	}
+}
+
+// standInFixture is an app whose Redis is reached through a proxy the test
+// can cut, its environment, and a message published at dispatch 0.
+func standInFixture(t *testing.T) (*redistest.Cut, map[string]string, *app.App, message.Envelope) {
+	t.Helper()
+	cut := redistest.NewCut(t)
+	env := testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"})
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	m, _, err := a.Service(func(context.Context) (bool, error) { return false, nil }).
+		Create(ctx, message.CreateRequest{To: "+905551111111", Content: "hello"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := a.Relay(nil).Pass(ctx); err != nil || s.Published != 1 {
+		t.Fatalf("publish: %+v %v", s, err)
+	}
+	testenv.Drain(t, env["RABBITMQ_QUEUE"])
+	return cut, env, a, message.Envelope{ID: m.ID, Seq: 0}
+}
+
+// TestAStandInDoneMarkerIsSeenOnceRedisIsBack: a delivery answered 2xx
+// while Redis was down left its done marker in the MongoDB stand-in, and
+// its SENT was never recorded. Once Redis is back, the redelivered copy
+// finds the marker there and records SENT from it, without a second call
+// (Redis, back empty, holds no marker).
+func TestAStandInDoneMarkerIsSeenOnceRedisIsBack(t *testing.T) {
+	cut, _, a, env := standInFixture(t)
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cut.Set(true)
+	if ok, _, _, err := p.Inbox.Claim(ctx, env.ID, "first", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
+	if err := p.Inbox.Complete(ctx, env.ID, "wid-1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	cut.Set(false)
+	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
+	body, _ := json.Marshal(env)
+	if r := p.Handle(ctx, body, true); r.Outcome != "delivered_from_inbox" {
+		t.Fatalf("redelivered copy with the done marker in the stand-in: %+v, want SENT recorded from it without a call", r)
+	}
+	if m, err := a.Store.GetMessage(ctx, env.ID); err != nil || m.Status != message.StatusSent || m.WebhookMessageID != "wid-1" {
+		t.Fatalf("message %s, webhook messageId %q (%v); want SENT with wid-1", m.Status, m.WebhookMessageID, err)
+	}
+}
+
+// TestAStandInClaimHoldsOffAClaimInRedis: a delivery took its claim in the
+// MongoDB stand-in while Redis was down and is in its webhook call when
+// Redis comes back. Another process's copy of the message, claiming in
+// Redis (empty), finds the stand-in's claim and leaves the message to it.
+func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
+	cut, env, a, m := standInFixture(t)
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cut.Set(true)
+	if ok, _, _, err := p.Inbox.Claim(ctx, m.ID, "in-the-call", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
+	cut.Set(false)
+	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
+	other, err := testenv.App(t, env).Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, st, _, err := other.Inbox.Claim(ctx, m.ID, "second", 0, time.Minute); err != nil || ok || st != outbox.InboxInProgress {
+		t.Fatalf("claim in Redis beside the stand-in's: claimed %v, state %v (%v); want it held", ok, st, err)
+	}
+	// Given back in Redis: the holder's release leaves the way clear.
+	if err := p.Inbox.Release(ctx, m.ID, "in-the-call"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _, err := other.Inbox.Claim(ctx, m.ID, "third", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim after the holder let go: %v %v", ok, err)
 	}
 }

@@ -23,6 +23,19 @@ type guards struct {
 	mongo  *mongostore.Store
 	logger *slog.Logger
 	down   atomic.Bool
+	// standInKeep is how long what this process writes to the MongoDB
+	// stand-in (a claim, a done marker) may matter once Redis is back: as
+	// long as a taken mark is kept.
+	standInKeep time.Duration
+	// markedUntil is until when this process last recorded the stand-in
+	// in use (unix nanoseconds); see markStandIn.
+	markedUntil atomic.Int64
+	// used caches the stand-in's recorded use; see standInUsed.
+	used struct {
+		sync.Mutex
+		readAt, until time.Time
+		reading       bool
+	}
 	// standIn holds the claims this process took in the MongoDB stand-in
 	// (message id to token), for Release to delete there too, even once
 	// Redis is back: left behind, such a claim would read as a dispatch
@@ -59,14 +72,90 @@ func (g *guards) fallback(err error) bool {
 // Degraded reports whether the last guard operation had to fall back.
 func (g *guards) Degraded() bool { return g.down.Load() }
 
+// standInRead is how often a process reads whether the stand-in is in use
+// (see standInUsed).
+const standInRead = time.Second
+
+// markStandIn records, before this process writes a claim or a done marker
+// to the MongoDB stand-in, that every process must read the stand-in beside
+// Redis for standInKeep (see Claim): once Redis is back, a done marker
+// written there is otherwise unseen (a copy redelivered then would call the
+// webhook again), and so is a live claim (a copy claimed in Redis then
+// would be delivered beside it). Written at most once per half of
+// standInKeep; a failure is logged, as the write to the stand-in that
+// follows fails too.
+func (g *guards) markStandIn(ctx context.Context) {
+	now := time.Now()
+	if time.Unix(0, g.markedUntil.Load()).Sub(now) > g.standInKeep/2 {
+		return
+	}
+	until := now.Add(g.standInKeep)
+	if err := g.mongo.SetStandInUsed(ctx, until); err != nil {
+		g.logger.Warn("could not record the inbox stand-in in use", "error", err)
+		return
+	}
+	g.markedUntil.Store(until.UnixNano())
+	g.used.Lock()
+	g.used.until = later(g.used.until, until)
+	g.used.Unlock()
+}
+
+// standInUsed reports whether the stand-in may hold claims or done
+// markers Redis does not, as some process recorded (markStandIn). It reads
+// MongoDB at most once per standInRead, one caller at a time; the others
+// go on with the last reading, as does a read that failed.
+func (g *guards) standInUsed(ctx context.Context) bool {
+	now := time.Now()
+	g.used.Lock()
+	if g.used.reading || now.Sub(g.used.readAt) < standInRead {
+		used := g.used.until.After(now)
+		g.used.Unlock()
+		return used
+	}
+	g.used.reading = true
+	g.used.Unlock()
+	until, err := g.mongo.StandInUsedUntil(ctx)
+	g.used.Lock()
+	defer g.used.Unlock()
+	g.used.reading, g.used.readAt = false, now
+	if err == nil {
+		g.used.until = later(until, time.Unix(0, g.markedUntil.Load()))
+	}
+	return g.used.until.After(now)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// Claim takes the claim in Redis, or in the MongoDB stand-in while Redis
+// is down. While the stand-in is in use (standInUsed), a claim Redis gave
+// is checked against it: a done marker written there while Redis was down
+// answers InboxDone, and a live claim another delivery took there answers
+// InboxInProgress, the Redis claim given back. (A claim taken in Redis
+// before it failed is not seen by a delivery that claims in the stand-in
+// after: that is the duplicate the README names.)
 func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl)
 	if g.fallback(err) {
+		g.markStandIn(ctx)
 		ok, st, wid, err = g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
 		if ok {
 			g.standIn.Store(id, token)
 		}
 		return ok, st, wid, err
+	}
+	if ok && g.standInUsed(ctx) {
+		held, hwid, holder, herr := g.mongo.InboxHolder(ctx, id)
+		if herr == nil && (held == outbox.InboxDone || held == outbox.InboxInProgress && holder != token) {
+			if rerr := g.redis.Release(ctx, id, token); rerr != nil {
+				g.logger.Warn("could not give back a claim the inbox stand-in holds otherwise; it expires", "message_id", id, "error", rerr)
+			}
+			return false, held, hwid, nil
+		}
 	}
 	return ok, st, wid, nil
 }
@@ -93,6 +182,7 @@ func (g *guards) MarkTaken(ctx context.Context, id, token string, seq int, ttl t
 func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
 	g.standIn.Delete(id)
 	if g.fallback(g.redis.Complete(ctx, id, webhookMessageID, ttl)) {
+		g.markStandIn(ctx)
 		return g.mongo.CompleteInbox(ctx, id, webhookMessageID, ttl)
 	}
 	return nil

@@ -185,6 +185,56 @@ func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, st
 	}
 }
 
+// InboxHolder returns what the durable inbox knows about id, as PeekInbox
+// does, and the token of a live claim.
+func (s *Store) InboxHolder(ctx context.Context, id string) (outbox.InboxState, string, string, error) {
+	cur, found, err := s.inboxGuard(ctx, id)
+	switch {
+	case err != nil:
+		return outbox.InboxNone, "", "", fmt.Errorf("read inbox in mongodb: %w", err)
+	case !found:
+		return outbox.InboxNone, "", "", nil
+	case cur.Done:
+		return outbox.InboxDone, cur.WebhookID, "", nil
+	case cur.ExpiresAt.After(time.Now()):
+		return outbox.InboxInProgress, "", cur.Token, nil
+	default:
+		return outbox.InboxNone, "", "", nil
+	}
+}
+
+// standInUsedID is the guard that says until when the durable inbox may
+// hold claims or done markers that Redis does not (see SetStandInUsed).
+const standInUsedID = "standin-used"
+
+// SetStandInUsed records that the durable inbox holds, or is about to hold,
+// claims and done markers that Redis does not, and may until until: every
+// process that takes a claim in Redis until then also reads the durable
+// inbox (StandInUsedUntil).
+func (s *Store) SetStandInUsed(ctx context.Context, until time.Time) error {
+	doc := bson.D{{Key: "_id", Value: standInUsedID}, {Key: "until", Value: until}, {Key: "purgeAt", Value: until.Add(guardKeep)}}
+	if _, err := s.guards().ReplaceOne(ctx, byID(standInUsedID), doc, options.Replace().SetUpsert(true)); err != nil {
+		return fmt.Errorf("record the inbox stand-in in use: %w", err)
+	}
+	return nil
+}
+
+// StandInUsedUntil returns the time SetStandInUsed last recorded, zero if
+// none.
+func (s *Store) StandInUsedUntil(ctx context.Context) (time.Time, error) {
+	var doc struct {
+		Until time.Time `bson:"until"`
+	}
+	err := s.guards().FindOne(ctx, byID(standInUsedID)).Decode(&doc)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the inbox stand-in's use: %w", err)
+	}
+	return doc.Until, nil
+}
+
 // TakenInbox reports whether the durable inbox holds a claim, live or
 // expired, of dispatch seq of id or a later one.
 func (s *Store) TakenInbox(ctx context.Context, id string, seq int) (bool, error) {
