@@ -514,3 +514,49 @@ func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
 		t.Fatalf("claim after the holder let go: %v %v", ok, err)
 	}
 }
+
+// TestAStandInWriteIsCoveredForItsWholeKeep: a write to the MongoDB
+// stand-in is covered by the record that has every process read it, for
+// at least the time it may matter, however much of the last record was
+// left; and this process's first write of an outage waits a second, for
+// every process's reading of the record (once a second) to see it.
+func TestAStandInWriteIsCoveredForItsWholeKeep(t *testing.T) {
+	cut, _, a, m := standInFixture(t)
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	keep := a.StandInKeep()
+	cut.Set(true)
+	start := time.Now()
+	if ok, _, _, err := p.Inbox.Claim(ctx, m.ID, "first", 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Fatalf("the outage's first claim in the stand-in took %s, want a second's wait for the record to be seen", took)
+	}
+	// A record from earlier with a little over half its keep left.
+	a.SetStandInMarkedUntil(time.Now().Add(keep * 6 / 10))
+	before := time.Now()
+	if err := p.Inbox.Complete(ctx, m.ID, "wid-1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	until, err := a.Store.StandInUsedUntil(ctx)
+	if err != nil || until.Before(before.Add(keep)) {
+		t.Fatalf("stand-in recorded in use until %s (%v), want at least %s after the write", until, err, keep)
+	}
+}
+
+// TestStandInCountsAsUsedBeforeItsFirstReading: a process whose first
+// reading of the record is still in flight takes the stand-in for in use,
+// rather than miss what it holds right after an outage.
+func TestStandInCountsAsUsedBeforeItsFirstReading(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	if !a.StandInUsed(context.Background(), true) {
+		t.Fatal("with the first reading in flight: not in use, want in use")
+	}
+	if a.StandInUsed(context.Background(), false) {
+		t.Fatal("read, with no record: in use, want not")
+	}
+}

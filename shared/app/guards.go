@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,12 @@ type guards struct {
 	// markedUntil is until when this process last recorded the stand-in
 	// in use (unix nanoseconds); see markStandIn.
 	markedUntil atomic.Int64
+	// mark serializes markStandIn's writes; visibleAt is when the period
+	// it started is surely seen by every process.
+	mark struct {
+		sync.Mutex
+		visibleAt time.Time
+	}
 	// used caches the stand-in's recorded use; see standInUsed.
 	used struct {
 		sync.Mutex
@@ -78,37 +85,59 @@ const standInRead = time.Second
 
 // markStandIn records, before this process writes a claim or a done marker
 // to the MongoDB stand-in, that every process must read the stand-in beside
-// Redis for standInKeep (see Claim): once Redis is back, a done marker
-// written there is otherwise unseen (a copy redelivered then would call the
-// webhook again), and so is a live claim (a copy claimed in Redis then
-// would be delivered beside it). Written at most once per half of
-// standInKeep; a failure is logged, as the write to the stand-in that
-// follows fails too.
-func (g *guards) markStandIn(ctx context.Context) {
+// Redis (see Claim) for at least standInKeep after that write: once Redis is
+// back, a done marker written there is otherwise unseen (a copy redelivered
+// then would call the webhook again), and so is a live claim (a copy
+// claimed in Redis then would be delivered beside it). It writes until
+// now + 2·standInKeep whenever less than standInKeep is left, so at most
+// once per standInKeep. A process reads the record at most once per
+// standInRead, so when this process starts a period (its own last one has
+// ended), it waits that long before its first write to the stand-in: each
+// process's first claims there in an outage wait a second. Its error fails
+// the write to the stand-in, which nobody would check otherwise once Redis
+// is back.
+func (g *guards) markStandIn(ctx context.Context) error {
+	g.mark.Lock()
 	now := time.Now()
-	if time.Unix(0, g.markedUntil.Load()).Sub(now) > g.standInKeep/2 {
-		return
+	if time.Unix(0, g.markedUntil.Load()).Sub(now) <= g.standInKeep {
+		until := now.Add(2 * g.standInKeep)
+		if err := g.mongo.SetStandInUsed(ctx, until); err != nil {
+			g.mark.Unlock()
+			return err
+		}
+		g.used.Lock()
+		g.used.until = later(g.used.until, until)
+		g.used.Unlock()
+		if !time.Unix(0, g.markedUntil.Load()).After(now) {
+			g.mark.visibleAt = now.Add(standInRead)
+		}
+		g.markedUntil.Store(until.UnixNano())
 	}
-	until := now.Add(g.standInKeep)
-	if err := g.mongo.SetStandInUsed(ctx, until); err != nil {
-		g.logger.Warn("could not record the inbox stand-in in use", "error", err)
-		return
+	wait := time.Until(g.mark.visibleAt)
+	g.mark.Unlock()
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
-	g.markedUntil.Store(until.UnixNano())
-	g.used.Lock()
-	g.used.until = later(g.used.until, until)
-	g.used.Unlock()
+	return nil
 }
 
 // standInUsed reports whether the stand-in may hold claims or done
 // markers Redis does not, as some process recorded (markStandIn). It reads
 // MongoDB at most once per standInRead, one caller at a time; the others
-// go on with the last reading, as does a read that failed.
+// go on with the last reading, as does a read that failed. Before the
+// first reading it answers yes: a process that starts just after an outage
+// must not miss what the stand-in holds.
 func (g *guards) standInUsed(ctx context.Context) bool {
 	now := time.Now()
 	g.used.Lock()
 	if g.used.reading || now.Sub(g.used.readAt) < standInRead {
-		used := g.used.until.After(now)
+		used := g.used.readAt.IsZero() || g.used.until.After(now)
 		g.used.Unlock()
 		return used
 	}
@@ -117,10 +146,12 @@ func (g *guards) standInUsed(ctx context.Context) bool {
 	until, err := g.mongo.StandInUsedUntil(ctx)
 	g.used.Lock()
 	defer g.used.Unlock()
-	g.used.reading, g.used.readAt = false, now
-	if err == nil {
-		g.used.until = later(until, time.Unix(0, g.markedUntil.Load()))
+	g.used.reading = false
+	if err != nil {
+		return g.used.readAt.IsZero() || g.used.until.After(now)
 	}
+	g.used.readAt = now
+	g.used.until = later(until, time.Unix(0, g.markedUntil.Load()))
 	return g.used.until.After(now)
 }
 
@@ -141,7 +172,9 @@ func later(a, b time.Time) time.Time {
 func (g *guards) Claim(ctx context.Context, id, token string, seq int, ttl time.Duration) (bool, outbox.InboxState, string, error) {
 	ok, st, wid, err := g.redis.Claim(ctx, id, token, seq, ttl)
 	if g.fallback(err) {
-		g.markStandIn(ctx)
+		if err := g.markStandIn(ctx); err != nil {
+			return false, outbox.InboxNone, "", fmt.Errorf("claim inbox in mongodb: %w", err)
+		}
 		ok, st, wid, err = g.mongo.ClaimInbox(ctx, id, token, seq, ttl)
 		if ok {
 			g.standIn.Store(id, token)
@@ -182,7 +215,9 @@ func (g *guards) MarkTaken(ctx context.Context, id, token string, seq int, ttl t
 func (g *guards) Complete(ctx context.Context, id, webhookMessageID string, ttl time.Duration) error {
 	g.standIn.Delete(id)
 	if g.fallback(g.redis.Complete(ctx, id, webhookMessageID, ttl)) {
-		g.markStandIn(ctx)
+		if err := g.markStandIn(ctx); err != nil {
+			return fmt.Errorf("complete inbox in mongodb: %w", err)
+		}
 		return g.mongo.CompleteInbox(ctx, id, webhookMessageID, ttl)
 	}
 	return nil
