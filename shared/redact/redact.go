@@ -60,7 +60,8 @@ func URL(raw string) string {
 // (a webhook's): its whole user part (a token is often the user name of
 // basic auth, with no password), its path beyond "/" (Slack, Discord and
 // many others put the token there), its whole query, keys included (a
-// token may be a bare key), and its fragment. The scheme and host stay.
+// token may be a bare key), and its fragment. The scheme and host stay,
+// but for a URL with an '@' past its authority, whose host is in doubt.
 func Endpoint(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
@@ -68,7 +69,17 @@ func Endpoint(raw string) string {
 	}
 	var b strings.Builder
 	b.WriteString(scheme + "://")
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+	// The authority ends at the first '/', '?' or '#'. An '@' after it
+	// leaves the host in doubt (a password with an unescaped '/' puts
+	// part of itself before the host): then the host is masked too.
+	end := len(rest)
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		end = i
+	}
+	if strings.Contains(rest[end:], "@") {
+		return b.String() + Mask
+	}
+	if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
 		b.WriteString(Mask + "@")
 		rest = rest[at+1:]
 	}

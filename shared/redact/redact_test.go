@@ -47,6 +47,10 @@ func TestEndpoint(t *testing.T) {
 		// A token as a bare query key, and options that URL would keep.
 		{"https://hooks.example.com/?s3cretTokenXYZ", "https://hooks.example.com/?REDACTED"},
 		{"https://hooks.example.com?tls=s3cret&w=t0ken#f", "https://hooks.example.com?REDACTED#REDACTED"},
+		// An '@' past the authority: the host is in doubt, and masked.
+		{"https://h.example/in?sig=abc@SECRETTOKEN", "https://REDACTED"},
+		{"https://h.example/hooks/user@tok3nSECRET", "https://REDACTED"},
+		{"https://u:pa/ss@h.example/in", "https://REDACTED"},
 	} {
 		if got := redact.Endpoint(c.in); got != c.want {
 			t.Errorf("Endpoint(%q) = %q, want %q", c.in, got, c.want)
