@@ -246,3 +246,29 @@ func TestRateLimitWaitIsCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestRateLimitDeferralIsCountedOnceRecorded: a message the outbound rate
+// limit puts back in the outbox is counted webhook_rate_limit_deferred once
+// the deferral is recorded, as it is counted deferred; one whose record
+// failed (handed back to the queue, to be counted when it lands) is not.
+func TestRateLimitDeferralIsCountedOnceRecorded(t *testing.T) {
+	f := setup(t, 0, nil)
+	p := f.processor(t)
+	p.Limiter = usedUp(t, f)
+	p.Store = recordFails{p.Store}
+	var mu sync.Mutex
+	events := map[string]int{}
+	p.Observe = func(event string, k int) {
+		mu.Lock()
+		defer mu.Unlock()
+		events[event] += k
+	}
+	if r := p.Handle(context.Background(), body(f.published(t)), false); r.Action != processor.Requeue {
+		t.Fatalf("Handle with the record failing: %+v, want the copy handed back", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if events["webhook_rate_limit_deferred"] != 0 || events["deferred"] != 0 {
+		t.Fatalf("events %v, want no deferral counted", events)
+	}
+}

@@ -324,9 +324,11 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 			return res
 		}
 		if prior.err != nil {
-			// The claim was then taken, so the inbox answered a moment
-			// later: a blink. Delivering is the way that loses nothing.
-			log.Warn("inbox unavailable; cannot tell whether a consumer died in this dispatch's webhook call; delivering", "error", prior.err)
+			// Redis did not answer and the MongoDB stand-in holds no
+			// claim of this dispatch (the usual answer during a Redis
+			// outage), or the inbox blinked: nobody can tell whether a
+			// consumer died in the call. Delivering loses nothing.
+			log.Info("inbox cannot tell whether a consumer died in this dispatch's webhook call; delivering", "error", prior.err)
 		}
 	}
 	return p.deliver(ctx, log, m)
@@ -450,8 +452,11 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 			// message refused now; spread them over as long again, so
 			// that a backlog does not come back all at once to be
 			// refused again.
-			p.observe("webhook_rate_limit_deferred")
-			return p.deferMessage(ctx, log, m, wait+mrand.N(max(wait, 1)), "rate limited")
+			res := p.deferMessage(ctx, log, m, wait+mrand.N(max(wait, 1)), "rate limited")
+			if res.Action == Ack && res.Outcome == message.OutcomeDeferred {
+				p.observe("webhook_rate_limit_deferred") // counted once recorded, as "deferred" is
+			}
+			return res
 		}
 		if wait > 0 {
 			p.observe("webhook_rate_limit_waited")
