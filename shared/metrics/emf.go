@@ -176,9 +176,12 @@ func (e *EMF) FlushBefore(ctx context.Context, margin time.Duration) (stop func(
 		defer close(done)
 		_ = e.Flush()
 	})
+	var once sync.Once
 	return func() {
-		if !t.Stop() {
-			<-done
-		}
+		once.Do(func() {
+			if !t.Stop() {
+				<-done
+			}
+		})
 	}
 }

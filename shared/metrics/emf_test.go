@@ -164,6 +164,7 @@ func TestEMFStopWaitsForTheEarlyFlush(t *testing.T) {
 	}
 	close(w.release)
 	<-stopped
+	stop() // a second stop returns at once
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.lines != 1 {
