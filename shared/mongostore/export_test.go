@@ -33,3 +33,10 @@ func (s *Store) SetMongoDBForms(on bool) { s.ferret = !on }
 func (s *Store) WinTakeover(ctx context.Context, id, gen string) (bool, error) {
 	return s.winTakeover(ctx, id, gen)
 }
+
+// SetBeforeTakeover sets the hook takeOver runs between its read of a
+// stale marker and its bid, until the returned function is called.
+func SetBeforeTakeover(f func()) (restore func()) {
+	beforeTakeover = f
+	return func() { beforeTakeover = nil }
+}

@@ -523,6 +523,9 @@ func (s *Store) takeOver(ctx context.Context, id string, busy error) (time.Time,
 	if cur.Done || now.Sub(cur.At) < takeoverStale {
 		return now, busy
 	}
+	if beforeTakeover != nil {
+		beforeTakeover()
+	}
 	won, err := s.winTakeover(ctx, id, strconv.FormatInt(cur.At.UnixMilli(), 10))
 	if err != nil {
 		return now, err
@@ -530,11 +533,33 @@ func (s *Store) takeOver(ctx context.Context, id string, busy error) (time.Time,
 	if !won {
 		return now, busy
 	}
-	if _, err := s.guards().ReplaceOne(ctx, byID(id), marker); err != nil {
+	// Won, but perhaps late: a caller that stalled between its read and its
+	// win may find the generation it read taken over and settled since
+	// (a replay made, its marker done). Only the marker as read is replaced:
+	// on MongoDB by the filter, on FerretDB (which would scan for it) by a
+	// read by _id.
+	filter := byID(id)
+	if s.ferret {
+		var again takeoverMarker
+		if err := s.guards().FindOne(ctx, byID(id)).Decode(&again); err != nil || again.Done || !again.At.Equal(cur.At) {
+			return now, busy
+		}
+	} else {
+		filter = append(filter, bson.E{Key: "at", Value: cur.At}, bson.E{Key: "done", Value: bson.D{{Key: "$ne", Value: true}}})
+	}
+	res, err := s.guards().ReplaceOne(ctx, filter, marker)
+	if err != nil {
 		return now, fmt.Errorf("take over %s: %w", id, err)
+	}
+	if res.MatchedCount == 0 {
+		return now, busy
 	}
 	return now, nil
 }
+
+// beforeTakeover, if set (by tests), runs in takeOver between its read of
+// a stale marker and its bid to take it over.
+var beforeTakeover func()
 
 // ClaimReplay makes the caller the one replay of dispatch seq of message
 // id, or returns message.ErrReplayed if another request is replaying it or

@@ -1401,3 +1401,40 @@ func TestATakeoverWhoseWinnerDiedGivesWay(t *testing.T) {
 		t.Fatalf("another generation: won %v (%v), want true", got, err)
 	}
 }
+
+// TestALateTakeoverLeavesASettledMarker: a caller that read a stale replay
+// marker and stalled past the takeover's own 30 s, while another took the
+// marker over and made the replay (its marker done), wins the next
+// takeover but not the replay: it does not replace the settled marker.
+func TestALateTakeoverLeavesASettledMarker(t *testing.T) {
+	for _, mongoForms := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mongodb forms %v", mongoForms), func(t *testing.T) {
+			s, ctx := newStore(t), t.Context()
+			s.SetMongoDBForms(mongoForms)
+			id := newID(t)
+			if _, err := s.ClaimReplay(ctx, id, 0); err != nil {
+				t.Fatal(err)
+			}
+			ageGuards(t, s, time.Minute) // its caller died
+			once := true
+			defer mongostore.SetBeforeTakeover(func() {
+				if !once {
+					return
+				}
+				once = false
+				// Meanwhile another caller takes it over and replays...
+				settle, err := s.ClaimReplay(ctx, id, 0)
+				if err != nil {
+					t.Errorf("the other caller's takeover: %v", err)
+					return
+				}
+				settle(ctx, true)
+				// ...and the stalled caller wakes up past 30 s.
+				ageGuards(t, s, time.Minute)
+			})()
+			if _, err := s.ClaimReplay(ctx, id, 0); !errors.Is(err, message.ErrReplayed) {
+				t.Fatalf("the late caller: %v, want ErrReplayed", err)
+			}
+		})
+	}
+}
