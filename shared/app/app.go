@@ -99,7 +99,7 @@ func Open(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, er
 		return nil, fmt.Errorf("set up redis client: %w", err)
 	}
 	a.guards = &guards{redis: a.Redis, mongo: a.Store, logger: logger,
-		standInKeep: 2*a.Config.StaleDuration + a.Config.ClaimTTL()}
+		standInKeep: a.Config.TakenTTL()}
 	if err := a.Redis.Ping(ctx); err != nil {
 		logger.Warn("redis is unreachable; running degraded until it answers", "error", err)
 	}
@@ -239,7 +239,7 @@ func (a *App) Processor() (*processor.Processor, error) {
 		ClaimTTL:        a.Config.ClaimTTL(),
 		CallReserve:     a.Config.WebhookTimeout + processor.RecordTimeout/2,
 		InboxTTL:        a.Config.InboxTTL,
-		TakenTTL:        2*a.Config.StaleDuration + a.Config.ClaimTTL(),
+		TakenTTL:        a.Config.TakenTTL(),
 		BreakerCooldown: a.Config.BreakerCooldown,
 		MaxInlineWait:   MaxInlineWait,
 		Now:             a.Now,

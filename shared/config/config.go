@@ -433,6 +433,12 @@ var Needs = map[string][]string{
 // republished after a crash is not blocked for long.
 func (c Config) ClaimTTL() time.Duration { return 2*c.WebhookTimeout + 10*time.Second }
 
+// TakenTTL is how long a dispatch's taken mark is kept: past the stale
+// sweep's look at it (STALE_DURATION, and as long again for a sweep that
+// comes late) and a claim. The inbox's MongoDB stand-in is read beside
+// Redis for as long after a write to it.
+func (c Config) TakenTTL() time.Duration { return 2*c.StaleDuration + c.ClaimTTL() }
+
 // RedisOptions are the parts of REDIS_URI, REDIS_PASSWORD and REDIS_DB that a
 // client needs.
 type RedisOptions struct {

@@ -168,25 +168,9 @@ func (s *Store) inboxGuard(ctx context.Context, id string) (cur guardDoc, found 
 	return cur, err == nil, err
 }
 
-// PeekInbox returns what the durable inbox knows about id.
-func (s *Store) PeekInbox(ctx context.Context, id string) (outbox.InboxState, string, error) {
-	cur, found, err := s.inboxGuard(ctx, id)
-	switch {
-	case err != nil:
-		return outbox.InboxNone, "", fmt.Errorf("peek inbox in mongodb: %w", err)
-	case !found:
-		return outbox.InboxNone, "", nil
-	case cur.Done:
-		return outbox.InboxDone, cur.WebhookID, nil
-	case cur.ExpiresAt.After(time.Now()):
-		return outbox.InboxInProgress, "", nil
-	default:
-		return outbox.InboxNone, "", nil
-	}
-}
-
-// InboxHolder returns what the durable inbox knows about id, as PeekInbox
-// does, and the token of a live claim.
+// InboxHolder returns what the durable inbox knows about id: a done marker
+// (with the webhook's message ID), a live claim (with its token), or
+// nothing (an expired claim counts as none).
 func (s *Store) InboxHolder(ctx context.Context, id string) (outbox.InboxState, string, string, error) {
 	cur, found, err := s.inboxGuard(ctx, id)
 	switch {

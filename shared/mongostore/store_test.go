@@ -1163,13 +1163,13 @@ func TestDurableInboxTakenMarker(t *testing.T) {
 	if err := s.ReleaseInbox(ctx, "m2", "other"); err != nil {
 		t.Fatal(err)
 	}
-	if st, _, err := s.PeekInbox(ctx, "m2"); err != nil || st != outbox.InboxInProgress {
+	if st, _, _, err := s.InboxHolder(ctx, "m2"); err != nil || st != outbox.InboxInProgress {
 		t.Fatalf("after a release by another token: %v, %v; want the claim kept", st, err)
 	}
 	if err := s.ReleaseInbox(ctx, "m2", "tok"); err != nil {
 		t.Fatal(err)
 	}
-	if st, _, err := s.PeekInbox(ctx, "m2"); err != nil || st != outbox.InboxNone {
+	if st, _, _, err := s.InboxHolder(ctx, "m2"); err != nil || st != outbox.InboxNone {
 		t.Fatalf("after the holder's release: %v, %v; want none", st, err)
 	}
 }
