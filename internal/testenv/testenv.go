@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -342,4 +343,28 @@ func channel(t testing.TB) *amqp.Channel {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// Tally counts observed events, from many goroutines; Record fits the
+// Observe hooks.
+type Tally struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// Record counts k events named event.
+func (t *Tally) Record(event string, k int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[string]int{}
+	}
+	t.n[event] += k
+}
+
+// Counts returns the counts so far.
+func (t *Tally) Counts() map[string]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.n)
 }

@@ -432,9 +432,10 @@ func TestLivezWhileMongoDBIsDown(t *testing.T) {
 	}
 }
 
-// standInFixture is an app whose Redis is reached through a proxy the test
-// can cut, its environment, and a message published at dispatch 0.
-func standInFixture(t *testing.T) (*redistest.Cut, map[string]string, *app.App, message.Envelope) {
+// standInFixture returns an app whose Redis is reached through a proxy the
+// test can cut, its environment, its processor and a message published at
+// dispatch 0, after running whileDown with Redis cut (and back since).
+func standInFixture(t *testing.T, whileDown func(ctx context.Context, a *app.App, p *processor.Processor, id string)) (map[string]string, *app.App, *processor.Processor, message.Envelope) {
 	t.Helper()
 	cut := redistest.NewCut(t)
 	env := testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"})
@@ -449,7 +450,23 @@ func standInFixture(t *testing.T) (*redistest.Cut, map[string]string, *app.App, 
 		t.Fatalf("publish: %+v %v", s, err)
 	}
 	testenv.Drain(t, env["RABBITMQ_QUEUE"])
-	return cut, env, a, message.Envelope{ID: m.ID, Seq: 0}
+	p, err := a.Processor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut.Set(true)
+	whileDown(ctx, a, p, m.ID)
+	cut.Set(false)
+	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
+	return env, a, p, message.Envelope{ID: m.ID, Seq: 0}
+}
+
+// claimWhileDown takes the claim on id as token, with Redis down.
+func claimWhileDown(ctx context.Context, t *testing.T, p *processor.Processor, id, token string) {
+	t.Helper()
+	if ok, _, _, err := p.Inbox.Claim(ctx, id, token, 0, time.Minute); err != nil || !ok {
+		t.Fatalf("claim with Redis down: %v %v", ok, err)
+	}
 }
 
 // TestAStandInDoneMarkerIsSeenOnceRedisIsBack: a delivery answered 2xx
@@ -458,21 +475,13 @@ func standInFixture(t *testing.T) (*redistest.Cut, map[string]string, *app.App, 
 // finds the marker there and records SENT from it, without a second call
 // (Redis, back empty, holds no marker).
 func TestAStandInDoneMarkerIsSeenOnceRedisIsBack(t *testing.T) {
-	cut, _, a, env := standInFixture(t)
-	p, err := a.Processor()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a, p, env := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+		claimWhileDown(ctx, t, p, id, "first")
+		if err := p.Inbox.Complete(ctx, id, "wid-1", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	})
 	ctx := context.Background()
-	cut.Set(true)
-	if ok, _, _, err := p.Inbox.Claim(ctx, env.ID, "first", 0, time.Minute); err != nil || !ok {
-		t.Fatalf("claim with Redis down: %v %v", ok, err)
-	}
-	if err := p.Inbox.Complete(ctx, env.ID, "wid-1", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	cut.Set(false)
-	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
 	body, _ := json.Marshal(env)
 	if r := p.Handle(ctx, body, true); r.Outcome != "delivered_from_inbox" {
 		t.Fatalf("redelivered copy with the done marker in the stand-in: %+v, want SENT recorded from it without a call", r)
@@ -487,18 +496,10 @@ func TestAStandInDoneMarkerIsSeenOnceRedisIsBack(t *testing.T) {
 // Redis comes back. Another process's copy of the message, claiming in
 // Redis (empty), finds the stand-in's claim and leaves the message to it.
 func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
-	cut, env, a, m := standInFixture(t)
-	p, err := a.Processor()
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, _, p, m := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+		claimWhileDown(ctx, t, p, id, "in-the-call")
+	})
 	ctx := context.Background()
-	cut.Set(true)
-	if ok, _, _, err := p.Inbox.Claim(ctx, m.ID, "in-the-call", 0, time.Minute); err != nil || !ok {
-		t.Fatalf("claim with Redis down: %v %v", ok, err)
-	}
-	cut.Set(false)
-	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
 	other, err := testenv.App(t, env).Processor()
 	if err != nil {
 		t.Fatal(err)
@@ -521,29 +522,22 @@ func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
 // left; and this process's first write of an outage waits a second, for
 // every process's reading of the record (once a second) to see it.
 func TestAStandInWriteIsCoveredForItsWholeKeep(t *testing.T) {
-	cut, _, a, m := standInFixture(t)
-	p, err := a.Processor()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	keep := a.StandInKeep()
-	cut.Set(true)
-	start := time.Now()
-	if ok, _, _, err := p.Inbox.Claim(ctx, m.ID, "first", 0, time.Minute); err != nil || !ok {
-		t.Fatalf("claim with Redis down: %v %v", ok, err)
-	}
-	if took := time.Since(start); took < 900*time.Millisecond {
-		t.Fatalf("the outage's first claim in the stand-in took %s, want a second's wait for the record to be seen", took)
-	}
-	// A record from earlier with a little over half its keep left.
-	a.SetStandInMarkedUntil(time.Now().Add(keep * 6 / 10))
-	before := time.Now()
-	if err := p.Inbox.Complete(ctx, m.ID, "wid-1", time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	until, err := a.Store.StandInUsedUntil(ctx)
-	if err != nil || until.Before(before.Add(keep)) {
+	var before time.Time
+	_, a, _, _ := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+		start := time.Now()
+		claimWhileDown(ctx, t, p, id, "first")
+		if took := time.Since(start); took < 900*time.Millisecond {
+			t.Fatalf("the outage's first claim in the stand-in took %s, want a second's wait for the record to be seen", took)
+		}
+		// A record from earlier with a little over half its keep left.
+		a.SetStandInMarkedUntil(time.Now().Add(a.StandInKeep() * 6 / 10))
+		before = time.Now()
+		if err := p.Inbox.Complete(ctx, id, "wid-1", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	})
+	until, err := a.Store.StandInUsedUntil(context.Background())
+	if keep := a.StandInKeep(); err != nil || until.Before(before.Add(keep)) {
 		t.Fatalf("stand-in recorded in use until %s (%v), want at least %s after the write", until, err, keep)
 	}
 }

@@ -2,7 +2,6 @@ package outbox_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,13 +21,8 @@ func TestSweepCountsADeliveryFromTheDoneMarker(t *testing.T) {
 	if err := a.Redis.Complete(ctx, id, "wh-earlier", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	events := map[string]int{}
-	r.Observe = func(event string, n int) {
-		mu.Lock()
-		defer mu.Unlock()
-		events[event] += n
-	}
+	var ev testenv.Tally
+	r.Observe = ev.Record
 	advance(2 * time.Minute)
 	if s, err := r.Pass(ctx); err != nil || s.Recovered != 1 || s.Published != 0 {
 		t.Fatalf("stale pass: %+v %v", s, err)
@@ -43,9 +37,7 @@ func TestSweepCountsADeliveryFromTheDoneMarker(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(events) != 1 || events["delivered"] != 1 {
+	if events := ev.Counts(); len(events) != 1 || events["delivered"] != 1 {
 		t.Fatalf("events %v, want the delivery counted once as delivered", events)
 	}
 }

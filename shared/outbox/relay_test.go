@@ -293,13 +293,8 @@ func TestSweepCountsOnlyWhatItRecorded(t *testing.T) {
 				}
 			}
 			r.Store = outcomeFailsOnce{Store: r.Store, failed: new(atomic.Bool)}
-			var mu sync.Mutex
-			events := map[string]int{}
-			r.Observe = func(event string, n int) {
-				mu.Lock()
-				defer mu.Unlock()
-				events[event] += n
-			}
+			var ev testenv.Tally
+			r.Observe = ev.Record
 			advance(2 * time.Minute)
 			if s, err := r.Pass(ctx); err == nil || s.Recovered+s.DeadLettered != 0 {
 				t.Fatalf("pass whose outcome write failed: %+v %v, want an error and nothing counted", s, err)
@@ -308,9 +303,7 @@ func TestSweepCountsOnlyWhatItRecorded(t *testing.T) {
 			if s, err := r.Pass(ctx); err != nil || s.Recovered+s.DeadLettered != 1 {
 				t.Fatalf("next pass: %+v %v, want one message decided", s, err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if events[c.event] != 1 || events["recovered"]+events["dead_lettered"] != 1 {
+			if events := ev.Counts(); events[c.event] != 1 || events["recovered"]+events["dead_lettered"] != 1 {
 				t.Fatalf("events %v, want %s counted once", events, c.event)
 			}
 			testenv.Drain(t, env["RABBITMQ_DLQ"])

@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/processor"
 )
@@ -83,13 +84,8 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 			tc.set(t, f, p)
 			out := &logbuf.Buffer{}
 			p.Logger = slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			var mu sync.Mutex
-			events := map[string]int{}
-			p.Observe = func(event string, k int) {
-				mu.Lock()
-				defer mu.Unlock()
-				events[event] += k
-			}
+			var ev testenv.Tally
+			p.Observe = ev.Record
 			var tm timings
 			p.Timing = tm.record
 			for _, env := range envs {
@@ -110,6 +106,7 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 			if debug != n {
 				t.Errorf("%d deferrals logged at Debug, want %d", debug, n)
 			}
+			events := ev.Counts()
 			if events["deferred"] != n {
 				t.Errorf("events %v, want %d deferred", events, n)
 			}
@@ -221,21 +218,14 @@ func TestRateLimitWaitIsCounted(t *testing.T) {
 		env := f.published(t)
 		p := f.processor(t)
 		p.Limiter = limiterThen{wait: wait, then: func() {}}
-		var mu sync.Mutex
-		events := map[string]int{}
-		p.Observe = func(event string, k int) {
-			mu.Lock()
-			defer mu.Unlock()
-			events[event] += k
-		}
+		var ev testenv.Tally
+		p.Observe = ev.Record
 		var tm timings
 		p.Timing = tm.record
 		if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDelivered {
 			t.Fatalf("wait %s: %+v, want delivered", wait, r)
 		}
-		mu.Lock()
-		waited := events["webhook_rate_limit_waited"]
-		mu.Unlock()
+		waited := ev.Counts()["webhook_rate_limit_waited"]
 		timed := tm.of("rate_limit_wait")
 		want := 0
 		if wait > 0 {
@@ -256,19 +246,12 @@ func TestRateLimitDeferralIsCountedOnceRecorded(t *testing.T) {
 	p := f.processor(t)
 	p.Limiter = usedUp(t, f)
 	p.Store = recordFails{p.Store}
-	var mu sync.Mutex
-	events := map[string]int{}
-	p.Observe = func(event string, k int) {
-		mu.Lock()
-		defer mu.Unlock()
-		events[event] += k
-	}
+	var ev testenv.Tally
+	p.Observe = ev.Record
 	if r := p.Handle(context.Background(), body(f.published(t)), false); r.Action != processor.Requeue {
 		t.Fatalf("Handle with the record failing: %+v, want the copy handed back", r)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if events["webhook_rate_limit_deferred"] != 0 || events["deferred"] != 0 {
+	if events := ev.Counts(); events["webhook_rate_limit_deferred"] != 0 || events["deferred"] != 0 {
 		t.Fatalf("events %v, want no deferral counted", events)
 	}
 }

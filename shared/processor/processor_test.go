@@ -430,13 +430,8 @@ func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := f.processor(t)
-	var mu sync.Mutex
-	events := map[string]int{}
-	p.Observe = func(event string, n int) {
-		mu.Lock()
-		defer mu.Unlock()
-		events[event] += n
-	}
+	var ev testenv.Tally
+	p.Observe = ev.Record
 	r := p.Handle(ctx, body(env), true)
 	if r.Action != processor.Ack || f.calls.Load() != 0 {
 		t.Fatalf("Handle: %+v, calls %d", r, f.calls.Load())
@@ -448,9 +443,7 @@ func TestDoneMarkerRecordsWithoutRedelivery(t *testing.T) {
 	if r := p.Handle(ctx, body(env), true); r.Outcome != "duplicate" {
 		t.Fatalf("a copy after the recovery: %+v, want a duplicate", r)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(events) != 1 || events["delivered"] != 1 {
+	if events := ev.Counts(); len(events) != 1 || events["delivered"] != 1 {
 		t.Fatalf("events %v, want the recovered delivery counted once as delivered", events)
 	}
 }
