@@ -435,7 +435,7 @@ func TestLivezWhileMongoDBIsDown(t *testing.T) {
 // standInFixture returns an app whose Redis is reached through a proxy the
 // test can cut, its environment, its processor and a message published at
 // dispatch 0, after running whileDown with Redis cut (and back since).
-func standInFixture(t *testing.T, whileDown func(ctx context.Context, a *app.App, p *processor.Processor, id string)) (map[string]string, *app.App, *processor.Processor, message.Envelope) {
+func standInFixture(t *testing.T, whileDown func(ctx context.Context, env map[string]string, a *app.App, p *processor.Processor, id string)) (map[string]string, *app.App, *processor.Processor, message.Envelope) {
 	t.Helper()
 	cut := redistest.NewCut(t)
 	env := testenv.Env(t, map[string]string{"REDIS_URI": cut.Addr(), "WEBHOOK_URL": "http://127.0.0.1:1/webhook"})
@@ -455,7 +455,7 @@ func standInFixture(t *testing.T, whileDown func(ctx context.Context, a *app.App
 		t.Fatal(err)
 	}
 	cut.Set(true)
-	whileDown(ctx, a, p, m.ID)
+	whileDown(ctx, env, a, p, m.ID)
 	cut.Set(false)
 	testenv.WaitFor(t, 10*time.Second, "Redis answering again", func() bool { return a.Redis.Ping(ctx) == nil })
 	return env, a, p, message.Envelope{ID: m.ID, Seq: 0}
@@ -475,7 +475,7 @@ func claimWhileDown(ctx context.Context, t *testing.T, p *processor.Processor, i
 // finds the marker there and records SENT from it, without a second call
 // (Redis, back empty, holds no marker).
 func TestAStandInDoneMarkerIsSeenOnceRedisIsBack(t *testing.T) {
-	_, a, p, env := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+	_, a, p, env := standInFixture(t, func(ctx context.Context, env map[string]string, a *app.App, p *processor.Processor, id string) {
 		claimWhileDown(ctx, t, p, id, "first")
 		if err := p.Inbox.Complete(ctx, id, "wid-1", time.Hour); err != nil {
 			t.Fatal(err)
@@ -496,14 +496,18 @@ func TestAStandInDoneMarkerIsSeenOnceRedisIsBack(t *testing.T) {
 // Redis comes back. Another process's copy of the message, claiming in
 // Redis (empty), finds the stand-in's claim and leaves the message to it.
 func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
-	env, _, p, m := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+	var other *processor.Processor
+	_, _, p, m := standInFixture(t, func(ctx context.Context, env map[string]string, a *app.App, p *processor.Processor, id string) {
+		// Opened before the stand-in is written to: a second store
+		// opening the embedded MongoDB's file while the first writes can
+		// find it busy.
+		var err error
+		if other, err = testenv.App(t, env).Processor(); err != nil {
+			t.Fatal(err)
+		}
 		claimWhileDown(ctx, t, p, id, "in-the-call")
 	})
 	ctx := context.Background()
-	other, err := testenv.App(t, env).Processor()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if ok, st, _, err := other.Inbox.Claim(ctx, m.ID, "second", 0, time.Minute); err != nil || ok || st != outbox.InboxInProgress {
 		t.Fatalf("claim in Redis beside the stand-in's: claimed %v, state %v (%v); want it held", ok, st, err)
 	}
@@ -523,7 +527,7 @@ func TestAStandInClaimHoldsOffAClaimInRedis(t *testing.T) {
 // every process's reading of the record (once a second) to see it.
 func TestAStandInWriteIsCoveredForItsWholeKeep(t *testing.T) {
 	var before time.Time
-	_, a, _, _ := standInFixture(t, func(ctx context.Context, a *app.App, p *processor.Processor, id string) {
+	_, a, _, _ := standInFixture(t, func(ctx context.Context, env map[string]string, a *app.App, p *processor.Processor, id string) {
 		start := time.Now()
 		claimWhileDown(ctx, t, p, id, "first")
 		if took := time.Since(start); took < 900*time.Millisecond {
