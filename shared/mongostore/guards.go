@@ -195,9 +195,18 @@ const standInUsedID = "standin-used"
 // claims and done markers that Redis does not, and may until until: every
 // process that takes a claim in Redis until then also reads the durable
 // inbox (StandInUsedUntil).
+//
+// Two upserts at once can both insert, and one then fails with a duplicate
+// key (on MongoDB as on FerretDB): that one is tried again, and replaces.
 func (s *Store) SetStandInUsed(ctx context.Context, until time.Time) error {
 	doc := bson.D{{Key: "_id", Value: standInUsedID}, {Key: "until", Value: until}, {Key: "purgeAt", Value: until.Add(guardKeep)}}
-	if _, err := s.guards().ReplaceOne(ctx, byID(standInUsedID), doc, options.Replace().SetUpsert(true)); err != nil {
+	var err error
+	for range 3 {
+		if _, err = s.guards().ReplaceOne(ctx, byID(standInUsedID), doc, options.Replace().SetUpsert(true)); !mongo.IsDuplicateKeyError(err) {
+			break
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("record the inbox stand-in in use: %w", err)
 	}
 	return nil

@@ -1438,3 +1438,33 @@ func TestALateTakeoverLeavesASettledMarker(t *testing.T) {
 		})
 	}
 }
+
+// TestStandInUseRecordedByManyAtOnce: processes that fall back to the
+// stand-in at the same moment each record it in use; two upserts at once
+// can both insert, and the one that then finds a duplicate key replaces
+// instead of failing (a failure here failed the claim it was for).
+func TestStandInUseRecordedByManyAtOnce(t *testing.T) {
+	for round := range 5 {
+		s, ctx := newStore(t), t.Context()
+		until := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		start := make(chan struct{})
+		for i := range errs {
+			wg.Go(func() {
+				<-start
+				errs[i] = s.SetStandInUsed(ctx, until)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, caller %d: %v", round, i, err)
+			}
+		}
+		if got, err := s.StandInUsedUntil(ctx); err != nil || !got.Equal(until) {
+			t.Fatalf("round %d: recorded until %s (%v), want %s", round, got, err, until)
+		}
+	}
+}
