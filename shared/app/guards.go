@@ -37,7 +37,8 @@ type guards struct {
 		sync.Mutex
 		visibleAt time.Time
 	}
-	// used caches the stand-in's recorded use; see standInUsed.
+	// used caches the last reading of the stand-in's recorded use; see
+	// standInUsed.
 	used struct {
 		sync.Mutex
 		readAt, until time.Time
@@ -105,9 +106,6 @@ func (g *guards) markStandIn(ctx context.Context) error {
 			g.mark.Unlock()
 			return err
 		}
-		g.used.Lock()
-		g.used.until = later(g.used.until, until)
-		g.used.Unlock()
 		if !time.Unix(0, g.markedUntil.Load()).After(now) {
 			g.mark.visibleAt = now.Add(standInRead)
 		}
@@ -128,13 +126,16 @@ func (g *guards) markStandIn(ctx context.Context) error {
 }
 
 // standInUsed reports whether the stand-in may hold claims or done
-// markers Redis does not, as some process recorded (markStandIn). It reads
-// MongoDB at most once per standInRead, one caller at a time; the others
-// go on with the last reading, as does a read that failed. Before the
-// first reading it answers yes: a process that starts just after an outage
-// must not miss what the stand-in holds.
+// markers Redis does not, as this process or another recorded
+// (markStandIn). It reads MongoDB at most once per standInRead, one caller
+// at a time; the others go on with the last reading, as does a read that
+// failed. Before the first reading it answers yes: a process that starts
+// just after an outage must not miss what the stand-in holds.
 func (g *guards) standInUsed(ctx context.Context) bool {
 	now := time.Now()
+	if time.Unix(0, g.markedUntil.Load()).After(now) {
+		return true
+	}
 	g.used.Lock()
 	if g.used.reading || now.Sub(g.used.readAt) < standInRead {
 		used := g.used.readAt.IsZero() || g.used.until.After(now)
@@ -150,16 +151,8 @@ func (g *guards) standInUsed(ctx context.Context) bool {
 	if err != nil {
 		return g.used.readAt.IsZero() || g.used.until.After(now)
 	}
-	g.used.readAt = now
-	g.used.until = later(until, time.Unix(0, g.markedUntil.Load()))
-	return g.used.until.After(now)
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
+	g.used.readAt, g.used.until = now, until
+	return until.After(now)
 }
 
 // Claim takes the claim in Redis, or in the MongoDB stand-in while Redis
