@@ -400,7 +400,13 @@ func (r *Relay) recover(ctx context.Context, e message.OutboxEntry, now time.Tim
 				return err
 			}
 		}
-		return r.Store.DeleteOutbox(ctx, e.Key)
+		// Only the entry as read: the message was read without its claim,
+		// and a replay since may have written its key again (a replay that
+		// died after its entry left one of the next seq, which the same
+		// replay, tried again, writes anew and then moves the message to).
+		// Deleted, that live entry would leave the message UNSENT with
+		// nothing to publish it ever.
+		return r.Store.DropOutbox(ctx, e)
 	}
 
 	// The sweep takes the message's claim while it decides, as a

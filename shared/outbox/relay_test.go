@@ -1072,3 +1072,58 @@ func TestEntryWrittenAgainDuringItsPublishStaysDue(t *testing.T) {
 		t.Fatalf("%d entries due after the pass, want the %d written again during it", len(due), len(ids))
 	}
 }
+
+// replayDuringSweep runs its hook once, as the sweep writes its first
+// tidy-up of an entry whose message moved on (IndexFailed, for a FAILED
+// message): after the sweep has read the message without its claim.
+type replayDuringSweep struct {
+	outbox.Store
+	hook func()
+}
+
+func (s *replayDuringSweep) IndexFailed(ctx context.Context, r message.FailedRecord) error {
+	if h := s.hook; h != nil {
+		s.hook = nil
+		h()
+	}
+	return s.Store.IndexFailed(ctx, r)
+}
+
+func TestSweepKeepsTheEntryOfAReplayMadeMeanwhile(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	id := failedAt(t, a, now.Add(-time.Minute))
+	// A replay that died after its first write left the entry of the next
+	// dispatch (seq 1), and the relay published it long ago: stale, of a
+	// message still FAILED at seq 0.
+	old := now.Add(-10 * time.Minute)
+	stray := message.NewOutboxEntry(id, 1, old, old)
+	stray.PublishedAt = &old
+	if err := a.Store.EnsureOutbox(ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	r := a.Relay(nil)
+	// The operator retries the replay after the sweep read the message.
+	r.Store = &replayDuringSweep{Store: a.Store, hook: func() {
+		if _, err := a.Service(nil).Retry(ctx, id); err != nil {
+			t.Errorf("retry: %v", err)
+		}
+	}}
+	if _, err := r.Pass(ctx); err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+	m, err := a.Store.GetMessage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has, err := a.Store.HasOutboxEntry(ctx, message.OutboxKey(id, m.Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same pass may have published it since (PROCESSING).
+	if m.Status.Final() || m.Seq != 1 || !has {
+		t.Fatalf("after the replay: %s at seq %d, its entry there: %v; want it pending at seq 1 with its entry", m.Status, m.Seq, has)
+	}
+}
