@@ -169,7 +169,18 @@ func (r *Relay) Pass(ctx context.Context) (Summary, error) {
 	// this same pass.
 	var sweepErr error
 	if r.sweepDue() {
-		sweepErr = r.Sweep(ctx, &sum)
+		// Within the caller's deadline minus the margin, as the batches'
+		// records are: a sweep stalled on a hanging inbox or store would
+		// otherwise run into the deadline, and the lease's release after
+		// it would fail, holding off the next invocation's passes until
+		// the lease expires.
+		sctx := ctx
+		if callerHasDeadline {
+			var cancel context.CancelFunc
+			sctx, cancel = context.WithDeadline(ctx, markBy)
+			defer cancel()
+		}
+		sweepErr = r.Sweep(sctx, &sum)
 	}
 	if callerHasDeadline {
 		// Stop well before the caller's deadline too (a Lambda

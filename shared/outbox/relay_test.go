@@ -1127,3 +1127,40 @@ func TestSweepKeepsTheEntryOfAReplayMadeMeanwhile(t *testing.T) {
 		t.Fatalf("after the replay: %s at seq %d, its entry there: %v; want it pending at seq 1 with its entry", m.Status, m.Seq, has)
 	}
 }
+
+// hangingInbox is an inbox whose Taken answers only when ctx ends (Redis
+// hanging, a slow stand-in).
+type hangingInbox struct{ outbox.Inbox }
+
+func (h hangingInbox) Taken(ctx context.Context, id string, seq int) (bool, error) {
+	<-ctx.Done()
+	return false, ctx.Err()
+}
+
+func TestStalledSweepEndsBeforeItsCallersDeadline(t *testing.T) {
+	env := testenv.Env(t, nil)
+	a := testenv.App(t, env)
+	accept(t, a, 1)
+	r := a.Relay(nil)
+	r.LeaseTTL = time.Minute // as in the publisher Lambda
+	if s, err := r.Pass(context.Background()); err != nil || s.Published != 1 {
+		t.Fatalf("first pass: %+v %v", s, err)
+	}
+	testenv.Drain(t, env["RABBITMQ_QUEUE"])
+	r.Now = func() time.Time { return time.Now().Add(10 * time.Minute) } // the entry is stale
+	r.Inbox = hangingInbox{r.Inbox}
+	const deadline = 3 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	start := time.Now()
+	_, _ = r.Pass(ctx) // the sweep's error: the stalled read
+	// The margin is min(1s, LeaseTTL/10): the pass, the lease's release
+	// included, ends that long before the deadline.
+	if took := time.Since(start); took > deadline-500*time.Millisecond {
+		t.Errorf("the pass ran %s of its caller's %s, leaving no time to release the lease", took, deadline)
+	}
+	s, err := a.Relay(nil).Pass(context.Background())
+	if err != nil || s.Skipped != "" {
+		t.Errorf("the next pass: %+v %v; want it to run (the lease released)", s, err)
+	}
+}
