@@ -97,9 +97,11 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		// Not accepted: control characters, whether this request claimed
 		// the key or a first one died holding it (its client never had a
 		// 2xx, and the stale sweep drops an entry it left); a past sendAt
-		// only in a new request (see below). The key is given back.
+		// in a new request, or in a repeat of one whose sendAt had already
+		// passed when it claimed the key (it was refused, and its key was
+		// left behind by a failed give-back). The key is given back.
 		reject := badChars
-		if reject == nil && late != nil && rec.MessageID == id {
+		if reject == nil && late != nil && (rec.MessageID == id || req.ValidateSendAt(rec.CreatedAt) != nil) {
 			reject = late
 		}
 		if reject != nil {
@@ -110,8 +112,9 @@ func (s *Service) Create(ctx context.Context, req message.CreateRequest, key str
 		}
 		// A first request that died midway left its key and ID: this
 		// repeat creates the message under that same ID. That request
-		// passed these checks when it claimed the key, so a sendAt that
-		// has passed since means "send now".
+		// passed these checks when it claimed the key (its sendAt was
+		// still ahead, see above), so a sendAt that has passed since means
+		// "send now".
 		id = rec.MessageID
 	}
 

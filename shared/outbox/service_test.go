@@ -109,6 +109,35 @@ func TestIdempotentRepeatAfterSendAt(t *testing.T) {
 	}
 }
 
+// keyNotGivenBack is a store whose give-back of an idempotency key fails.
+type keyNotGivenBack struct{ outbox.Store }
+
+func (keyNotGivenBack) DeleteIdempotencyRecord(context.Context, string, string) error {
+	return errors.New("connection reset")
+}
+
+// TestRefusedPastSendAtStaysRefused: a request refused for a past sendAt
+// whose key could not be given back is refused again when repeated after
+// the in-progress window, not taken for a first request that died and
+// sent now.
+func TestRefusedPastSendAtStaysRefused(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	svc := a.Service(nil)
+	svc.Store = keyNotGivenBack{a.Store}
+	ctx := context.Background()
+	clock := time.Now().UTC().Truncate(time.Millisecond)
+	svc.Now = func() time.Time { return clock }
+	past := clock.Add(-time.Hour)
+	req := message.CreateRequest{To: "+905551111111", Content: "too late", SendAt: &past}
+	if _, _, err := svc.Create(ctx, req, "late-1"); errorField(err) != "sendAt" {
+		t.Fatalf("first request: %v, want a sendAt error", err)
+	}
+	clock = clock.Add(svc.InProgressWindow + time.Second)
+	if m, _, err := svc.Create(ctx, req, "late-1"); errorField(err) != "sendAt" {
+		t.Fatalf("its repeat: %+v %v, want the same sendAt error", m, err)
+	}
+}
+
 // errorField returns the field of the *message.Error in err's chain.
 func errorField(err error) string {
 	var e *message.Error
