@@ -571,13 +571,13 @@ var beforeTakeover func()
 // that a request that read the message before the replay, however long
 // ago, cannot make it again; that of a replay that failed is dropped, so
 // that the client can try again at once.
-func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool), err error) {
+func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool) error, err error) {
 	marker := fmt.Sprintf("replay:%s:%d", id, seq)
 	at, err := s.takeOver(ctx, marker, message.ErrReplayed)
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context, replayed bool) {
+	return func(ctx context.Context, replayed bool) error {
 		// Only this caller's marker: one that outlived takeoverStale may
 		// have been taken over since.
 		mine := byID(marker)
@@ -585,10 +585,15 @@ func (s *Store) ClaimReplay(ctx context.Context, id string, seq int) (settle fun
 			mine = append(mine, bson.E{Key: "at", Value: at})
 		}
 		if replayed {
-			_, _ = s.guards().UpdateOne(ctx, mine, bson.D{{Key: "$set", Value: bson.D{{Key: "done", Value: true}}}})
-		} else {
-			_, _ = s.guards().DeleteOne(ctx, mine)
+			if _, err := s.guards().UpdateOne(ctx, mine, bson.D{{Key: "$set", Value: bson.D{{Key: "done", Value: true}}}}); err != nil {
+				return fmt.Errorf("mark replay %s done: %w", marker, err)
+			}
+			return nil
 		}
+		if _, err := s.guards().DeleteOne(ctx, mine); err != nil {
+			return fmt.Errorf("drop replay %s: %w", marker, err)
+		}
+		return nil
 	}, nil
 }
 

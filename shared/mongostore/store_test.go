@@ -1265,7 +1265,7 @@ func TestReplayClaims(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	claim := func(seq int, want error) func(context.Context, bool) {
+	claim := func(seq int, want error) func(context.Context, bool) error {
 		t.Helper()
 		settle, err := s.ClaimReplay(ctx, id, seq)
 		if !errors.Is(err, want) {
@@ -1277,7 +1277,9 @@ func TestReplayClaims(t *testing.T) {
 	settle := claim(0, nil)
 	claim(0, message.ErrReplayed)
 	claim(1, nil) // another failure's replay is another claim
-	settle(ctx, false)
+	if err := settle(ctx, false); err != nil {
+		t.Fatal(err)
+	}
 	settle = claim(0, nil) // a replay that failed gave way
 	var marker struct {
 		PurgeAt time.Time `bson:"purgeAt"`
@@ -1288,7 +1290,9 @@ func TestReplayClaims(t *testing.T) {
 	if until := time.Until(marker.PurgeAt); until < 47*time.Hour || until > 49*time.Hour {
 		t.Fatalf("the claim is purged in %s, want two days", until)
 	}
-	settle(ctx, true)
+	if err := settle(ctx, true); err != nil {
+		t.Fatal(err)
+	}
 	age(0, time.Hour)
 	claim(0, message.ErrReplayed) // made: it stands
 
@@ -1428,7 +1432,9 @@ func TestALateTakeoverLeavesASettledMarker(t *testing.T) {
 					t.Errorf("the other caller's takeover: %v", err)
 					return
 				}
-				settle(ctx, true)
+				if err := settle(ctx, true); err != nil {
+					t.Error(err)
+				}
 				// ...and the stalled caller wakes up past 30 s.
 				ageGuards(t, s, time.Minute)
 			})()

@@ -89,8 +89,10 @@ type Store interface {
 	// ClaimReplay makes the caller the one replay of dispatch seq of
 	// message id, or returns message.ErrReplayed (ECONFLICT) if another
 	// request has it or had it. settle ends the claim, saying whether the
-	// replay was made (a replay that failed can be tried again at once).
-	ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool), err error)
+	// replay was made (a replay that failed can be tried again at once);
+	// an error from it means the marker lapses after its stale time
+	// instead.
+	ClaimReplay(ctx context.Context, id string, seq int) (settle func(ctx context.Context, replayed bool) error, err error)
 	CountFailed(ctx context.Context) (int64, error)
 	// IndexFailed adds a FAILED message to the index, or updates it there.
 	IndexFailed(ctx context.Context, r message.FailedRecord) error

@@ -125,7 +125,16 @@ func (s *Service) replay(ctx context.Context, m message.Message) (err error) {
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
-		settle(sctx, err == nil)
+		if serr := settle(sctx, err == nil); serr != nil {
+			if err == nil {
+				// A replay made whose marker says nothing: a request
+				// that read the message FAILED before it could replay
+				// it again once the marker is stale.
+				s.Logger.Warn("replay made, but its marker not marked done; a request that read the failure earlier could replay it again after the marker's stale time", "message_id", m.ID, "error", serr)
+			} else {
+				s.Logger.Warn("replay failed, and its marker was not dropped; a retry of it gets 409 until the marker is stale", "message_id", m.ID, "error", serr)
+			}
+		}
 	}()
 	now := s.Now().UTC()
 	next := message.NewOutboxEntry(m.ID, m.Seq+1, now, now)

@@ -3,7 +3,9 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/logbuf"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/internal/testenv"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/app"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -406,5 +409,32 @@ func TestFailedRetryCanBeTriedAgainAtOnce(t *testing.T) {
 	}
 	if m, err := svc.Retry(ctx, id); err != nil || m.Status != message.StatusUnsent || m.Seq != 1 {
 		t.Fatalf("retry tried again at once: %+v %v, want the message UNSENT at seq 1", m, err)
+	}
+}
+
+// settleFails is a store whose replay markers cannot be settled.
+type settleFails struct{ outbox.Store }
+
+func (s settleFails) ClaimReplay(ctx context.Context, id string, seq int) (func(context.Context, bool) error, error) {
+	if _, err := s.Store.ClaimReplay(ctx, id, seq); err != nil {
+		return nil, err
+	}
+	return func(context.Context, bool) error { return errors.New("connection reset") }, nil
+}
+
+// TestUnsettledReplayIsLogged: a replay whose marker could not be settled
+// says so, and what it means (before, the error was dropped unseen).
+func TestUnsettledReplayIsLogged(t *testing.T) {
+	a := testenv.App(t, testenv.Env(t, nil))
+	id := failedAt(t, a, time.Now().UTC().Add(-time.Hour))
+	svc := a.Service(nil)
+	svc.Store = settleFails{a.Store}
+	out := &logbuf.Buffer{}
+	svc.Logger = slog.New(slog.NewTextHandler(out, nil))
+	if _, err := svc.Retry(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "level=WARN") || !strings.Contains(got, "replay made, but its marker not marked done") || !strings.Contains(got, "connection reset") {
+		t.Fatalf("log:\n%s\nwant a warning that the made replay's marker was not marked done, with the error", got)
 	}
 }
