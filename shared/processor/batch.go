@@ -44,6 +44,10 @@ func (p *Processor) HandleRabbitMQEvent(ctx context.Context, ev events.RabbitMQE
 	add := func(r Result) {
 		mu.Lock()
 		defer mu.Unlock()
+		if r.Action == Requeue && errors.Is(r.Err, errDeadlineRunningOut) {
+			sum.NotStarted++ // not a store's failure: no pause
+			return
+		}
 		if r.Action == Requeue {
 			if r.Err != nil {
 				p.Logger.Warn("delivery not recorded; the batch will be redelivered", "message_id", r.MessageID, "error", r.Err)

@@ -100,7 +100,9 @@ type Processor struct {
 	// record its answer. A delivery held up before the call (a slow read,
 	// the rate limit's wait) makes no call that could outlive its claim,
 	// after which another consumer could take the message for a dead one's
-	// and call again. Zero: no check.
+	// and call again. Of a context with a deadline (a Lambda
+	// invocation's), it must have CallReserve + RecordTimeout/2 left: the
+	// whole of the record's time. Zero: no check.
 	CallReserve time.Duration
 	// TakenTTL is how long a dispatch's taken marker lives: longer than
 	// the stale sweep needs to find a dispatch that was never answered.
@@ -494,6 +496,13 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	if err == nil && p.CallReserve > 0 && c.until.Sub(p.Now()) < p.CallReserve {
 		err = errClaimRunningOut
 	}
+	if dl, ok := ctx.Deadline(); err == nil && ok && p.CallReserve > 0 && time.Until(dl) < p.CallReserve+RecordTimeout/2 {
+		// A Lambda invocation's deadline ends the process: the call and
+		// the whole of its record (RecordTimeout) must fit before it. The
+		// reserve a record is started with (StartReserve) does not bound
+		// the steps before the call on a slow inbox or store.
+		err = errDeadlineRunningOut
+	}
 	if err == nil {
 		err = p.Inbox.MarkTaken(ctx, m.ID, c.token, m.Seq, p.TakenTTL)
 	}
@@ -749,6 +758,11 @@ func (p *Processor) takeClaim(ctx context.Context, env message.Envelope, token s
 // errClaimRunningOut stops a delivery whose claim could expire during its
 // webhook call (see Processor.CallReserve).
 var errClaimRunningOut = errors.New("too little of the inbox claim is left for the webhook call")
+
+// errDeadlineRunningOut stops a delivery whose context (a Lambda
+// invocation's) could end during its webhook call or the record of its
+// answer. The copy goes back as one not started (BatchSummary.NotStarted).
+var errDeadlineRunningOut = errors.New("too little time is left before the deadline for the webhook call and its record")
 
 // release drops the claim Handle took on id, if it is still Handle's. It
 // does so even when ctx has ended (a cancelled rate-limit wait, a drain

@@ -1001,6 +1001,7 @@ func TestCopyOfAStandInHoldersDispatchCountsItsAttempt(t *testing.T) {
 func TestBatchStartsNoRecordTooCloseToTheDeadline(t *testing.T) {
 	f := setup(t, time.Second, nil)
 	p := f.processor(t)
+	p.CallReserve = 0 // the check before the call: TestNoCallTooCloseToTheDeadline
 	ev := rabbitMQEvent(f.published(t), f.published(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
@@ -1417,6 +1418,29 @@ func TestNoCallThatCouldOutliveItsClaim(t *testing.T) {
 			f.expectNoCallThenDelivered(t, env)
 		})
 	}
+}
+
+// TestNoCallTooCloseToTheDeadline: a record started with its reserve but
+// held up before the call (a slow inbox or store) until the invocation's
+// deadline could fall during the call or its record makes no call: Lambda
+// would end the process between a 2xx and its record. The copy goes back
+// as one not started, which does not hold the batch back as a store's
+// failure does, and is delivered once, uncharged, when handed out again.
+func TestNoCallTooCloseToTheDeadline(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	need := p.CallReserve + processor.RecordTimeout/2
+	if wt := f.a.Config.WebhookTimeout; need < wt+processor.RecordTimeout {
+		t.Fatalf("a call needs %s before the deadline, less than WEBHOOK_TIMEOUT %s and a record", need, wt)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), need-time.Second)
+	defer cancel()
+	sum, err := p.HandleRabbitMQEvent(ctx, rabbitMQEvent(env), 1, 0)
+	if !errors.Is(err, processor.ErrBatchIncomplete) || sum.NotStarted != 1 || sum.NotRecorded != 0 {
+		t.Fatalf("summary %+v, error %v; want the record not started", sum, err)
+	}
+	f.expectNoCallThenDelivered(t, env)
 }
 
 // heldThenFailing is an inbox that answers the first claim as held by
