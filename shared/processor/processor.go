@@ -283,7 +283,14 @@ func (p *Processor) handleOwn(ctx context.Context, log *slog.Logger, env message
 		// finished, or died between the two writes: not a bad queue
 		// message. The stale sweep settles it (publishing it again if the
 		// message appears, dropping the entry if it never does).
-		if ok, herr := p.Store.HasOutboxEntry(ctx, message.OutboxKey(env.ID, env.Seq)); herr == nil && ok {
+		ok, herr := p.Store.HasOutboxEntry(ctx, message.OutboxKey(env.ID, env.Seq))
+		switch {
+		case herr != nil:
+			// Not known to be unknown: the store failed. Dead-lettered,
+			// a create still under way would be reported as a bad queue
+			// message (it is delivered all the same, by the sweep).
+			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("look up the outbox entry of a missing message: %w", herr)}
+		case ok:
 			log.Info("queued message whose create has not finished; left to the stale sweep")
 			return Result{Action: Ack, MessageID: env.ID, Outcome: "unfinished_create"}
 		}

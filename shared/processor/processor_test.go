@@ -835,6 +835,29 @@ func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
 	}
 }
 
+// outboxLookupFails is a store whose outbox entries cannot be looked up.
+type outboxLookupFails struct{ processor.Store }
+
+func (outboxLookupFails) HasOutboxEntry(context.Context, string) (bool, error) {
+	return false, errors.New("connection reset")
+}
+
+// TestMissingMessageWhoseEntryCannotBeReadIsRequeued: a copy of a message
+// not (yet) stored, whose outbox entry could not be looked up, is handed
+// back, not dead-lettered as an unknown id: its create may be under way.
+func TestMissingMessageWhoseEntryCannotBeReadIsRequeued(t *testing.T) {
+	f := setup(t, 0, nil)
+	p := f.processor(t)
+	p.Store = outboxLookupFails{p.Store}
+	r := p.Handle(context.Background(), body(message.Envelope{ID: "0195f0a2-7b1c-7cde-8f00-0000000000ab"}), false)
+	if r.Action != processor.Requeue {
+		t.Fatalf("Handle: %+v, want a requeue", r)
+	}
+	if n := len(testenv.Drain(t, f.env["RABBITMQ_DLQ"])); n != 0 {
+		t.Fatalf("%d dead-letter notifications, want none", n)
+	}
+}
+
 // TestRedeliveredCopyWhileTheHolderDelivers: while one consumer holds the
 // claim and waits for the webhook, a redelivered copy reaches another,
 // which defers it. The holder's SENT still wins, and the deferred dispatch,
