@@ -448,6 +448,14 @@ func (p *Processor) deferUnfinished(ctx context.Context, log *slog.Logger, m mes
 }
 
 func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Message) Result {
+	// An open circuit defers the message before the rate limit is asked:
+	// a token taken, or a worker held in the limiter's wait, for a call
+	// the breaker then refuses would be taken from the calls that are
+	// made (the half-open trials among them), and a message the limiter
+	// put back would come again before the cool-down ends.
+	if p.Breaker != nil && p.Breaker.State() == "open" {
+		return p.deferMessage(ctx, log, m, p.BreakerCooldown, "circuit breaker open")
+	}
 	// The outbound rate limit: a short wait happens in place, a long one
 	// puts the message back in the outbox. Neither counts as an attempt.
 	if p.Limiter != nil {

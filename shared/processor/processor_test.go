@@ -595,8 +595,14 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	calls := f.calls.Load()
 	env := f.published(t)
 	before := time.Now()
+	// The rate limit is not asked for a call the open circuit refuses.
+	var asked atomic.Int32
+	p.Limiter = limiterThen{then: func() { asked.Add(1) }}
 	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeDeferred {
 		t.Fatalf("with the breaker open: %+v", r)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("the rate limiter was asked %d times with the breaker open, want 0", n)
 	}
 	if f.calls.Load() != calls {
 		t.Fatal("the webhook was called with the breaker open")
