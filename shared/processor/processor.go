@@ -253,10 +253,12 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 	ctx, claimed, state, wid, err := p.takeClaim(ctx, env, rand.Text())
 	if err != nil {
 		// No guard answered (Redis is down and its MongoDB stand-in
-		// failed too). Go on with the durable check alone: the status and
-		// Seq read from MongoDB below, which fails too if MongoDB is down.
-		log.Warn("inbox claim failed; continuing with the durable check only", "error", err)
-		claimed = true
+		// failed too). Hand the copy back: a delivery without a claim
+		// could call the webhook beside another copy's, should Redis
+		// answer again before the call. What a retried command may have
+		// taken is given back.
+		p.release(ctx, log, env.ID)
+		return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("inbox claim: %w", err)}
 	}
 	if !claimed {
 		return p.handleClaimed(ctx, log, env, body, state, wid, redelivered)

@@ -841,6 +841,28 @@ func TestUnfinishedCreateIsNotDeadLettered(t *testing.T) {
 	}
 }
 
+// claimFails is an inbox whose claims fail (Redis and its stand-in both
+// down) while its other operations work (Redis back a moment later).
+type claimFails struct{ processor.Inbox }
+
+func (claimFails) Claim(context.Context, string, string, int, time.Duration) (bool, outbox.InboxState, string, error) {
+	return false, outbox.InboxNone, "", errors.New("claim inbox in mongodb: connection refused")
+}
+
+// TestNoCallWithoutAClaim: a copy whose claim failed is handed back, with
+// no webhook call: without a claim another copy's delivery could call
+// beside it.
+func TestNoCallWithoutAClaim(t *testing.T) {
+	f := setup(t, 0, nil)
+	env := f.published(t)
+	p := f.processor(t)
+	p.Inbox = claimFails{p.Inbox}
+	if r := p.Handle(context.Background(), body(env), false); r.Action != processor.Requeue {
+		t.Fatalf("Handle: %+v, want a requeue", r)
+	}
+	f.expectNoCallThenDelivered(t, env)
+}
+
 // outboxLookupFails is a store whose outbox entries cannot be looked up.
 type outboxLookupFails struct{ processor.Store }
 
