@@ -636,9 +636,12 @@ func deliveryStart(m message.Message) time.Time {
 }
 
 // deadLetter notifies the dead-letter queue, then records FAILED. In that
-// order: a notification whose record failed is sent again with the
-// redelivered copy (at least once), while a record without its
-// notification could never be noticed.
+// order: a record without its notification could never be noticed, while a
+// notification whose record failed is at worst sent twice. The claim stays
+// then, and the redelivered copy, which cannot tell what the webhook
+// answered, counts the attempt and puts the message back (deferUnfinished):
+// the next dispatch calls the webhook again and, answered the same, sends
+// the notification again (the README's duplicate paths).
 func (p *Processor) deadLetter(ctx context.Context, log *slog.Logger, o message.Outcome) Result {
 	n := message.DeadLetter{MessageID: o.MessageID, Reason: o.FailureReason, LastError: o.LastError, Attempts: o.Attempts, FailedAt: o.At}
 	if err := p.DeadLetters.NotifyDeadLetter(ctx, n); err != nil {
