@@ -120,6 +120,43 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 	}
 }
 
+// TestDeadLettersLogAWarningWithTheirReason: a dead-lettered message is a
+// warning in the log, with its reason and the webhook's last answer; a
+// retry says what failed and when the next attempt is.
+func TestDeadLettersLogAWarningWithTheirReason(t *testing.T) {
+	f := setup(t, 0, map[string]string{"MAX_RETRIES": "2"})
+	f.code.Store(503)
+	env := f.published(t)
+	p := f.processor(t)
+	out := &logbuf.Buffer{}
+	p.Logger = slog.New(slog.NewJSONHandler(out, nil))
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("first attempt: %+v, want a retry", r)
+	}
+	f.code.Store(400)
+	env = f.published(t)
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeFailed {
+		t.Fatalf("a 400: %+v, want it dead-lettered", r)
+	}
+	var retry, failed map[string]any
+	for _, l := range logLines(t, out.String()) {
+		if l["msg"] == "message processed" {
+			switch l["outcome"] {
+			case message.OutcomeRetry:
+				retry = l
+			case message.OutcomeFailed:
+				failed = l
+			}
+		}
+	}
+	if retry == nil || retry["level"] != "INFO" || retry["last_error"] != "HTTP 503 Service Unavailable" || retry["next_attempt_at"] == nil {
+		t.Errorf("retry logged as %v, want INFO with last_error and next_attempt_at", retry)
+	}
+	if failed == nil || failed["level"] != "WARN" || failed["reason"] != "permanent failure: HTTP 400 Bad Request" || failed["last_error"] != "HTTP 400 Bad Request" {
+		t.Errorf("dead letter logged as %v, want WARN with its reason and last_error", failed)
+	}
+}
+
 // TestDeliveryLatencyRunsFromTheLatestStart: the delivery latency runs
 // from acceptance, or from the later sendAt the client asked for or the
 // replay from the dead-letter queue; the wait for either is not latency.

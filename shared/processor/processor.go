@@ -193,8 +193,13 @@ var outcomeEvents = map[string]string{
 // "deferred" metric). The outcomes that end a delivery or count an attempt
 // stay at Info.
 func outcomeLevel(outcome string) slog.Level {
-	if outcome == message.OutcomeDeferred {
+	switch outcome {
+	case message.OutcomeDeferred:
 		return slog.LevelDebug
+	case message.OutcomeFailed:
+		// A dead letter needs someone's attention: found among warnings,
+		// with its reason.
+		return slog.LevelWarn
 	}
 	return slog.LevelInfo
 }
@@ -705,7 +710,14 @@ func (p *Processor) record(ctx context.Context, log *slog.Logger, o message.Outc
 		log.Error("record outcome failed", "outcome", outcome, "error", err)
 		return Result{Action: Requeue, MessageID: o.MessageID, Outcome: outcome, Err: fmt.Errorf("record outcome: %w", err)}
 	}
-	log.Log(ctx, outcomeLevel(outcome), "message processed", "outcome", outcome, "status", o.Status, "attempts", o.Attempts)
+	attrs := []any{"outcome", outcome, "status", o.Status, "attempts", o.Attempts}
+	switch {
+	case o.Status == message.StatusFailed:
+		attrs = append(attrs, "reason", o.FailureReason, "last_error", o.LastError)
+	case outcome == message.OutcomeRetry && o.NextAttemptAt != nil:
+		attrs = append(attrs, "last_error", o.LastError, "next_attempt_at", *o.NextAttemptAt)
+	}
+	log.Log(ctx, outcomeLevel(outcome), "message processed", attrs...)
 	p.observe(outcomeEvents[outcome])
 	return Result{Action: Ack, MessageID: o.MessageID, Outcome: outcome}
 }
