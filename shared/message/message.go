@@ -5,6 +5,7 @@
 package message
 
 import (
+	"slices"
 	"time"
 )
 
@@ -104,6 +105,43 @@ type Delivery struct {
 	StatusCode int       `json:"statusCode,omitempty" bson:"statusCode,omitempty"`
 	Error      string    `json:"error,omitempty" bson:"error,omitempty"`
 	DurationMS int64     `json:"durationMs" bson:"durationMs"`
+	// Times counts an entry that happened again and again in a row (a
+	// deferral each cool-down of an open circuit), At being the latest;
+	// 0 for one that happened once.
+	Times int `json:"times,omitempty" bson:"times,omitempty"`
+}
+
+// repeatedBy reports whether d is the same event as e, again: a deferral
+// with the same attempt count and reason.
+func (e Delivery) repeatedBy(d Delivery) bool {
+	return e.Outcome == OutcomeDeferred && d.Outcome == OutcomeDeferred && e.Attempt == d.Attempt && e.Error == d.Error
+}
+
+// MergeRepeat returns d as the entry that replaces log's last one, and
+// true, if d repeats it (see Outcome.MergeRepeat); otherwise d as it is and
+// false.
+func MergeRepeat(log []Delivery, d Delivery) (Delivery, bool) {
+	n := len(log)
+	if n == 0 || !log[n-1].repeatedBy(d) {
+		return d, false
+	}
+	d.Times = max(log[n-1].Times, 1) + 1
+	return d, true
+}
+
+// AppendDelivery returns log with d added, or with its last entry replaced
+// by d if merge is set and d repeats it, keeping the last MaxDeliveries.
+func AppendDelivery(log []Delivery, d Delivery, merge bool) []Delivery {
+	if merge {
+		if m, ok := MergeRepeat(log, d); ok {
+			return append(slices.Clip(log[:len(log)-1]), m)
+		}
+	}
+	log = append(slices.Clip(log), d)
+	if len(log) > MaxDeliveries {
+		log = log[len(log)-MaxDeliveries:]
+	}
+	return log
 }
 
 // Filter selects messages for a list.

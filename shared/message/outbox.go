@@ -54,6 +54,11 @@ type Outcome struct {
 	WebhookMessageID string
 	// Delivery, if set, is appended to the message's delivery log.
 	Delivery *Delivery
+	// MergeRepeat lets Delivery replace the log's last entry, counting it
+	// again (Delivery.Times), when it repeats it: a message deferred each
+	// cool-down of a long outage would otherwise push its real attempts
+	// out of the log's last MaxDeliveries entries.
+	MergeRepeat bool
 	// Replay marks the operator's replay of a FAILED message, the only
 	// outcome that may move a message out of FAILED.
 	Replay bool

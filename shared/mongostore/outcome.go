@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -58,6 +59,17 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	if err != nil {
 		return err
 	}
+	filter := bson.D{
+		{Key: "_id", Value: o.MessageID},
+		{Key: "seq", Value: o.Seq},
+		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o)}}},
+	}
+	switch merged, err := s.mergeRepeat(ctx, o, filter, set, unset); {
+	case err != nil:
+		return err
+	case merged:
+		return s.closeDispatch(ctx, o)
+	}
 	update := bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: unset}}
 	if o.Delivery != nil {
 		// A real MongoDB appends and trims in one atomic step. FerretDB v1
@@ -68,11 +80,6 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 			{Key: "$slice", Value: -message.MaxDeliveries},
 		}}}})
 	}
-	filter := bson.D{
-		{Key: "_id", Value: o.MessageID},
-		{Key: "seq", Value: o.Seq},
-		{Key: "status", Value: bson.D{{Key: "$in", Value: outcomeFrom(o)}}},
-	}
 	res, err := s.messages.UpdateOne(ctx, filter, update)
 	if err != nil {
 		return fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
@@ -81,6 +88,34 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 		return s.whyNotApplied(ctx, o.MessageID)
 	}
 	return s.closeDispatch(ctx, o)
+}
+
+// mergeRepeat applies o on a real MongoDB, its delivery replacing the last
+// entry of the log, if o.MergeRepeat is set and that entry, as o.Read holds
+// it, is still there and repeated by o's (see message.MergeRepeat). ok
+// reports that it did. Neither it nor an error: append as usual (the log
+// has changed since it was read, or the message moved on, which the usual
+// write finds out).
+func (s *Store) mergeRepeat(ctx context.Context, o message.Outcome, filter, set, unset bson.D) (bool, error) {
+	if !o.MergeRepeat || o.Delivery == nil || o.Read == nil || len(o.Read.Deliveries) == 0 {
+		return false, nil
+	}
+	d, repeats := message.MergeRepeat(o.Read.Deliveries, *o.Delivery)
+	if !repeats {
+		return false, nil
+	}
+	last := fmt.Sprintf("deliveries.%d", len(o.Read.Deliveries)-1)
+	prev := o.Read.Deliveries[len(o.Read.Deliveries)-1]
+	filter = append(slices.Clip(filter),
+		bson.E{Key: last + ".at", Value: prev.At},
+		bson.E{Key: last + ".outcome", Value: prev.Outcome},
+		bson.E{Key: "deliveries." + strconv.Itoa(len(o.Read.Deliveries)), Value: bson.D{{Key: "$exists", Value: false}}})
+	update := bson.D{{Key: "$set", Value: append(slices.Clip(set), bson.E{Key: last, Value: d})}, {Key: "$unset", Value: unset}}
+	res, err := s.messages.UpdateOne(ctx, filter, update)
+	if err != nil {
+		return false, fmt.Errorf("record outcome of %s: %w", o.MessageID, err)
+	}
+	return res.MatchedCount == 1, nil
 }
 
 // RecordOutcomes applies each outcome as RecordOutcome does; errs[i] is
@@ -318,11 +353,7 @@ func (s *Store) ferretUpdate(ctx context.Context, o message.Outcome) (mongo.Writ
 		return nil, message.ErrStaleOutcome
 	}
 	if o.Delivery != nil {
-		log := append(slices.Clip(cur.Deliveries), *o.Delivery)
-		if len(log) > message.MaxDeliveries {
-			log = log[len(log)-message.MaxDeliveries:]
-		}
-		set = append(set, bson.E{Key: "deliveries", Value: log})
+		set = append(set, bson.E{Key: "deliveries", Value: message.AppendDelivery(cur.Deliveries, *o.Delivery, o.MergeRepeat)})
 	}
 	update := bson.D{{Key: "$set", Value: set}}
 	if len(unset) > 0 {

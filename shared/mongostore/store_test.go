@@ -1474,3 +1474,56 @@ func TestStandInUseRecordedByManyAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeatedDeferralMergesIntoTheLastEntry: a deferral that repeats the
+// log's last entry (MergeRepeat) replaces it, counted, in both forms; one
+// that does not (another reason), or whose log changed since it was read,
+// is appended.
+func TestRepeatedDeferralMergesIntoTheLastEntry(t *testing.T) {
+	for _, form := range []string{"embedded", "mongodb"} {
+		t.Run(form, func(t *testing.T) {
+			s, ctx := newStore(t), t.Context()
+			s.SetMongoDBForms(form == "mongodb")
+			m := message.New(newID(t), message.CreateRequest{To: "+905551111111", Content: "x"}, t0)
+			if err := s.CreateMessage(ctx, m, message.NewOutboxEntry(m.ID, 0, t0, t0)); err != nil {
+				t.Fatal(err)
+			}
+			at := t0.Truncate(time.Millisecond)
+			deferral := func(why string, read bool) {
+				t.Helper()
+				cur := mustGet(t, s, m.ID)
+				at = at.Add(time.Minute)
+				o := message.Outcome{
+					MessageID: m.ID, Seq: cur.Seq, Status: message.StatusUnsent, At: at, NextAttemptAt: &at,
+					Delivery:    &message.Delivery{At: at, Outcome: message.OutcomeDeferred, Error: why},
+					MergeRepeat: true,
+				}
+				if read {
+					o.Read = &cur
+				}
+				if err := s.RecordOutcome(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deferral("circuit breaker open", true)
+			deferral("circuit breaker open", true)
+			deferral("circuit breaker open", true)
+			deferral("rate limited", true)
+			deferral("rate limited", true)
+			want := []message.Delivery{
+				{At: t0.Truncate(time.Millisecond).Add(3 * time.Minute), Outcome: message.OutcomeDeferred, Error: "circuit breaker open", Times: 3},
+				{At: t0.Truncate(time.Millisecond).Add(5 * time.Minute), Outcome: message.OutcomeDeferred, Error: "rate limited", Times: 2},
+			}
+			if got := mustGet(t, s, m.ID).Deliveries; !reflect.DeepEqual(got, want) {
+				t.Fatalf("log:\n got %+v\nwant %+v", got, want)
+			}
+			// Without the message as read, a real MongoDB has no last
+			// entry to check: appended. The embedded store reads it.
+			deferral("rate limited", false)
+			got := mustGet(t, s, m.ID).Deliveries
+			if form == "mongodb" && (len(got) != 3 || got[2].Times != 0) || form == "embedded" && (len(got) != 2 || got[1].Times != 3) {
+				t.Fatalf("log after a deferral without its read: %+v", got)
+			}
+		})
+	}
+}

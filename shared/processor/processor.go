@@ -692,6 +692,9 @@ func (p *Processor) deferMessage(ctx context.Context, log *slog.Logger, m messag
 		MessageID: m.ID, Seq: m.Seq, Status: message.StatusUnsent, Attempts: m.Attempts, At: now, NextAttemptAt: &next,
 		LastError: m.LastError, Read: &m,
 		Delivery: &message.Delivery{At: now, Attempt: m.Attempts, Outcome: message.OutcomeDeferred, Error: why},
+		// One entry for a run of the same deferral, counted: an outage's
+		// cool-downs must not push the real attempts out of the log.
+		MergeRepeat: true,
 	}
 	res := p.record(ctx, log, o, message.OutcomeDeferred)
 	p.release(ctx, log, m.ID)

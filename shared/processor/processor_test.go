@@ -636,6 +636,48 @@ func TestOpenBreakerDefersWithoutCountingAnAttempt(t *testing.T) {
 	}
 }
 
+// TestRepeatedDeferralsShareOneLogEntry: a message deferred at each
+// cool-down of a long outage keeps one entry for the run of deferrals,
+// counted, so its real attempts stay in the log's last MaxDeliveries.
+func TestRepeatedDeferralsShareOneLogEntry(t *testing.T) {
+	f := setup(t, 0, nil)
+	f.code.Store(http.StatusServiceUnavailable)
+	env := f.published(t)
+	p := f.processor(t)
+	if r := p.Handle(context.Background(), body(env), false); r.Outcome != message.OutcomeRetry {
+		t.Fatalf("first attempt: %+v, want a retry", r)
+	}
+	p.Breaker = openBreaker{}
+	deferrals := message.MaxDeliveries + 5
+	for i := range deferrals {
+		if s, err := relayAt(f, time.Duration(i+1)*time.Hour).Pass(context.Background()); err != nil || s.Published != 1 {
+			t.Fatalf("republish %d: %+v %v", i, s, err)
+		}
+		testenv.Drain(t, f.env["RABBITMQ_QUEUE"])
+		m := f.message(t, env.ID)
+		if r := p.Handle(context.Background(), body(message.Envelope{ID: m.ID, Seq: m.Seq}), false); r.Outcome != message.OutcomeDeferred {
+			t.Fatalf("deferral %d: %+v", i, r)
+		}
+	}
+	log := f.message(t, env.ID).Deliveries
+	if len(log) != 2 || log[0].Outcome != message.OutcomeRetry || log[1].Outcome != message.OutcomeDeferred || log[1].Times != deferrals {
+		t.Fatalf("delivery log %+v, want the retry, then one deferral counted %d times", log, deferrals)
+	}
+}
+
+// openBreaker is a circuit breaker that stays open.
+type openBreaker struct{}
+
+func (openBreaker) Allow() (func(error), error) { return nil, errors.New("circuit breaker is open") }
+func (openBreaker) State() string               { return "open" }
+
+// relayAt is a relay of f whose clock runs ahead by d.
+func relayAt(f *fixture, d time.Duration) *outbox.Relay {
+	r := f.a.Relay(nil)
+	r.Now = func() time.Time { return time.Now().Add(d) }
+	return r
+}
+
 // usedUp returns the real rate limiter on f's Redis, of one token per 100
 // seconds, with its one token taken: the next is longer away than any
 // delivery waits in place, so it refuses every reservation. Its key is its
