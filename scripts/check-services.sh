@@ -42,6 +42,17 @@ up() {
   fi
 }
 
+# bounded SECONDS CMD...: CMD, ended after SECONDS where timeout is at hand
+# (rabbitmqctl waits without limit on a broker node that is half up).
+bounded() {
+  if command -v timeout >/dev/null; then
+    timeout "$@"
+  else
+    shift
+    "$@"
+  fi
+}
+
 wait_up() { # host port seconds
   for _ in $(seq 1 "$3"); do up "$1" "$2" && return 0; sleep 1; done
   return 1
@@ -96,8 +107,8 @@ if [ $tools = 1 ]; then
   if ! command -v rabbitmqctl >/dev/null; then
     echo "rabbitmqctl is not on PATH: it comes with RabbitMQ (apt-get install rabbitmq-server)" >&2
     fail=1
-  elif up $rabbit_host $rabbit_port && ! rabbitmqctl -q list_connections name >/dev/null 2>&1; then
-    echo "rabbitmqctl cannot manage the local RabbitMQ: run the tests as a user that may (root, or one with the broker's Erlang cookie in ~/.erlang.cookie)" >&2
+  elif up $rabbit_host $rabbit_port && ! bounded 60 rabbitmqctl -q list_connections name >/dev/null 2>&1; then
+    echo "rabbitmqctl cannot manage the local RabbitMQ (or did not answer within 60 s): run the tests as a user that may (root, or one with the broker's Erlang cookie in ~/.erlang.cookie)" >&2
     fail=1
   fi
   if ! command -v redis-server >/dev/null; then

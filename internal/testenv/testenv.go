@@ -285,7 +285,9 @@ func DeleteQueues(t testing.TB, exchange string, queues ...string) {
 // QueueDepth returns the number of ready messages in queue.
 func QueueDepth(t testing.TB, queue string) int {
 	t.Helper()
-	q, err := channel(t).QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	ch, done := channel(t)
+	defer done()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	if err != nil {
 		t.Fatalf("inspect queue %s: %v", queue, err)
 	}
@@ -295,7 +297,8 @@ func QueueDepth(t testing.TB, queue string) int {
 // Drain takes every ready message off queue and returns the bodies.
 func Drain(t testing.TB, queue string) [][]byte {
 	t.Helper()
-	ch := channel(t)
+	ch, done := channel(t)
+	defer done()
 	var out [][]byte
 	for {
 		d, ok, err := ch.Get(queue, true)
@@ -329,20 +332,22 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// channel opens a channel on a new connection to the test broker; both
-// are closed when the test ends.
-func channel(t testing.TB) *amqp.Channel {
+// channel opens a channel on a new connection to the test broker; done
+// closes the connection. The helpers close it before they return: tests
+// poll them, and a connection left open per poll until the test ends
+// loads the broker every package shares.
+func channel(t testing.TB) (ch *amqp.Channel, done func()) {
 	t.Helper()
 	conn, err := amqp.Dial(RabbitURI)
 	if err != nil {
 		t.Fatalf("connect to RabbitMQ at %s: %v (start it with: %s)", RabbitURI, err, startRabbit)
 	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
+	ch, err = conn.Channel()
 	if err != nil {
+		_ = conn.Close()
 		t.Fatal(err)
 	}
-	return ch
+	return ch, func() { _ = conn.Close() }
 }
 
 // Tally counts observed events, from many goroutines; Record fits the

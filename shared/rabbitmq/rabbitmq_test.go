@@ -513,7 +513,10 @@ func closeFromServer(t *testing.T, c *rabbitmq.Client) {
 	if len(addrs) != 2 {
 		t.Fatalf("client has %d connections, want 2 (publish and consume)", len(addrs))
 	}
-	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "pid", "name").Output()
+	// Bounded: rabbitmqctl waits without limit on a broker node half up.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "list_connections", "pid", "name").Output()
 	if err != nil {
 		t.Fatalf("rabbitmqctl list_connections: %v", err)
 	}
@@ -525,7 +528,7 @@ func closeFromServer(t *testing.T, c *rabbitmq.Client) {
 		}
 		for _, a := range addrs {
 			if strings.HasPrefix(name, a+" ->") {
-				if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test: forced close").CombinedOutput(); err != nil {
+				if out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "close_connection", pid, "test: forced close").CombinedOutput(); err != nil {
 					t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
 				}
 				closed++
