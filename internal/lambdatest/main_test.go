@@ -45,7 +45,10 @@ func TestMain(m *testing.M) {
 }
 
 func setup(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// The builds are not race builds and share nothing with the test
+	// binaries': on a cold cache, beside the other packages' builds on two
+	// CPUs, they have taken 6 minutes. Within go test's -timeout (30m).
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	var err error
 	if root, err = lambdarie.ModuleRoot("."); err != nil {
