@@ -105,6 +105,9 @@ type Delivery struct {
 	StatusCode int       `json:"statusCode,omitempty" bson:"statusCode,omitempty"`
 	Error      string    `json:"error,omitempty" bson:"error,omitempty"`
 	DurationMS int64     `json:"durationMs" bson:"durationMs"`
+	// Response is the start (256 bytes) of the body of an answer other
+	// than 2xx.
+	Response string `json:"response,omitempty" bson:"response,omitempty"`
 	// Times counts an entry that happened again and again in a row (a
 	// deferral each cool-down of an open circuit), At being the latest;
 	// 0 for one that happened once.

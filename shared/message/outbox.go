@@ -129,6 +129,9 @@ type WebhookResponse struct {
 	// RetryAfter is the parsed Retry-After header (0 if none).
 	RetryAfter time.Duration
 	Duration   time.Duration
+	// Body is the start of an answer other than 2xx, for the delivery log:
+	// what the receiver said was wrong.
+	Body string
 }
 
 // ReplayRequest selects FAILED messages to put back in the outbox with a

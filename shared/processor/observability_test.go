@@ -124,7 +124,9 @@ func TestDeferralsLogAtDebug(t *testing.T) {
 // warning in the log, with its reason and the webhook's last answer; a
 // retry says what failed and when the next attempt is.
 func TestDeadLettersLogAWarningWithTheirReason(t *testing.T) {
-	f := setup(t, 0, map[string]string{"MAX_RETRIES": "2"})
+	// The retry falls due long after the test: the second publish below
+	// must carry the second message alone.
+	f := setup(t, 0, map[string]string{"MAX_RETRIES": "2", "RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "1m"})
 	f.code.Store(503)
 	env := f.published(t)
 	p := f.processor(t)
@@ -154,6 +156,11 @@ func TestDeadLettersLogAWarningWithTheirReason(t *testing.T) {
 	}
 	if failed == nil || failed["level"] != "WARN" || failed["reason"] != "permanent failure: HTTP 400 Bad Request" || failed["last_error"] != "HTTP 400 Bad Request" {
 		t.Errorf("dead letter logged as %v, want WARN with its reason and last_error", failed)
+	}
+	// The delivery log keeps what the receiver answered.
+	log := f.message(t, env.ID).Deliveries
+	if d := log[len(log)-1]; d.StatusCode != 400 || d.Response != `{"message":"Accepted","messageId":"wh-1"}` {
+		t.Errorf("the 400's log entry %+v, want its status and the body the webhook answered", d)
 	}
 }
 

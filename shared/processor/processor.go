@@ -575,7 +575,7 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 
 	now := p.Now()
 	attempt := m.Attempts + 1
-	d := &message.Delivery{At: now, Attempt: attempt, StatusCode: resp.StatusCode, DurationMS: resp.Duration.Milliseconds()}
+	d := &message.Delivery{At: now, Attempt: attempt, StatusCode: resp.StatusCode, DurationMS: resp.Duration.Milliseconds(), Response: resp.Body}
 	if sendErr != nil {
 		d.Error = reason
 	}

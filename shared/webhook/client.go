@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -122,6 +123,7 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 	if err != nil {
 		return message.WebhookResponse{}, fmt.Errorf("encode webhook body: %w", err)
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
@@ -168,6 +170,10 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
+		if errors.Is(err, context.DeadlineExceeded) && parent.Err() == nil {
+			// The call's own limit, not its caller's: say which.
+			err = fmt.Errorf("no answer within WEBHOOK_TIMEOUT (%s): %w", c.timeout, err)
+		}
 		return message.WebhookResponse{Duration: time.Since(start)}, fmt.Errorf("post webhook %s: %w", c.host, err)
 	}
 	// Reading the body to its end (within the limit) is what lets the
@@ -181,7 +187,28 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 		RetryAfter: retryAfter(resp.Header.Get("Retry-After"), c.now()),
 		Duration:   time.Since(start),
 	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		r.Body = excerpt(answer)
+	}
 	return r, nil
+}
+
+// maxExcerpt is how much of a refusal's body the delivery log keeps.
+const maxExcerpt = 256
+
+// excerpt returns the start of body for the delivery log: at most
+// maxExcerpt bytes, with invalid UTF-8 (a rune the cut split included) and
+// control characters (a newline too: it is one field) replaced.
+func excerpt(body []byte) string {
+	if len(body) > maxExcerpt {
+		body = body[:maxExcerpt]
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '\uFFFD'
+		}
+		return r
+	}, strings.ToValidUTF8(strings.TrimSpace(string(body)), "\uFFFD"))
 }
 
 // cutOff reports whether err is a connection closed under a call before

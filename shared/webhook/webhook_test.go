@@ -245,6 +245,9 @@ func TestTimeout(t *testing.T) {
 	if !strings.Contains(err.Error(), strings.TrimPrefix(srv.URL, "http://")) {
 		t.Fatalf("error %q does not name the host", err)
 	}
+	if !strings.Contains(err.Error(), "no answer within WEBHOOK_TIMEOUT (200ms)") || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %q does not say the webhook's own timeout ran out", err)
+	}
 }
 
 func TestContextCancel(t *testing.T) {
@@ -280,21 +283,24 @@ func TestAnswers(t *testing.T) {
 		body      string
 		wantID    string
 		wantRetry time.Duration
+		wantBody  string // of an answer other than 2xx: the start of its body
 	}{
-		{"messageId", 202, nil, `{"message":"Accepted","messageId":"abc"}`, "abc", 0},
-		{"messageId not a string", 200, nil, `{"messageId":42}`, "", 0},
-		{"messageId of 256 bytes", 200, nil, `{"messageId":"` + strings.Repeat("a", 256) + `"}`, strings.Repeat("a", 256), 0},
-		{"messageId too long to keep", 200, nil, `{"messageId":"` + strings.Repeat("a", 257) + `"}`, "", 0},
-		{"not JSON", 200, nil, `OK`, "", 0},
-		{"retry-after seconds", 429, map[string]string{"Retry-After": "120"}, ``, "", 2 * time.Minute},
-		{"retry-after date", 503, map[string]string{"Retry-After": now.Add(90 * time.Second).Format(http.TimeFormat)}, ``, "", 90 * time.Second},
-		{"retry-after in the past", 503, map[string]string{"Retry-After": now.Add(-time.Hour).Format(http.TimeFormat)}, ``, "", 0},
-		{"retry-after garbage", 503, map[string]string{"Retry-After": "soon"}, ``, "", 0},
-		{"retry-after over a year", 503, map[string]string{"Retry-After": "31536001"}, ``, "", 365 * 24 * time.Hour},
-		{"retry-after beyond int64", 503, map[string]string{"Retry-After": "99999999999999999999"}, ``, "", 365 * 24 * time.Hour},
-		{"retry-after signed", 503, map[string]string{"Retry-After": "+60"}, ``, "", 0},
-		{"retry-after negative", 503, map[string]string{"Retry-After": "-60"}, ``, "", 0},
-		{"server error", 500, nil, `{"error":"boom"}`, "", 0},
+		{"messageId", 202, nil, `{"message":"Accepted","messageId":"abc"}`, "abc", 0, ""},
+		{"messageId not a string", 200, nil, `{"messageId":42}`, "", 0, ""},
+		{"messageId of 256 bytes", 200, nil, `{"messageId":"` + strings.Repeat("a", 256) + `"}`, strings.Repeat("a", 256), 0, ""},
+		{"messageId too long to keep", 200, nil, `{"messageId":"` + strings.Repeat("a", 257) + `"}`, "", 0, ""},
+		{"not JSON", 200, nil, `OK`, "", 0, ""},
+		{"retry-after seconds", 429, map[string]string{"Retry-After": "120"}, ``, "", 2 * time.Minute, ""},
+		{"retry-after date", 503, map[string]string{"Retry-After": now.Add(90 * time.Second).Format(http.TimeFormat)}, ``, "", 90 * time.Second, ""},
+		{"retry-after in the past", 503, map[string]string{"Retry-After": now.Add(-time.Hour).Format(http.TimeFormat)}, ``, "", 0, ""},
+		{"retry-after garbage", 503, map[string]string{"Retry-After": "soon"}, ``, "", 0, ""},
+		{"retry-after over a year", 503, map[string]string{"Retry-After": "31536001"}, ``, "", 365 * 24 * time.Hour, ""},
+		{"retry-after beyond int64", 503, map[string]string{"Retry-After": "99999999999999999999"}, ``, "", 365 * 24 * time.Hour, ""},
+		{"retry-after signed", 503, map[string]string{"Retry-After": "+60"}, ``, "", 0, ""},
+		{"retry-after negative", 503, map[string]string{"Retry-After": "-60"}, ``, "", 0, ""},
+		{"server error", 500, nil, `{"error":"boom"}`, "", 0, `{"error":"boom"}`},
+		{"refusal's body, cut and cleaned", 400, nil, "\n  bad\tto: " + strings.Repeat("é", 200), "", 0, "bad\uFFFDto: " + strings.Repeat("é", 122) + "\uFFFD"},
+		{"a 2xx's body is not kept", 202, nil, `{"message":"Accepted"}`, "", 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -310,8 +316,8 @@ func TestAnswers(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Send: %v", err)
 			}
-			if resp.StatusCode != tt.status || resp.MessageID != tt.wantID || resp.RetryAfter != tt.wantRetry {
-				t.Fatalf("response = %+v; want status %d, messageId %q, retry after %s", resp, tt.status, tt.wantID, tt.wantRetry)
+			if resp.StatusCode != tt.status || resp.MessageID != tt.wantID || resp.RetryAfter != tt.wantRetry || resp.Body != tt.wantBody {
+				t.Fatalf("response = %+v; want status %d, messageId %q, retry after %s, body %q", resp, tt.status, tt.wantID, tt.wantRetry, tt.wantBody)
 			}
 		})
 	}
