@@ -27,7 +27,7 @@ func (r CreateRequest) ValidateShape(maxContent int) error {
 		return FieldError("to", "is required")
 	}
 	if !ValidE164(r.To) {
-		return FieldError("to", "must be an E.164 number: '+' and 8 to 15 digits")
+		return FieldError("to", "must be an E.164 number: '+' and 8 to 15 digits, the first not 0")
 	}
 	n := utf8.RuneCountInString(r.Content)
 	if r.Content == "" {
