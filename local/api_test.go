@@ -109,6 +109,23 @@ func TestAPIErrors(t *testing.T) {
 		t.Fatalf("rejected requests stored %d messages", len(got))
 	}
 
+	// A path not in its clean form is redirected by a problem too, not by
+	// the HTML of the mux that serves /metrics beside the API.
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", api+"//messages", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode/100 != 3 || resp.Header.Get("Location") != "/messages" || ct != "application/problem+json" {
+		t.Fatalf("GET //messages: %d %q to %q, want a problem redirecting to /messages", resp.StatusCode, ct, resp.Header.Get("Location"))
+	}
+	if resp, b := do(t, "GET", api+"/metrics", "", nil); resp.StatusCode != 200 || !strings.Contains(string(b), "rms_") {
+		t.Fatalf("GET /metrics beside the API: %d %.200s", resp.StatusCode, b)
+	}
+
 	// GET /status needs no key.
 	if resp, b := do(t, "GET", api+"/status", "", nil); resp.StatusCode != 200 {
 		t.Fatalf("status without a key: %d %s", resp.StatusCode, b)

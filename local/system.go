@@ -165,10 +165,17 @@ func (s *system) run(ctx context.Context) error {
 			return fmt.Errorf("%s on %s %s: %w", what, variable, addr, err)
 		}
 		s.logger.Info(what+" listening", "addr", ln.Addr().String())
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metrics.Handler())
-		mux.Handle("/", h)
-		g.serve(ctx, cancel, ln, mux, serverWriteTimeout)
+		// Not a ServeMux: one would redirect a path not in its clean form
+		// (//messages) itself, as HTML, before h answers it as a problem.
+		mh := metrics.Handler()
+		both := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+				mh.ServeHTTP(w, r)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+		g.serve(ctx, cancel, ln, both, serverWriteTimeout)
 		return nil
 	}
 
