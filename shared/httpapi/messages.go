@@ -102,6 +102,13 @@ func handleCreateMessage(log *slog.Logger, msgs Messages, maxBody int64) http.Ha
 // sent without it, or as text/plain, is refused: those are what a web page
 // on another site can POST without a CORS preflight.
 func jsonContentType(w http.ResponseWriter, r *http.Request, required bool) bool {
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// A compressed body would fail as "not valid UTF-8": say what is
+		// wrong (RFC 9110 15.5.16: 415, with the codings accepted).
+		w.Header().Set("Accept-Encoding", "identity")
+		writeStatusProblem(w, r, http.StatusUnsupportedMediaType, "a compressed body (Content-Encoding) is not supported: send it uncompressed")
+		return false
+	}
 	ct := r.Header.Get("Content-Type")
 	if ct == "" && !required {
 		return true

@@ -75,6 +75,8 @@ func TestCreateMessage(t *testing.T) {
 		{name: "text content type", body: valid, headers: []string{"Content-Type", "text/plain"}, status: 415},
 		{name: "form content type", body: valid, headers: []string{"Content-Type", "application/x-www-form-urlencoded"}, status: 415},
 		{name: "malformed content type", body: valid, headers: []string{"Content-Type", "application/json;;="}, status: 415},
+		{name: "compressed body", body: valid, headers: []string{"Content-Encoding", "gzip"}, status: 415},
+		{name: "identity coding", body: valid, headers: []string{"Content-Encoding", "identity"}, status: 202},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
