@@ -109,6 +109,20 @@ func TestCreateMessage(t *testing.T) {
 	}
 }
 
+// TestEveryInvalidFieldIsReported: a request with several invalid fields
+// hears of all of them, in errors and in the detail; field names the
+// first.
+func TestEveryInvalidFieldIsReported(t *testing.T) {
+	ts := newTestServer(t)
+	p := readProblem(t, ts.do(t, http.MethodPost, "/messages", `{"to":"0555","content":""}`), http.StatusBadRequest, "to")
+	if len(p.Errors) != 2 || p.Errors[0].Field != "to" || p.Errors[1].Field != "content" || p.Errors[1].Detail != "is required" {
+		t.Fatalf("errors %+v, want to's and content's", p.Errors)
+	}
+	if !strings.Contains(p.Detail, "to must be an E.164 number") || !strings.Contains(p.Detail, "; content is required") {
+		t.Fatalf("detail %q, want both fields", p.Detail)
+	}
+}
+
 // TestIdempotencyKeyGivenEmptyOrTwice: an Idempotency-Key header sent
 // empty (a client's unset variable) or twice is a 400, not a request
 // without a key, which would make a second message on the retry the key

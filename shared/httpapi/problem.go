@@ -97,6 +97,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		p.Field = me.Field
 		p.Detail = me.Field + " " + me.Message
 		p.Errors = []FieldProblem{{Field: me.Field, Detail: me.Message}}
+		for _, e := range me.Also {
+			p.Detail += "; " + e.Field + " " + e.Message
+			p.Errors = append(p.Errors, FieldProblem{Field: e.Field, Detail: e.Message})
+		}
 	}
 	if me.Code == message.EUNAVAILABLE {
 		// The client learns only that it may try again; the operator

@@ -23,6 +23,9 @@ type Error struct {
 	Code    string
 	Field   string
 	Message string
+	// Also holds the request's other invalid fields, if any, so that a
+	// client hears of all of them at once.
+	Also []*Error
 }
 
 func (e *Error) Error() string {

@@ -22,27 +22,32 @@ type CreateRequest struct {
 // sendAt within the years RFC 3339 can write (see LatestSendAt).
 // ValidateSendAt checks the rest. They are apart because an idempotent
 // repeat is looked up between the two (see outbox.Service.Create).
+// Every invalid field is reported: the first as the error, the others in
+// its Also.
 func (r CreateRequest) ValidateShape(maxContent int) error {
-	if r.To == "" {
-		return FieldError("to", "is required")
+	var errs []*Error
+	switch {
+	case r.To == "":
+		errs = append(errs, FieldError("to", "is required"))
+	case !ValidE164(r.To):
+		errs = append(errs, FieldError("to", "must be an E.164 number: '+' and 8 to 15 digits, the first not 0"))
 	}
-	if !ValidE164(r.To) {
-		return FieldError("to", "must be an E.164 number: '+' and 8 to 15 digits, the first not 0")
-	}
-	n := utf8.RuneCountInString(r.Content)
-	if r.Content == "" {
-		return FieldError("content", "is required")
-	}
-	if !utf8.ValidString(r.Content) {
-		return FieldError("content", "must be valid UTF-8")
-	}
-	if n > maxContent {
-		return FieldError("content", "must be at most %d characters, got %d", maxContent, n)
+	switch n := utf8.RuneCountInString(r.Content); {
+	case r.Content == "":
+		errs = append(errs, FieldError("content", "is required"))
+	case !utf8.ValidString(r.Content):
+		errs = append(errs, FieldError("content", "must be valid UTF-8"))
+	case n > maxContent:
+		errs = append(errs, FieldError("content", "must be at most %d characters, got %d", maxContent, n))
 	}
 	if r.SendAt != nil && r.SendAt.After(LatestSendAt) {
-		return FieldError("sendAt", "must be no later than %s", LatestSendAt.Format(time.RFC3339))
+		errs = append(errs, FieldError("sendAt", "must be no later than %s", LatestSendAt.Format(time.RFC3339)))
 	}
-	return nil
+	if len(errs) == 0 {
+		return nil
+	}
+	errs[0].Also = errs[1:]
+	return errs[0]
 }
 
 // ValidateControlChars checks that content holds no control characters but
