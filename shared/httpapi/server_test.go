@@ -231,7 +231,7 @@ func TestLogging(t *testing.T) {
 			t.Errorf("logs contain %q:\n%s", s, logs)
 		}
 	}
-	for _, s := range []string{`pattern="POST /messages"`, `pattern="GET /messages/{id}"`, "status=202", "status=400", "duration="} {
+	for _, s := range []string{`pattern="POST /messages"`, `pattern="GET /messages/{id}"`, "status=202", "status=400", "duration_ms="} {
 		if !strings.Contains(logs, s) {
 			t.Errorf("logs lack %q:\n%s", s, logs)
 		}

@@ -35,8 +35,11 @@ func (s Status) Valid() bool {
 func (s Status) Final() bool { return s == StatusSent || s == StatusFailed }
 
 // transitions lists every allowed move. UNSENT->SENT and UNSENT->FAILED exist
-// because a processor may record an outcome for a copy it received before the
-// publisher recorded the message as PROCESSING; FAILED->UNSENT is a replay.
+// because a processor may record an outcome for a copy of a message still
+// UNSENT: the relay writes PROCESSING before it publishes, but a copy can
+// still find the message UNSENT (one the relay published after createGrace
+// for an entry whose message was stored only later, for one).
+// FAILED->UNSENT is a replay.
 var transitions = map[Status][]Status{
 	StatusUnsent:     {StatusProcessing, StatusSent, StatusFailed},
 	StatusProcessing: {StatusUnsent, StatusSent, StatusFailed},

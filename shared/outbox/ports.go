@@ -70,7 +70,9 @@ type Store interface {
 	// DeleteOutbox removes the entry with this key, if any.
 	DeleteOutbox(ctx context.Context, key string) error
 	// ReplaceOutbox stores e as the pending entry of its key, in place of
-	// any entry of that key, in one write.
+	// any entry of that key, pending or in flight: the pending one in one
+	// write, then the in-flight one removed, so that the key never goes
+	// without an entry.
 	ReplaceOutbox(ctx context.Context, e message.OutboxEntry) error
 	// DropOutbox removes entry e if it was not written again since it was
 	// read (its createdAt is unchanged).
