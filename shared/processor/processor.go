@@ -101,8 +101,9 @@ type Processor struct {
 	// the rate limit's wait) makes no call that could outlive its claim,
 	// after which another consumer could take the message for a dead one's
 	// and call again. Of a context with a deadline (a Lambda
-	// invocation's), it must have CallReserve + RecordTimeout/2 left: the
-	// whole of the record's time. Zero: no check.
+	// invocation's), it must have CallReserve + RecordTimeout/2 + 1s left:
+	// the whole of the record's time, and a second for the taken mark.
+	// Zero: no check.
 	CallReserve time.Duration
 	// TakenTTL is how long a dispatch's taken marker lives: longer than
 	// the stale sweep needs to find a dispatch that was never answered.
@@ -147,6 +148,7 @@ type Processor struct {
 type delivering struct {
 	done   chan struct{}
 	action Action
+	err    error // why it was handed back, if it was
 }
 
 // outcomes returns the group that records the outcomes of concurrent
@@ -236,12 +238,14 @@ func (p *Processor) Handle(ctx context.Context, body []byte, redelivered bool) (
 			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("waiting for the copy in flight here: %w", ctx.Err())}
 		}
 		if first.action == Requeue {
-			return Result{Action: Requeue, MessageID: env.ID, Err: errors.New("the copy in flight here was handed back")}
+			// With its cause: a copy handed back for lack of time before
+			// the deadline is not a store's failure (see Batches).
+			return Result{Action: Requeue, MessageID: env.ID, Err: fmt.Errorf("the copy in flight here was handed back: %w", first.err)}
 		}
 		return Result{Action: Ack, MessageID: env.ID, Outcome: "duplicate"}
 	}
 	defer func() {
-		mine.action = res.Action
+		mine.action, mine.err = res.Action, res.Err
 		p.handling.Delete(key)
 		close(mine.done)
 	}()
@@ -518,9 +522,10 @@ func (p *Processor) deliver(ctx context.Context, log *slog.Logger, m message.Mes
 	if err == nil && p.CallReserve > 0 && c.until.Sub(p.Now()) < p.CallReserve {
 		err = errClaimRunningOut
 	}
-	if dl, ok := ctx.Deadline(); err == nil && ok && p.CallReserve > 0 && time.Until(dl) < p.CallReserve+RecordTimeout/2 {
+	if dl, ok := ctx.Deadline(); err == nil && ok && p.CallReserve > 0 && time.Until(dl) < p.CallReserve+RecordTimeout/2+time.Second {
 		// A Lambda invocation's deadline ends the process: the call and
-		// the whole of its record (RecordTimeout) must fit before it. The
+		// the whole of its record (RecordTimeout) must fit before it,
+		// with a second for the taken mark written in between. The
 		// reserve a record is started with (StartReserve) does not bound
 		// the steps before the call on a slow inbox or store.
 		err = errDeadlineRunningOut
