@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/config"
 	"github.com/Furkan-Gulsen/reliable_messaging_system/shared/message"
@@ -196,19 +197,27 @@ func (c *Client) Send(ctx context.Context, m message.Message) (message.WebhookRe
 // maxExcerpt is how much of a refusal's body the delivery log keeps.
 const maxExcerpt = 256
 
-// excerpt returns the start of body for the delivery log: at most
-// maxExcerpt bytes, with invalid UTF-8 (a rune the cut split included) and
-// control characters (a newline too: it is one field) replaced.
+// excerpt returns the start of body for the delivery log, at most
+// maxExcerpt bytes: invalid UTF-8 and control characters (a newline too:
+// it is one field) replaced, then cut at a rune.
 func excerpt(body []byte) string {
-	if len(body) > maxExcerpt {
-		body = body[:maxExcerpt]
+	if len(body) > 4*maxExcerpt {
+		body = body[:4*maxExcerpt] // enough to clean; the rest is cut anyway
 	}
-	return strings.Map(func(r rune) rune {
+	s := strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return '\uFFFD'
 		}
 		return r
 	}, strings.ToValidUTF8(strings.TrimSpace(string(body)), "\uFFFD"))
+	if len(s) <= maxExcerpt {
+		return s
+	}
+	cut := maxExcerpt
+	for !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
 
 // cutOff reports whether err is a connection closed under a call before

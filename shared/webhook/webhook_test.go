@@ -299,7 +299,8 @@ func TestAnswers(t *testing.T) {
 		{"retry-after signed", 503, map[string]string{"Retry-After": "+60"}, ``, "", 0, ""},
 		{"retry-after negative", 503, map[string]string{"Retry-After": "-60"}, ``, "", 0, ""},
 		{"server error", 500, nil, `{"error":"boom"}`, "", 0, `{"error":"boom"}`},
-		{"refusal's body, cut and cleaned", 400, nil, "\n  bad\tto: " + strings.Repeat("é", 200), "", 0, "bad\uFFFDto: " + strings.Repeat("é", 122) + "\uFFFD"},
+		{"refusal's body, cut and cleaned", 400, nil, "\n  bad\tto: " + strings.Repeat("é", 200), "", 0, "bad\uFFFDto: " + strings.Repeat("é", 123)},
+		{"control characters cleaned within the bound", 400, nil, strings.Repeat("\x01", 300), "", 0, strings.Repeat("\uFFFD", 85)},
 		{"a 2xx's body is not kept", 202, nil, `{"message":"Accepted"}`, "", 0, ""},
 	}
 	for _, tt := range tests {
