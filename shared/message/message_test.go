@@ -143,3 +143,31 @@ func TestValidID(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendDelivery: a repeated deferral replaces the last entry, counted;
+// anything else is appended, and the log keeps its last MaxDeliveries.
+func TestAppendDelivery(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	deferral := func(i int, why string) message.Delivery {
+		return message.Delivery{At: at.Add(time.Duration(i) * time.Minute), Outcome: message.OutcomeDeferred, Error: why}
+	}
+	var log []message.Delivery
+	for i := range message.MaxDeliveries {
+		log = message.AppendDelivery(log, message.Delivery{At: at, Attempt: i + 1, Outcome: message.OutcomeRetry}, true)
+	}
+	log = message.AppendDelivery(log, deferral(1, "circuit breaker open"), true)
+	if len(log) != message.MaxDeliveries || log[0].Attempt != 2 || log[len(log)-1].Times != 0 {
+		t.Fatalf("a full log after a new entry: %d entries, first attempt %d, last %+v", len(log), log[0].Attempt, log[len(log)-1])
+	}
+	log = message.AppendDelivery(log, deferral(2, "circuit breaker open"), true)
+	log = message.AppendDelivery(log, deferral(3, "circuit breaker open"), true)
+	if last := log[len(log)-1]; len(log) != message.MaxDeliveries || log[0].Attempt != 2 || last.Times != 3 || !last.At.Equal(at.Add(3*time.Minute)) {
+		t.Fatalf("after two repeats: %d entries, first attempt %d, last %+v; want the last counted 3 times, at the latest", len(log), log[0].Attempt, last)
+	}
+	if got := message.AppendDelivery(log, deferral(4, "rate limited"), true); got[len(got)-1].Times != 0 || got[len(got)-2].Times != 3 {
+		t.Fatalf("another reason is a new entry: %+v", got[len(got)-2:])
+	}
+	if got := message.AppendDelivery(log, deferral(4, "circuit breaker open"), false); got[len(got)-1].Times != 0 || got[len(got)-2].Times != 3 {
+		t.Fatalf("without merge, appended: %+v", got[len(got)-2:])
+	}
+}

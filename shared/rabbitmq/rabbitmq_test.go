@@ -514,9 +514,16 @@ func closeFromServer(t *testing.T, c *rabbitmq.Client) {
 		t.Fatalf("client has %d connections, want 2 (publish and consume)", len(addrs))
 	}
 	// Bounded: rabbitmqctl waits without limit on a broker node half up.
+	// It is a script whose Erlang grandchild keeps the output open after
+	// the script is killed: WaitDelay stops waiting for it.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "list_connections", "pid", "name").Output()
+	ctl := func(args ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, "rabbitmqctl", args...)
+		cmd.WaitDelay = 5 * time.Second
+		return cmd
+	}
+	out, err := ctl("-q", "list_connections", "pid", "name").Output()
 	if err != nil {
 		t.Fatalf("rabbitmqctl list_connections: %v", err)
 	}
@@ -528,7 +535,7 @@ func closeFromServer(t *testing.T, c *rabbitmq.Client) {
 		}
 		for _, a := range addrs {
 			if strings.HasPrefix(name, a+" ->") {
-				if out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "close_connection", pid, "test: forced close").CombinedOutput(); err != nil {
+				if out, err := ctl("-q", "close_connection", pid, "test: forced close").CombinedOutput(); err != nil {
 					t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
 				}
 				closed++
