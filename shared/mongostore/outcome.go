@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -90,26 +89,27 @@ func (s *Store) RecordOutcome(ctx context.Context, o message.Outcome) error {
 	return s.closeDispatch(ctx, o)
 }
 
-// mergeRepeat applies o on a real MongoDB, its delivery replacing the last
-// entry of the log, if o.MergeRepeat is set and that entry, as o.Read holds
-// it, is still there and repeated by o's (see message.MergeRepeat). ok
-// reports that it did. Neither it nor an error: append as usual (the log
-// has changed since it was read, or the message moved on, which the usual
-// write finds out).
+// mergeRepeat applies o on a real MongoDB with its delivery replacing the
+// log's last entry, if o.MergeRepeat is set and that entry, as o.Read holds
+// it, is still there and repeated by o's (see message.MergeRepeat). It
+// reports whether it did. When it did not, and failed not, the caller
+// appends as usual: the log has changed since it was read, or the message
+// moved on, which the usual write finds out.
 func (s *Store) mergeRepeat(ctx context.Context, o message.Outcome, filter, set, unset bson.D) (bool, error) {
-	if !o.MergeRepeat || o.Delivery == nil || o.Read == nil || len(o.Read.Deliveries) == 0 {
+	if !o.MergeRepeat || o.Delivery == nil || o.Read == nil {
 		return false, nil
 	}
 	d, repeats := message.MergeRepeat(o.Read.Deliveries, *o.Delivery)
 	if !repeats {
 		return false, nil
 	}
-	last := fmt.Sprintf("deliveries.%d", len(o.Read.Deliveries)-1)
-	prev := o.Read.Deliveries[len(o.Read.Deliveries)-1]
+	n := len(o.Read.Deliveries)
+	last := fmt.Sprintf("deliveries.%d", n-1)
+	prev := o.Read.Deliveries[n-1]
 	filter = append(slices.Clip(filter),
 		bson.E{Key: last + ".at", Value: prev.At},
 		bson.E{Key: last + ".outcome", Value: prev.Outcome},
-		bson.E{Key: "deliveries." + strconv.Itoa(len(o.Read.Deliveries)), Value: bson.D{{Key: "$exists", Value: false}}})
+		bson.E{Key: fmt.Sprintf("deliveries.%d", n), Value: bson.D{{Key: "$exists", Value: false}}})
 	update := bson.D{{Key: "$set", Value: append(slices.Clip(set), bson.E{Key: last, Value: d})}, {Key: "$unset", Value: unset}}
 	res, err := s.messages.UpdateOne(ctx, filter, update)
 	if err != nil {
